@@ -1,0 +1,1 @@
+//! DICOM series writer (in progress).

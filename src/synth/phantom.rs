@@ -1,0 +1,1 @@
+//! Synthetic anatomy and lesions (in progress).

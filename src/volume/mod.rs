@@ -1,0 +1,291 @@
+//! `Volume`: f32 voxels on a grid with a voxel → LPS mm affine; the geometry shared by node and trainer.
+//!
+//! Voxel arrays are indexed `[i, j, k]`, with `i` the fastest axis on disk (NIfTI's order; for a
+//! DICOM stack, `i` runs along a row, `j` down the columns and `k` across slices).
+
+mod affine;
+mod reorient;
+mod resample;
+
+pub use affine::{Affine, AxisCode, Orientation};
+pub use resample::Interp;
+
+use ndarray::{Array3, Zip};
+
+/// A geometry failure: the error names the rule that was broken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VolumeError {
+    /// The affine is not a usable voxel → world transform.
+    #[error("invalid affine: {rule}")]
+    BadAffine { rule: String },
+    /// An orientation code is not three distinct letters from L/R, P/A, S/I.
+    #[error("invalid orientation code {code:?}: expected three letters such as RAS or LPS, one per axis pair")]
+    BadOrientation { code: String },
+    /// Two arrays that must share a grid do not.
+    #[error("shape mismatch: {what} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        what: &'static str,
+        expected: [usize; 3],
+        found: [usize; 3],
+    },
+    /// A grid with no voxels.
+    #[error("empty grid: shape {shape:?} has a zero dimension")]
+    EmptyGrid { shape: [usize; 3] },
+    /// Statistics over a region that holds no voxels or no variation.
+    #[error("cannot z-score normalise: {reason}")]
+    Degenerate { reason: String },
+}
+
+/// A sampling grid: shape and voxel → LPS mm affine, without voxel values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    /// Number of voxels along i, j, k.
+    pub shape: [usize; 3],
+    /// Voxel index → LPS mm.
+    pub affine: Affine,
+}
+
+impl Grid {
+    /// LPS mm position of a voxel centre.
+    pub fn voxel_to_world(&self, ijk: [f64; 3]) -> [f64; 3] {
+        self.affine.apply(ijk)
+    }
+
+    /// Total number of voxels.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the grid has no voxels.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An image volume: f32 voxels `[i, j, k]` and a voxel → LPS mm affine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Volume {
+    data: Array3<f32>,
+    affine: Affine,
+}
+
+impl Volume {
+    /// Wraps voxels and their affine; refuses an empty grid.
+    pub fn new(data: Array3<f32>, affine: Affine) -> Result<Self, VolumeError> {
+        let shape = dim3(&data);
+        if shape.contains(&0) {
+            return Err(VolumeError::EmptyGrid { shape });
+        }
+        Ok(Self { data, affine })
+    }
+
+    /// A volume of `fill` on the given grid.
+    pub fn filled(grid: &Grid, fill: f32) -> Result<Self, VolumeError> {
+        Self::new(Array3::from_elem(grid.shape, fill), grid.affine)
+    }
+
+    /// A 0/1 volume from a boolean mask on `affine`.
+    pub fn from_mask(mask: &Array3<bool>, affine: Affine) -> Result<Self, VolumeError> {
+        Self::new(mask.mapv(|m| if m { 1.0 } else { 0.0 }), affine)
+    }
+
+    /// Voxel values, indexed `[i, j, k]`.
+    pub fn data(&self) -> &Array3<f32> {
+        &self.data
+    }
+
+    /// Mutable voxel values (the grid cannot change through this).
+    pub fn data_mut(&mut self) -> &mut Array3<f32> {
+        &mut self.data
+    }
+
+    /// Consumes the volume, returning its voxels.
+    pub fn into_data(self) -> Array3<f32> {
+        self.data
+    }
+
+    /// Voxel index → LPS mm.
+    pub fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
+    /// Shape and affine.
+    pub fn grid(&self) -> Grid {
+        Grid {
+            shape: self.shape(),
+            affine: self.affine,
+        }
+    }
+
+    /// Number of voxels along i, j, k.
+    pub fn shape(&self) -> [usize; 3] {
+        dim3(&self.data)
+    }
+
+    /// Voxel size in mm along i, j, k.
+    pub fn spacing(&self) -> [f64; 3] {
+        self.affine.spacing()
+    }
+
+    /// Unit LPS direction of each voxel axis.
+    pub fn directions(&self) -> [[f64; 3]; 3] {
+        self.affine.directions()
+    }
+
+    /// LPS mm position of a (fractional) voxel index.
+    pub fn voxel_to_world(&self, ijk: [f64; 3]) -> [f64; 3] {
+        self.affine.apply(ijk)
+    }
+
+    /// Fractional voxel index of an LPS mm position.
+    pub fn world_to_voxel(&self, lps: [f64; 3]) -> [f64; 3] {
+        self.affine.world_to_voxel(lps)
+    }
+
+    /// Closest axis-code orientation of the voxel axes.
+    pub fn orientation(&self) -> Orientation {
+        self.affine.orientation()
+    }
+
+    /// Voxels above `threshold`.
+    pub fn threshold(&self, threshold: f32) -> Array3<bool> {
+        self.data.mapv(|v| v > threshold)
+    }
+
+    /// Head foreground: Otsu threshold on the intensity histogram, then every background
+    /// region not connected to the volume border is filled (ventricles, dark CSF in FLAIR).
+    pub fn foreground_mask(&self) -> Array3<bool> {
+        let t = otsu_threshold(&self.data);
+        fill_holes(&self.threshold(t))
+    }
+
+    /// Z-score normalisation in place: mean and standard deviation are taken over `within`
+    /// (every voxel when `None`), then applied to every voxel.
+    pub fn zscore(&mut self, within: Option<&Array3<bool>>) -> Result<(), VolumeError> {
+        if let Some(mask) = within {
+            check_same_shape("mask", self.shape(), dim3(mask))?;
+        }
+        let (mut n, mut sum, mut sum2) = (0usize, 0f64, 0f64);
+        let mut add = |v: f32| {
+            n += 1;
+            sum += f64::from(v);
+            sum2 += f64::from(v) * f64::from(v);
+        };
+        match within {
+            Some(mask) => Zip::from(&self.data).and(mask).for_each(|&v, &m| {
+                if m {
+                    add(v)
+                }
+            }),
+            None => self.data.iter().for_each(|&v| add(v)),
+        }
+        if n == 0 {
+            return Err(VolumeError::Degenerate {
+                reason: "the mask selects no voxel".into(),
+            });
+        }
+        let mean = sum / n as f64;
+        let std = (sum2 / n as f64 - mean * mean).max(0.0).sqrt();
+        if std < 1e-12 {
+            return Err(VolumeError::Degenerate {
+                reason: format!("constant intensity {mean} over {n} voxels"),
+            });
+        }
+        self.data.mapv_inplace(|v| ((f64::from(v) - mean) / std) as f32);
+        Ok(())
+    }
+}
+
+pub(crate) fn dim3<T>(a: &Array3<T>) -> [usize; 3] {
+    let d = a.dim();
+    [d.0, d.1, d.2]
+}
+
+fn check_same_shape(what: &'static str, expected: [usize; 3], found: [usize; 3]) -> Result<(), VolumeError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(VolumeError::ShapeMismatch { what, expected, found })
+    }
+}
+
+/// Otsu's threshold over a 256-bin histogram of the finite voxel values.
+fn otsu_threshold(data: &Array3<f32>) -> f32 {
+    let (lo, hi) = data
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if !(hi > lo) {
+        return lo;
+    }
+    const BINS: usize = 256;
+    let width = (hi - lo) / BINS as f32;
+    let mut hist = [0u64; BINS];
+    for &v in data.iter().filter(|v| v.is_finite()) {
+        let b = (((v - lo) / width) as usize).min(BINS - 1);
+        hist[b] += 1;
+    }
+    let total: u64 = hist.iter().sum();
+    let sum_all: f64 = hist.iter().enumerate().map(|(b, &c)| b as f64 * c as f64).sum();
+    let (mut w0, mut sum0, mut best, mut best_b) = (0u64, 0f64, -1.0f64, 0usize);
+    for (b, &c) in hist.iter().enumerate() {
+        w0 += c;
+        sum0 += b as f64 * c as f64;
+        let w1 = total - w0;
+        if w0 == 0 || w1 == 0 {
+            continue;
+        }
+        let m0 = sum0 / w0 as f64;
+        let m1 = (sum_all - sum0) / w1 as f64;
+        let between = w0 as f64 * w1 as f64 * (m0 - m1).powi(2);
+        if between > best {
+            best = between;
+            best_b = b;
+        }
+    }
+    lo + width * (best_b as f32 + 1.0)
+}
+
+/// Marks as foreground every voxel not reachable from the border through background voxels
+/// (6-connectivity).
+fn fill_holes(mask: &Array3<bool>) -> Array3<bool> {
+    let [ni, nj, nk] = dim3(mask);
+    let mut outside = Array3::from_elem((ni, nj, nk), false);
+    let mut stack = Vec::new();
+    let seed = |i: usize, j: usize, k: usize, outside: &mut Array3<bool>, stack: &mut Vec<[usize; 3]>| {
+        if !mask[[i, j, k]] && !outside[[i, j, k]] {
+            outside[[i, j, k]] = true;
+            stack.push([i, j, k]);
+        }
+    };
+    for i in 0..ni {
+        for j in 0..nj {
+            for k in 0..nk {
+                let on_border = i == 0 || j == 0 || k == 0 || i == ni - 1 || j == nj - 1 || k == nk - 1;
+                if on_border {
+                    seed(i, j, k, &mut outside, &mut stack);
+                }
+            }
+        }
+    }
+    while let Some([i, j, k]) = stack.pop() {
+        let neighbours = [
+            (i.wrapping_sub(1), j, k),
+            (i + 1, j, k),
+            (i, j.wrapping_sub(1), k),
+            (i, j + 1, k),
+            (i, j, k.wrapping_sub(1)),
+            (i, j, k + 1),
+        ];
+        for (a, b, c) in neighbours {
+            if a < ni && b < nj && c < nk {
+                seed(a, b, c, &mut outside, &mut stack);
+            }
+        }
+    }
+    outside.mapv(|o| !o)
+}
+
+#[cfg(test)]
+mod tests;
