@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use nalgebra::{Matrix3, Matrix4, Quaternion, UnitQuaternion};
-use ndarray::{Array3, Ix3};
+use ndarray::{Array3, Axis, Ix3};
 use ::nifti::writer::WriterOptions;
-use ::nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, XForm};
+use ::nifti::{InMemNiftiObject, IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, XForm};
 
 use crate::volume::{Affine, Volume, VolumeError};
 
@@ -64,19 +64,53 @@ pub enum DataType {
 
 /// Reads a 3D NIfTI-1 file (a 4D file with one volume is accepted) into LPS geometry.
 pub fn read(path: &Path) -> Result<Volume, NiftiError> {
-    let read_err = |source| NiftiError::Read {
+    let header = NiftiHeader::from_file(path).map_err(|source| read_error(path, source))?;
+    let shape = check_header(path, &header)?;
+    let object = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|source| read_error(path, source))?;
+    to_volume(path, object, shape)
+}
+
+/// Reads a gzip-compressed NIfTI-1 image held in memory (e.g. a template built into the
+/// binary); `label` names it in errors.
+pub fn read_gz_bytes(label: &str, bytes: &[u8]) -> Result<Volume, NiftiError> {
+    let path = Path::new(label);
+    let header = NiftiHeader::from_reader(flate2::read::GzDecoder::new(bytes))
+        .map_err(|source| read_error(path, source))?;
+    let shape = check_header(path, &header)?;
+    let object = InMemNiftiObject::from_reader(flate2::read::GzDecoder::new(bytes))
+        .map_err(|source| read_error(path, source))?;
+    to_volume(path, object, shape)
+}
+
+fn read_error(path: &Path, source: ::nifti::NiftiError) -> NiftiError {
+    NiftiError::Read {
         path: path.to_owned(),
         source,
-    };
-    let header = NiftiHeader::from_file(path).map_err(read_err)?;
-    let shape = check_header(path, &header)?;
-    let affine = header_affine(path, &header)?;
-    let object = ReaderOptions::new().read_file(path).map_err(read_err)?;
-    let array = object.into_volume().into_ndarray::<f32>().map_err(read_err)?;
+    }
+}
+
+fn to_volume(path: &Path, object: InMemNiftiObject, shape: [usize; 3]) -> Result<Volume, NiftiError> {
+    let affine = header_affine(path, object.header())?;
+    let array = object
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|source| read_error(path, source))?;
+    // Drop trailing singleton axes (4D with one volume) or add missing ones (1D/2D images).
+    let mut array = array;
+    while array.ndim() > 3 {
+        let last = Axis(array.ndim() - 1);
+        array = array.index_axis_move(last, 0);
+    }
+    while array.ndim() < 3 {
+        let next = Axis(array.ndim());
+        array = array.insert_axis(next);
+    }
     let data: Array3<f32> = array
-        .into_shape_with_order(shape)
+        .into_dimensionality::<Ix3>()
         .ok()
-        .and_then(|a| a.into_dimensionality::<Ix3>().ok())
+        .filter(|a| a.shape() == shape)
         .ok_or_else(|| bad(path, "dim", format!("voxel data does not fit shape {shape:?}")))?;
     if data.iter().any(|v| !v.is_finite()) {
         return Err(bad(path, "scl_slope", "scaled voxel values are not all finite".into()));

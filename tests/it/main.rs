@@ -1,1 +1,4 @@
+//! The single integration-test binary: real peers (dcm2niix, DCMTK, …) on real files.
+//! Peers come from `scripts/setup.sh`; a missing one fails the test loudly.
 
+mod util;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Project-local setup: Debian peers (DCMTK, dicom3tools, Orthanc, GDCM, cmake) and a Python
+# virtual environment under .tools/venv with dcm2niix and ONNX Runtime (for libonnxruntime.so).
+# Idempotent: returns in a second when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv)
+PY_PACKAGES=("dcm2niix==1.0.20260724" "onnxruntime==1.31.1")
+VENV=.tools/venv
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$VENV/.fcdnode-setup"
+want="${PY_PACKAGES[*]}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: creating $VENV with ${PY_PACKAGES[*]}"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+  echo "$want" > "$stamp"
+fi
+
+ort=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 2>/dev/null | head -n1 || true)
+[ -n "$ort" ] || { echo "setup: libonnxruntime.so not found in $VENV" >&2; exit 1; }
+ln -sf "$(realpath "$ort")" .tools/libonnxruntime.so
+ln -sf "$(realpath "$VENV/bin/dcm2niix")" .tools/dcm2niix
+for tool in storescu storescp dcmdump dciodvfy gdcmconv Orthanc cmake; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool missing after install" >&2; exit 1; }
+done
+echo "setup: ok (.tools/dcm2niix, .tools/libonnxruntime.so)"
