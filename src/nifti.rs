@@ -32,7 +32,7 @@ pub enum NiftiError {
         rule: String,
     },
     /// The geometry in the header does not form a usable affine.
-    #[error("{path}: header geometry is unusable")]
+    #[error("{path}: header geometry (sform/qform/pixdim) gives no usable affine: {source}")]
     Geometry {
         path: PathBuf,
         #[source]
