@@ -4,12 +4,47 @@
 //! - [`phantom`]: anatomy, per-subject deformation, contrasts, bias, noise, FCD-II lesion + ROI.
 //! - [`dicom`]: a `Volume` → one DICOM series (MR or Enhanced MR, any plane, order, syntax).
 
+// mod cohort; (enabled once phantom and dicom land)
 pub mod dicom;
 pub mod phantom;
+pub mod preview;
+
 
 use nalgebra::{Matrix3, Rotation3, Vector3};
 
+use std::path::PathBuf;
+
+use crate::nifti::NiftiError;
 use crate::volume::{Affine, Grid, VolumeError};
+
+/// Why a cohort could not be generated; variants name the option, file or stage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SynthError {
+    /// An option value that cannot make a cohort.
+    #[error("invalid option --{option}: {rule}")]
+    BadOption { option: &'static str, rule: String },
+    /// A file or directory could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The preview PNG could not be written.
+    #[error("{path}: cannot write PNG: {source}")]
+    Png {
+        path: PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+    /// Writing a NIfTI file failed.
+    #[error(transparent)]
+    Nifti(#[from] NiftiError),
+    /// Grid geometry was invalid.
+    #[error("invalid acquisition geometry: {0}")]
+    Geometry(#[from] VolumeError),
+}
 
 /// Acquisition plane of a synthetic series: which way the slices are cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

@@ -1,0 +1,3 @@
+//! Datasets the trainer reads.
+
+pub mod bids;
