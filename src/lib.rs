@@ -7,6 +7,7 @@
 //! - [`nifti`]: NIfTI-1 read/write with NIfTI's RAS world mapped to LPS.
 //! - [`synth`]: seeded synthetic FCD-II cohort (BIDS NIfTI tree and DICOM series).
 
+pub mod assemble;
 pub mod nifti;
 pub mod synth;
 pub mod volume;
