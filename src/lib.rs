@@ -10,6 +10,7 @@
 pub mod assemble;
 pub mod nifti;
 pub mod synth;
+pub mod tracker;
 pub mod volume;
 
 pub use volume::{Affine, Grid, Interp, Orientation, Volume, VolumeError};

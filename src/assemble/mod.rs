@@ -169,7 +169,7 @@ pub struct Assembled {
 /// they hold, or `series_uid` when given.
 pub fn assemble_paths(paths: &[PathBuf], series_uid: Option<&str>) -> Result<Assembled, AssembleError> {
     let files = list_files(paths)?;
-    let sources = read_files(&files)?;
+    let sources = read_files(&files, false)?;
     assemble(sources, series_uid, &Tolerances::default())
 }
 
@@ -202,12 +202,15 @@ pub fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AssembleError> {
     Ok(files)
 }
 
-/// Parses files in parallel; the first unreadable one is the error.
-pub fn read_files(files: &[PathBuf]) -> Result<Vec<Source>, AssembleError> {
+/// Parses files in parallel; the first unreadable one is the error. With `headers_only`, reading
+/// stops before Pixel Data (enough for [`plan_series`]).
+pub fn read_files(files: &[PathBuf], headers_only: bool) -> Result<Vec<Source>, AssembleError> {
     files
         .par_iter()
         .map(|path| {
-            OpenFileOptions::new()
+            let options = OpenFileOptions::new();
+            let options = if headers_only { options.read_until(tags::PIXEL_DATA) } else { options };
+            options
                 .open_file(path)
                 .map(|object| Source {
                     label: path.display().to_string(),
@@ -271,8 +274,30 @@ struct Frame {
     temporal: Option<String>,
 }
 
-/// Assembles the instances of one series.
-pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled, AssembleError> {
+/// A series whose geometry has been checked: everything but the pixel values. `fcdnode
+/// inspect` stops here, so it can read headers only.
+pub struct Plan {
+    /// Series attributes.
+    pub meta: SeriesMeta,
+    /// The chosen stack.
+    pub stack: StackSummary,
+    /// Other stacks, left out.
+    pub other_stacks: Vec<StackSummary>,
+    /// Slice order and affine of the chosen stack.
+    pub ordered: sort::OrderedStack,
+    frames: Vec<Frame>,
+}
+
+impl Plan {
+    /// Volume shape `[columns, rows, slices]` (i, j, k).
+    pub fn shape(&self) -> [usize; 3] {
+        let g = &self.frames[0].geometry;
+        [g.columns as usize, g.rows as usize, self.frames.len()]
+    }
+}
+
+/// Checks the geometry of one series' instances and picks the main stack (no pixel decoding).
+pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, AssembleError> {
     let first = sources.first().ok_or_else(|| AssembleError::Empty {
         what: "the series".into(),
     })?;
@@ -282,20 +307,36 @@ pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled
     for (index, s) in sources.iter().enumerate() {
         frames.extend(frames_of(index, s, &uid)?);
     }
-    let stacks = split_stacks(frames);
+    let mut stacks = split_stacks(frames);
     let mut summaries: Vec<StackSummary> = stacks.iter().map(|s| summarise(s)).collect();
     // The main stack: most frames; ties go to the first in key order.
-    let main = (0..stacks.len()).max_by_key(|&i| (stacks[i].len(), std::cmp::Reverse(i))).unwrap_or(0);
-    let stack_summary = summaries.remove(main);
-    let mut stacks = stacks;
+    let main = (0..stacks.len())
+        .max_by_key(|&i| (stacks[i].len(), std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    let stack = summaries.remove(main);
     let frames = stacks.swap_remove(main);
     let geometries: Vec<FrameGeometry> = frames.iter().map(|f| f.geometry).collect();
     let ordered = sort::order_stack(&geometries, tol).map_err(|source| AssembleError::Stack {
         series_uid: uid.clone(),
         source,
     })?;
-    let (rows, cols) = (frames[0].geometry.rows as usize, frames[0].geometry.columns as usize);
-    let slices: Vec<Vec<f32>> = ordered
+    Ok(Plan {
+        meta,
+        stack,
+        other_stacks: summaries,
+        ordered,
+        frames,
+    })
+}
+
+/// Assembles the instances of one series: plan, then decode every frame in slice order.
+pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled, AssembleError> {
+    let plan = plan_series(sources, tol)?;
+    let uid = plan.meta.series_uid.clone();
+    let [cols, rows, _] = plan.shape();
+    let frames = &plan.frames;
+    let slices: Vec<Vec<f32>> = plan
+        .ordered
         .order
         .par_iter()
         .map(|&f| decode_frame(&sources[frames[f].source], &frames[f], &uid, rows * cols))
@@ -308,14 +349,15 @@ pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled
             }
         }
     }
-    let volume = Volume::new(data, ordered.affine).map_err(|_| AssembleError::BadAttribute {
+    let volume = Volume::new(data, plan.ordered.affine).map_err(|_| AssembleError::BadAttribute {
         series_uid: uid.clone(),
-        source_label: first.label.clone(),
+        source_label: sources[0].label.clone(),
         attribute: "Rows/Columns",
         value: format!("{rows}×{cols}"),
         rule: "a volume needs at least one row and column",
     })?;
-    let slices = ordered
+    let slices = plan
+        .ordered
         .order
         .iter()
         .map(|&f| {
@@ -329,10 +371,10 @@ pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled
         .collect();
     Ok(Assembled {
         volume,
-        meta,
+        meta: plan.meta,
         slices,
-        stack: stack_summary,
-        other_stacks: summaries,
+        stack: plan.stack,
+        other_stacks: plan.other_stacks,
     })
 }
 
@@ -462,13 +504,6 @@ fn check_pixel_format(obj: &InMemDicomObject, s: &Source, uid: &str) -> Result<(
         value,
         rule,
     };
-    if obj.get(tags::PIXEL_DATA).is_none() && obj.get(tags::FLOAT_PIXEL_DATA).is_none() {
-        return Err(AssembleError::MissingAttribute {
-            series_uid: uid.to_string(),
-            source_label: s.label.clone(),
-            attribute: "Pixel Data (7FE0,0010)",
-        });
-    }
     let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     if samples != 1 {
         return Err(bad("Samples per Pixel", samples.to_string(), "only greyscale (1 sample) images form volumes"));
@@ -492,6 +527,13 @@ fn decode_frame(s: &Source, f: &Frame, uid: &str, len: usize) -> Result<Vec<f32>
         source_label: s.label.clone(),
         source: Box::new(source),
     };
+    if s.object.get(tags::PIXEL_DATA).is_none() {
+        return Err(AssembleError::MissingAttribute {
+            series_uid: uid.to_string(),
+            source_label: s.label.clone(),
+            attribute: "Pixel Data (7FE0,0010)",
+        });
+    }
     let decoded = s.object.decode_pixel_data_frame(f.frame).map_err(decode_err)?;
     let raw: Vec<f64> = decoded
         .to_vec_frame_with_options(0, &ConvertOptions::new().with_modality_lut(ModalityLutOption::None))

@@ -1,0 +1,3 @@
+//! Series/study tracker (in progress): [`routing`] decides which channel, if any, a series feeds.
+
+pub mod routing;
