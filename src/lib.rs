@@ -8,6 +8,7 @@
 //! - [`synth`]: seeded synthetic FCD-II cohort (BIDS NIfTI tree and DICOM series).
 
 pub mod assemble;
+pub mod config;
 pub mod nifti;
 pub mod synth;
 pub mod tracker;

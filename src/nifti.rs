@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use nalgebra::{Matrix3, Matrix4, Quaternion, UnitQuaternion};
-use ndarray::{Array3, Axis, Ix3};
 use ::nifti::writer::WriterOptions;
 use ::nifti::{InMemNiftiObject, IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, XForm};
+use nalgebra::{Matrix3, Matrix4, Quaternion, UnitQuaternion};
+use ndarray::{Array3, Axis, Ix3};
 
 use crate::volume::{Affine, Volume, VolumeError};
 
@@ -76,8 +76,8 @@ pub fn read(path: &Path) -> Result<Volume, NiftiError> {
 /// binary); `label` names it in errors.
 pub fn read_gz_bytes(label: &str, bytes: &[u8]) -> Result<Volume, NiftiError> {
     let path = Path::new(label);
-    let header = NiftiHeader::from_reader(flate2::read::GzDecoder::new(bytes))
-        .map_err(|source| read_error(path, source))?;
+    let header =
+        NiftiHeader::from_reader(flate2::read::GzDecoder::new(bytes)).map_err(|source| read_error(path, source))?;
     let shape = check_header(path, &header)?;
     let object = InMemNiftiObject::from_reader(flate2::read::GzDecoder::new(bytes))
         .map_err(|source| read_error(path, source))?;
@@ -165,7 +165,11 @@ fn check_header(path: &Path, h: &NiftiHeader) -> Result<[usize; 3], NiftiError> 
     }
     for axis in 1..=ndim as usize {
         if h.dim[axis] == 0 {
-            return Err(bad(path, "dim", format!("dim[{axis}] is 0: every used dimension must be ≥ 1")));
+            return Err(bad(
+                path,
+                "dim",
+                format!("dim[{axis}] is 0: every used dimension must be ≥ 1"),
+            ));
         }
     }
     for axis in 4..=ndim as usize {
@@ -173,14 +177,21 @@ fn check_header(path: &Path, h: &NiftiHeader) -> Result<[usize; 3], NiftiError> 
             return Err(bad(
                 path,
                 "dim",
-                format!("dim[{axis}] = {}: only 3D volumes (or 4D with one volume) are supported", h.dim[axis]),
+                format!(
+                    "dim[{axis}] = {}: only 3D volumes (or 4D with one volume) are supported",
+                    h.dim[axis]
+                ),
             ));
         }
     }
     let shape = std::array::from_fn(|a| if a < ndim as usize { h.dim[a + 1] as usize } else { 1 });
     let voxels: u64 = shape.iter().map(|&d| d as u64).product();
     if voxels > MAX_VOXELS {
-        return Err(bad(path, "dim", format!("{voxels} voxels exceed the limit of {MAX_VOXELS}")));
+        return Err(bad(
+            path,
+            "dim",
+            format!("{voxels} voxels exceed the limit of {MAX_VOXELS}"),
+        ));
     }
     match h.data_type() {
         Ok(
@@ -193,7 +204,13 @@ fn check_header(path: &Path, h: &NiftiHeader) -> Result<[usize; 3], NiftiError> 
             | NiftiType::Float32
             | NiftiType::Float64,
         ) => {}
-        _ => return Err(bad(path, "datatype", format!("code {} is not a supported scalar type", h.datatype))),
+        _ => {
+            return Err(bad(
+                path,
+                "datatype",
+                format!("code {} is not a supported scalar type", h.datatype),
+            ));
+        }
     }
     if !h.scl_slope.is_finite() || !h.scl_inter.is_finite() {
         return Err(bad(path, "scl_slope", "scl_slope and scl_inter must be finite".into()));
@@ -232,7 +249,11 @@ fn header_affine(path: &Path, h: &NiftiHeader) -> Result<Affine, NiftiError> {
 fn pixdims(path: &Path, h: &NiftiHeader) -> Result<[f64; 3], NiftiError> {
     let s: [f64; 3] = std::array::from_fn(|a| f64::from(h.pixdim[a + 1]));
     if s.iter().any(|v| !v.is_finite() || *v <= 0.0) {
-        return Err(bad(path, "pixdim", format!("voxel sizes pixdim[1..3] must be finite and > 0, found {s:?}")));
+        return Err(bad(
+            path,
+            "pixdim",
+            format!("voxel sizes pixdim[1..3] must be finite and > 0, found {s:?}"),
+        ));
     }
     Ok(s)
 }
@@ -243,14 +264,20 @@ fn qform_affine(path: &Path, h: &NiftiHeader) -> Result<Matrix4<f64>, NiftiError
     let (b, c, d) = (f64::from(h.quatern_b), f64::from(h.quatern_c), f64::from(h.quatern_d));
     let offsets = [h.quatern_x, h.quatern_y, h.quatern_z];
     if ![b, c, d].iter().all(|v| v.is_finite()) || offsets.iter().any(|v| !v.is_finite()) {
-        return Err(bad(path, "quatern_b/c/d/x/y/z", "quaternion parameters must be finite".into()));
+        return Err(bad(
+            path,
+            "quatern_b/c/d/x/y/z",
+            "quaternion parameters must be finite".into(),
+        ));
     }
     let norm2 = b * b + c * c + d * d;
     if norm2 > 1.0 + 1e-6 {
         return Err(bad(path, "quatern_b/c/d", format!("b² + c² + d² = {norm2} exceeds 1")));
     }
     let a = (1.0 - norm2).max(0.0).sqrt();
-    let rotation: Matrix3<f64> = UnitQuaternion::from_quaternion(Quaternion::new(a, b, c, d)).to_rotation_matrix().into_inner();
+    let rotation: Matrix3<f64> = UnitQuaternion::from_quaternion(Quaternion::new(a, b, c, d))
+        .to_rotation_matrix()
+        .into_inner();
     // qfac: −1 flips the third axis; any other value is treated as 1 (NIfTI-1 rule).
     let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
     let scale = Matrix3::from_diagonal(&nalgebra::Vector3::new(s[0], s[1], s[2] * qfac));

@@ -209,7 +209,11 @@ pub fn read_files(files: &[PathBuf], headers_only: bool) -> Result<Vec<Source>, 
         .par_iter()
         .map(|path| {
             let options = OpenFileOptions::new();
-            let options = if headers_only { options.read_until(tags::PIXEL_DATA) } else { options };
+            let options = if headers_only {
+                options.read_until(tags::PIXEL_DATA)
+            } else {
+                options
+            };
             options
                 .open_file(path)
                 .map(|object| Source {
@@ -222,6 +226,43 @@ pub fn read_files(files: &[PathBuf], headers_only: bool) -> Result<Vec<Source>, 
                 })
         })
         .collect()
+}
+
+/// DICOM headers found under some paths, grouped by series, and the files that were skipped.
+pub struct Scan {
+    /// Series Instance UID → its instances (headers only, no pixel data).
+    pub series: BTreeMap<String, Vec<Source>>,
+    /// Files left out, each with the reason (not DICOM, unreadable, no Series Instance UID).
+    pub skipped: Vec<String>,
+}
+
+/// Reads the headers of every DICOM file under `paths`; a bad file is reported in
+/// [`Scan::skipped`] and the scan goes on.
+pub fn scan(paths: &[PathBuf]) -> Result<Scan, AssembleError> {
+    let files = list_files(paths)?;
+    let results: Vec<Result<Source, String>> = files
+        .par_iter()
+        .map(|path| {
+            if !is_dicom_file(path) {
+                return Err(format!("{}: not a DICOM Part 10 file (no DICM prefix)", path.display()));
+            }
+            read_files(std::slice::from_ref(path), true)
+                .map(|mut v| v.remove(0))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    let mut series: BTreeMap<String, Vec<Source>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for r in results {
+        match r {
+            Ok(source) => match text(&source.object, tags::SERIES_INSTANCE_UID) {
+                Some(uid) => series.entry(uid).or_default().push(source),
+                None => skipped.push(format!("{}: no Series Instance UID (0020,000E)", source.label)),
+            },
+            Err(reason) => skipped.push(reason),
+        }
+    }
+    Ok(Scan { series, skipped })
 }
 
 /// Groups instances by Series Instance UID (in UID order).
@@ -456,7 +497,11 @@ fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, Assemble
             return Err(bad("Image Position (Patient)", &position, "must be 3 finite numbers"));
         }
         if orientation.len() != 6 || orientation.iter().any(|v| !v.is_finite()) {
-            return Err(bad("Image Orientation (Patient)", &orientation, "must be 6 finite numbers"));
+            return Err(bad(
+                "Image Orientation (Patient)",
+                &orientation,
+                "must be 6 finite numbers",
+            ));
         }
         if spacing.len() != 2 {
             return Err(bad("Pixel Spacing", &spacing, "must be 2 numbers"));
@@ -465,7 +510,11 @@ fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, Assemble
         let slope = rescale(tags::RESCALE_SLOPE).unwrap_or(1.0);
         let intercept = rescale(tags::RESCALE_INTERCEPT).unwrap_or(0.0);
         if !slope.is_finite() || !intercept.is_finite() || slope == 0.0 {
-            return Err(bad("Rescale Slope/Intercept", &[slope, intercept], "slope must be finite and non-zero"));
+            return Err(bad(
+                "Rescale Slope/Intercept",
+                &[slope, intercept],
+                "slope must be finite and non-zero",
+            ));
         }
         let echo = pf
             .and_then(|g| first_item(g, tags::MR_ECHO_SEQUENCE))
@@ -506,7 +555,11 @@ fn check_pixel_format(obj: &InMemDicomObject, s: &Source, uid: &str) -> Result<(
     };
     let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     if samples != 1 {
-        return Err(bad("Samples per Pixel", samples.to_string(), "only greyscale (1 sample) images form volumes"));
+        return Err(bad(
+            "Samples per Pixel",
+            samples.to_string(),
+            "only greyscale (1 sample) images form volumes",
+        ));
     }
     let allocated = int(obj, tags::BITS_ALLOCATED).unwrap_or(0);
     let stored = int(obj, tags::BITS_STORED).unwrap_or(allocated);
@@ -608,7 +661,9 @@ pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 }
 
 fn numbers(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
-    obj.get(tag).and_then(|e| e.to_multi_float64().ok()).filter(|v| !v.is_empty())
+    obj.get(tag)
+        .and_then(|e| e.to_multi_float64().ok())
+        .filter(|v| !v.is_empty())
 }
 
 fn number(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {

@@ -74,18 +74,35 @@ pub enum StackError {
     BadPixelSpacing { spacing: [f64; 2] },
     /// Frames disagree on orientation, matrix size or pixel spacing.
     #[error("frames differ in {what}: {first} vs {other}")]
-    Mixed { what: &'static str, first: String, other: String },
+    Mixed {
+        what: &'static str,
+        first: String,
+        other: String,
+    },
     /// Several frames at one position.
     #[error("{count} slices share the position {position_mm:.3} mm along the normal")]
     DuplicatePosition { position_mm: f64, count: usize },
     /// Missing slices: a step is a whole multiple of the regular step.
-    #[error("gap after the slice at {after_mm:.3} mm: step {step_mm:.3} mm where {expected_mm:.3} mm is regular ({missing} slice(s) missing)")]
-    Gap { after_mm: f64, step_mm: f64, expected_mm: f64, missing: usize },
+    #[error(
+        "gap after the slice at {after_mm:.3} mm: step {step_mm:.3} mm where {expected_mm:.3} mm is regular ({missing} slice(s) missing)"
+    )]
+    Gap {
+        after_mm: f64,
+        step_mm: f64,
+        expected_mm: f64,
+        missing: usize,
+    },
     /// Steps differ beyond tolerance.
     #[error("non-uniform slice spacing: step {found_mm:.4} mm after {after_mm:.3} mm, median step {expected_mm:.4} mm")]
-    UnevenSpacing { after_mm: f64, found_mm: f64, expected_mm: f64 },
+    UnevenSpacing {
+        after_mm: f64,
+        found_mm: f64,
+        expected_mm: f64,
+    },
     /// One slice sits off the line through the first and last slice positions.
-    #[error("sheared stack: the slice at {at_mm:.3} mm is {offset_mm:.3} mm off the line through the first and last slices")]
+    #[error(
+        "sheared stack: the slice at {at_mm:.3} mm is {offset_mm:.3} mm off the line through the first and last slices"
+    )]
     Sheared { at_mm: f64, offset_mm: f64 },
     /// Slices are not stacked along their normal (gantry tilt or shear).
     #[error("slices are stacked {angle_deg:.2}° off their normal (gantry tilt or sheared stack); limit {limit_deg}°")]
@@ -125,8 +142,14 @@ pub fn order_stack(frames: &[FrameGeometry], tol: &Tolerances) -> Result<Ordered
     // Duplicates first: they would otherwise look like a zero step.
     for w in positions.windows(2) {
         if (w[1] - w[0]).abs() < tol.duplicate_mm {
-            let count = positions.iter().filter(|p| (*p - w[0]).abs() < tol.duplicate_mm).count();
-            return Err(StackError::DuplicatePosition { position_mm: w[0], count });
+            let count = positions
+                .iter()
+                .filter(|p| (*p - w[0]).abs() < tol.duplicate_mm)
+                .count();
+            return Err(StackError::DuplicatePosition {
+                position_mm: w[0],
+                count,
+            });
         }
     }
     let steps: Vec<f64> = positions.windows(2).map(|w| w[1] - w[0]).collect();
@@ -299,9 +322,18 @@ mod tests {
         let t = Tolerances::default();
         let err = |frames: Vec<FrameGeometry>| order_stack(&frames, &t).unwrap_err();
         assert_eq!(err(zs(&[1.0])), StackError::SingleSlice);
-        assert!(matches!(err(zs(&[0.0, 1.0, 1.0, 2.0])), StackError::DuplicatePosition { count: 2, .. }));
-        assert!(matches!(err(zs(&[0.0, 1.0, 2.0, 4.0, 5.0])), StackError::Gap { missing: 1, .. }));
-        assert!(matches!(err(zs(&[0.0, 1.0, 2.0, 3.5, 4.5])), StackError::UnevenSpacing { .. }));
+        assert!(matches!(
+            err(zs(&[0.0, 1.0, 1.0, 2.0])),
+            StackError::DuplicatePosition { count: 2, .. }
+        ));
+        assert!(matches!(
+            err(zs(&[0.0, 1.0, 2.0, 4.0, 5.0])),
+            StackError::Gap { missing: 1, .. }
+        ));
+        assert!(matches!(
+            err(zs(&[0.0, 1.0, 2.0, 3.5, 4.5])),
+            StackError::UnevenSpacing { .. }
+        ));
         let mut tilted = zs(&[0.0, 1.0, 2.0, 3.0]);
         for (k, f) in tilted.iter_mut().enumerate() {
             f.position[1] += 0.2 * k as f64; // 11° gantry tilt
@@ -312,7 +344,13 @@ mod tests {
         assert!(matches!(err(zigzag), StackError::Sheared { .. }));
         let mut mixed = zs(&[0.0, 1.0, 2.0]);
         mixed[1].rows = 128;
-        assert!(matches!(err(mixed), StackError::Mixed { what: "Rows/Columns", .. }));
+        assert!(matches!(
+            err(mixed),
+            StackError::Mixed {
+                what: "Rows/Columns",
+                ..
+            }
+        ));
         let mut skew = zs(&[0.0, 1.0]);
         skew[0].column_direction = [0.1, 1.0, 0.0];
         skew[1].column_direction = [0.1, 1.0, 0.0];

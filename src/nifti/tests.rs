@@ -63,7 +63,12 @@ fn round_trip_every_datatype_and_compression() {
 fn sform_is_ras_and_left_stays_left() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lps.nii");
-    let affine = Affine::from_parts([1.0; 3], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [-5.0, -5.0, 0.0]).unwrap();
+    let affine = Affine::from_parts(
+        [1.0; 3],
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        [-5.0, -5.0, 0.0],
+    )
+    .unwrap();
     let data = Array3::from_shape_fn((11, 11, 3), |(i, _, _)| if i > 5 { 100.0 } else { 0.0 });
     write(&path, &Volume::new(data, affine).unwrap(), DataType::I16).unwrap();
     let raw = std::fs::read(&path).unwrap();
@@ -89,7 +94,11 @@ fn qform_is_used_when_sform_code_is_zero() {
         // Scramble the sform so reading it by mistake would show.
         patch(&path, SROW_X, &7f32.to_le_bytes());
         let back = read(&path).unwrap();
-        assert!(back.affine().max_abs_diff(vol.affine()) < 1e-4, "{name}: {:?}", back.affine());
+        assert!(
+            back.affine().max_abs_diff(vol.affine()) < 1e-4,
+            "{name}: {:?}",
+            back.affine()
+        );
     }
 }
 
@@ -117,14 +126,20 @@ fn a_4d_file_with_one_volume_reads_as_3d() {
 
 #[test]
 fn the_mni_template_reads_as_ras() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz");
     let v = read(&path).unwrap();
     assert_eq!(v.shape(), [197, 233, 189]);
     assert_eq!(v.orientation(), Orientation::RAS);
     assert_eq!(v.spacing().map(|s| (s * 1000.0).round()), [1000.0; 3]);
     // MNI origin (anterior commissure) lies inside the grid, near its centre.
     let ac = v.world_to_voxel([0.0, 0.0, 0.0]);
-    assert!(ac.iter().zip(v.shape()).all(|(&x, n)| x > 0.2 * n as f64 && x < 0.8 * n as f64), "{ac:?}");
+    assert!(
+        ac.iter()
+            .zip(v.shape())
+            .all(|(&x, n)| x > 0.2 * n as f64 && x < 0.8 * n as f64),
+        "{ac:?}"
+    );
 }
 
 /// Each broken header gives an error naming the file and the field.
@@ -155,7 +170,11 @@ fn bad_headers_are_refused_with_file_and_field() {
             },
             "pixdim",
         ),
-        ("huge_dims", |p| patch(p, DIM + 2, &[0xff, 0x7f, 0xff, 0x7f, 0xff, 0x7f]), "dim"),
+        (
+            "huge_dims",
+            |p| patch(p, DIM + 2, &[0xff, 0x7f, 0xff, 0x7f, 0xff, 0x7f]),
+            "dim",
+        ),
     ];
     for (name, break_it, field) in cases {
         let path = dir.path().join(format!("{name}.nii"));
@@ -187,7 +206,12 @@ fn truncated_files_are_refused() {
 
 #[test]
 fn unwritable_directory_is_reported() {
-    let err = write(Path::new("/proc/nonexistent/x.nii.gz"), &oblique_volume(), DataType::I16).unwrap_err();
+    let err = write(
+        Path::new("/proc/nonexistent/x.nii.gz"),
+        &oblique_volume(),
+        DataType::I16,
+    )
+    .unwrap_err();
     assert!(matches!(err, NiftiError::Write { .. }));
     assert!(format!("{err}").contains("/proc/nonexistent/x.nii.gz"));
 }

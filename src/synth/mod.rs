@@ -4,11 +4,14 @@
 //! - [`phantom`]: anatomy, per-subject deformation, contrasts, bias, noise, FCD-II lesion + ROI.
 //! - [`dicom`]: a `Volume` → one DICOM series (MR or Enhanced MR, any plane, order, syntax).
 
-// mod cohort; (enabled once phantom and dicom land)
+mod cohort;
 pub mod dicom;
 pub mod phantom;
 pub mod preview;
 
+pub use cohort::{
+    AcquisitionGroup, CohortOptions, CohortReport, DicomExport, Participant, Timings, generate, participants,
+};
 
 use nalgebra::{Matrix3, Rotation3, Vector3};
 
@@ -38,6 +41,12 @@ pub enum SynthError {
         #[source]
         source: image::ImageError,
     },
+    /// Phantom rendering failed.
+    #[error(transparent)]
+    Phantom(#[from] phantom::PhantomError),
+    /// Writing a DICOM series failed.
+    #[error(transparent)]
+    Dicom(#[from] dicom::DicomWriteError),
     /// Writing a NIfTI file failed.
     #[error(transparent)]
     Nifti(#[from] NiftiError),
@@ -105,7 +114,10 @@ pub fn acquisition_grid(
     let shape: [usize; 3] = std::array::from_fn(|a| ((fov_mm[a] / voxel_mm[a]).ceil() as usize).max(1));
     // Voxel 0 sits half the extent back from the centre along every axis.
     let origin = std::array::from_fn(|r| {
-        centre_lps[r] - (0..3).map(|a| dirs[a][r] * voxel_mm[a] * (shape[a] - 1) as f64 / 2.0).sum::<f64>()
+        centre_lps[r]
+            - (0..3)
+                .map(|a| dirs[a][r] * voxel_mm[a] * (shape[a] - 1) as f64 / 2.0)
+                .sum::<f64>()
     });
     let affine = Affine::from_parts(voxel_mm, dirs, origin)?;
     Ok(Grid { shape, affine })

@@ -10,9 +10,10 @@ use crate::volume::{Interp, Volume};
 /// Outline colour (red).
 const OUTLINE: Rgb<u8> = Rgb([255, 40, 40]);
 
-/// Axial slice of `flair` through the ROI centroid, in radiological display (patient's right on
-/// the image left, anterior at the top), grey-windowed to the 1st–99th percentile, with the
-/// ROI boundary drawn in red. Both volumes are reoriented to RAS first, so any plane works.
+/// Axial slice of `flair` through the ROI, in radiological display (patient's right on the image
+/// left, anterior at the top), grey-windowed to the 1st–99th percentile: on the left as is, on
+/// the right with the ROI boundary in red, so the lesion itself stays visible. Both volumes are
+/// reoriented to RAS first, so any acquisition plane works.
 pub fn flair_with_outline(flair: &Volume, roi: &Volume) -> Result<RgbImage, SynthError> {
     let flair = flair.to_canonical();
     let roi = roi.resample(&flair.grid(), Interp::Nearest, 0.0)?;
@@ -22,7 +23,7 @@ pub fn flair_with_outline(flair: &Volume, roi: &Volume) -> Result<RgbImage, Synt
     let (lo, hi) = percentiles(flair.data(), 0.01, 0.99);
     // RAS: i grows to the right, so image column = ni − 1 − i shows the right on the left;
     // j grows anteriorly, so image row = nj − 1 − j puts anterior at the top.
-    let mut img = RgbImage::new(ni as u32, nj as u32);
+    let mut img = RgbImage::new(2 * ni as u32, nj as u32);
     for i in 0..ni {
         for j in 0..nj {
             let v = flair.data()[[i, j, k]];
@@ -32,11 +33,17 @@ pub fn flair_with_outline(flair: &Volume, roi: &Volume) -> Result<RgbImage, Synt
                     let (a, b) = (i as i64 + di, j as i64 + dj);
                     a < 0 || b < 0 || a >= ni as i64 || b >= nj as i64 || !mask[[a as usize, b as usize, k]]
                 });
-            let pixel = if edge { OUTLINE } else { Rgb([g, g, g]) };
-            img.put_pixel((ni - 1 - i) as u32, (nj - 1 - j) as u32, pixel);
+            let (x, y) = ((ni - 1 - i) as u32, (nj - 1 - j) as u32);
+            img.put_pixel(x, y, Rgb([g, g, g]));
+            img.put_pixel(x + ni as u32, y, if edge { OUTLINE } else { Rgb([g, g, g]) });
         }
     }
-    Ok(image::imageops::resize(&img, 2 * ni as u32, 2 * nj as u32, image::imageops::FilterType::Nearest))
+    Ok(image::imageops::resize(
+        &img,
+        4 * ni as u32,
+        2 * nj as u32,
+        image::imageops::FilterType::Nearest,
+    ))
 }
 
 /// The k index holding the most ROI voxels.

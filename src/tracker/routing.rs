@@ -74,7 +74,7 @@ impl Default for RoutingConfig {
             name: name.into(),
             channel,
             names: Some(names.into()),
-            exclude_names: Some(r"localizer|scout|survey|\bmpr\b.*(cor|sag|tra)|_(cor|sag|tra)$|derived|heatmap|fcdnode".into()),
+            exclude_names: Some(r"localizer|scout|survey|derived|heatmap|fcdnode|\bmpr[ _](cor|sag|tra)".into()),
             scanning_sequence: None,
             sequence_variant: None,
             mr_acquisition_type: Some("3D".into()),
@@ -86,7 +86,11 @@ impl Default for RoutingConfig {
         };
         let mut flair = rule("3D FLAIR", Some(Channel::Flair), flair_names);
         flair.inversion_time_ms = Some([1200.0, 3500.0]);
-        let mut flair_2d = rule("2D thick-slice FLAIR (refused: 3D models need thin slices)", None, flair_names);
+        let mut flair_2d = rule(
+            "2D thick-slice FLAIR (refused: 3D models need thin slices)",
+            None,
+            flair_names,
+        );
         flair_2d.mr_acquisition_type = Some("2D".into());
         flair_2d.max_slice_thickness_mm = None;
         flair_2d.min_slices = None;
@@ -115,7 +119,11 @@ pub enum RoutingError {
     },
     /// A [min, max] range is reversed or not finite.
     #[error("routing rule {rule:?}, key `{key}`: range {range:?} must be finite with min ≤ max")]
-    BadRange { rule: String, key: &'static str, range: [f64; 2] },
+    BadRange {
+        rule: String,
+        key: &'static str,
+        range: [f64; 2],
+    },
 }
 
 /// Routing rules, checked and compiled once.
@@ -180,14 +188,14 @@ impl Router {
                 ("echo_time_ms", r.echo_time_ms),
                 ("repetition_time_ms", r.repetition_time_ms),
             ] {
-                if let Some(range) = range {
-                    if !(range[0].is_finite() && range[1].is_finite() && range[0] <= range[1]) {
-                        return Err(RoutingError::BadRange {
-                            rule: r.name.clone(),
-                            key,
-                            range,
-                        });
-                    }
+                if let Some(range) = range
+                    && !(range[0].is_finite() && range[1].is_finite() && range[0] <= range[1])
+                {
+                    return Err(RoutingError::BadRange {
+                        rule: r.name.clone(),
+                        key,
+                        range,
+                    });
                 }
             }
             rules.push(Rule {
@@ -241,10 +249,10 @@ impl Rule {
                 None => return Err(format!("no name among {names:?} matches /{}/", re.as_str())),
             }
         }
-        if let Some(re) = &self.exclude_names {
-            if let Some(n) = names.iter().find(|n| re.is_match(n)) {
-                return Err(format!("name {n:?} is excluded by /{}/", re.as_str()));
-            }
+        if let Some(re) = &self.exclude_names
+            && let Some(n) = names.iter().find(|n| re.is_match(n))
+        {
+            return Err(format!("name {n:?} is excluded by /{}/", re.as_str()));
         }
         for (label, re, value) in [
             ("ScanningSequence", &self.scanning_sequence, &m.scanning_sequence),
@@ -257,13 +265,13 @@ impl Rule {
                 held.push(format!("{label} {value:?}"));
             }
         }
-        if let Some(want) = &c.mr_acquisition_type {
-            if !m.mr_acquisition_type.is_empty() {
-                if !m.mr_acquisition_type.eq_ignore_ascii_case(want) {
-                    return Err(format!("MRAcquisitionType {} is not {want}", m.mr_acquisition_type));
-                }
-                held.push(format!("MRAcquisitionType {want}"));
+        if let Some(want) = &c.mr_acquisition_type
+            && !m.mr_acquisition_type.is_empty()
+        {
+            if !m.mr_acquisition_type.eq_ignore_ascii_case(want) {
+                return Err(format!("MRAcquisitionType {} is not {want}", m.mr_acquisition_type));
             }
+            held.push(format!("MRAcquisitionType {want}"));
         }
         for (label, range, value) in [
             ("InversionTime", c.inversion_time_ms, m.inversion_time),
@@ -278,7 +286,11 @@ impl Rule {
             }
         }
         if let Some(max) = c.max_slice_thickness_mm {
-            let thickness = m.slice_thickness.into_iter().chain(f.slice_step_mm).fold(f64::NAN, f64::max);
+            let thickness = m
+                .slice_thickness
+                .into_iter()
+                .chain(f.slice_step_mm)
+                .fold(f64::NAN, f64::max);
             if thickness > max + 1e-6 {
                 return Err(format!("slice thickness {thickness} mm > {max} mm"));
             }
@@ -320,11 +332,29 @@ mod tests {
 
     #[test]
     fn vendor_names_route_to_their_channel() {
-        for name in ["MPRAGE", "t1_mprage_sag_p2_iso", "MP2RAGE_UNI", "T1 MPR", "3D T1 TFE", "Sag BRAVO", "FSPGR 3D", "sT1W_3D_TFE"] {
+        for name in [
+            "MPRAGE",
+            "t1_mprage_sag_p2_iso",
+            "t1_mprage_sag",
+            "MP2RAGE_UNI",
+            "T1 MPR",
+            "3D T1 TFE",
+            "Sag BRAVO",
+            "FSPGR 3D",
+            "sT1W_3D_TFE",
+        ] {
             let d = route(&meta(name, "3D", 1.0, Some(900.0)), 176);
             assert_eq!(d.channel, Some(Channel::T1w), "{name}: {}", d.reason);
         }
-        for name in ["SPACE FLAIR", "t2_spc_da-fl_sag_p2_iso", "CUBE FLAIR", "VISTA FLAIR", "3D FLAIR", "T2sel", "tse3dvfl"] {
+        for name in [
+            "SPACE FLAIR",
+            "t2_spc_da-fl_sag_p2_iso",
+            "CUBE FLAIR",
+            "VISTA FLAIR",
+            "3D FLAIR",
+            "T2sel",
+            "tse3dvfl",
+        ] {
             let d = route(&meta(name, "3D", 1.0, Some(1800.0)), 176);
             assert_eq!(d.channel, Some(Channel::Flair), "{name}: {}", d.reason);
             assert!(d.reason.contains("name"), "{}", d.reason);
@@ -335,7 +365,10 @@ mod tests {
     fn thick_2d_flair_is_refused_with_the_reason() {
         let d = route(&meta("t2_tirm_tra_dark-fluid", "2D", 5.0, Some(2500.0)), 28);
         assert_eq!(d.channel, None);
-        assert!(d.rule.as_deref().is_some_and(|r| r.contains("2D thick-slice FLAIR")), "{d:?}");
+        assert!(
+            d.rule.as_deref().is_some_and(|r| r.contains("2D thick-slice FLAIR")),
+            "{d:?}"
+        );
         let d = route(&meta("AX FLAIR", "3D", 4.0, Some(2500.0)), 40);
         assert_eq!(d.channel, None, "{}", d.reason);
     }
@@ -344,11 +377,21 @@ mod tests {
     fn unknown_and_excluded_series_are_ignored_with_every_rule_explained() {
         let d = route(&meta("DWI b1000", "2D", 4.0, None), 30);
         assert_eq!(d.channel, None);
-        assert!(d.reason.starts_with("no rule matched") && d.reason.contains("3D T1w"), "{}", d.reason);
+        assert!(
+            d.reason.starts_with("no rule matched") && d.reason.contains("3D T1w"),
+            "{}",
+            d.reason
+        );
+        let d = route(&meta("MPR Cor", "3D", 1.0, None), 176);
+        assert_eq!(d.channel, None, "{}", d.reason);
         let d = route(&meta("MPRAGE localizer", "3D", 1.0, None), 3);
         assert_eq!(d.channel, None, "{}", d.reason);
         let d = route(&meta("FLAIR 3D", "3D", 1.0, Some(100.0)), 176);
-        assert!(d.channel.is_none() && d.reason.contains("InversionTime 100 ms outside"), "{}", d.reason);
+        assert!(
+            d.channel.is_none() && d.reason.contains("InversionTime 100 ms outside"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

@@ -40,10 +40,7 @@ impl Volume {
         }
         let data = view.as_standard_layout().into_owned();
         // A permutation/flip of an invertible affine stays invertible.
-        let affine = self
-            .affine
-            .then_index(&index_map)
-            .unwrap_or(self.affine);
+        let affine = self.affine.then_index(&index_map).unwrap_or(self.affine);
         Volume { data, affine }
     }
 

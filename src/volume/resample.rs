@@ -79,11 +79,12 @@ impl Volume {
                 let s = (lo as i64 + start[a]) as usize;
                 s..s + (hi - lo)
             };
-            out.slice_mut(ndarray::s![ri.0..ri.1, rj.0..rj.1, rk.0..rk.1]).assign(
-                &self
-                    .data
-                    .slice(ndarray::s![src(ri.0, ri.1, 0), src(rj.0, rj.1, 1), src(rk.0, rk.1, 2)]),
-            );
+            out.slice_mut(ndarray::s![ri.0..ri.1, rj.0..rj.1, rk.0..rk.1])
+                .assign(
+                    &self
+                        .data
+                        .slice(ndarray::s![src(ri.0, ri.1, 0), src(rj.0, rj.1, 1), src(rk.0, rk.1, 2)]),
+                );
         }
         let mut shift = Matrix4::identity();
         for (a, s) in start.iter().enumerate() {

@@ -23,8 +23,15 @@ fn axial_lps(shape: [usize; 3], spacing: [f64; 3]) -> Affine {
 fn centred_oblique_grid(shape: [usize; 3]) -> Grid {
     let a = oblique_affine();
     let (dirs, spacing) = (a.directions(), a.spacing());
-    let origin = std::array::from_fn(|r| -(0..3).map(|c| dirs[c][r] * spacing[c] * (shape[c] as f64 - 1.0) / 2.0).sum::<f64>());
-    Grid { shape, affine: Affine::from_parts(spacing, dirs, origin).unwrap() }
+    let origin = std::array::from_fn(|r| {
+        -(0..3)
+            .map(|c| dirs[c][r] * spacing[c] * (shape[c] as f64 - 1.0) / 2.0)
+            .sum::<f64>()
+    });
+    Grid {
+        shape,
+        affine: Affine::from_parts(spacing, dirs, origin).unwrap(),
+    }
 }
 
 /// Deterministic pseudo-random values with no structure (a hash of the index).
@@ -42,7 +49,9 @@ fn smooth_value(p: [f64; 3]) -> f32 {
 }
 
 fn smooth_volume(shape: [usize; 3], affine: Affine) -> Volume {
-    let data = Array3::from_shape_fn(shape, |(i, j, k)| smooth_value(affine.apply([i as f64, j as f64, k as f64])));
+    let data = Array3::from_shape_fn(shape, |(i, j, k)| {
+        smooth_value(affine.apply([i as f64, j as f64, k as f64]))
+    });
     Volume::new(data, affine).unwrap()
 }
 
@@ -107,7 +116,12 @@ fn resample_matches_the_field_at_target_positions() {
     let a = smooth_volume([60, 60, 40], axial_lps([60, 60, 40], [1.0, 1.0, 1.0]));
     let grid = Grid {
         shape: [30, 30, 18],
-        affine: Affine::from_parts([1.7, 1.3, 1.9], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [-20.0, -15.0, -15.0]).unwrap(),
+        affine: Affine::from_parts(
+            [1.7, 1.3, 1.9],
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            [-20.0, -15.0, -15.0],
+        )
+        .unwrap(),
     };
     let r = a.resample(&grid, Interp::Linear, f32::NAN).unwrap();
     for ((i, j, k), &x) in r.data().indexed_iter() {
@@ -119,7 +133,16 @@ fn resample_matches_the_field_at_target_positions() {
 #[test]
 fn nearest_keeps_mask_labels() {
     let v = left_marked(axial_lps([30, 30, 20], [1.0, 1.0, 1.0]), [30, 30, 20]);
-    let r = v.resample(&Grid { shape: [20, 25, 18], affine: oblique_affine() }, Interp::Nearest, 0.0).unwrap();
+    let r = v
+        .resample(
+            &Grid {
+                shape: [20, 25, 18],
+                affine: oblique_affine(),
+            },
+            Interp::Nearest,
+            0.0,
+        )
+        .unwrap();
     assert!(r.data().iter().all(|&x| x == 0.0 || x == 10.0 || x == 1000.0));
 }
 
@@ -153,7 +176,9 @@ fn left_stays_left_through_reorient_resample_and_crop() {
     assert_eq!(ras.data()[[0, 15, 10]], 1000.0);
     assert_eq!(ras.data()[[39, 15, 10]], 10.0);
     assert!(centroid_above(&ras, 500.0)[0] > 10.0);
-    let r = ras.resample(&centred_oblique_grid([30, 30, 20]), Interp::Linear, 0.0).unwrap();
+    let r = ras
+        .resample(&centred_oblique_grid([30, 30, 20]), Interp::Linear, 0.0)
+        .unwrap();
     assert!(centroid_above(&r, 500.0)[0] > 10.0);
     let c = ras.crop_or_pad([24, 40, 16], 0.0).unwrap();
     assert!(centroid_above(&c, 500.0)[0] > 10.0);
@@ -209,10 +234,19 @@ fn zscore_inside_mask() {
     let mut v = noise_volume(shape, axial_lps(shape, [1.0, 1.0, 1.0]));
     let mask = Array3::from_shape_fn(shape, |(i, _, _)| i < 5);
     v.zscore(Some(&mask)).unwrap();
-    let inside: Vec<f64> = v.data().iter().zip(mask.iter()).filter(|(_, m)| **m).map(|(x, _)| f64::from(*x)).collect();
+    let inside: Vec<f64> = v
+        .data()
+        .iter()
+        .zip(mask.iter())
+        .filter(|(_, m)| **m)
+        .map(|(x, _)| f64::from(*x))
+        .collect();
     let mean = inside.iter().sum::<f64>() / inside.len() as f64;
     let var = inside.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / inside.len() as f64;
-    assert!(mean.abs() < 1e-4 && (var.sqrt() - 1.0).abs() < 1e-4, "mean {mean} var {var}");
+    assert!(
+        mean.abs() < 1e-4 && (var.sqrt() - 1.0).abs() < 1e-4,
+        "mean {mean} var {var}"
+    );
     let empty = Array3::from_elem(shape, false);
     assert!(matches!(v.zscore(Some(&empty)), Err(VolumeError::Degenerate { .. })));
     let wrong = Array3::from_elem([3, 3, 3], true);
@@ -227,6 +261,16 @@ fn bad_geometry_is_refused() {
     let mut m = *oblique_affine().matrix();
     m[(0, 0)] = f64::NAN;
     assert!(matches!(Affine::new(m), Err(VolumeError::BadAffine { .. })));
-    assert!(Affine::from_parts([0.0, 1.0, 1.0], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [0.0; 3]).is_err());
-    assert!(matches!(Volume::new(Array3::zeros([0, 3, 3]), oblique_affine()), Err(VolumeError::EmptyGrid { .. })));
+    assert!(
+        Affine::from_parts(
+            [0.0, 1.0, 1.0],
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            [0.0; 3]
+        )
+        .is_err()
+    );
+    assert!(matches!(
+        Volume::new(Array3::zeros([0, 3, 3]), oblique_affine()),
+        Err(VolumeError::EmptyGrid { .. })
+    ));
 }

@@ -1,4 +1,5 @@
 //! The single integration-test binary: real peers (dcm2niix, DCMTK, …) on real files.
 //! Peers come from `scripts/setup.sh`; a missing one fails the test loudly.
 
+mod dicom_parity;
 mod util;

@@ -17,8 +17,8 @@ pub fn tool(name: &str) -> PathBuf {
     if local.exists() {
         return local;
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
+    let on_path =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
     match on_path.flatten() {
         Some(p) => p,
         None => panic!("peer tool `{name}` is missing: run `scripts/setup.sh` (or `make test`) first"),

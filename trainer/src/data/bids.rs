@@ -18,7 +18,11 @@ pub enum BidsError {
     },
     /// `participants.tsv` lacks a required column.
     #[error("{path}: missing column `{column}` (found: {found})")]
-    MissingColumn { path: PathBuf, column: &'static str, found: String },
+    MissingColumn {
+        path: PathBuf,
+        column: &'static str,
+        found: String,
+    },
     /// A row of `participants.tsv` breaks a rule.
     #[error("{path}, line {line}: {rule}")]
     BadRow { path: PathBuf, line: usize, rule: String },
@@ -96,13 +100,19 @@ impl Dataset {
             source,
         })?;
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        let header: Vec<&str> = lines.next().map(|(_, l)| l.split('\t').map(str::trim).collect()).unwrap_or_default();
+        let header: Vec<&str> = lines
+            .next()
+            .map(|(_, l)| l.split('\t').map(str::trim).collect())
+            .unwrap_or_default();
         let column = |name: &'static str| {
-            header.iter().position(|h| *h == name).ok_or_else(|| BidsError::MissingColumn {
-                path: tsv_path.clone(),
-                column: name,
-                found: header.join(", "),
-            })
+            header
+                .iter()
+                .position(|h| *h == name)
+                .ok_or_else(|| BidsError::MissingColumn {
+                    path: tsv_path.clone(),
+                    column: name,
+                    found: header.join(", "),
+                })
         };
         let (id_col, group_col) = (column("participant_id")?, column("group")?);
         let mut warnings = Vec::new();

@@ -1,0 +1,281 @@
+//! Command line: parse once, check the options, call one library function per command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fcdnode::assemble::{self, SeriesMeta, StackSummary, Tolerances};
+use fcdnode::nifti::{self, DataType};
+use fcdnode::synth::{self, CohortOptions, DicomExport, Plane, SliceOrder};
+use fcdnode::tracker::routing::{Decision, SeriesFacts};
+
+/// fcdnode: a DICOM node that triages 3D T1w/FLAIR MRI for focal cortical dysplasia type II.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a seeded synthetic FCD-II cohort: a BIDS tree (ds004199 layout) from the MNI152
+    /// templates, optional DICOM series of the same images, and a PNG preview of one lesion.
+    Synth(SynthArgs),
+    /// List every DICOM series under the paths: UIDs, modality, description, dimensions,
+    /// spacing, orientation, and the routing decision with its reason.
+    Inspect {
+        /// Files or directories (walked recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Configuration file for the routing rules (defaults when absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Assemble one DICOM series into a volume and write it as NIfTI (RAS, as NIfTI tools expect).
+    Volume {
+        /// Files or directories holding the series.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output file (.nii or .nii.gz).
+        #[arg(long)]
+        out: PathBuf,
+        /// Series Instance UID to pick when the paths hold several series.
+        #[arg(long)]
+        series: Option<String>,
+    },
+    /// Load and validate a configuration file, then exit (0 = valid).
+    CheckConfig {
+        /// The TOML file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SynthArgs {
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of subjects.
+    #[arg(long, default_value_t = 20)]
+    subjects: usize,
+    /// Fraction of subjects with an FCD-II lesion (group `fcd`); the rest are controls (`hc`).
+    #[arg(long, default_value_t = 0.5)]
+    fcd_fraction: f64,
+    /// Seed: the same seed and options give byte-identical files.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Base isotropic voxel size in mm (each scanner group scales it).
+    #[arg(long, default_value_t = 1.0)]
+    voxel_mm: f64,
+    /// Lesion radius in mm (size knob).
+    #[arg(long, default_value_t = 8.0)]
+    lesion_radius: f64,
+    /// Lesion contrast, 1.0 = typical; lower makes lesions harder to see.
+    #[arg(long, default_value_t = 1.0)]
+    lesion_contrast: f64,
+    /// Probability that a patient is scanned on the controls' scanner (1 removes the scanner
+    /// confound, 0 makes scanner and diagnosis identical).
+    #[arg(long, default_value_t = 0.4)]
+    confound: f64,
+    /// Acquisition plane of every image (NIfTI and DICOM share the grid).
+    #[arg(long, value_enum, default_value_t = Plane::Axial)]
+    plane: Plane,
+    /// Also write DICOM series to DIR/dicom/sub-XXXXX/<T1w|FLAIR>/.
+    #[arg(long)]
+    dicom: bool,
+    /// Instance Number order of the DICOM slices.
+    #[arg(long, value_enum, default_value_t = SliceOrder::Asc, requires = "dicom")]
+    order: SliceOrder,
+    /// Write each series as one Enhanced MR multi-frame instance.
+    #[arg(long, requires = "dicom")]
+    enhanced: bool,
+    /// Transfer syntax UID of the DICOM files (explicit LE, implicit LE, deflated, JPEG-LS lossless).
+    #[arg(long, default_value = "1.2.840.10008.1.2.1", requires = "dicom")]
+    transfer_syntax: String,
+    /// Skip the PNG preview.
+    #[arg(long)]
+    no_preview: bool,
+    /// Print how long each stage took.
+    #[arg(long)]
+    timings: bool,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Synth(args) => synth_command(args),
+        Command::Inspect { paths, config, json } => inspect_command(&paths, config.as_deref(), json),
+        Command::Volume { paths, out, series } => volume_command(&paths, &out, series.as_deref()),
+        Command::CheckConfig { config } => {
+            fcdnode::config::settings(Some(&config))?;
+            println!("{}: valid", config.display());
+            Ok(())
+        }
+    }
+}
+
+/// One series as `inspect` shows it.
+#[derive(serde::Serialize)]
+struct SeriesReport {
+    series_uid: String,
+    instances: usize,
+    meta: SeriesMeta,
+    /// Voxels along i, j, k of the main stack.
+    dimensions: Option<[usize; 3]>,
+    /// mm along i, j, k (k from slice positions).
+    spacing_mm: Option<[f64; 3]>,
+    /// Closest axis codes of i, j, k (e.g. LPS for an ascending axial stack).
+    orientation: Option<String>,
+    stack: Option<StackSummary>,
+    other_stacks: Vec<StackSummary>,
+    /// Why the series cannot be assembled, if it cannot.
+    error: Option<String>,
+    routing: Option<Decision>,
+}
+
+fn inspect_command(paths: &[PathBuf], config: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    let settings = fcdnode::config::settings(config)?;
+    let scan = assemble::scan(paths)?;
+    let mut reports = Vec::new();
+    for (uid, sources) in &scan.series {
+        let mut report = SeriesReport {
+            series_uid: uid.clone(),
+            instances: sources.len(),
+            meta: assemble::series_meta(&sources[0].object),
+            dimensions: None,
+            spacing_mm: None,
+            orientation: None,
+            stack: None,
+            other_stacks: Vec::new(),
+            error: None,
+            routing: None,
+        };
+        match assemble::plan_series(sources, &Tolerances::default()) {
+            Ok(plan) => {
+                let facts = SeriesFacts {
+                    meta: &plan.meta,
+                    slices: plan.shape()[2],
+                    slice_step_mm: Some(plan.ordered.slice_step_mm),
+                };
+                report.routing = Some(settings.router.route(&facts));
+                report.dimensions = Some(plan.shape());
+                report.spacing_mm = Some(plan.ordered.affine.spacing().map(|s| (s * 1e4).round() / 1e4));
+                report.orientation = Some(plan.ordered.affine.orientation().to_string());
+                report.stack = Some(plan.stack);
+                report.other_stacks = plan.other_stacks;
+            }
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        reports.push(report);
+    }
+    if json {
+        let value = serde_json::json!({ "series": reports, "skipped": scan.skipped });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for r in &reports {
+        let m = &r.meta;
+        println!("series {}", r.series_uid);
+        println!(
+            "  {} instance(s), modality {}, description {:?}, protocol {:?}",
+            r.instances, m.modality, m.series_description, m.protocol_name
+        );
+        println!("  study {}", m.study_uid);
+        if let (Some(d), Some(s), Some(o)) = (r.dimensions, r.spacing_mm, &r.orientation) {
+            println!(
+                "  {}×{}×{} voxels, {:.3}×{:.3}×{:.3} mm, orientation {o}",
+                d[0], d[1], d[2], s[0], s[1], s[2]
+            );
+        }
+        if !r.other_stacks.is_empty() {
+            println!(
+                "  {} other stack(s) left out: {:?}",
+                r.other_stacks.len(),
+                r.other_stacks.iter().map(|s| s.frames).collect::<Vec<_>>()
+            );
+        }
+        if let Some(e) = &r.error {
+            println!("  cannot assemble: {e}");
+        }
+        if let Some(d) = &r.routing {
+            let channel = d.channel.map_or("ignore".to_string(), |c| format!("{c:?}"));
+            println!("  routing: {channel} — {}", d.reason);
+        }
+    }
+    for s in &scan.skipped {
+        println!("skipped {s}");
+    }
+    if reports.is_empty() {
+        anyhow::bail!("no DICOM series found under {paths:?}");
+    }
+    Ok(())
+}
+
+fn volume_command(paths: &[PathBuf], out: &std::path::Path, series: Option<&str>) -> anyhow::Result<()> {
+    let assembled = assemble::assemble_paths(paths, series)?;
+    let v = &assembled.volume;
+    // Integer values that fit int16 are stored as int16 (like dcm2niix); anything else as float.
+    let integral = v
+        .data()
+        .iter()
+        .all(|x| x.fract() == 0.0 && (-32768.0..=32767.0).contains(x));
+    let datatype = if integral { DataType::I16 } else { DataType::F32 };
+    nifti::write(out, v, datatype)?;
+    let [ni, nj, nk] = v.shape();
+    println!(
+        "series {}: {ni}×{nj}×{nk} voxels, orientation {} → {}",
+        assembled.meta.series_uid,
+        v.orientation(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn synth_command(a: SynthArgs) -> anyhow::Result<()> {
+    let options = CohortOptions {
+        subjects: a.subjects,
+        fcd_fraction: a.fcd_fraction,
+        seed: a.seed,
+        voxel_mm: a.voxel_mm,
+        plane: a.plane,
+        lesion_radius_mm: a.lesion_radius,
+        lesion_contrast: a.lesion_contrast,
+        patients_on_control_scanner: a.confound,
+        dicom: a.dicom.then(|| DicomExport {
+            order: a.order,
+            enhanced: a.enhanced,
+            transfer_syntax: a.transfer_syntax.clone(),
+        }),
+        preview: !a.no_preview,
+        ..CohortOptions::default()
+    };
+    let report = synth::generate(&a.out, &options).with_context(|| format!("synth into {}", a.out.display()))?;
+    let fcd = report.participants.iter().filter(|p| p.group == "fcd").count();
+    println!(
+        "wrote {} subjects ({} fcd, {} hc) to {}",
+        report.participants.len(),
+        fcd,
+        report.participants.len() - fcd,
+        a.out.display()
+    );
+    if let Some(preview) = &report.preview {
+        println!("preview: {}", preview.display());
+    }
+    if a.timings {
+        let t = report.timings;
+        println!(
+            "timings: templates {:.2} s, render {:.2} s, NIfTI {:.2} s, DICOM {:.2} s, total {:.2} s",
+            t.anatomy.as_secs_f64(),
+            t.render.as_secs_f64(),
+            t.nifti.as_secs_f64(),
+            t.dicom.as_secs_f64(),
+            t.total.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! Synthetic anatomy and lesions (in progress).
