@@ -10,7 +10,7 @@ use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, supported_transfer_syntaxe
 use fcdnode::synth::{Plane, SliceOrder, acquisition_grid};
 use fcdnode::volume::Volume;
 
-use crate::util::{run_ok, tempdir, tool};
+use crate::util::{assert_same_volume, dcm2niix, run_ok, tempdir, tool};
 
 const PLANES: [Plane; 4] = [Plane::Axial, Plane::Sagittal, Plane::Coronal, Plane::Oblique];
 const ORDERS: [SliceOrder; 3] = [SliceOrder::Asc, SliceOrder::Desc, SliceOrder::Shuffled];
@@ -68,45 +68,9 @@ fn check_parity(plane: Plane, options: &DicomOptions) {
         series
     };
     let theirs_path = dcm2niix(&series, &tmp.path().join("out"), &label);
-    let ours = nifti::read(&ours_path)
-        .unwrap_or_else(|e| panic!("{label}: {e}"))
-        .to_canonical();
-    let theirs = nifti::read(&theirs_path)
-        .unwrap_or_else(|e| panic!("{label}: {e}"))
-        .to_canonical();
-    assert_eq!(ours.shape(), theirs.shape(), "{label}: canonical shape");
-    let diff = ours.affine().max_abs_diff(theirs.affine());
-    assert!(
-        diff < AFFINE_TOL_MM,
-        "{label}: affine differs by {diff} mm\nours:   {:?}\ntheirs: {:?}",
-        ours.affine(),
-        theirs.affine()
-    );
-    let mismatches = ours
-        .data()
-        .iter()
-        .zip(theirs.data().iter())
-        .filter(|(a, b)| a != b)
-        .count();
-    assert_eq!(mismatches, 0, "{label}: {mismatches} voxels differ from dcm2niix");
-}
-
-/// Runs dcm2niix on `series` and returns the single NIfTI it wrote.
-fn dcm2niix(series: &Path, out: &Path, label: &str) -> PathBuf {
-    std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("{label}: {e}"));
-    run_ok(
-        Command::new(tool("dcm2niix"))
-            .args(["-z", "n", "-b", "n", "-x", "n", "-i", "n", "-f", "out", "-o"])
-            .arg(out)
-            .arg(series),
-    );
-    let mut written: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap_or_else(|e| panic!("{label}: {e}"))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "nii"))
-        .collect();
-    assert_eq!(written.len(), 1, "{label}: dcm2niix wrote {written:?}");
-    written.remove(0)
+    let ours = nifti::read(&ours_path).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let theirs = nifti::read(&theirs_path).unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert_same_volume(&label, &ours, &theirs, AFFINE_TOL_MM);
 }
 
 /// Rewrites `files` into `out` as explicit VR little endian with a DCMTK tool (`dcmconv +te`

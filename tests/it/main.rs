@@ -2,4 +2,5 @@
 //! Peers come from `scripts/setup.sh`; a missing one fails the test loudly.
 
 mod dicom_parity;
+mod synth;
 mod util;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use fcdnode::Volume;
+
 /// Repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,4 +51,44 @@ pub fn tempdir() -> tempfile::TempDir {
         .prefix("fcdnode-it-")
         .tempdir()
         .unwrap_or_else(|e| panic!("cannot create temp dir: {e}"))
+}
+
+/// Runs dcm2niix (the geometry reference) on one series directory and returns the single
+/// uncompressed NIfTI it wrote into `out`.
+pub fn dcm2niix(series: &Path, out: &Path, label: &str) -> PathBuf {
+    std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("{label}: {e}"));
+    run_ok(
+        Command::new(tool("dcm2niix"))
+            .args(["-z", "n", "-b", "n", "-x", "n", "-i", "n", "-f", "out", "-o"])
+            .arg(out)
+            .arg(series),
+    );
+    let mut written: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap_or_else(|e| panic!("{label}: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "nii"))
+        .collect();
+    assert_eq!(written.len(), 1, "{label}: dcm2niix wrote {written:?}");
+    written.remove(0)
+}
+
+/// Both volumes, reoriented to RAS, have the same shape, identical voxels and affines within
+/// `tol_mm`.
+pub fn assert_same_volume(label: &str, ours: &Volume, theirs: &Volume, tol_mm: f64) {
+    let (ours, theirs) = (ours.to_canonical(), theirs.to_canonical());
+    assert_eq!(ours.shape(), theirs.shape(), "{label}: canonical shape");
+    let diff = ours.affine().max_abs_diff(theirs.affine());
+    assert!(
+        diff < tol_mm,
+        "{label}: affine differs by {diff} mm\nours:   {:?}\ntheirs: {:?}",
+        ours.affine(),
+        theirs.affine()
+    );
+    let mismatches = ours
+        .data()
+        .iter()
+        .zip(theirs.data().iter())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(mismatches, 0, "{label}: {mismatches} voxels differ");
 }
