@@ -47,11 +47,31 @@ enum Command {
         #[arg(long)]
         series: Option<String>,
     },
+    /// Measure a stage and print the figures (wall time, peak memory); asserts nothing.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Load and validate a configuration file, then exit (0 = valid).
     CheckConfig {
         /// The TOML file.
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Assemble a 256×256×176 16-bit series of 176 single-frame files (generated unless DIR
+    /// already holds DICOM files): best wall time of several runs and peak RSS.
+    Assemble {
+        /// Series directory; a temporary one (removed afterwards) when absent. An empty or new
+        /// directory receives the generated series and keeps it.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Number of timed runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
 }
 
@@ -111,6 +131,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => synth_command(args),
         Command::Inspect { paths, config, json } => inspect_command(&paths, config.as_deref(), json),
         Command::Volume { paths, out, series } => volume_command(&paths, &out, series.as_deref()),
+        Command::Bench {
+            what: BenchCommand::Assemble { dir, runs },
+        } => bench_assemble_command(dir, runs),
         Command::CheckConfig { config } => {
             fcdnode::config::settings(Some(&config))?;
             println!("{}: valid", config.display());
@@ -203,7 +226,7 @@ fn inspect_command(paths: &[PathBuf], config: Option<&std::path::Path>, json: bo
             println!("  cannot assemble: {e}");
         }
         if let Some(d) = &r.routing {
-            let channel = d.channel.map_or("ignore".to_string(), |c| format!("{c:?}"));
+            let channel = d.channel.map_or("ignore".to_string(), |c| c.to_string());
             println!("  routing: {channel} — {}", d.reason);
         }
     }
@@ -233,6 +256,42 @@ fn volume_command(paths: &[PathBuf], out: &std::path::Path, series: Option<&str>
         v.orientation(),
         out.display()
     );
+    Ok(())
+}
+
+fn bench_assemble_command(dir: Option<PathBuf>, runs: usize) -> anyhow::Result<()> {
+    let temporary = dir.is_none();
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("fcdnode-bench-{}", std::process::id())));
+    let result = assemble::bench::assemble_bench(&dir, runs);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let r = result?;
+    println!(
+        "assemble: {} files ({:.1} MB) in {} → {}×{}×{} voxels, {} threads",
+        r.files,
+        r.bytes as f64 / 1e6,
+        r.dir.display(),
+        r.shape[0],
+        r.shape[1],
+        r.shape[2],
+        r.threads
+    );
+    let runs: Vec<String> = r.runs.iter().map(|t| format!("{:.3}", t.as_secs_f64())).collect();
+    println!("  runs (s): {}", runs.join(" "));
+    println!("  best: {:.3} s", r.best.as_secs_f64());
+    match r.peak_rss_bytes {
+        Some(b) => println!(
+            "  peak RSS: {:.1} MiB{}",
+            b as f64 / (1024.0 * 1024.0),
+            if r.peak_reset {
+                " (reset before assembling)"
+            } else {
+                " (includes generating the series)"
+            }
+        ),
+        None => println!("  peak RSS: unavailable (no /proc/self/status)"),
+    }
     Ok(())
 }
 

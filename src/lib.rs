@@ -10,6 +10,7 @@
 pub mod assemble;
 pub mod config;
 pub mod nifti;
+pub mod package;
 pub mod synth;
 pub mod tracker;
 pub mod volume;

@@ -15,6 +15,15 @@ pub enum Channel {
     Flair,
 }
 
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Channel::T1w => "T1w",
+            Channel::Flair => "FLAIR",
+        })
+    }
+}
+
 /// One routing rule as written in TOML. Every condition present must hold.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -216,7 +225,7 @@ impl Router {
             match rule.check(facts) {
                 Ok(held) => {
                     let verdict = match rule.config.channel {
-                        Some(c) => format!("{c:?}"),
+                        Some(c) => c.to_string(),
                         None => "ignored".into(),
                     };
                     return Decision {
