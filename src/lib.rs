@@ -1,16 +1,27 @@
 //! fcdnode: DICOM triage node for focal cortical dysplasia type II, and the library its trainer
 //! shares.
 //!
-//! Module map (pipeline stages are added as they are built):
+//! Data path of the node (stages still missing are built issue by issue):
+//! DICOM instances → [`assemble`] (`Volume`) → [`tracker::routing`] (T1w / FLAIR / ignore) →
+//! [`preprocess`] (`ModelInput`) → [`infer`] (ONNX Runtime) → [`explain`] (CAM, Heat-Score).
+//!
+//! Shared with the trainer:
 //! - [`volume`]: `Volume` (f32 voxels + voxel → LPS mm affine), reorientation, resampling,
 //!   crop/pad, foreground mask, z-score; the geometry every other part uses.
 //! - [`nifti`]: NIfTI-1 read/write with NIfTI's RAS world mapped to LPS.
+//! - [`preprocess`]: the model's input recipe, identical for training and inference.
+//! - [`package`]: model package (manifest, architecture spec, named weights, ONNX writer).
+//! - [`explain`]: CAM maths and Heat-Score.
 //! - [`synth`]: seeded synthetic FCD-II cohort (BIDS NIfTI tree and DICOM series).
+//! - [`config`]: the node's TOML configuration, validated once.
 
 pub mod assemble;
 pub mod config;
+pub mod explain;
+pub mod infer;
 pub mod nifti;
 pub mod package;
+pub mod preprocess;
 pub mod synth;
 pub mod tracker;
 pub mod volume;

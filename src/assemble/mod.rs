@@ -1,10 +1,18 @@
 //! Series → Volume: DICOM instances (files or in-memory objects) of one series become a
 //! [`Volume`] with a voxel → LPS mm affine, or a typed error naming the series and the rule.
 //!
-//! Frames (single-frame instances or Enhanced MR frames) are grouped into stacks by orientation,
-//! matrix, pixel spacing, echo and temporal position; the largest stack is assembled and the
-//! others are reported. Order comes from Image Position (Patient) along the normal ([`sort`]).
+//! Frames (single-frame instances or Enhanced MR frames) are grouped into stacks by orientation
+//! (within tolerance), matrix, pixel spacing, echo and temporal position; the largest stack is
+//! assembled and the others are reported ([`plan_series`] says what happens on ties and mixed
+//! matrices). Order comes from Image Position (Patient) along the normal ([`sort`]).
+//!
+//! Pixels: any transfer syntax dicom-pixeldata decodes (native, deflated, RLE, JPEG lossless,
+//! JPEG-LS, JPEG 2000); 8 or 16 bits allocated, any stored width, signed or unsigned (bits
+//! outside Bits Stored are dropped, signed samples sign-extended), then each frame's Rescale
+//! Slope/Intercept. [`decode_frame`] exposes that step for single images. `fcdnode bench
+//! assemble` ([`bench`]) times the whole stage.
 
+pub mod bench;
 pub mod sort;
 
 use std::collections::BTreeMap;
@@ -13,8 +21,8 @@ use std::path::{Path, PathBuf};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
-use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
-use ndarray::Array3;
+use dicom_pixeldata::{PixelDecoder, PixelRepresentation};
+use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 
 use crate::volume::Volume;
@@ -69,6 +77,17 @@ pub enum AssembleError {
         series_uid: String,
         #[source]
         source: StackError,
+    },
+    /// Several stacks tie for the main one, so none can be picked without a guess.
+    #[error(
+        "series {series_uid}: {count} stacks of {frames} frames each ({stacks}): \
+         no single main stack to assemble"
+    )]
+    AmbiguousStacks {
+        series_uid: String,
+        count: usize,
+        frames: usize,
+        stacks: String,
     },
     /// Pixel data could not be decoded.
     #[error("series {series_uid}, {source_label}: cannot decode pixel data: {source}")]
@@ -338,6 +357,16 @@ impl Plan {
 }
 
 /// Checks the geometry of one series' instances and picks the main stack (no pixel decoding).
+///
+/// Frames are grouped into stacks of one orientation, matrix, pixel spacing, echo and temporal
+/// position. The stack with the most frames is the main one; the rules around that choice:
+/// - a tie between the largest stacks is [`AssembleError::AmbiguousStacks`] (no guessing);
+/// - another stack in the main stack's plane, echo and temporal position but with a different
+///   matrix or pixel spacing means the acquisition itself mixes matrices:
+///   [`StackError::Mixed`] (dropping those frames would leave holes or silently shorten the
+///   volume);
+/// - stacks in other planes, echoes or temporal positions (localizers, second echoes, dynamics)
+///   are left out and reported in [`Plan::other_stacks`].
 pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, AssembleError> {
     let first = sources.first().ok_or_else(|| AssembleError::Empty {
         what: "the series".into(),
@@ -348,14 +377,54 @@ pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, Assembl
     for (index, s) in sources.iter().enumerate() {
         frames.extend(frames_of(index, s, &uid)?);
     }
-    let mut stacks = split_stacks(frames);
-    let mut summaries: Vec<StackSummary> = stacks.iter().map(|s| summarise(s)).collect();
-    // The main stack: most frames; ties go to the first in key order.
-    let main = (0..stacks.len())
-        .max_by_key(|&i| (stacks[i].len(), std::cmp::Reverse(i)))
-        .unwrap_or(0);
-    let stack = summaries.remove(main);
+    let mut stacks = split_stacks(frames, tol);
+    let largest = stacks.iter().map(Vec::len).max().unwrap_or(0);
+    let tied: Vec<usize> = (0..stacks.len()).filter(|&i| stacks[i].len() == largest).collect();
+    if tied.len() > 1 {
+        return Err(AssembleError::AmbiguousStacks {
+            series_uid: uid,
+            count: tied.len(),
+            frames: largest,
+            stacks: tied
+                .iter()
+                .map(|&i| describe_stack(&summarise(&stacks[i])))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    let Some(&main) = tied.first() else {
+        return Err(AssembleError::Empty {
+            what: format!("series {uid}"),
+        });
+    };
     let frames = stacks.swap_remove(main);
+    let head = &frames[0];
+    for other in &stacks {
+        let o = &other[0];
+        let same_plane = sort::same_orientation(&head.geometry, &o.geometry, tol);
+        if same_plane && head.echo == o.echo && head.temporal == o.temporal {
+            let (a, b) = (&head.geometry, &o.geometry);
+            let (what, first, other) = if (a.rows, a.columns) != (b.rows, b.columns) {
+                (
+                    "Rows/Columns",
+                    format!("{}×{} ({} frames)", a.rows, a.columns, frames.len()),
+                    format!("{}×{} ({} frames)", b.rows, b.columns, other.len()),
+                )
+            } else {
+                (
+                    "Pixel Spacing",
+                    format!("{:?} ({} frames)", a.pixel_spacing, frames.len()),
+                    format!("{:?} ({} frames)", b.pixel_spacing, other.len()),
+                )
+            };
+            return Err(AssembleError::Stack {
+                series_uid: uid,
+                source: StackError::Mixed { what, first, other },
+            });
+        }
+    }
+    let stack = summarise(&frames);
+    let other_stacks = stacks.iter().map(|s| summarise(s)).collect();
     let geometries: Vec<FrameGeometry> = frames.iter().map(|f| f.geometry).collect();
     let ordered = sort::order_stack(&geometries, tol).map_err(|source| AssembleError::Stack {
         series_uid: uid.clone(),
@@ -364,7 +433,7 @@ pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, Assembl
     Ok(Plan {
         meta,
         stack,
-        other_stacks: summaries,
+        other_stacks,
         ordered,
         frames,
     })
@@ -374,32 +443,27 @@ pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, Assembl
 pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled, AssembleError> {
     let plan = plan_series(sources, tol)?;
     let uid = plan.meta.series_uid.clone();
-    let [cols, rows, _] = plan.shape();
+    let [cols, rows, n_slices] = plan.shape();
     let frames = &plan.frames;
-    let slices: Vec<Vec<f32>> = plan
-        .ordered
-        .order
-        .par_iter()
-        .map(|&f| decode_frame(&sources[frames[f].source], &frames[f], &uid, rows * cols))
-        .collect::<Result<_, _>>()?;
-    let mut data = Array3::<f32>::zeros((cols, rows, slices.len()));
-    for (k, slice) in slices.iter().enumerate() {
-        for r in 0..rows {
-            for c in 0..cols {
-                data[[c, r, k]] = slice[r * cols + c];
-            }
-        }
-    }
-    let volume = Volume::new(data, plan.ordered.affine).map_err(|_| AssembleError::BadAttribute {
-        series_uid: uid.clone(),
-        source_label: sources[0].label.clone(),
-        attribute: "Rows/Columns",
-        value: format!("{rows}×{cols}"),
-        rule: "a volume needs at least one row and column",
-    })?;
-    let slices = plan
-        .ordered
-        .order
+    let order = &plan.ordered.order;
+    // Decode straight into one buffer of whole slices (slice k = row-major pixels), in parallel.
+    let pixels = rows * cols;
+    let mut slices = vec![0f32; pixels * n_slices];
+    slices
+        .par_chunks_mut(pixels)
+        .zip(order.par_iter())
+        .try_for_each(|(out, &f)| decode_into(&sources[frames[f].source], &frames[f], &uid, [rows, cols], out))?;
+    let volume = slices_to_ijk(slices, [cols, rows, n_slices])
+        .ok()
+        .and_then(|data| Volume::new(data, plan.ordered.affine).ok())
+        .ok_or_else(|| AssembleError::BadAttribute {
+            series_uid: uid.clone(),
+            source_label: sources[0].label.clone(),
+            attribute: "Rows/Columns",
+            value: format!("{rows}×{cols}"),
+            rule: "a volume needs at least one row and column",
+        })?;
+    let slices = order
         .iter()
         .map(|&f| {
             let obj = &sources[frames[f].source].object;
@@ -417,6 +481,40 @@ pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled
         stack: plan.stack,
         other_stacks: plan.other_stacks,
     })
+}
+
+/// Whole slices (slice-major, each row-major: `slices[(k * rows + r) * cols + c]`) → voxels
+/// `[i = c, j = r, k]` in standard (C) layout, in parallel over blocks of columns.
+///
+/// A plain loop is slow here: slice and column strides are multiples of 4 KiB, so every line
+/// it keeps open maps to the same cache set. Instead each (column block, row) gathers its
+/// `TILE × slices` values into a small local buffer (one full cache line read per slice) and
+/// writes them out as `TILE` contiguous runs.
+fn slices_to_ijk(slices: Vec<f32>, [cols, rows, n_slices]: [usize; 3]) -> Result<Array3<f32>, ndarray::ShapeError> {
+    const TILE: usize = 16;
+    let mut out = vec![0f32; slices.len()];
+    let per_column = rows * n_slices;
+    out.par_chunks_mut(TILE * per_column)
+        .enumerate()
+        .for_each(|(tile, block)| {
+            let c0 = tile * TILE;
+            let width = block.len() / per_column;
+            let mut local = vec![0f32; TILE * n_slices];
+            for r in 0..rows {
+                for k in 0..n_slices {
+                    let start = (k * rows + r) * cols + c0;
+                    for (dc, &v) in slices[start..start + width].iter().enumerate() {
+                        local[dc * n_slices + k] = v;
+                    }
+                }
+                for dc in 0..width {
+                    let at = (dc * rows + r) * n_slices;
+                    block[at..at + n_slices].copy_from_slice(&local[dc * n_slices..(dc + 1) * n_slices]);
+                }
+            }
+        });
+    drop(slices);
+    Array3::from_shape_vec((cols, rows, n_slices), out)
 }
 
 /// Series attributes from one instance (missing ones stay empty).
@@ -460,62 +558,75 @@ fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, Assemble
         source_label: s.label.clone(),
         attribute,
     };
+    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
+        series_uid: uid.to_string(),
+        source_label: s.label.clone(),
+        attribute,
+        value,
+        rule,
+    };
     let rows = int(obj, tags::ROWS).ok_or_else(|| missing("Rows (0028,0010)"))?;
     let columns = int(obj, tags::COLUMNS).ok_or_else(|| missing("Columns (0028,0011)"))?;
-    check_pixel_format(obj, s, uid)?;
-    let n_frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
-    let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    if !(1..=i64::from(u16::MAX)).contains(&rows) || !(1..=i64::from(u16::MAX)).contains(&columns) {
+        return Err(bad(
+            "Rows/Columns",
+            format!("{rows}×{columns}"),
+            "must be 1..=65535 each",
+        ));
+    }
+    PixelFormat::of(obj).map_err(|(attribute, value, rule)| bad(attribute, value, rule))?;
     let per_frame = obj
         .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
         .and_then(|e| e.items())
         .unwrap_or(&[]);
+    let n_frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    // Each frame of a multi-frame image needs its own position: its Per-frame Functional Groups
+    // item. Checking the count also bounds what a hostile Number of Frames can make us allocate.
+    if n_frames < 1 || (n_frames > 1 && per_frame.len() as i64 != n_frames) {
+        return Err(bad(
+            "Number of Frames (0028,0008)",
+            format!("{n_frames} with {} Per-frame Functional Groups items", per_frame.len()),
+            "a multi-frame image needs one Per-frame Functional Groups item (with its plane position) per frame",
+        ));
+    }
     let mut frames = Vec::with_capacity(n_frames as usize);
-    for f in 0..n_frames {
-        let pf = per_frame.get(f as usize);
-        // Look an attribute up in the frame's functional group, then the shared one, then the
-        // top-level data set (single-frame instances).
-        let lookup = |seq: Tag, tag: Tag| -> Option<Vec<f64>> {
-            pf.and_then(|g| first_item(g, seq))
-                .and_then(|i| numbers(i, tag))
-                .or_else(|| shared.and_then(|g| first_item(g, seq)).and_then(|i| numbers(i, tag)))
-                .or_else(|| numbers(obj, tag))
-        };
+    for f in 0..n_frames as u32 {
+        let lookup = |seq: Tag, tag: Tag| frame_numbers(obj, f, seq, tag);
         let position = lookup(tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)
             .ok_or_else(|| missing("Image Position (Patient) (0020,0032)"))?;
         let orientation = lookup(tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT)
             .ok_or_else(|| missing("Image Orientation (Patient) (0020,0037)"))?;
         let spacing = lookup(tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
             .ok_or_else(|| missing("Pixel Spacing (0028,0030)"))?;
-        let bad = |attribute: &'static str, value: &[f64], rule: &'static str| AssembleError::BadAttribute {
-            series_uid: uid.to_string(),
-            source_label: s.label.clone(),
-            attribute,
-            value: format!("{value:?}"),
-            rule,
-        };
         if position.len() != 3 || position.iter().any(|v| !v.is_finite()) {
-            return Err(bad("Image Position (Patient)", &position, "must be 3 finite numbers"));
+            return Err(bad(
+                "Image Position (Patient) (0020,0032)",
+                format!("{position:?}"),
+                "must be 3 finite numbers",
+            ));
         }
         if orientation.len() != 6 || orientation.iter().any(|v| !v.is_finite()) {
             return Err(bad(
-                "Image Orientation (Patient)",
-                &orientation,
+                "Image Orientation (Patient) (0020,0037)",
+                format!("{orientation:?}"),
                 "must be 6 finite numbers",
             ));
         }
         if spacing.len() != 2 {
-            return Err(bad("Pixel Spacing", &spacing, "must be 2 numbers"));
-        }
-        let rescale = |tag| lookup(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tag).and_then(|v| v.first().copied());
-        let slope = rescale(tags::RESCALE_SLOPE).unwrap_or(1.0);
-        let intercept = rescale(tags::RESCALE_INTERCEPT).unwrap_or(0.0);
-        if !slope.is_finite() || !intercept.is_finite() || slope == 0.0 {
             return Err(bad(
-                "Rescale Slope/Intercept",
-                &[slope, intercept],
-                "slope must be finite and non-zero",
+                "Pixel Spacing (0028,0030)",
+                format!("{spacing:?}"),
+                "must be 2 numbers",
             ));
         }
+        let (slope, intercept) = frame_rescale(obj, f).map_err(|v| {
+            bad(
+                "Rescale Slope/Intercept (0028,1053/0028,1052)",
+                format!("{v:?}"),
+                "slope must be finite and non-zero, intercept finite",
+            )
+        })?;
+        let pf = per_frame.get(f as usize);
         let echo = pf
             .and_then(|g| first_item(g, tags::MR_ECHO_SEQUENCE))
             .and_then(|i| text(i, tags::EFFECTIVE_ECHO_TIME))
@@ -526,7 +637,7 @@ fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, Assemble
             .or_else(|| text(obj, tags::TEMPORAL_POSITION_IDENTIFIER));
         frames.push(Frame {
             source: index,
-            frame: f as u32,
+            frame: f,
             geometry: FrameGeometry {
                 position: [position[0], position[1], position[2]],
                 row_direction: [orientation[0], orientation[1], orientation[2]],
@@ -544,8 +655,203 @@ fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, Assemble
     Ok(frames)
 }
 
-/// Refuses pixel formats the assembler cannot turn into one scalar per voxel.
-fn check_pixel_format(obj: &InMemDicomObject, s: &Source, uid: &str) -> Result<(), AssembleError> {
+/// An attribute of frame `frame` (0-based): from its Per-frame Functional Groups item (inside
+/// the `seq` macro), then the Shared Functional Groups, then the top-level data set (where
+/// single-frame instances keep it).
+fn frame_numbers(obj: &InMemDicomObject, frame: u32, seq: Tag, tag: Tag) -> Option<Vec<f64>> {
+    let in_group = |group: Tag, index: usize| {
+        obj.get(group)
+            .and_then(|e| e.items())
+            .and_then(|items| items.get(index))
+            .and_then(|g| first_item(g, seq))
+            .and_then(|i| numbers(i, tag))
+    };
+    in_group(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, frame as usize)
+        .or_else(|| in_group(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, 0))
+        .or_else(|| numbers(obj, tag))
+}
+
+/// Rescale slope and intercept of one frame (Pixel Value Transformation for Enhanced images,
+/// top-level Rescale Slope/Intercept otherwise; 1 and 0 when absent). The error holds the
+/// unusable pair.
+fn frame_rescale(obj: &InMemDicomObject, frame: u32) -> Result<(f64, f64), [f64; 2]> {
+    let value = |tag| {
+        frame_numbers(obj, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tag).and_then(|v| v.first().copied())
+    };
+    let slope = value(tags::RESCALE_SLOPE).unwrap_or(1.0);
+    let intercept = value(tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+    if !slope.is_finite() || !intercept.is_finite() || slope == 0.0 {
+        return Err([slope, intercept]);
+    }
+    Ok((slope, intercept))
+}
+
+/// How stored samples sit in their bits: the formats the assembler turns into one scalar per
+/// voxel (greyscale, 8 or 16 bits allocated, any stored width, signed or unsigned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PixelFormat {
+    allocated: u16,
+    stored: u16,
+    high_bit: u16,
+    signed: bool,
+}
+
+impl PixelFormat {
+    /// Reads and checks the Image Pixel attributes; the error is (attribute, value, rule).
+    fn of(obj: &InMemDicomObject) -> Result<Self, (&'static str, String, &'static str)> {
+        let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        if samples != 1 {
+            return Err((
+                "Samples per Pixel (0028,0002)",
+                samples.to_string(),
+                "only greyscale (1 sample) images form volumes",
+            ));
+        }
+        if let Some(pi) = text(obj, tags::PHOTOMETRIC_INTERPRETATION)
+            && pi != "MONOCHROME1"
+            && pi != "MONOCHROME2"
+        {
+            return Err((
+                "Photometric Interpretation (0028,0004)",
+                pi,
+                "only MONOCHROME1 or MONOCHROME2 images form volumes",
+            ));
+        }
+        let allocated = int(obj, tags::BITS_ALLOCATED).unwrap_or(0);
+        let stored = int(obj, tags::BITS_STORED).unwrap_or(allocated);
+        let high_bit = int(obj, tags::HIGH_BIT).unwrap_or(stored - 1);
+        if !matches!(allocated, 8 | 16)
+            || !(1..=allocated).contains(&stored)
+            || !(stored - 1..allocated).contains(&high_bit)
+        {
+            return Err((
+                "Bits Allocated/Bits Stored/High Bit (0028,0100-0102)",
+                format!("{allocated}/{stored}/{high_bit}"),
+                "unsupported bit depth: 8 or 16 bits allocated, 1..=allocated stored, stored - 1 <= high bit < allocated",
+            ));
+        }
+        let signed = match int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) {
+            0 => false,
+            1 => true,
+            other => {
+                return Err((
+                    "Pixel Representation (0028,0103)",
+                    other.to_string(),
+                    "must be 0 (unsigned) or 1 (signed)",
+                ));
+            }
+        };
+        Ok(Self {
+            allocated: allocated as u16,
+            stored: stored as u16,
+            high_bit: high_bit as u16,
+            signed,
+        })
+    }
+
+    /// Stored samples (little-endian words of `allocated` bits) → `slope * value + intercept`.
+    /// Bits outside the stored ones (overlays, padding) are dropped; signed values are
+    /// sign-extended from bit `high_bit`.
+    fn convert(&self, bytes: &[u8], slope: f64, intercept: f64, out: &mut [f32]) {
+        let shift = u32::from(self.high_bit + 1 - self.stored);
+        let stored = u32::from(self.stored);
+        let mask = if stored >= 32 { u32::MAX } else { (1u32 << stored) - 1 };
+        let sign = 1u32 << (stored - 1);
+        let signed = self.signed;
+        let value = move |raw: u32| -> i32 {
+            let v = (raw >> shift) & mask;
+            if signed && v & sign != 0 {
+                v as i32 - (1i32 << stored)
+            } else {
+                v as i32
+            }
+        };
+        let identity = slope == 1.0 && intercept == 0.0;
+        let scale = move |v: i32| -> f32 {
+            if identity {
+                v as f32
+            } else {
+                (f64::from(v) * slope + intercept) as f32
+            }
+        };
+        if self.allocated == 8 {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = scale(value(u32::from(b)));
+            }
+        } else {
+            for (o, w) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = scale(value(u32::from(u16::from_le_bytes([w[0], w[1]]))));
+            }
+        }
+    }
+
+    fn bytes_per_sample(&self) -> usize {
+        usize::from(self.allocated / 8)
+    }
+}
+
+/// One frame of an instance, decoded (any transfer syntax dicom-pixeldata decodes, JPEG 2000
+/// and JPEG-LS included) and rescaled with that frame's Rescale Slope and Intercept (Pixel
+/// Value Transformation for Enhanced images), as `[row, column]` (voxel index space of one
+/// slice: row r = j, column c = i).
+///
+/// This is the decode step of [`assemble_series`], usable on its own (e.g. for single images,
+/// which cannot form a volume). `frame` is 0-based.
+pub fn decode_frame(source: &Source, frame: u32) -> Result<Array2<f32>, AssembleError> {
+    let obj = &source.object;
+    let uid = text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_else(|| "?".into());
+    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
+        series_uid: uid.clone(),
+        source_label: source.label.clone(),
+        attribute,
+        value,
+        rule,
+    };
+    let missing = |attribute: &'static str| AssembleError::MissingAttribute {
+        series_uid: uid.clone(),
+        source_label: source.label.clone(),
+        attribute,
+    };
+    let rows = int(obj, tags::ROWS).ok_or_else(|| missing("Rows (0028,0010)"))?;
+    let cols = int(obj, tags::COLUMNS).ok_or_else(|| missing("Columns (0028,0011)"))?;
+    if !(1..=i64::from(u16::MAX)).contains(&rows) || !(1..=i64::from(u16::MAX)).contains(&cols) {
+        return Err(bad("Rows/Columns", format!("{rows}×{cols}"), "must be 1..=65535 each"));
+    }
+    let n_frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    if i64::from(frame) >= n_frames {
+        return Err(bad(
+            "Number of Frames (0028,0008)",
+            n_frames.to_string(),
+            "the requested frame does not exist",
+        ));
+    }
+    let (slope, intercept) = frame_rescale(obj, frame).map_err(|v| {
+        bad(
+            "Rescale Slope/Intercept (0028,1053/0028,1052)",
+            format!("{v:?}"),
+            "slope must be finite and non-zero, intercept finite",
+        )
+    })?;
+    let (rows, cols) = (rows as usize, cols as usize);
+    let mut out = vec![0f32; rows * cols];
+    decode_pixels(source, frame, &uid, [rows, cols], slope, intercept, &mut out)?;
+    Array2::from_shape_vec((rows, cols), out).map_err(|_| bad("Rows/Columns", format!("{rows}×{cols}"), "shape"))
+}
+
+/// Decodes one located frame into `out` (row-major, `rows × columns` values).
+fn decode_into(s: &Source, f: &Frame, uid: &str, shape: [usize; 2], out: &mut [f32]) -> Result<(), AssembleError> {
+    decode_pixels(s, f.frame, uid, shape, f.slope, f.intercept, out)
+}
+
+fn decode_pixels(
+    s: &Source,
+    frame: u32,
+    uid: &str,
+    [rows, cols]: [usize; 2],
+    slope: f64,
+    intercept: f64,
+    out: &mut [f32],
+) -> Result<(), AssembleError> {
     let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
         series_uid: uid.to_string(),
         source_label: s.label.clone(),
@@ -553,33 +859,7 @@ fn check_pixel_format(obj: &InMemDicomObject, s: &Source, uid: &str) -> Result<(
         value,
         rule,
     };
-    let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    if samples != 1 {
-        return Err(bad(
-            "Samples per Pixel",
-            samples.to_string(),
-            "only greyscale (1 sample) images form volumes",
-        ));
-    }
-    let allocated = int(obj, tags::BITS_ALLOCATED).unwrap_or(0);
-    let stored = int(obj, tags::BITS_STORED).unwrap_or(allocated);
-    if !matches!(allocated, 8 | 16) || stored == 0 || stored > allocated {
-        return Err(bad(
-            "Bits Allocated/Bits Stored",
-            format!("{allocated}/{stored}"),
-            "unsupported bit depth: 8 or 16 bits allocated, 1..=allocated stored",
-        ));
-    }
-    Ok(())
-}
-
-/// Raw stored values of one frame, rescaled with that frame's slope and intercept.
-fn decode_frame(s: &Source, f: &Frame, uid: &str, len: usize) -> Result<Vec<f32>, AssembleError> {
-    let decode_err = |source| AssembleError::Decode {
-        series_uid: uid.to_string(),
-        source_label: s.label.clone(),
-        source: Box::new(source),
-    };
+    let format = PixelFormat::of(&s.object).map_err(|(attribute, value, rule)| bad(attribute, value, rule))?;
     if s.object.get(tags::PIXEL_DATA).is_none() {
         return Err(AssembleError::MissingAttribute {
             series_uid: uid.to_string(),
@@ -587,46 +867,73 @@ fn decode_frame(s: &Source, f: &Frame, uid: &str, len: usize) -> Result<Vec<f32>
             attribute: "Pixel Data (7FE0,0010)",
         });
     }
-    let decoded = s.object.decode_pixel_data_frame(f.frame).map_err(decode_err)?;
-    let raw: Vec<f64> = decoded
-        .to_vec_frame_with_options(0, &ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        .map_err(decode_err)?;
-    if raw.len() != len {
-        return Err(AssembleError::BadAttribute {
+    let decoded = s
+        .object
+        .decode_pixel_data_frame(frame)
+        .map_err(|source| AssembleError::Decode {
             series_uid: uid.to_string(),
             source_label: s.label.clone(),
-            attribute: "Pixel Data",
-            value: format!("{} samples", raw.len()),
-            rule: "frame size must equal Rows × Columns",
-        });
+            source: Box::new(source),
+        })?;
+    let bytes = decoded.data();
+    let needed = rows * cols * format.bytes_per_sample();
+    // A decoder may report its own layout: it must match the header the geometry came from.
+    let layout = (
+        decoded.rows() as usize,
+        decoded.columns() as usize,
+        decoded.bits_allocated(),
+        decoded.samples_per_pixel(),
+        decoded.pixel_representation() == PixelRepresentation::Signed,
+    );
+    if layout != (rows, cols, format.allocated, 1, format.signed) || bytes.len() < needed {
+        return Err(bad(
+            "Pixel Data (7FE0,0010)",
+            format!(
+                "{} bytes decoded as {}×{}, {} bits, {} sample(s)",
+                bytes.len(),
+                layout.0,
+                layout.1,
+                layout.2,
+                layout.3
+            ),
+            "a frame must hold Rows × Columns samples of Bits Allocated bits",
+        ));
     }
-    Ok(raw.iter().map(|&v| (v * f.slope + f.intercept) as f32).collect())
+    format.convert(&bytes[..needed], slope, intercept, out);
+    Ok(())
 }
 
-/// Splits frames into stacks of one orientation, matrix, spacing, echo and temporal position.
-fn split_stacks(frames: Vec<Frame>) -> Vec<Vec<Frame>> {
-    let mut stacks: BTreeMap<String, Vec<Frame>> = BTreeMap::new();
+/// Splits frames into stacks of one orientation (within tolerance), matrix, pixel spacing, echo
+/// and temporal position, in order of first appearance.
+fn split_stacks(frames: Vec<Frame>, tol: &Tolerances) -> Vec<Vec<Frame>> {
+    let mut stacks: Vec<Vec<Frame>> = Vec::new();
     for f in frames {
-        let g = &f.geometry;
-        let o: Vec<String> = g
-            .row_direction
-            .iter()
-            .chain(&g.column_direction)
-            .map(|v| format!("{:.3}", v + 0.0))
-            .collect();
-        let key = format!(
-            "{}|{}x{}|{:.4},{:.4}|{:?}|{:?}",
-            o.join(","),
-            g.rows,
-            g.columns,
-            g.pixel_spacing[0],
-            g.pixel_spacing[1],
-            f.echo,
-            f.temporal
-        );
-        stacks.entry(key).or_default().push(f);
+        let same = |s: &&mut Vec<Frame>| {
+            let (a, b) = (&s[0], &f);
+            sort::same_orientation(&a.geometry, &b.geometry, tol)
+                && (a.geometry.rows, a.geometry.columns) == (b.geometry.rows, b.geometry.columns)
+                && sort::same_pixel_spacing(&a.geometry, &b.geometry)
+                && a.echo == b.echo
+                && a.temporal == b.temporal
+        };
+        match stacks.iter_mut().find(same) {
+            Some(stack) => stack.push(f),
+            None => stacks.push(vec![f]),
+        }
     }
-    stacks.into_values().collect()
+    stacks
+}
+
+/// One line about a stack, for messages.
+fn describe_stack(s: &StackSummary) -> String {
+    let mut text = format!("{}×{} orientation {:?}", s.matrix[0], s.matrix[1], s.orientation);
+    if let Some(e) = &s.echo {
+        text.push_str(&format!(" echo {e}"));
+    }
+    if let Some(t) = &s.temporal {
+        text.push_str(&format!(" temporal position {t}"));
+    }
+    text
 }
 
 fn summarise(stack: &[Frame]) -> StackSummary {
@@ -682,4 +989,73 @@ pub fn is_dicom_file(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut head))
         .map(|_| &head[128..] == b"DICM")
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_to_ijk_matches_the_plain_loop() {
+        // 37 columns: two full 16-column tiles and a partial one.
+        let [cols, rows, n] = [37, 5, 3];
+        let slices: Vec<f32> = (0..cols * rows * n).map(|v| v as f32).collect();
+        let data = slices_to_ijk(slices.clone(), [cols, rows, n]).unwrap();
+        assert!(data.is_standard_layout());
+        for k in 0..n {
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(data[[c, r, k]], slices[(k * rows + r) * cols + c], "({c}, {r}, {k})");
+                }
+            }
+        }
+    }
+
+    fn format(allocated: u16, stored: u16, high_bit: u16, signed: bool) -> PixelFormat {
+        PixelFormat {
+            allocated,
+            stored,
+            high_bit,
+            signed,
+        }
+    }
+
+    fn convert(f: PixelFormat, words: &[u16], slope: f64, intercept: f64) -> Vec<f32> {
+        let bytes: Vec<u8> = if f.allocated == 8 {
+            words.iter().map(|&w| w as u8).collect()
+        } else {
+            words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        };
+        let mut out = vec![0.0; words.len()];
+        f.convert(&bytes, slope, intercept, &mut out);
+        out
+    }
+
+    #[test]
+    fn samples_are_masked_sign_extended_and_rescaled() {
+        // 12 bits stored: bits above are overlay/padding and must not leak into values.
+        assert_eq!(
+            convert(format(16, 12, 11, false), &[0xF00F, 0x0FFF], 1.0, 0.0),
+            [15.0, 4095.0]
+        );
+        // Signed 12-bit, stored without sign extension (0x0FFF = −1) and with it (0xF800 = −2048).
+        assert_eq!(
+            convert(format(16, 12, 11, true), &[0x0FFF, 0xF800, 0x07FF], 1.0, 0.0),
+            [-1.0, -2048.0, 2047.0]
+        );
+        // High bit 15 with 12 bits stored: the sample sits in the top bits.
+        assert_eq!(
+            convert(format(16, 12, 15, false), &[0x0010, 0xFFF0], 1.0, 0.0),
+            [1.0, 4095.0]
+        );
+        assert_eq!(
+            convert(format(8, 8, 7, true), &[0xFF, 0x80, 0x7F], 1.0, 0.0),
+            [-1.0, -128.0, 127.0]
+        );
+        assert_eq!(convert(format(8, 8, 7, false), &[0xFF], 1.0, 0.0), [255.0]);
+        assert_eq!(
+            convert(format(16, 16, 15, true), &[0xFFFF, 10], 2.0, -1000.0),
+            [-1002.0, -980.0]
+        );
+    }
 }

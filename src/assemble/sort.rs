@@ -239,11 +239,23 @@ fn check_frame(f: &FrameGeometry) -> Result<(), StackError> {
     Ok(())
 }
 
+fn close(x: &[f64], y: &[f64], t: f64) -> bool {
+    x.iter().zip(y).all(|(p, q)| (p - q).abs() <= t)
+}
+
+/// Whether two frames share Image Orientation (Patient) within `tol.orientation`.
+pub fn same_orientation(a: &FrameGeometry, b: &FrameGeometry, tol: &Tolerances) -> bool {
+    close(&a.row_direction, &b.row_direction, tol.orientation)
+        && close(&a.column_direction, &b.column_direction, tol.orientation)
+}
+
+/// Whether two frames share Pixel Spacing (within 1e-4 mm).
+pub fn same_pixel_spacing(a: &FrameGeometry, b: &FrameGeometry) -> bool {
+    close(&a.pixel_spacing, &b.pixel_spacing, 1e-4)
+}
+
 fn check_same_plane(a: &FrameGeometry, b: &FrameGeometry, tol: &Tolerances) -> Result<(), StackError> {
-    let close = |x: &[f64], y: &[f64], t: f64| x.iter().zip(y).all(|(p, q)| (p - q).abs() <= t);
-    if !close(&a.row_direction, &b.row_direction, tol.orientation)
-        || !close(&a.column_direction, &b.column_direction, tol.orientation)
-    {
+    if !same_orientation(a, b, tol) {
         return Err(StackError::Mixed {
             what: "Image Orientation (Patient)",
             first: format!("{:?}/{:?}", a.row_direction, a.column_direction),
@@ -257,7 +269,7 @@ fn check_same_plane(a: &FrameGeometry, b: &FrameGeometry, tol: &Tolerances) -> R
             other: format!("{}×{}", b.rows, b.columns),
         });
     }
-    if !close(&a.pixel_spacing, &b.pixel_spacing, 1e-4) {
+    if !same_pixel_spacing(a, b) {
         return Err(StackError::Mixed {
             what: "Pixel Spacing",
             first: format!("{:?}", a.pixel_spacing),

@@ -4,25 +4,7 @@
 use regex::Regex;
 
 use crate::assemble::SeriesMeta;
-
-/// The channel a series feeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Channel {
-    /// 3D T1-weighted.
-    T1w,
-    /// 3D FLAIR.
-    #[serde(rename = "FLAIR")]
-    Flair,
-}
-
-impl std::fmt::Display for Channel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Channel::T1w => "T1w",
-            Channel::Flair => "FLAIR",
-        })
-    }
-}
+pub use crate::package::manifest::Modality as Channel;
 
 /// One routing rule as written in TOML. Every condition present must hold.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]

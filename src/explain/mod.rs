@@ -1,0 +1,167 @@
+//! Heatmap maths shared by node and trainer: CAMs from forward outputs ([`cam`]), min-max
+//! normalisation that never inverts a map, and the Heat-Score of Lasagni et al.
+
+pub mod cam;
+
+use ndarray::{Array3, Zip};
+
+/// Min-max normalisation to [0, 1]. A constant map becomes all zeros (no signal), never an
+/// inverted or NaN map.
+pub fn normalise(map: &Array3<f32>) -> Array3<f32> {
+    let (lo, hi) = map
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let range = hi - lo;
+    if range.is_finite() && range > 0.0 {
+        map.mapv(|v| if v.is_finite() { (v - lo) / range } else { 0.0 })
+    } else {
+        Array3::zeros(map.raw_dim())
+    }
+}
+
+/// Which voxels count as background for the Heat-Score.
+#[derive(Clone, Copy, Debug)]
+pub enum Background<'a> {
+    /// The head (or brain) foreground outside the ROI: the default, so empty air around the
+    /// head does not inflate the score.
+    ForegroundOutsideRoi(&'a Array3<bool>),
+    /// Every voxel outside the ROI.
+    OutsideRoi,
+}
+
+impl Background<'_> {
+    /// Short description for reports.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Background::ForegroundOutsideRoi(_) => "head foreground outside the lesion ROI",
+            Background::OutsideRoi => "every voxel outside the lesion ROI",
+        }
+    }
+}
+
+/// Why a Heat-Score cannot be computed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeatScoreError {
+    /// Heatmap, ROI and foreground are not on one grid.
+    #[error("heatmap {heatmap:?}, ROI {roi:?} and foreground must share one grid")]
+    Shape { heatmap: Vec<usize>, roi: Vec<usize> },
+    /// The ROI or the background is empty.
+    #[error("the {what} holds no voxel")]
+    Empty { what: &'static str },
+    /// The background is flat, so the score is undefined.
+    #[error("the background has zero standard deviation")]
+    FlatBackground,
+}
+
+/// Heat-Score (Lasagni et al.): the heatmap min-max normalised to [0, 1], then
+/// (mean inside the ROI − mean of the background) / standard deviation of the background.
+pub fn heat_score(
+    heatmap: &Array3<f32>,
+    roi: &Array3<bool>,
+    background: Background<'_>,
+) -> Result<f64, HeatScoreError> {
+    let shape_error = || HeatScoreError::Shape {
+        heatmap: heatmap.shape().to_vec(),
+        roi: roi.shape().to_vec(),
+    };
+    if heatmap.shape() != roi.shape() {
+        return Err(shape_error());
+    }
+    if let Background::ForegroundOutsideRoi(fg) = background
+        && fg.shape() != roi.shape()
+    {
+        return Err(shape_error());
+    }
+    let h = normalise(heatmap);
+    let (mut inside, mut bg) = (Vec::new(), Vec::new());
+    Zip::indexed(&h).and(roi).for_each(|idx, &v, &r| {
+        let in_background = match background {
+            Background::ForegroundOutsideRoi(fg) => fg[idx],
+            Background::OutsideRoi => true,
+        };
+        if r {
+            inside.push(f64::from(v));
+        } else if in_background {
+            bg.push(f64::from(v));
+        }
+    });
+    if inside.is_empty() {
+        return Err(HeatScoreError::Empty { what: "lesion ROI" });
+    }
+    if bg.is_empty() {
+        return Err(HeatScoreError::Empty { what: "background" });
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (m_in, m_bg) = (mean(&inside), mean(&bg));
+    let sd_bg = (bg.iter().map(|x| (x - m_bg).powi(2)).sum::<f64>() / bg.len() as f64).sqrt();
+    if sd_bg == 0.0 {
+        return Err(HeatScoreError::FlatBackground);
+    }
+    Ok((m_in - m_bg) / sd_bg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_is_min_max_and_never_inverts() {
+        let m = Array3::from_shape_vec((1, 1, 4), vec![-2.0, 0.0, 2.0, 6.0]).unwrap();
+        assert_eq!(normalise(&m).into_raw_vec_and_offset().0, vec![0.0, 0.25, 0.5, 1.0]);
+        assert_eq!(
+            normalise(&Array3::from_elem((2, 2, 2), 3.0)),
+            Array3::<f32>::zeros((2, 2, 2))
+        );
+    }
+
+    /// Analytic case: background alternates 0 and 0.5 (mean 0.25, sd 0.25), ROI is 1:
+    /// HS = (1 − 0.25) / 0.25 = 3.
+    #[test]
+    fn heat_score_known_value() {
+        let mut h = Array3::<f32>::zeros((4, 4, 4));
+        let mut roi = Array3::from_elem((4, 4, 4), false);
+        for ((i, j, k), v) in h.indexed_iter_mut() {
+            *v = if (i + j + k) % 2 == 0 { 0.0 } else { 0.5 };
+        }
+        for k in 0..2 {
+            h[[0, 0, k]] = 1.0;
+            roi[[0, 0, k]] = true;
+        }
+        let hs = heat_score(&h, &roi, Background::OutsideRoi).unwrap();
+        // Background: 62 voxels; remove the two ROI voxels (one 0.0, one 0.5 by parity) → 31 of each.
+        assert!((hs - 3.0).abs() < 1e-9, "{hs}");
+        // Restricting the background to a foreground of the 0.5-voxels only leaves it flat.
+        let fg = h.mapv(|v| v == 0.5);
+        assert_eq!(
+            heat_score(&h, &roi, Background::ForegroundOutsideRoi(&fg)),
+            Err(HeatScoreError::FlatBackground)
+        );
+        // Scaling and shifting the heatmap does not change the score (min-max first).
+        let hs2 = heat_score(&h.mapv(|v| 10.0 * v - 3.0), &roi, Background::OutsideRoi).unwrap();
+        assert!((hs2 - hs).abs() < 1e-5);
+    }
+
+    #[test]
+    fn heat_score_errors() {
+        let h = Array3::<f32>::zeros((2, 2, 2));
+        let none = Array3::from_elem((2, 2, 2), false);
+        assert_eq!(
+            heat_score(&h, &none, Background::OutsideRoi),
+            Err(HeatScoreError::Empty { what: "lesion ROI" })
+        );
+        let all = Array3::from_elem((2, 2, 2), true);
+        assert_eq!(
+            heat_score(&h, &all, Background::OutsideRoi),
+            Err(HeatScoreError::Empty { what: "background" })
+        );
+        let small = Array3::from_elem((1, 2, 2), true);
+        assert!(matches!(
+            heat_score(&h, &small, Background::OutsideRoi),
+            Err(HeatScoreError::Shape { .. })
+        ));
+    }
+}
