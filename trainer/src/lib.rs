@@ -4,3 +4,5 @@
 //! with the node's own library (`fcdnode`) → train and cross-validate → export a model package.
 
 pub mod data;
+pub mod metrics;
+pub mod model;

@@ -1,0 +1,4 @@
+//! The trainer's single integration-test binary.
+
+mod dataset;
+mod model;
