@@ -3,7 +3,59 @@
 
 pub mod cam;
 
+use nalgebra::Matrix4;
 use ndarray::{Array3, Zip};
+
+use crate::volume::{Grid, Interp, Volume, VolumeError};
+
+/// A map on the feature grid (`[depth, height, width]`, the network's output resolution) as a
+/// volume in patient space. Feature voxel f covers model voxels like a resize with
+/// `align_corners = false`: its centre sits at model index (f + ½)·s − ½ along each axis, with
+/// s = model size / feature size. The map is padded by one voxel replicating its edges, so
+/// resampling near the border clamps instead of fading to zero.
+pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid) -> Result<Volume, VolumeError> {
+    let (fd, fh, fw) = map.dim();
+    let feature = [fw, fh, fd]; // i = R (width), j = A (height), k = S (depth)
+    if feature.contains(&0) {
+        return Err(VolumeError::EmptyGrid { shape: feature });
+    }
+    let padded = Array3::from_shape_fn((fw + 2, fh + 2, fd + 2), |(i, j, k)| {
+        let c = |x: usize, n: usize| x.saturating_sub(1).min(n - 1);
+        map[[c(k, fd), c(j, fh), c(i, fw)]]
+    });
+    // Padded index p → model index: ((p − 1) + ½)·s − ½.
+    let mut index = Matrix4::identity();
+    for a in 0..3 {
+        let s = model_grid.shape[a] as f64 / feature[a] as f64;
+        index[(a, a)] = s;
+        index[(a, 3)] = (0.5 - 1.0) * s - 0.5;
+    }
+    let affine = crate::volume::Affine::new(model_grid.affine.matrix() * index)?;
+    Volume::new(padded, affine)
+}
+
+/// A heatmap on a source series grid: the feature-grid map resampled (trilinear, through LPS
+/// mm) onto `source`, then min-max normalised to [0, 1].
+pub fn heatmap_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Result<Volume, VolumeError> {
+    let feature = feature_map_volume(map, model_grid)?;
+    let mut on_source = feature.resample(source, Interp::Linear, 0.0)?;
+    let normalised = normalise(on_source.data());
+    *on_source.data_mut() = normalised;
+    Ok(on_source)
+}
+
+/// The hottest voxel of a heatmap: its index `[i, j, k]` (k = slice of the source series) and
+/// its LPS mm position. The first maximum wins on ties.
+pub fn hotspot(heatmap: &Volume) -> ([usize; 3], [f64; 3]) {
+    let mut best = ([0usize; 3], f32::NEG_INFINITY);
+    for ((i, j, k), &v) in heatmap.data().indexed_iter() {
+        if v > best.1 {
+            best = ([i, j, k], v);
+        }
+    }
+    let idx = best.0;
+    (idx, heatmap.voxel_to_world(idx.map(|x| x as f64)))
+}
 
 /// Min-max normalisation to [0, 1]. A constant map becomes all zeros (no signal), never an
 /// inverted or NaN map.
@@ -107,6 +159,53 @@ pub fn heat_score(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::{Normalisation, Recipe};
+    use crate::synth::{Plane, acquisition_grid};
+
+    /// A single hot feature voxel lands, on any source grid, within one feature voxel of the
+    /// model position it stands for.
+    #[test]
+    fn feature_peak_maps_to_its_patient_position() {
+        let recipe = Recipe {
+            voxel_mm: [2.0; 3],
+            shape: [40, 48, 32],
+            normalisation: Normalisation::ZscoreForeground,
+        };
+        let model_grid = recipe.grid([5.0, -10.0, 20.0]).unwrap();
+        // Feature grid 5×6×4 (stride 8); hot voxel at depth 1, height 4, width 2.
+        let mut map = Array3::<f32>::zeros((4, 6, 5));
+        map[[1, 4, 2]] = 1.0;
+        // Its centre in model index: (f + ½)·8 − ½ → (19.5, 35.5, 11.5) for i = R, j = A, k = S.
+        let expected = model_grid.voxel_to_world([19.5, 35.5, 11.5]);
+        for plane in [Plane::Axial, Plane::Sagittal, Plane::Oblique] {
+            let source = acquisition_grid(plane, [1.0, 1.0, 1.5], [90.0, 100.0, 70.0], [5.0, -10.0, 20.0]).unwrap();
+            let heat = heatmap_on(&map, &model_grid, &source).unwrap();
+            let (idx, lps) = hotspot(&heat);
+            let dist = (0..3).map(|a| (lps[a] - expected[a]).powi(2)).sum::<f64>().sqrt();
+            assert!(dist < 2.0, "{plane:?}: hotspot {lps:?} vs {expected:?} ({dist} mm)");
+            assert_eq!(heat.data()[idx], 1.0);
+            assert!(heat.data().iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+    }
+
+    #[test]
+    fn edges_clamp_instead_of_fading() {
+        let recipe = Recipe {
+            voxel_mm: [2.0; 3],
+            shape: [16, 16, 16],
+            normalisation: Normalisation::ZscoreForeground,
+        };
+        let grid = recipe.grid([0.0; 3]).unwrap();
+        let map = Array3::from_elem((2, 2, 2), 3.0f32);
+        let v = feature_map_volume(&map, &grid)
+            .unwrap()
+            .resample(&grid, Interp::Linear, 0.0)
+            .unwrap();
+        assert!(
+            v.data().iter().all(|&x| (x - 3.0).abs() < 1e-6),
+            "corner voxels keep the edge value"
+        );
+    }
 
     #[test]
     fn normalise_is_min_max_and_never_inverts() {
