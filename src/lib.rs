@@ -22,6 +22,7 @@ pub mod infer;
 pub mod nifti;
 pub mod package;
 pub mod preprocess;
+pub mod report;
 pub mod synth;
 pub mod tracker;
 pub mod volume;

@@ -3,5 +3,6 @@
 
 mod assemble;
 mod dicom_parity;
+mod report;
 mod synth;
 mod util;

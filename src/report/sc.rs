@@ -1,0 +1,332 @@
+//! Source series + heatmap → Secondary Capture instances in a new series of the source study:
+//! one Multi-frame True Color SC (a frame per source slice, in source slice order) or one
+//! single-frame SC per slice.
+//!
+//! Frame n shows source slice k = n (voxel index), rows = j and columns = i exactly as the source
+//! image, so the multi-frame instance also carries the plane geometry (Pixel Measures, Plane
+//! Orientation, Plane Position per frame, in LPS mm) in its functional groups. The single-frame
+//! SC IOD has no plane modules; those instances rely on their Source Image Sequence.
+
+use dicom_core::DataElement;
+use dicom_core::VR;
+use dicom_core::value::PrimitiveValue;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::dicom::{
+    NewSeries, common_base, ds, ds_multi, finish, frame_of_reference, get_str, orientation_letters, put_seq, put_str,
+    put_tag, put_u16, source_image_item, source_image_items,
+};
+use super::render::{Window, draw_legend, legend_lines, render_slice};
+use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
+use crate::volume::Volume;
+
+/// Multi-frame True Color Secondary Capture Image Storage.
+pub const MULTIFRAME_TRUE_COLOR_SC: &str = "1.2.840.10008.5.1.4.1.1.7.4";
+/// Secondary Capture Image Storage.
+pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+/// Renders the heatmap (values in [0, 1], same grid as `inputs.source.volume`) over the source
+/// slices and returns the SC instances: one multi-frame instance, or one per slice in slice
+/// order when `options.multiframe` is false.
+pub fn secondary_capture(
+    inputs: &ReportInputs<'_>,
+    heatmap: &Volume,
+    uids: &mut UidGenerator,
+) -> Result<Vec<DicomFile>, ReportError> {
+    let source = inputs.source;
+    super::check_inputs(source, inputs.finding)?;
+    super::check_options(&source.meta.series_uid, inputs.options)?;
+    super::check_heatmap(source, heatmap)?;
+    let options = inputs.options;
+    let data = source.volume.data();
+    let heat = heatmap.data();
+    let window = Window::robust(data, options.window_percentiles);
+    let legend = legend_lines(inputs.finding, inputs.algorithm, data.shape()[0]);
+    let depth = data.shape()[2];
+    let frames: Vec<RgbImage> = (0..depth)
+        .into_par_iter()
+        .map(|k| {
+            let mut img = render_slice(data, heat, k, window, options);
+            draw_legend(&mut img, &legend, options);
+            img
+        })
+        .collect();
+    let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
+    let series_uid = uids.next_uid();
+    let geometry = Geometry::new(&source.volume);
+    let ctx = Context {
+        inputs,
+        geometry: &geometry,
+        timestamp: &timestamp,
+        series_uid: &series_uid,
+        window,
+    };
+    if options.multiframe {
+        let sop_uid = uids.next_uid();
+        Ok(vec![ctx.multiframe(&sop_uid, &frames)?])
+    } else {
+        frames
+            .iter()
+            .enumerate()
+            .map(|(k, frame)| {
+                let sop_uid = uids.next_uid();
+                ctx.single_frame(&sop_uid, k, frame)
+            })
+            .collect()
+    }
+}
+
+/// Plane geometry of the source grid (LPS mm).
+struct Geometry {
+    rows: usize,
+    columns: usize,
+    row_dir: [f64; 3],
+    col_dir: [f64; 3],
+    /// Pixel Spacing: between rows (along j), between columns (along i).
+    pixel_spacing: [f64; 2],
+    slice_spacing: f64,
+    /// Position of voxel (0, 0, k) for every k.
+    positions: Vec<[f64; 3]>,
+    /// Position of slice k along the normal row × column.
+    locations: Vec<f64>,
+}
+
+impl Geometry {
+    fn new(volume: &Volume) -> Self {
+        let [n_i, n_j, n_k] = volume.shape();
+        let [row_dir, col_dir, _] = volume.directions();
+        let spacing = volume.spacing();
+        let normal = [
+            row_dir[1] * col_dir[2] - row_dir[2] * col_dir[1],
+            row_dir[2] * col_dir[0] - row_dir[0] * col_dir[2],
+            row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0],
+        ];
+        let positions: Vec<[f64; 3]> = (0..n_k).map(|k| volume.voxel_to_world([0.0, 0.0, k as f64])).collect();
+        let locations = positions
+            .iter()
+            .map(|p| p.iter().zip(normal).map(|(a, b)| a * b).sum())
+            .collect();
+        Self {
+            rows: n_j,
+            columns: n_i,
+            row_dir,
+            col_dir,
+            pixel_spacing: [spacing[1], spacing[0]],
+            slice_spacing: spacing[2],
+            positions,
+            locations,
+        }
+    }
+
+    fn orientation_ds(&self) -> String {
+        let [a, b] = [self.row_dir, self.col_dir];
+        ds_multi(&[a[0], a[1], a[2], b[0], b[1], b[2]])
+    }
+
+    /// Patient Orientation: direction of the rows, then of the columns.
+    fn patient_orientation(&self) -> String {
+        format!(
+            "{}\\{}",
+            orientation_letters(self.row_dir),
+            orientation_letters(self.col_dir)
+        )
+    }
+}
+
+struct Context<'a> {
+    inputs: &'a ReportInputs<'a>,
+    geometry: &'a Geometry,
+    timestamp: &'a Timestamp,
+    series_uid: &'a str,
+    window: Window,
+}
+
+impl Context<'_> {
+    fn modality(&self) -> String {
+        get_str(self.inputs.source_header, tags::MODALITY)
+            .or_else(|| {
+                (!self.inputs.source.meta.modality.is_empty()).then(|| self.inputs.source.meta.modality.clone())
+            })
+            .unwrap_or_else(|| "OT".into())
+    }
+
+    /// Modules both SC flavours share: patient/study/series/equipment, SC Equipment, General
+    /// Image, Image Pixel (less the data).
+    fn base(&self, sop_class: &str, sop_uid: &str, instance: usize) -> Result<InMemDicomObject, ReportError> {
+        let inputs = self.inputs;
+        let options = inputs.options;
+        let g = self.geometry;
+        let mut obj = common_base(
+            inputs,
+            sop_class,
+            sop_uid,
+            &NewSeries {
+                uid: self.series_uid,
+                modality: &self.modality(),
+                number: options.series_number_sc,
+                description: &options.series_description_sc,
+            },
+            self.timestamp,
+        )?;
+        // SC Equipment
+        put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
+        let device = inputs.device;
+        put_str(
+            &mut obj,
+            tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER,
+            VR::LO,
+            &super::dicom::truncate(&device.manufacturer, 64),
+        );
+        put_str(
+            &mut obj,
+            tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER_MODEL_NAME,
+            VR::LO,
+            &super::dicom::truncate(&device.model_name, 64),
+        );
+        put_str(
+            &mut obj,
+            tags::SECONDARY_CAPTURE_DEVICE_SOFTWARE_VERSIONS,
+            VR::LO,
+            &super::dicom::truncate(&device.software_versions, 64),
+        );
+        // General Image
+        put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, &instance.to_string());
+        put_str(&mut obj, tags::PATIENT_ORIENTATION, VR::CS, &g.patient_orientation());
+        put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
+        put_str(
+            &mut obj,
+            tags::DERIVATION_DESCRIPTION,
+            VR::ST,
+            &format!(
+                "{} heatmap (floor {:.2}, alpha {:.2}) over source intensities windowed {}..{}; {}",
+                inputs.algorithm.name,
+                options.overlay_floor,
+                options.alpha,
+                self.window.lo,
+                self.window.hi,
+                super::label(inputs.finding.suspected),
+            ),
+        );
+        put_str(
+            &mut obj,
+            tags::IMAGE_COMMENTS,
+            VR::LT,
+            &format!(
+                "AI output, unverified: {} (probability {:.3}, threshold {:.2})",
+                super::label(inputs.finding.suspected),
+                inputs.finding.probability,
+                inputs.finding.threshold
+            ),
+        );
+        put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+        put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+        // Image Pixel (Multi-frame True Color SC Image module values)
+        put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 3);
+        put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
+        put_u16(&mut obj, tags::PLANAR_CONFIGURATION, 0);
+        put_u16(&mut obj, tags::ROWS, g.rows as u16);
+        put_u16(&mut obj, tags::COLUMNS, g.columns as u16);
+        put_u16(&mut obj, tags::BITS_ALLOCATED, 8);
+        put_u16(&mut obj, tags::BITS_STORED, 8);
+        put_u16(&mut obj, tags::HIGH_BIT, 7);
+        put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
+        Ok(obj)
+    }
+
+    /// One Multi-frame True Color SC instance; frame n = source slice n.
+    fn multiframe(&self, sop_uid: &str, frames: &[RgbImage]) -> Result<DicomFile, ReportError> {
+        let g = self.geometry;
+        let depth = frames.len();
+        let mut obj = self.base(MULTIFRAME_TRUE_COLOR_SC, sop_uid, 1)?;
+        put_seq(
+            &mut obj,
+            tags::SOURCE_IMAGE_SEQUENCE,
+            source_image_items(self.inputs, &(0..depth).collect::<Vec<_>>()),
+        );
+        // Multi-frame + SC Multi-frame Vector: frames step along the slice normal.
+        put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &depth.to_string());
+        put_tag(&mut obj, tags::FRAME_INCREMENT_POINTER, tags::SLICE_LOCATION_VECTOR);
+        obj.put(DataElement::new(
+            tags::SLICE_LOCATION_VECTOR,
+            VR::DS,
+            PrimitiveValue::from(ds_multi(&g.locations)),
+        ));
+        // Frame of Reference and plane geometry in functional groups.
+        if let Some(for_uid) = frame_of_reference(self.inputs) {
+            put_str(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &for_uid);
+            put_str(
+                &mut obj,
+                tags::POSITION_REFERENCE_INDICATOR,
+                VR::LO,
+                &get_str(self.inputs.source_header, tags::POSITION_REFERENCE_INDICATOR).unwrap_or_default(),
+            );
+            let mut shared = InMemDicomObject::new_empty();
+            let mut measures = InMemDicomObject::new_empty();
+            put_str(&mut measures, tags::PIXEL_SPACING, VR::DS, &ds_multi(&g.pixel_spacing));
+            put_str(&mut measures, tags::SLICE_THICKNESS, VR::DS, &ds(g.slice_spacing));
+            put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
+            let mut orientation = InMemDicomObject::new_empty();
+            put_str(
+                &mut orientation,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                &g.orientation_ds(),
+            );
+            put_seq(&mut shared, tags::PLANE_ORIENTATION_SEQUENCE, vec![orientation]);
+            put_seq(&mut obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
+            let per_frame = (0..depth)
+                .map(|k| {
+                    let mut item = InMemDicomObject::new_empty();
+                    let mut position = InMemDicomObject::new_empty();
+                    put_str(
+                        &mut position,
+                        tags::IMAGE_POSITION_PATIENT,
+                        VR::DS,
+                        &ds_multi(&g.positions[k]),
+                    );
+                    put_seq(&mut item, tags::PLANE_POSITION_SEQUENCE, vec![position]);
+                    item
+                })
+                .collect();
+            put_seq(&mut obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+        }
+        let mut pixels = Vec::with_capacity(depth * g.rows * g.columns * 3);
+        for frame in frames {
+            pixels.extend_from_slice(frame.as_raw());
+        }
+        put_pixels(&mut obj, pixels);
+        finish(obj, sop_uid)
+    }
+
+    /// One single-frame SC instance for source slice `k` (Instance Number k + 1).
+    fn single_frame(&self, sop_uid: &str, k: usize, frame: &RgbImage) -> Result<DicomFile, ReportError> {
+        let g = self.geometry;
+        let mut obj = self.base(SECONDARY_CAPTURE, sop_uid, k + 1)?;
+        put_seq(
+            &mut obj,
+            tags::SOURCE_IMAGE_SEQUENCE,
+            vec![source_image_item(self.inputs, k)],
+        );
+        // SC Image module.
+        put_str(&mut obj, tags::DATE_OF_SECONDARY_CAPTURE, VR::DA, &self.timestamp.date);
+        put_str(&mut obj, tags::TIME_OF_SECONDARY_CAPTURE, VR::TM, &self.timestamp.time);
+        put_str(&mut obj, tags::PIXEL_SPACING, VR::DS, &ds_multi(&g.pixel_spacing));
+        put_pixels(&mut obj, frame.as_raw().clone());
+        finish(obj, sop_uid)
+    }
+}
+
+/// Native 8-bit pixel data, padded to an even length.
+fn put_pixels(obj: &mut InMemDicomObject, mut bytes: Vec<u8>) {
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::U8(bytes.into()),
+    ));
+}

@@ -1,0 +1,381 @@
+//! Finding + algorithm + references → one Comprehensive 3D SR (the SOP class that allows
+//! SCOORD3D) in a new series of the source study, following TID 1500 Measurement Report as the
+//! IHE AI Results profile uses it:
+//!
+//! ```text
+//! CONTAINER (126000, DCM, "Imaging Measurement Report")                       TID 1500
+//! ├ HAS CONCEPT MOD CODE Language = en-US                                      TID 1204
+//! ├ HAS OBS CONTEXT CODE Observer Type = Device; UIDREF/TEXT device identity   TID 1002/1004
+//! ├ HAS CONCEPT MOD CODE Procedure reported = (363679005, SCT, "Imaging procedure")
+//! ├ CONTAINS CONTAINER Image Library → Image Library Group → IMAGE per source instance
+//! └ CONTAINS CONTAINER Imaging Measurements
+//!   └ CONTAINS CONTAINER Measurement Group                                     TID 1410
+//!     ├ CONTAINS TEXT Tracking Identifier, UIDREF Tracking Unique Identifier
+//!     ├ CONTAINS CODE Finding = FCD type II (99FCDNODE)
+//!     ├ HAS CONCEPT MOD CODE Finding Site = Brain; TEXT Algorithm Name/Version/Parameters (TID 4019)
+//!     ├ CONTAINS SCOORD3D Image Region = POINT hotspot (LPS mm, source Frame of Reference)
+//!     ├ CONTAINS IMAGE Source of Measurement = source slice at the hotspot
+//!     ├ CONTAINS NUM Certainty of Finding = probability in %
+//!     ├ CONTAINS NUM Decision threshold in % (99FCDNODE)
+//!     ├ CONTAINS CODE FCD type II assessment = suspected / not suspected (99FCDNODE)
+//!     └ CONTAINS IMAGE Heatmap overlay = the SC instance (frame) at the hotspot
+//! ```
+//!
+//! Completion Flag COMPLETE and Verification Flag UNVERIFIED: a finished document no person has
+//! verified. Source instances go into the Current Requested Procedure Evidence Sequence, the SC
+//! instances into the Pertinent Other Evidence Sequence.
+
+use std::collections::BTreeMap;
+
+use dicom_core::VR;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use super::codes::{self, Code};
+use super::dicom::{
+    NewSeries, code_item, common_base, ds, finish, frame_of_reference, get_str, put_f32s, put_seq, put_str,
+};
+use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
+
+/// Comprehensive 3D SR Storage.
+pub const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+
+/// A reference to an instance the SR points at (e.g. an SC made for the same study).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRef {
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Number of frames (1 for single-frame instances).
+    pub frames: u32,
+}
+
+impl InstanceRef {
+    /// The reference to a made object, read from its data set.
+    pub fn of(obj: &InMemDicomObject) -> Self {
+        let get = |tag| get_str(obj, tag).unwrap_or_default();
+        Self {
+            sop_class_uid: get(tags::SOP_CLASS_UID),
+            sop_instance_uid: get(tags::SOP_INSTANCE_UID),
+            series_uid: get(tags::SERIES_INSTANCE_UID),
+            frames: get(tags::NUMBER_OF_FRAMES).parse().unwrap_or(1),
+        }
+    }
+}
+
+/// Builds the SR for `inputs`, referencing the SC instances `sc` (empty when none were made).
+pub fn structured_report(
+    inputs: &ReportInputs<'_>,
+    sc: &[InstanceRef],
+    uids: &mut UidGenerator,
+) -> Result<DicomFile, ReportError> {
+    let source = inputs.source;
+    super::check_inputs(source, inputs.finding)?;
+    let series_uid = &source.meta.series_uid;
+    let frame_of_reference = frame_of_reference(inputs).ok_or_else(|| ReportError::MissingAttribute {
+        series_uid: series_uid.clone(),
+        attribute: "Frame of Reference UID (needed for the SCOORD3D hotspot)",
+    })?;
+    let source_series_uid =
+        get_str(inputs.source_header, tags::SERIES_INSTANCE_UID).unwrap_or_else(|| series_uid.clone());
+    let options = inputs.options;
+    let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
+    let sr_series_uid = uids.next_uid();
+    let sop_uid = uids.next_uid();
+    let tracking_uid = uids.next_uid();
+    let mut obj = common_base(
+        inputs,
+        COMPREHENSIVE_3D_SR,
+        &sop_uid,
+        &NewSeries {
+            uid: &sr_series_uid,
+            modality: "SR",
+            number: options.series_number_sr,
+            description: &options.series_description_sr,
+        },
+        &timestamp,
+    )?;
+    let study_uid = get_str(&obj, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+
+    // SOP Common: the private coding scheme.
+    let mut scheme = InMemDicomObject::new_empty();
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_DESIGNATOR,
+        VR::SH,
+        codes::PRIVATE_SCHEME,
+    );
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_NAME,
+        VR::ST,
+        codes::PRIVATE_SCHEME_NAME,
+    );
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+        VR::ST,
+        &inputs.device.manufacturer,
+    );
+    put_seq(&mut obj, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, vec![scheme]);
+    // SR Document Series.
+    put_seq(&mut obj, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, Vec::new());
+    // SR Document General.
+    put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+    put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put_seq(&mut obj, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, Vec::new());
+    // Source instances in slice order, each once (an enhanced source is one instance).
+    let mut source_instances: Vec<(String, String)> = Vec::new();
+    for s in &source.slices {
+        if !source_instances.iter().any(|(_, uid)| *uid == s.sop_instance_uid) {
+            source_instances.push((s.sop_class_uid.clone(), s.sop_instance_uid.clone()));
+        }
+    }
+    let source_refs: Vec<InstanceRef> = source_instances
+        .iter()
+        .map(|(class, uid)| InstanceRef {
+            sop_class_uid: class.clone(),
+            sop_instance_uid: uid.clone(),
+            series_uid: source_series_uid.clone(),
+            frames: 1,
+        })
+        .collect();
+    put_seq(
+        &mut obj,
+        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+        evidence(&study_uid, &source_refs),
+    );
+    if !sc.is_empty() {
+        put_seq(
+            &mut obj,
+            tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
+            evidence(&study_uid, sc),
+        );
+    }
+    // SR Document Content: the root container.
+    put_str(&mut obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+    put_seq(
+        &mut obj,
+        tags::CONCEPT_NAME_CODE_SEQUENCE,
+        vec![code_item(&codes::IMAGING_MEASUREMENT_REPORT)],
+    );
+    put_str(&mut obj, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+    put_seq(&mut obj, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template("1500")]);
+
+    let device = inputs.device;
+    let content = [
+        code_content("HAS CONCEPT MOD", &codes::LANGUAGE, &codes::ENGLISH_US),
+        code_content("HAS OBS CONTEXT", &codes::OBSERVER_TYPE, &codes::DEVICE),
+        uidref("HAS OBS CONTEXT", &codes::DEVICE_OBSERVER_UID, &device.device_uid),
+        text("HAS OBS CONTEXT", &codes::DEVICE_OBSERVER_NAME, &device.model_name),
+        text(
+            "HAS OBS CONTEXT",
+            &codes::DEVICE_OBSERVER_MANUFACTURER,
+            &device.manufacturer,
+        ),
+        text(
+            "HAS OBS CONTEXT",
+            &codes::DEVICE_OBSERVER_MODEL_NAME,
+            &device.model_name,
+        ),
+        code_content("HAS CONCEPT MOD", &codes::PROCEDURE_REPORTED, &codes::IMAGING_PROCEDURE),
+    ];
+    let mut content: Vec<InMemDicomObject> = content.into_iter().flatten().collect();
+    // Image Library.
+    let library_entries = source_refs.iter().map(|r| image("CONTAINS", None, r, None)).collect();
+    let group = container("CONTAINS", &codes::IMAGE_LIBRARY_GROUP, library_entries);
+    content.push(container("CONTAINS", &codes::IMAGE_LIBRARY, vec![group]));
+    // Imaging Measurements → one measurement group.
+    let group = measurement_group(inputs, &frame_of_reference, &tracking_uid, &source_series_uid, sc);
+    let mut group = container("CONTAINS", &codes::MEASUREMENT_GROUP, group);
+    put_seq(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template("1410")]);
+    content.push(container("CONTAINS", &codes::IMAGING_MEASUREMENTS, vec![group]));
+    put_seq(&mut obj, tags::CONTENT_SEQUENCE, content);
+    finish(obj, &sop_uid)
+}
+
+/// The TID 1410 group: finding, hotspot point, probability and decision.
+fn measurement_group(
+    inputs: &ReportInputs<'_>,
+    frame_of_reference: &str,
+    tracking_uid: &str,
+    source_series_uid: &str,
+    sc: &[InstanceRef],
+) -> Vec<InMemDicomObject> {
+    let finding = inputs.finding;
+    let algorithm = inputs.algorithm;
+    let mut items: Vec<Option<InMemDicomObject>> = vec![
+        text("CONTAINS", &codes::TRACKING_IDENTIFIER, "FCD type II hotspot"),
+        uidref("CONTAINS", &codes::TRACKING_UID, tracking_uid),
+        code_content("CONTAINS", &codes::FINDING, &codes::FCD_TYPE_II),
+        code_content("HAS CONCEPT MOD", &codes::FINDING_SITE, &codes::BRAIN),
+        text("HAS CONCEPT MOD", &codes::ALGORITHM_NAME, &algorithm.name),
+        text("HAS CONCEPT MOD", &codes::ALGORITHM_VERSION, &algorithm.version),
+        text("HAS CONCEPT MOD", &codes::ALGORITHM_PARAMETERS, &algorithm.parameters),
+    ];
+    // The hotspot point, and the source slice it lies on.
+    let mut point = content_item("CONTAINS", "SCOORD3D", &codes::IMAGE_REGION);
+    put_str(&mut point, tags::GRAPHIC_TYPE, VR::CS, "POINT");
+    let xyz = finding.hotspot_lps.map(|v| v as f32);
+    put_f32s(&mut point, tags::GRAPHIC_DATA, &xyz);
+    put_str(
+        &mut point,
+        tags::REFERENCED_FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        frame_of_reference,
+    );
+    items.push(Some(point));
+    let slice = &inputs.source.slices[finding.hotspot_slice];
+    let multiframe_source = super::dicom::is_multiframe_source(inputs, &slice.sop_instance_uid);
+    let slice_ref = InstanceRef {
+        sop_class_uid: slice.sop_class_uid.clone(),
+        sop_instance_uid: slice.sop_instance_uid.clone(),
+        series_uid: source_series_uid.to_owned(),
+        frames: 1,
+    };
+    items.push(Some(image(
+        "CONTAINS",
+        Some(&codes::SOURCE_OF_MEASUREMENT),
+        &slice_ref,
+        multiframe_source.then_some(slice.frame + 1),
+    )));
+    items.push(Some(num(
+        &codes::CERTAINTY_OF_FINDING,
+        finding.probability * 100.0,
+        &codes::PERCENT,
+    )));
+    items.push(Some(num(
+        &codes::DECISION_THRESHOLD,
+        finding.threshold * 100.0,
+        &codes::PERCENT,
+    )));
+    let decision = if finding.suspected {
+        &codes::SUSPECTED
+    } else {
+        &codes::NOT_SUSPECTED
+    };
+    items.push(code_content("CONTAINS", &codes::FCD_ASSESSMENT, decision));
+    // The SC showing the hotspot: the frame of a multi-frame SC, or the single-frame instance.
+    let overlay = match sc {
+        [one] if one.frames > 1 => Some((one, Some(finding.hotspot_slice as u32 + 1))),
+        many => many.get(finding.hotspot_slice).map(|r| (r, None)),
+    };
+    if let Some((r, frame)) = overlay {
+        items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_OVERLAY), r, frame)));
+    }
+    items.into_iter().flatten().collect()
+}
+
+/// Hierarchical SOP Instance Reference items: one per study (here one), grouped by series.
+fn evidence(study_uid: &str, refs: &[InstanceRef]) -> Vec<InMemDicomObject> {
+    let mut by_series: BTreeMap<&str, Vec<&InstanceRef>> = BTreeMap::new();
+    for r in refs {
+        by_series.entry(r.series_uid.as_str()).or_default().push(r);
+    }
+    let series = by_series
+        .into_iter()
+        .map(|(series_uid, refs)| {
+            let mut item = InMemDicomObject::new_empty();
+            put_str(&mut item, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
+            let sops = refs.iter().map(|r| sop_ref(r, None)).collect();
+            put_seq(&mut item, tags::REFERENCED_SOP_SEQUENCE, sops);
+            item
+        })
+        .collect();
+    let mut study = InMemDicomObject::new_empty();
+    put_str(&mut study, tags::STUDY_INSTANCE_UID, VR::UI, study_uid);
+    put_seq(&mut study, tags::REFERENCED_SERIES_SEQUENCE, series);
+    vec![study]
+}
+
+fn sop_ref(r: &InstanceRef, frame: Option<u32>) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put_str(&mut item, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &r.sop_class_uid);
+    put_str(
+        &mut item,
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        &r.sop_instance_uid,
+    );
+    if let Some(frame) = frame {
+        put_str(&mut item, tags::REFERENCED_FRAME_NUMBER, VR::IS, &frame.to_string());
+    }
+    item
+}
+
+fn template(id: &str) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put_str(&mut item, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
+    put_str(&mut item, tags::TEMPLATE_IDENTIFIER, VR::CS, id);
+    item
+}
+
+fn content_item(relationship: &str, value_type: &str, concept: &Code) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put_str(&mut item, tags::RELATIONSHIP_TYPE, VR::CS, relationship);
+    put_str(&mut item, tags::VALUE_TYPE, VR::CS, value_type);
+    put_seq(&mut item, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(concept)]);
+    item
+}
+
+fn container(relationship: &str, concept: &Code, children: Vec<InMemDicomObject>) -> InMemDicomObject {
+    let mut item = content_item(relationship, "CONTAINER", concept);
+    put_str(&mut item, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+    put_seq(&mut item, tags::CONTENT_SEQUENCE, children);
+    item
+}
+
+/// A TEXT item, or nothing for empty text (optional rows are left out rather than empty).
+fn text(relationship: &str, concept: &Code, value: &str) -> Option<InMemDicomObject> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let mut item = content_item(relationship, "TEXT", concept);
+    put_str(&mut item, tags::TEXT_VALUE, VR::UT, value);
+    Some(item)
+}
+
+fn uidref(relationship: &str, concept: &Code, uid: &str) -> Option<InMemDicomObject> {
+    if uid.is_empty() {
+        return None;
+    }
+    let mut item = content_item(relationship, "UIDREF", concept);
+    put_str(&mut item, tags::UID, VR::UI, uid);
+    Some(item)
+}
+
+fn code_content(relationship: &str, concept: &Code, value: &Code) -> Option<InMemDicomObject> {
+    let mut item = content_item(relationship, "CODE", concept);
+    put_seq(&mut item, tags::CONCEPT_CODE_SEQUENCE, vec![code_item(value)]);
+    Some(item)
+}
+
+fn num(concept: &Code, value: f64, unit: &Code) -> InMemDicomObject {
+    let mut item = content_item("CONTAINS", "NUM", concept);
+    let mut measured = InMemDicomObject::new_empty();
+    put_seq(
+        &mut measured,
+        tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
+        vec![code_item(unit)],
+    );
+    put_str(&mut measured, tags::NUMERIC_VALUE, VR::DS, &ds(value));
+    put_seq(&mut item, tags::MEASURED_VALUE_SEQUENCE, vec![measured]);
+    item
+}
+
+/// An IMAGE item (no concept name in the image library).
+fn image(relationship: &str, concept: Option<&Code>, r: &InstanceRef, frame: Option<u32>) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put_str(&mut item, tags::RELATIONSHIP_TYPE, VR::CS, relationship);
+    put_str(&mut item, tags::VALUE_TYPE, VR::CS, "IMAGE");
+    if let Some(concept) = concept {
+        put_seq(&mut item, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(concept)]);
+    }
+    put_seq(&mut item, tags::REFERENCED_SOP_SEQUENCE, vec![sop_ref(r, frame)]);
+    item
+}
