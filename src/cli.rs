@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fcdnode::assemble::{self, SeriesMeta, StackSummary, Tolerances};
+use fcdnode::infer::{CamMethod, Device, Ensemble, runtime};
 use fcdnode::nifti::{self, DataType};
+use fcdnode::package::manifest::ModelPackage;
+use fcdnode::pipeline;
 use fcdnode::synth::{self, CohortOptions, DicomExport, Plane, SliceOrder};
 use fcdnode::tracker::routing::{Decision, SeriesFacts};
 
@@ -51,6 +54,35 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+    /// Run a model package on a DICOM folder (series picked by routing, or --series) and write
+    /// the heatmap Secondary Capture, the Structured Report, result.json and a PNG preview; on
+    /// NIfTI files (one per model channel) write only result.json and the preview.
+    Infer {
+        /// DICOM files/folders, or NIfTI files (.nii/.nii.gz) in the model's channel order.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Model package directory (holds manifest.toml).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Explanation method.
+        #[arg(long, value_enum, default_value_t = CamMethod::Gradcam)]
+        explain: CamMethod,
+        /// Series Instance UID for the model's first channel, instead of routing.
+        #[arg(long)]
+        series: Option<String>,
+        /// One single-frame Secondary Capture per slice instead of one multi-frame object.
+        #[arg(long)]
+        single_frame: bool,
+        /// Configuration file (routing rules, ONNX Runtime location and device).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Execution provider; overrides the configuration.
+        #[arg(long, value_enum)]
+        device: Option<Device>,
     },
     /// Load and validate a configuration file, then exit (0 = valid).
     CheckConfig {
@@ -134,6 +166,56 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Assemble { dir, runs },
         } => bench_assemble_command(dir, runs),
+        Command::Infer {
+            paths,
+            model,
+            out,
+            explain,
+            series,
+            single_frame,
+            config,
+            device,
+        } => {
+            let settings = fcdnode::config::settings(config.as_deref())?;
+            let library = runtime::find_library(settings.runtime.onnxruntime.as_deref())?;
+            runtime::init(&library)?;
+            let package = ModelPackage::load(&model)?;
+            let device = device.unwrap_or(settings.runtime.device);
+            let mut ensemble = Ensemble::load(&package, device, settings.runtime.threads)?;
+            eprintln!(
+                "model {} ({} fold(s)) on {:?}",
+                package.manifest.name,
+                package.graphs.len(),
+                ensemble.device()
+            );
+            let options = pipeline::Options {
+                explain,
+                series,
+                report: fcdnode::report::ReportOptions::new().with_multiframe(!single_frame),
+                ..pipeline::Options::default()
+            };
+            let is_nifti = |p: &PathBuf| {
+                let name = p.to_string_lossy();
+                name.ends_with(".nii") || name.ends_with(".nii.gz")
+            };
+            let summary = if paths.iter().all(is_nifti) {
+                pipeline::run_nifti(&paths, &mut ensemble, &out, &options)?
+            } else {
+                pipeline::run_dicom(&paths, &mut ensemble, &settings.router, &out, &options)?
+            };
+            println!(
+                "{}: probability {:.3} (threshold {}), hotspot LPS [{:.1}, {:.1}, {:.1}] mm in slice {} → {}",
+                summary.label,
+                summary.probability,
+                summary.threshold,
+                summary.hotspot_lps[0],
+                summary.hotspot_lps[1],
+                summary.hotspot_lps[2],
+                summary.hotspot_slice,
+                out.display()
+            );
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             fcdnode::config::settings(Some(&config))?;
             println!("{}: valid", config.display());

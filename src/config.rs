@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::infer::runtime::Device;
 use crate::tracker::routing::{Router, RoutingConfig, RoutingError};
 
 /// The whole file. Every section is optional and has documented defaults
@@ -12,6 +13,21 @@ use crate::tracker::routing::{Router, RoutingConfig, RoutingError};
 pub struct Config {
     /// `[routing]`: which series feed which model channel.
     pub routing: RoutingConfig,
+    /// `[runtime]`: where ONNX Runtime is and where it runs.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`: the ONNX Runtime library and execution settings.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so`; when absent, `ORT_DYLIB_PATH`, then the project-local
+    /// `.tools/libonnxruntime.so` from `scripts/setup.sh`.
+    pub onnxruntime: Option<PathBuf>,
+    /// `auto` (CUDA when its provider and a GPU are present, else CPU), `cpu` or `cuda`.
+    pub device: Device,
+    /// Intra-op threads per session; 0 lets ONNX Runtime choose.
+    pub threads: usize,
 }
 
 /// Checked settings, ready for the stages.
@@ -19,6 +35,8 @@ pub struct Config {
 pub struct Settings {
     /// Compiled routing rules.
     pub router: Router,
+    /// ONNX Runtime settings.
+    pub runtime: RuntimeConfig,
 }
 
 /// Why the configuration cannot be used.
@@ -67,7 +85,10 @@ impl Config {
             path: origin.to_owned(),
             source,
         })?;
-        Ok(Settings { router })
+        Ok(Settings {
+            router,
+            runtime: self.runtime.clone(),
+        })
     }
 }
 

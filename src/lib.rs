@@ -21,6 +21,7 @@ pub mod explain;
 pub mod infer;
 pub mod nifti;
 pub mod package;
+pub mod pipeline;
 pub mod preprocess;
 pub mod report;
 pub mod synth;

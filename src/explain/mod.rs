@@ -9,11 +9,12 @@ use ndarray::{Array3, Zip};
 use crate::volume::{Grid, Interp, Volume, VolumeError};
 
 /// A map on the feature grid (`[depth, height, width]`, the network's output resolution) as a
-/// volume in patient space. Feature voxel f covers model voxels like a resize with
-/// `align_corners = false`: its centre sits at model index (f + ½)·s − ½ along each axis, with
-/// s = model size / feature size. The map is padded by one voxel replicating its edges, so
-/// resampling near the border clamps instead of fading to zero.
-pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid) -> Result<Volume, VolumeError> {
+/// volume in patient space. `stride` is the network's total stride `[depth, height, width]`
+/// ([`crate::package::arch::ArchSpec::stride`]): feature voxel f is centred on model voxel
+/// f × stride, because every convolution and pooling is odd-sized with symmetric padding. The
+/// map is padded by one voxel replicating its edges, so resampling near the border clamps
+/// instead of fading to zero.
+pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid, stride: [usize; 3]) -> Result<Volume, VolumeError> {
     let (fd, fh, fw) = map.dim();
     let feature = [fw, fh, fd]; // i = R (width), j = A (height), k = S (depth)
     if feature.contains(&0) {
@@ -23,12 +24,13 @@ pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid) -> Result<Volume
         let c = |x: usize, n: usize| x.saturating_sub(1).min(n - 1);
         map[[c(k, fd), c(j, fh), c(i, fw)]]
     });
-    // Padded index p → model index: ((p − 1) + ½)·s − ½.
+    // Padded index p → model index (p − 1) × stride.
+    let stride_ijk = [stride[2], stride[1], stride[0]];
     let mut index = Matrix4::identity();
     for a in 0..3 {
-        let s = model_grid.shape[a] as f64 / feature[a] as f64;
+        let s = stride_ijk[a] as f64;
         index[(a, a)] = s;
-        index[(a, 3)] = (0.5 - 1.0) * s - 0.5;
+        index[(a, 3)] = -s;
     }
     let affine = crate::volume::Affine::new(model_grid.affine.matrix() * index)?;
     Volume::new(padded, affine)
@@ -36,8 +38,13 @@ pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid) -> Result<Volume
 
 /// A heatmap on a source series grid: the feature-grid map resampled (trilinear, through LPS
 /// mm) onto `source`, then min-max normalised to [0, 1].
-pub fn heatmap_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Result<Volume, VolumeError> {
-    let feature = feature_map_volume(map, model_grid)?;
+pub fn heatmap_on(
+    map: &Array3<f32>,
+    model_grid: &Grid,
+    stride: [usize; 3],
+    source: &Grid,
+) -> Result<Volume, VolumeError> {
+    let feature = feature_map_volume(map, model_grid, stride)?;
     let mut on_source = feature.resample(source, Interp::Linear, 0.0)?;
     let normalised = normalise(on_source.data());
     *on_source.data_mut() = normalised;
@@ -175,11 +182,11 @@ mod tests {
         // Feature grid 5×6×4 (stride 8); hot voxel at depth 1, height 4, width 2.
         let mut map = Array3::<f32>::zeros((4, 6, 5));
         map[[1, 4, 2]] = 1.0;
-        // Its centre in model index: (f + ½)·8 − ½ → (19.5, 35.5, 11.5) for i = R, j = A, k = S.
-        let expected = model_grid.voxel_to_world([19.5, 35.5, 11.5]);
+        // Its centre in model index: f × 8 → (16, 32, 8) for i = R, j = A, k = S.
+        let expected = model_grid.voxel_to_world([16.0, 32.0, 8.0]);
         for plane in [Plane::Axial, Plane::Sagittal, Plane::Oblique] {
             let source = acquisition_grid(plane, [1.0, 1.0, 1.5], [90.0, 100.0, 70.0], [5.0, -10.0, 20.0]).unwrap();
-            let heat = heatmap_on(&map, &model_grid, &source).unwrap();
+            let heat = heatmap_on(&map, &model_grid, [8, 8, 8], &source).unwrap();
             let (idx, lps) = hotspot(&heat);
             let dist = (0..3).map(|a| (lps[a] - expected[a]).powi(2)).sum::<f64>().sqrt();
             assert!(dist < 2.0, "{plane:?}: hotspot {lps:?} vs {expected:?} ({dist} mm)");
@@ -197,7 +204,7 @@ mod tests {
         };
         let grid = recipe.grid([0.0; 3]).unwrap();
         let map = Array3::from_elem((2, 2, 2), 3.0f32);
-        let v = feature_map_volume(&map, &grid)
+        let v = feature_map_volume(&map, &grid, [8, 8, 8])
             .unwrap()
             .resample(&grid, Interp::Linear, 0.0)
             .unwrap();

@@ -207,6 +207,14 @@ impl ArchSpec {
         self.stages()[3].out_channels
     }
 
+    /// Total stride `[depth, height, width]` from input to `features`. Every convolution and
+    /// pooling is odd-sized with symmetric padding, so feature voxel f is centred on input
+    /// voxel f × stride along each axis.
+    pub fn stride(&self) -> [usize; 3] {
+        let stages: usize = self.stages().iter().map(|s| s.stride).product();
+        self.stem_stride.map(|s| s * 2 * stages)
+    }
+
     /// Spatial size `[depth, height, width]` of `features` for an input of `input` voxels.
     pub fn feature_shape(&self, input: [usize; 3]) -> [usize; 3] {
         // conv k7 p3 stride s: floor((n − 1) / s) + 1; the same rule holds for the max-pool
@@ -239,6 +247,7 @@ mod tests {
         // Total stride 8: 2 (stem) × 2 (pool) × 2 (layer2).
         assert_eq!(a.feature_shape([128, 128, 128]), [16, 16, 16]);
         assert_eq!(a.feature_shape([56, 448, 448]), [7, 56, 56]);
+        assert_eq!(a.stride(), [8, 8, 8]);
     }
 
     #[test]
@@ -252,6 +261,7 @@ mod tests {
         assert_eq!(a.feature_shape([128, 128, 128]), [4, 4, 4]);
         a.stem_stride = [1, 2, 2];
         assert_eq!(a.feature_shape([64, 128, 128]), [4, 4, 4]);
+        assert_eq!(a.stride(), [16, 32, 32]);
         let mut small = ArchSpec::from_name("resnet10").unwrap();
         small.width_mult = 0.25;
         assert_eq!((small.stem_channels(), small.feature_channels()), (16, 128));

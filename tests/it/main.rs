@@ -3,6 +3,7 @@
 
 mod assemble;
 mod dicom_parity;
+mod infer;
 mod report;
 mod synth;
 mod util;

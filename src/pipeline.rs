@@ -1,0 +1,325 @@
+//! One study through the stages, offline: DICOM folder (or NIfTI files) → assemble → route →
+//! preprocess → infer → explain → report. `fcdnode infer` calls it; the service runs the same
+//! function per job.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dicom_object::InMemDicomObject;
+
+use crate::assemble::{self, AssembleError, Assembled, SeriesMeta, SliceSource, StackSummary, Tolerances};
+use crate::explain;
+use crate::infer::{CamMethod, Ensemble, InferError};
+use crate::nifti::{self, NiftiError};
+use crate::package::manifest::Modality;
+use crate::preprocess::PreprocessError;
+use crate::report::{
+    self, Algorithm, Finding, ReportError, ReportInputs, ReportOptions, ResultSummary, Timings, UidGenerator,
+};
+use crate::tracker::routing::{Router, SeriesFacts};
+use crate::volume::VolumeError;
+
+/// Why a study could not be processed; variants say which stage and what.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Reading or assembling DICOM failed.
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    /// Reading NIfTI failed.
+    #[error(transparent)]
+    Nifti(#[from] NiftiError),
+    /// No series (or too many) for a channel the model needs.
+    #[error("model channel {channel}: {reason}")]
+    Channel { channel: Modality, reason: String },
+    /// NIfTI inputs do not match the model's channels.
+    #[error("{given} NIfTI file(s) given; the model takes {expected} channel(s) in this order: {channels}")]
+    NiftiChannels {
+        given: usize,
+        expected: usize,
+        channels: String,
+    },
+    /// Preprocessing failed.
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    /// Inference failed.
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    /// Mapping the heatmap to the source grid failed.
+    #[error("mapping the heatmap onto the source grid: {0}")]
+    Explain(#[from] VolumeError),
+    /// Writing SC, SR, preview or JSON failed.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+/// Knobs of one run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Explanation method.
+    pub explain: CamMethod,
+    /// Series Instance UID to use for the model's first channel instead of routing.
+    pub series: Option<String>,
+    /// SC/SR layout.
+    pub report: ReportOptions,
+    /// The node's identity in the outputs.
+    pub device: report::Device,
+    /// Seed for new UIDs (tests); `None` draws random UIDs.
+    pub uid_seed: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            explain: CamMethod::Gradcam,
+            series: None,
+            report: ReportOptions::new(),
+            device: report::Device::default(),
+            uid_seed: None,
+        }
+    }
+}
+
+/// Runs the model on the series under `paths` and writes SC, SR, preview and `result.json`
+/// into `out`.
+pub fn run_dicom(
+    paths: &[PathBuf],
+    ensemble: &mut Ensemble,
+    router: &Router,
+    out: &Path,
+    options: &Options,
+) -> Result<ResultSummary, PipelineError> {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let channels = ensemble.manifest().channels.clone();
+    let chosen = choose_series(paths, &channels, router, options.series.as_deref())?;
+    let mut assembled: Vec<(Assembled, InMemDicomObject)> = Vec::new();
+    for files in &chosen {
+        let sources = assemble::read_files(files, false)?;
+        let header = sources[0].object.clone().into_inner();
+        assembled.push((assemble::assemble_series(&sources, &Tolerances::default())?, header));
+    }
+    timings.assemble = ms(start);
+    let volumes: Vec<_> = assembled.iter().map(|(a, _)| &a.volume).collect();
+    let (source, header) = assembled.first().ok_or_else(|| PipelineError::Channel {
+        channel: channels.first().copied().unwrap_or(Modality::Flair),
+        reason: "the model lists no channel".into(),
+    })?;
+    let (finding, heatmap) = predict(ensemble, &volumes, source, options, &mut timings)?;
+    let algorithm = algorithm(ensemble, options);
+    let inputs = ReportInputs {
+        source_header: header,
+        source,
+        finding: &finding,
+        algorithm: &algorithm,
+        device: &options.device,
+        options: &options.report,
+    };
+    let mut uids = options.uid_seed.map_or_else(UidGenerator::random, UidGenerator::seeded);
+    timings.total = ms(start);
+    let written = report::write_outputs(&inputs, &heatmap, &mut uids, timings, out)?;
+    let mut summary = written.summary;
+    summary.timings_ms.total = ms(start);
+    summary.write(&out.join("result.json"))?;
+    Ok(summary)
+}
+
+/// Runs the model on NIfTI volumes (one per channel, in the manifest's order) and writes the
+/// preview and `result.json`; there is no DICOM to answer, so no SC or SR.
+pub fn run_nifti(
+    paths: &[PathBuf],
+    ensemble: &mut Ensemble,
+    out: &Path,
+    options: &Options,
+) -> Result<ResultSummary, PipelineError> {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let channels = &ensemble.manifest().channels;
+    if paths.len() != channels.len() {
+        return Err(PipelineError::NiftiChannels {
+            given: paths.len(),
+            expected: channels.len(),
+            channels: channels.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let volumes = paths.iter().map(|p| nifti::read(p)).collect::<Result<Vec<_>, _>>()?;
+    timings.assemble = ms(start);
+    let depth = volumes[0].shape()[2];
+    let label = paths[0].display().to_string();
+    // A NIfTI file has no DICOM provenance: the slice list only carries the file name.
+    let source = Assembled {
+        volume: volumes[0].clone(),
+        meta: SeriesMeta {
+            series_uid: label.clone(),
+            ..SeriesMeta::default()
+        },
+        slices: (0..depth)
+            .map(|k| SliceSource {
+                sop_instance_uid: format!("{label}#{k}"),
+                sop_class_uid: String::new(),
+                frame: 0,
+            })
+            .collect(),
+        stack: StackSummary {
+            frames: depth,
+            matrix: [volumes[0].shape()[1] as u32, volumes[0].shape()[0] as u32],
+            orientation: [0.0; 6],
+            echo: None,
+            temporal: None,
+        },
+        other_stacks: Vec::new(),
+    };
+    let (finding, heatmap) = predict(
+        ensemble,
+        &volumes.iter().collect::<Vec<_>>(),
+        &source,
+        options,
+        &mut timings,
+    )?;
+    let algorithm = algorithm(ensemble, options);
+    std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
+        path: out.to_owned(),
+        source,
+    })?;
+    let preview = report::preview_png(&source, &heatmap, &finding, &options.report)?;
+    report::write_png(&preview, &out.join("preview.png"))?;
+    timings.total = ms(start);
+    let summary = report::result_json(
+        &source,
+        &finding,
+        &algorithm,
+        Vec::new(),
+        None,
+        Some("preview.png".into()),
+        timings,
+    );
+    summary.write(&out.join("result.json"))?;
+    Ok(summary)
+}
+
+/// Preprocess → infer → explain: the decision and the heatmap on the first channel's grid.
+fn predict(
+    ensemble: &mut Ensemble,
+    volumes: &[&crate::volume::Volume],
+    source: &Assembled,
+    options: &Options,
+    timings: &mut Timings,
+) -> Result<(Finding, crate::volume::Volume), PipelineError> {
+    let t = Instant::now();
+    let input = ensemble.manifest().preprocess.apply(volumes)?;
+    timings.preprocess = ms(t);
+    let t = Instant::now();
+    let prediction = ensemble.predict(&input)?;
+    timings.infer = ms(t);
+    let t = Instant::now();
+    let map = ensemble.cam(&prediction, options.explain)?;
+    let stride = ensemble.manifest().architecture.stride();
+    let heatmap = explain::heatmap_on(&map, &input.grid, stride, &source.volume.grid())?;
+    let (index, lps) = explain::hotspot(&heatmap);
+    timings.explain = ms(t);
+    let finding = Finding {
+        probability: prediction.probability,
+        threshold: ensemble.manifest().threshold,
+        suspected: prediction.suspected,
+        fold_probabilities: prediction.fold_probabilities,
+        hotspot_lps: lps,
+        hotspot_slice: index[2],
+    };
+    Ok((finding, heatmap))
+}
+
+fn algorithm(ensemble: &Ensemble, options: &Options) -> Algorithm {
+    let m = ensemble.manifest();
+    Algorithm {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        parameters: format!(
+            "{} {} fold(s), threshold {}, explanation {:?}, channels {}",
+            m.architecture.name(),
+            m.folds.len(),
+            m.threshold,
+            options.explain,
+            m.channels.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
+        ),
+    }
+}
+
+/// For each model channel, the files of the series that feeds it: routed, or `series` for the
+/// first channel. Several candidates for one channel: the one with most slices.
+fn choose_series(
+    paths: &[PathBuf],
+    channels: &[Modality],
+    router: &Router,
+    series: Option<&str>,
+) -> Result<Vec<Vec<PathBuf>>, PipelineError> {
+    let scan = assemble::scan(paths)?;
+    for skipped in &scan.skipped {
+        tracing::warn!("skipped {skipped}");
+    }
+    let mut candidates: BTreeMap<Modality, Vec<(usize, String, Vec<PathBuf>)>> = BTreeMap::new();
+    let mut reasons = Vec::new();
+    for (uid, sources) in &scan.series {
+        let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.label)).collect();
+        if series == Some(uid.as_str()) {
+            candidates
+                .entry(channels[0])
+                .or_default()
+                .insert(0, (usize::MAX, uid.clone(), files));
+            continue;
+        }
+        match assemble::plan_series(sources, &Tolerances::default()) {
+            Ok(plan) => {
+                let decision = router.route(&SeriesFacts {
+                    meta: &plan.meta,
+                    slices: plan.shape()[2],
+                    slice_step_mm: Some(plan.ordered.slice_step_mm),
+                });
+                tracing::info!(series_uid = %uid, channel = ?decision.channel, reason = %decision.reason, "routing");
+                match decision.channel {
+                    Some(c) => candidates
+                        .entry(c)
+                        .or_default()
+                        .push((plan.shape()[2], uid.clone(), files)),
+                    None => reasons.push(format!("{uid}: {}", decision.reason)),
+                }
+            }
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    if let Some(uid) = series
+        && !scan.series.contains_key(uid)
+    {
+        return Err(AssembleError::SeriesNotFound {
+            series_uid: uid.to_string(),
+            present: scan.series.keys().cloned().collect::<Vec<_>>().join(", "),
+        }
+        .into());
+    }
+    channels
+        .iter()
+        .map(|&channel| {
+            let mut found = candidates.remove(&channel).unwrap_or_default();
+            found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            found
+                .into_iter()
+                .next()
+                .map(|(_, _, files)| files)
+                .ok_or_else(|| PipelineError::Channel {
+                    channel,
+                    reason: format!(
+                        "no series routed to it under {paths:?}{}",
+                        if reasons.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", reasons.join("; "))
+                        }
+                    ),
+                })
+        })
+        .collect()
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
