@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fcdnode::assemble::{self, SeriesMeta, StackSummary, Tolerances};
-use fcdnode::infer::{CamMethod, Device, Ensemble, runtime};
+use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::nifti::{self, DataType};
 use fcdnode::package::manifest::ModelPackage;
 use fcdnode::pipeline;
@@ -69,8 +69,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Explanation method.
-        #[arg(long, value_enum, default_value_t = CamMethod::Gradcam)]
-        explain: CamMethod,
+        #[arg(long, value_enum, default_value_t = pipeline::Explain::Gradcam)]
+        explain: pipeline::Explain,
+        /// Occlusion cube edge in model voxels (with --explain occlusion).
+        #[arg(long, default_value_t = 16)]
+        occlusion_patch: usize,
+        /// Occlusion step in model voxels (with --explain occlusion).
+        #[arg(long, default_value_t = 8)]
+        occlusion_stride: usize,
         /// Series Instance UID for the model's first channel, instead of routing.
         #[arg(long)]
         series: Option<String>,
@@ -171,6 +177,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             out,
             explain,
+            occlusion_patch,
+            occlusion_stride,
             series,
             single_frame,
             config,
@@ -190,6 +198,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let options = pipeline::Options {
                 explain,
+                occlusion_patch,
+                occlusion_stride,
                 series,
                 report: fcdnode::report::ReportOptions::new().with_multiframe(!single_frame),
                 ..pipeline::Options::default()

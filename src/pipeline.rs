@@ -54,11 +54,28 @@ pub enum PipelineError {
     Report(#[from] ReportError),
 }
 
+/// How the heatmap is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Explain {
+    /// Grad-CAM at the global-pooling input, exact from forward outputs.
+    #[default]
+    Gradcam,
+    /// Grad-CAM++ in closed form.
+    Gradcampp,
+    /// Occlusion sensitivity (one ensemble run per patch position; slower).
+    Occlusion,
+}
+
 /// Knobs of one run.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Explanation method.
-    pub explain: CamMethod,
+    pub explain: Explain,
+    /// Occlusion cube size and step in model voxels.
+    pub occlusion_patch: usize,
+    /// Occlusion step in model voxels.
+    pub occlusion_stride: usize,
     /// Series Instance UID to use for the model's first channel instead of routing.
     pub series: Option<String>,
     /// SC/SR layout.
@@ -72,7 +89,9 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            explain: CamMethod::Gradcam,
+            explain: Explain::Gradcam,
+            occlusion_patch: 16,
+            occlusion_stride: 8,
             series: None,
             report: ReportOptions::new(),
             device: report::Device::default(),
@@ -213,9 +232,26 @@ fn predict(
     let prediction = ensemble.predict(&input)?;
     timings.infer = ms(t);
     let t = Instant::now();
-    let map = ensemble.cam(&prediction, options.explain)?;
     let stride = ensemble.manifest().architecture.stride();
-    let heatmap = explain::heatmap_on(&map, &input.grid, stride, &source.volume.grid())?;
+    let source_grid = source.volume.grid();
+    let heatmap = match options.explain {
+        Explain::Gradcam => explain::heatmap_on(
+            &ensemble.cam(&prediction, CamMethod::Gradcam)?,
+            &input.grid,
+            stride,
+            &source_grid,
+        )?,
+        Explain::Gradcampp => explain::heatmap_on(
+            &ensemble.cam(&prediction, CamMethod::Gradcampp)?,
+            &input.grid,
+            stride,
+            &source_grid,
+        )?,
+        Explain::Occlusion => {
+            let map = ensemble.occlusion(&input, options.occlusion_patch, options.occlusion_stride)?;
+            explain::model_map_on(&map, &input.grid, &source_grid)?
+        }
+    };
     let (index, lps) = explain::hotspot(&heatmap);
     timings.explain = ms(t);
     let finding = Finding {

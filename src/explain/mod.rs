@@ -51,6 +51,16 @@ pub fn heatmap_on(
     Ok(on_source)
 }
 
+/// A heatmap computed on the model grid (`[depth, height, width]`, e.g. occlusion) resampled
+/// onto `source` and min-max normalised.
+pub fn model_map_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Result<Volume, VolumeError> {
+    let on_model = crate::preprocess::tensor_to_volume(map, model_grid)?;
+    let mut on_source = on_model.resample(source, Interp::Linear, 0.0)?;
+    let normalised = normalise(on_source.data());
+    *on_source.data_mut() = normalised;
+    Ok(on_source)
+}
+
 /// The hottest voxel of a heatmap: its index `[i, j, k]` (k = slice of the source series) and
 /// its LPS mm position. The first maximum wins on ties.
 pub fn hotspot(heatmap: &Volume) -> ([usize; 3], [f64; 3]) {

@@ -169,6 +169,50 @@ fn hotspot_lands_on_the_bright_blob_for_every_plane() {
     }
 }
 
+/// Grad-CAM++ and occlusion find the same blob (occlusion at its coarser resolution).
+#[test]
+fn other_explanations_find_the_blob() {
+    let tmp = tempdir();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    package(&model, Modality::T1w);
+    let grid = acquisition_grid(Plane::Axial, [1.5; 3], [105.0, 105.0, 90.0], BALL_CENTRE).unwrap();
+    let model_grid = recipe().apply(&[&phantom(&grid, None)]).unwrap().grid;
+    let blob = model_grid.voxel_to_world([32.0, 24.0, 16.0]);
+    let series = tmp.path().join("dicom");
+    write_series(
+        &phantom(&grid, Some(blob)),
+        &SeriesInfo::new(3),
+        &DicomOptions::default(),
+        &series,
+    )
+    .unwrap();
+    // Occlusion cubes of 8 model voxels (16 mm) every 4: the peak is within half a cube.
+    for (method, tolerance_mm) in [("gradcampp", 1.5 * 3f64.sqrt()), ("occlusion", 8.0 * 3f64.sqrt())] {
+        let out = tmp.path().join(method);
+        run_ok(
+            fcdnode()
+                .arg("infer")
+                .arg(&series)
+                .args(["--model"])
+                .arg(&model)
+                .arg("--out")
+                .arg(&out)
+                .args(["--explain", method, "--occlusion-patch", "8", "--occlusion-stride", "4"]),
+        );
+        let summary: ResultSummary = serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+        let error = (0..3)
+            .map(|a| (summary.hotspot_lps[a] - blob[a]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            error <= tolerance_mm,
+            "{method}: hotspot {:?}, blob {blob:?}: {error:.2} mm",
+            summary.hotspot_lps
+        );
+    }
+}
+
 #[test]
 fn nifti_input_gives_json_and_preview_only() {
     let tmp = tempdir();
