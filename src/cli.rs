@@ -111,6 +111,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// One 176×256×256 synthetic FLAIR series through assemble → preprocess → infer → explain
+    /// → SC → SR with a random-weight network: per-stage times of each run and peak RSS.
+    Infer {
+        /// Architecture.
+        #[arg(long, default_value = "resnet18")]
+        arch: String,
+        /// Width multiplier (1.0 = full width).
+        #[arg(long, default_value_t = 1.0)]
+        width_mult: f64,
+        /// Model grid voxel size in mm (the grid covers 192×224×192 mm).
+        #[arg(long, default_value_t = 2.0)]
+        voxel_mm: f64,
+        /// Timed runs after one warm-up run.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Execution provider.
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +191,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Assemble { dir, runs },
         } => bench_assemble_command(dir, runs),
+        Command::Bench {
+            what:
+                BenchCommand::Infer {
+                    arch,
+                    width_mult,
+                    voxel_mm,
+                    runs,
+                    device,
+                },
+        } => bench_infer_command(crate::bench::InferBench {
+            arch,
+            width_mult,
+            voxel_mm,
+            runs,
+            device,
+            onnxruntime: None,
+        }),
         Command::Infer {
             paths,
             model,
@@ -348,6 +384,44 @@ fn volume_command(paths: &[PathBuf], out: &std::path::Path, series: Option<&str>
         v.orientation(),
         out.display()
     );
+    Ok(())
+}
+
+fn bench_infer_command(bench: crate::bench::InferBench) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("fcdnode-bench-infer-{}", std::process::id()));
+    let result = crate::bench::infer_bench(&dir, &bench);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = result?;
+    println!(
+        "infer: {} (width {}) on {:?}, input {:?}, {} rayon threads; sessions built in {:.2} s",
+        bench.arch,
+        bench.width_mult,
+        r.device,
+        r.input_shape,
+        rayon::current_num_threads(),
+        r.session_build.as_secs_f64()
+    );
+    println!("  run  assemble  preprocess  infer  explain     SC     SR   total  (ms)");
+    for (n, t) in r.runs.iter().enumerate() {
+        println!(
+            "  {:>3}  {:>8.0}  {:>10.0}  {:>5.0}  {:>7.0}  {:>5.0}  {:>5.0}  {:>6.0}",
+            n + 1,
+            t.assemble,
+            t.preprocess,
+            t.infer,
+            t.explain,
+            t.sc,
+            t.sr,
+            t.total
+        );
+    }
+    if let Some(b) = r.peak_rss_bytes {
+        println!(
+            "  peak RSS: {:.0} MiB (whole process, series generation included)",
+            b as f64 / 1048576.0
+        );
+    }
+    println!("  last run: {} (p = {:.3})", r.summary.label, r.summary.probability);
     Ok(())
 }
 

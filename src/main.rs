@@ -1,5 +1,6 @@
 //! `fcdnode` binary: parse, set up logging, run one command, map the error to an exit code.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;
