@@ -10,7 +10,7 @@ use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, supported_transfer_syntaxe
 use fcdnode::synth::{Plane, SliceOrder, acquisition_grid};
 use fcdnode::volume::Volume;
 
-use crate::util::{assert_same_volume, dcm2niix, run_ok, tempdir, tool};
+use crate::util::{assert_same_volume, dciodvfy, dcm2niix, run_ok, tempdir, tool};
 
 const PLANES: [Plane; 4] = [Plane::Axial, Plane::Sagittal, Plane::Coronal, Plane::Oblique];
 const ORDERS: [SliceOrder; 3] = [SliceOrder::Asc, SliceOrder::Desc, SliceOrder::Shuffled];
@@ -123,20 +123,6 @@ fn every_transfer_syntax_matches_dcm2niix() {
     }
 }
 
-/// Runs dciodvfy on one file and returns the lines it printed.
-fn dciodvfy(file: &Path) -> Vec<String> {
-    let out = Command::new(tool("dciodvfy"))
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start dciodvfy: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines().map(str::to_owned).collect()
-}
-
 #[test]
 fn dciodvfy_reports_no_errors() {
     let volume = phantom(Plane::Oblique);
@@ -156,20 +142,9 @@ fn dciodvfy_reports_no_errors() {
             } else {
                 files[0].clone()
             };
-            let lines = dciodvfy(&file);
-            // Errors start a line, or follow an element tag ("(0x…) … - Error - …").
-            let errors: Vec<&String> = lines
-                .iter()
-                .filter(|l| l.starts_with("Error") || l.contains("- Error -"))
-                .collect();
-            for warning in lines.iter().filter(|l| l.contains("Warning")) {
+            for warning in dciodvfy(&file) {
                 eprintln!("dciodvfy enhanced={enhanced} ts={uid}: {warning}");
             }
-            assert!(
-                errors.is_empty(),
-                "dciodvfy errors for enhanced={enhanced} ts={uid}:\n{}",
-                lines.join("\n")
-            );
         }
     }
 }

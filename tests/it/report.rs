@@ -16,7 +16,7 @@ use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use fcdnode::synth::{Plane, acquisition_grid};
 use fcdnode::volume::Volume;
 
-use crate::util::{run_ok, tempdir, tool};
+use crate::util::{dciodvfy, run_ok, tempdir, tool};
 
 /// Heat peak in voxel index `[i, j, k]`: away from the legend in the top-left corner.
 const PEAK: [usize; 3] = [28, 32, 15];
@@ -95,22 +95,6 @@ fn options(multiframe: bool) -> ReportOptions {
             date: "20240102".into(),
             time: "030405".into(),
         })
-}
-
-/// Runs dciodvfy and fails on any line with "Error"; returns the warnings.
-fn dciodvfy(path: &Path) -> Vec<String> {
-    let out = Command::new(tool("dciodvfy")).arg(path).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
-    assert!(errors.is_empty(), "dciodvfy {}:\n{text}", path.display());
-    text.lines()
-        .filter(|l| l.contains("Warning"))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn str_of(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {

@@ -92,3 +92,23 @@ pub fn assert_same_volume(label: &str, ours: &Volume, theirs: &Volume, tol_mm: f
         .count();
     assert_eq!(mismatches, 0, "{label}: {mismatches} voxels differ");
 }
+
+/// Runs dciodvfy (dicom3tools) on one file, fails the test on any line reporting an error, and
+/// returns its warnings.
+pub fn dciodvfy(path: &Path) -> Vec<String> {
+    let out = Command::new(tool("dciodvfy"))
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start dciodvfy: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
+    assert!(errors.is_empty(), "dciodvfy {}:\n{text}", path.display());
+    text.lines()
+        .filter(|l| l.contains("Warning"))
+        .map(str::to_owned)
+        .collect()
+}
