@@ -10,7 +10,7 @@ use anyhow::Result;
 use fcdnode::assemble::bench::peak_rss_bytes;
 use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::package::arch::ArchSpec;
-use fcdnode::package::manifest::{FORMAT, Manifest, Modality, ModelPackage, Outputs, Provenance};
+use fcdnode::package::manifest::{Manifest, Modality, ModelPackage};
 use fcdnode::package::onnx::write_onnx;
 use fcdnode::package::weights::Weights;
 use fcdnode::pipeline::{self, Options};
@@ -160,21 +160,14 @@ fn write_model(dir: &Path, bench: &InferBench) -> Result<Manifest> {
         [shape[2], shape[1], shape[0]],
         &dir.join("fold0.onnx"),
     )?;
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        name: "bench".into(),
-        version: "random".into(),
-        description: "random weights, for timing only".into(),
-        channels: vec![Modality::Flair],
-        preprocess: recipe,
-        architecture: arch,
-        classes: vec!["hc".into(), "fcd".into()],
-        positive_class: 1,
-        threshold: 0.5,
-        outputs: Outputs::default(),
-        folds: vec!["fold0.onnx".into()],
-        provenance: Provenance::default(),
-    };
+    let manifest = Manifest::fcd_classifier(
+        "bench",
+        "random",
+        vec![Modality::Flair],
+        recipe,
+        arch,
+        vec!["fold0.onnx".into()],
+    );
     manifest.save(dir)?;
     Ok(manifest)
 }

@@ -299,7 +299,7 @@ fn tensor_f32(t: &TensorProto) -> Option<Array2<f32>> {
 mod tests {
     use super::*;
     use crate::package::arch::ArchSpec;
-    use crate::package::manifest::{FORMAT, Modality, Outputs, Provenance};
+    use crate::package::manifest::Modality;
     use crate::package::onnx::write_onnx;
     use crate::package::weights::Weights;
     use crate::preprocess::{Normalisation, Recipe};
@@ -324,21 +324,7 @@ mod tests {
             .unwrap();
             names.push(name);
         }
-        let manifest = Manifest {
-            format: FORMAT.into(),
-            name: "test".into(),
-            version: "0".into(),
-            description: String::new(),
-            channels: vec![Modality::Flair],
-            preprocess: recipe,
-            architecture: arch,
-            classes: vec!["hc".into(), "fcd".into()],
-            positive_class: 1,
-            threshold: 0.5,
-            outputs: Outputs::default(),
-            folds: names,
-            provenance: Provenance::default(),
-        };
+        let manifest = Manifest::fcd_classifier("test", "0", vec![Modality::Flair], recipe, arch, names);
         manifest.save(dir).unwrap();
         ModelPackage::load(dir).unwrap()
     }

@@ -199,6 +199,33 @@ impl ModelPackage {
 }
 
 impl Manifest {
+    /// A two-class FCD classifier: classes `hc`, `fcd` (positive), threshold 0.5, the ONNX
+    /// writer's output names, empty description and provenance.
+    pub fn fcd_classifier(
+        name: &str,
+        version: &str,
+        channels: Vec<Modality>,
+        preprocess: Recipe,
+        architecture: ArchSpec,
+        folds: Vec<String>,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            channels,
+            preprocess,
+            architecture,
+            classes: vec!["hc".into(), "fcd".into()],
+            positive_class: 1,
+            threshold: 0.5,
+            outputs: Outputs::default(),
+            folds,
+            provenance: Provenance::default(),
+        }
+    }
+
     /// Checks every field; `path` names the manifest in errors.
     pub fn validate(&self, path: &Path) -> Result<(), PackageError> {
         let invalid = |field, value: String, rule: String| PackageError::Invalid {
@@ -299,23 +326,19 @@ mod tests {
         let mut architecture = ArchSpec::from_name("resnet10").unwrap();
         architecture.width_mult = 0.25;
         Manifest {
-            format: FORMAT.into(),
-            name: "demo".into(),
-            version: "1".into(),
             description: "test".into(),
-            channels: vec![Modality::Flair],
-            preprocess: Recipe {
-                voxel_mm: [2.0; 3],
-                shape: [80, 96, 80],
-                normalisation: Normalisation::ZscoreForeground,
-            },
-            architecture,
-            classes: vec!["hc".into(), "fcd".into()],
-            positive_class: 1,
-            threshold: 0.5,
-            outputs: Outputs::default(),
-            folds: vec!["fold0.onnx".into()],
-            provenance: Provenance::default(),
+            ..Manifest::fcd_classifier(
+                "demo",
+                "1",
+                vec![Modality::Flair],
+                Recipe {
+                    voxel_mm: [2.0; 3],
+                    shape: [80, 96, 80],
+                    normalisation: Normalisation::ZscoreForeground,
+                },
+                architecture,
+                vec!["fold0.onnx".into()],
+            )
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use fcdnode::nifti::{self, DataType};
 use fcdnode::package::arch::ArchSpec;
-use fcdnode::package::manifest::{FORMAT, Manifest, Modality, Outputs, Provenance};
+use fcdnode::package::manifest::{Manifest, Modality};
 use fcdnode::package::onnx::write_onnx;
 use fcdnode::package::weights::{Weights, parameter_shapes};
 use fcdnode::preprocess::{Normalisation, Recipe};
@@ -69,23 +69,9 @@ fn package(dir: &Path, channel: Modality) {
         &dir.join("fold0.onnx"),
     )
     .unwrap();
-    Manifest {
-        format: FORMAT.into(),
-        name: "centre-tap".into(),
-        version: "test".into(),
-        description: "CAM follows input brightness".into(),
-        channels: vec![channel],
-        preprocess: r,
-        architecture: arch,
-        classes: vec!["hc".into(), "fcd".into()],
-        positive_class: 1,
-        threshold: 0.5,
-        outputs: Outputs::default(),
-        folds: vec!["fold0.onnx".into()],
-        provenance: Provenance::default(),
-    }
-    .save(dir)
-    .unwrap();
+    Manifest::fcd_classifier("centre-tap", "test", vec![channel], r, arch, vec!["fold0.onnx".into()])
+        .save(dir)
+        .unwrap();
 }
 
 /// A ball (35 mm, intensity 100) with a Gaussian blob (σ 4 mm, +300) at `blob` (LPS mm).
@@ -100,6 +86,26 @@ fn phantom(grid: &Grid, blob: Option<[f64; 3]>) -> Volume {
         }
     }
     v
+}
+
+/// Runs `fcdnode infer INPUT --model MODEL --out OUT EXTRA…` and reads its result.json.
+fn infer(input: &Path, model: &Path, out: &Path, extra: &[&str]) -> ResultSummary {
+    run_ok(
+        fcdnode()
+            .arg("infer")
+            .arg(input)
+            .arg("--model")
+            .arg(model)
+            .arg("--out")
+            .arg(out)
+            .args(extra),
+    );
+    serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap()
+}
+
+/// Euclidean distance in mm.
+fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
+    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
 }
 
 #[test]
@@ -119,20 +125,8 @@ fn hotspot_lands_on_the_bright_blob_for_every_plane() {
         let series = tmp.path().join(format!("dicom-{label}"));
         write_series(&volume, &SeriesInfo::new(3), &DicomOptions::default(), &series).unwrap();
         let out = tmp.path().join(format!("out-{label}"));
-        run_ok(
-            fcdnode()
-                .arg("infer")
-                .arg(&series)
-                .arg("--model")
-                .arg(&model)
-                .arg("--out")
-                .arg(&out),
-        );
-        let summary: ResultSummary = serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
-        let error = (0..3)
-            .map(|a| (summary.hotspot_lps[a] - blob[a]).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let summary = infer(&series, &model, &out, &[]);
+        let error = distance(summary.hotspot_lps, blob);
         assert!(
             error <= 1.5 * 3f64.sqrt(),
             "{label}: hotspot {:?}, blob {blob:?}: {error:.2} mm",
@@ -188,21 +182,9 @@ fn other_explanations_find_the_blob() {
     // Occlusion cubes of 8 model voxels (16 mm) every 4: the peak is within half a cube.
     for (method, tolerance_mm) in [("gradcampp", 1.5 * 3f64.sqrt()), ("occlusion", 8.0 * 3f64.sqrt())] {
         let out = tmp.path().join(method);
-        run_ok(
-            fcdnode()
-                .arg("infer")
-                .arg(&series)
-                .args(["--model"])
-                .arg(&model)
-                .arg("--out")
-                .arg(&out)
-                .args(["--explain", method, "--occlusion-patch", "8", "--occlusion-stride", "4"]),
-        );
-        let summary: ResultSummary = serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
-        let error = (0..3)
-            .map(|a| (summary.hotspot_lps[a] - blob[a]).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let extra = ["--explain", method, "--occlusion-patch", "8", "--occlusion-stride", "4"];
+        let summary = infer(&series, &model, &out, &extra);
+        let error = distance(summary.hotspot_lps, blob);
         assert!(
             error <= tolerance_mm,
             "{method}: hotspot {:?}, blob {blob:?}: {error:.2} mm",
@@ -223,20 +205,8 @@ fn nifti_input_gives_json_and_preview_only() {
     let path = tmp.path().join("flair.nii.gz");
     nifti::write(&path, &phantom(&grid, Some(blob)), DataType::I16).unwrap();
     let out = tmp.path().join("out");
-    run_ok(
-        fcdnode()
-            .arg("infer")
-            .arg(&path)
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(&out),
-    );
-    let summary: ResultSummary = serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
-    let error = (0..3)
-        .map(|a| (summary.hotspot_lps[a] - blob[a]).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let summary = infer(&path, &model, &out, &[]);
+    let error = distance(summary.hotspot_lps, blob);
     assert!(
         error <= 1.5 * 3f64.sqrt(),
         "hotspot {:?}, blob {blob:?}",
