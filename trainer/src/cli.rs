@@ -1,10 +1,16 @@
 //! Command line of the trainer.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fcdnode::package::arch::Layout;
+use fcdnode_trainer::config::{Augment, CvConfig, parse_modalities};
 use fcdnode_trainer::data::bids::{Dataset, Group, ImageKind};
+
+/// Set by Ctrl-C; training checks it between epochs.
+static STOP: AtomicBool = AtomicBool::new(false);
 
 /// fcdtrain: retrain fcdnode models offline on BIDS NIfTI data (e.g. the Bonn FCD-II dataset).
 #[derive(Debug, Parser)]
@@ -26,6 +32,131 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cross-validate every combination of architecture × initialisation × modality and write
+    /// RUN/report.md, metrics.json, metrics.csv, ROC and Grad-CAM PNGs. Ctrl-C stops between
+    /// epochs; rerunning the same command resumes (finished folds are kept).
+    Cv(Box<CvArgs>),
+    /// Export one experiment of a finished run as a model package (one ONNX graph per fold +
+    /// manifest.toml) for the node.
+    Export {
+        /// Run directory written by `fcdtrain cv`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Experiment name (a directory of the run); needed when the run has several.
+        #[arg(long)]
+        experiment: Option<String>,
+        /// Package directory to write, e.g. models/NAME.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CvArgs {
+    /// BIDS dataset root (holds participants.tsv).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory (results, cache, report).
+    #[arg(long)]
+    out: PathBuf,
+    /// Architectures, comma-separated: resnet10, resnet18, resnet34, resnet50.
+    #[arg(long, value_delimiter = ',', default_value = "resnet18")]
+    arch: Vec<String>,
+    /// Network layout: medicalnet (stride 8, dilated) or strided (stride 32).
+    #[arg(long, value_enum, default_value = "medicalnet")]
+    layout: Layout,
+    /// Width multiplier (1.0 = 64/128/256/512 channels; 0.25 for a small fast network).
+    #[arg(long, default_value_t = 1.0)]
+    width_mult: f64,
+    /// Initialisations, comma-separated: MedicalNet .pth files and/or `none`.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pretrained: Vec<String>,
+    /// Parts that train: all, layer4,fc (the paper) or LAYER+ (from that layer on).
+    #[arg(long, default_value = "all")]
+    train_layers: String,
+    /// Channel sets, comma-separated: flair, t1w, flair+t1w.
+    #[arg(long, value_delimiter = ',', default_value = "flair")]
+    modality: Vec<String>,
+    /// Outer folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Maximum epochs per fold.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Early stopping patience (epochs without a better validation loss).
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    /// Samples per optimizer step.
+    #[arg(long, default_value_t = 2)]
+    batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// participants.tsv column to group folds by (e.g. acquisition); leave-one-group-out when it
+    /// has no more values than --folds.
+    #[arg(long)]
+    group_by: Option<String>,
+    /// participants.tsv column with the dataset's own train/test split (e.g. split).
+    #[arg(long)]
+    split_column: Option<String>,
+    /// Model grid voxel size in mm.
+    #[arg(long, default_value_t = 2.0)]
+    voxel_mm: f64,
+    /// Seed of folds, sampling, augmentation and initialisation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Random rotation range in degrees (0 = off).
+    #[arg(long, default_value_t = 15.0)]
+    rotate_deg: f64,
+    /// Random left-right flips.
+    #[arg(long)]
+    flip: bool,
+    /// Random intensity scaling range (1 ± this; 0 = off).
+    #[arg(long, default_value_t = 0.1)]
+    intensity: f64,
+}
+
+impl CvArgs {
+    fn config(self) -> anyhow::Result<CvConfig> {
+        let pretrained = self
+            .pretrained
+            .iter()
+            .map(|p| (!p.eq_ignore_ascii_case("none")).then(|| PathBuf::from(p)))
+            .collect();
+        let modalities = self
+            .modality
+            .iter()
+            .map(|m| parse_modalities(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CvConfig {
+            data: self.data,
+            archs: self.arch,
+            layout: self.layout,
+            width_mult: self.width_mult,
+            pretrained,
+            train_layers: self.train_layers,
+            modalities,
+            folds: self.folds,
+            epochs: self.epochs,
+            patience: self.patience,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            group_by: self.group_by,
+            split_column: self.split_column,
+            voxel_mm: self.voxel_mm,
+            seed: self.seed,
+            device: self.device,
+            augment: Augment {
+                rotation_deg: self.rotate_deg,
+                flip: self.flip,
+                intensity: self.intensity,
+            },
+            ..CvConfig::default()
+        })
+    }
 }
 
 /// Runs the parsed command.
@@ -52,6 +183,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &d.warnings {
                 println!("warning: {w}");
             }
+            Ok(())
+        }
+        Command::Cv(args) => {
+            let out = args.out.clone();
+            let config = args.config()?;
+            // A second Ctrl-C kills the process as usual.
+            ctrlc::set_handler(|| {
+                if STOP.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("stopping after this epoch (Ctrl-C again to abort now)");
+            })
+            .context("installing the Ctrl-C handler")?;
+            let run = fcdnode_trainer::cv::run(&config, &out, &STOP)?;
+            println!(
+                "{}: {} experiment(s), {} fold(s) resumed; report {}",
+                out.display(),
+                run.experiments.len(),
+                run.resumed,
+                out.join("report.md").display()
+            );
+            for (exp, folds) in &run.experiments {
+                let (mean, std) = fcdnode_trainer::report::summary(folds);
+                println!(
+                    "  {}: accuracy {:.3} ± {:.3}, ROC-AUC {:.3} ± {:.3}, Heat-Score {:.2} ± {:.2}",
+                    exp.name, mean.accuracy, std.accuracy, mean.roc_auc, std.roc_auc, mean.heat_score, std.heat_score
+                );
+            }
+            Ok(())
+        }
+        Command::Export { run, experiment, out } => {
+            let exported = fcdnode_trainer::export::export(&run, experiment.as_deref(), &out)?;
+            println!(
+                "{}: {} fold graph(s), manifest {}",
+                out.display(),
+                exported.graphs.len(),
+                out.join("manifest.toml").display()
+            );
             Ok(())
         }
     }

@@ -1,3 +1,4 @@
 //! Datasets the trainer reads.
 
+pub mod batcher;
 pub mod bids;

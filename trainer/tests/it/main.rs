@@ -1,4 +1,5 @@
 //! The trainer's single integration-test binary.
 
+mod cv;
 mod dataset;
 mod model;

@@ -1,0 +1,333 @@
+//! Command-line options → a validated [`CvConfig`] (written as `RUN/config.json`) → the grid of
+//! [`Experiment`]s it spans; owns the preprocessing [`Recipe`] the run and the exported package
+//! share.
+
+use std::path::PathBuf;
+
+use fcdnode::package::arch::{ArchSpec, Layout};
+use fcdnode::package::manifest::Modality;
+use fcdnode::preprocess::{Normalisation, Recipe};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelError, TrainLayers};
+
+/// Why options cannot make a run; each variant names the option.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An option value breaks a rule.
+    #[error("--{option} {value}: {rule}")]
+    Bad {
+        option: &'static str,
+        value: String,
+        rule: String,
+    },
+    /// An architecture name or spec that the model code refuses.
+    #[error("--arch {value}")]
+    Arch {
+        value: String,
+        #[source]
+        source: Box<ModelError>,
+    },
+}
+
+/// Augmentation applied to training samples (never to validation or test samples).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Random rotation about each axis, uniform in ±this many degrees (0 = off).
+    pub rotation_deg: f64,
+    /// Random left-right flip with probability 0.5.
+    pub flip: bool,
+    /// Random intensity scaling, uniform in 1 ± this (0 = off).
+    pub intensity: f64,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self {
+            rotation_deg: 15.0,
+            flip: false,
+            intensity: 0.1,
+        }
+    }
+}
+
+/// Everything a cross-validation run is made of; saved as `RUN/config.json` so a rerun can
+/// check it resumes the same run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CvConfig {
+    /// BIDS dataset root.
+    pub data: PathBuf,
+    /// Architecture names (`resnet10`, `resnet18`, `resnet34`, `resnet50`).
+    pub archs: Vec<String>,
+    /// Network layout.
+    pub layout: Layout,
+    /// Width multiplier (1.0 = 64/128/256/512 channels).
+    pub width_mult: f64,
+    /// Initialisations: `None` = random, `Some(file)` = a MedicalNet checkpoint.
+    pub pretrained: Vec<Option<PathBuf>>,
+    /// Which parts train (`all`, `layer4,fc`, `layer3+`).
+    pub train_layers: String,
+    /// Channel sets, e.g. `[[Flair], [T1w], [Flair, T1w]]`.
+    pub modalities: Vec<Vec<Modality>>,
+    /// Number of outer folds.
+    pub folds: usize,
+    /// Maximum epochs per fold.
+    pub epochs: usize,
+    /// Early stopping: epochs without a better validation loss before stopping.
+    pub patience: usize,
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Fraction of the training subjects held out for validation (early stopping, LR schedule).
+    pub val_fraction: f64,
+    /// `participants.tsv` column to group folds by (leave-one-group-out when it has ≤ `folds`
+    /// values).
+    pub group_by: Option<String>,
+    /// `participants.tsv` column holding the dataset's own `train`/`test` split.
+    pub split_column: Option<String>,
+    /// Model grid voxel size in mm (isotropic).
+    pub voxel_mm: f64,
+    /// Model grid field of view in mm along R, A, S; the grid shape is this / `voxel_mm`.
+    pub fov_mm: [f64; 3],
+    /// Seed of every random choice (folds, sampling, augmentation, initialisation).
+    pub seed: u64,
+    /// burn device (`cpu`, `cuda`, `cuda:N`).
+    pub device: String,
+    /// Training augmentation.
+    pub augment: Augment,
+}
+
+impl Default for CvConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            archs: vec!["resnet18".into()],
+            layout: Layout::Medicalnet,
+            width_mult: 1.0,
+            pretrained: vec![None],
+            train_layers: "all".into(),
+            modalities: vec![vec![Modality::Flair]],
+            folds: 5,
+            epochs: 30,
+            patience: 10,
+            batch_size: 2,
+            lr: 1e-3,
+            val_fraction: 0.2,
+            group_by: None,
+            split_column: None,
+            voxel_mm: 2.0,
+            fov_mm: [192.0, 224.0, 192.0],
+            seed: 1,
+            device: "cpu".into(),
+            augment: Augment::default(),
+        }
+    }
+}
+
+/// One cell of the experiment grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Experiment {
+    /// Directory and table name, e.g. `resnet10_none_all_flair`.
+    pub name: String,
+    /// The network (input channels = number of modalities).
+    pub arch: ArchSpec,
+    /// MedicalNet checkpoint, or `None` for a random start.
+    pub pretrained: Option<PathBuf>,
+    /// Which parts train.
+    pub train_layers: String,
+    /// Input channels in tensor order.
+    pub modalities: Vec<Modality>,
+}
+
+impl Experiment {
+    /// The transfer-learning column of the report: `none` or the checkpoint's file stem.
+    pub fn tl_label(&self) -> String {
+        match &self.pretrained {
+            None => "none".into(),
+            Some(p) => p
+                .file_stem()
+                .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into()),
+        }
+    }
+
+    /// The modality column: `FLAIR`, `T1w`, `FLAIR+T1w`.
+    pub fn modality_label(&self) -> String {
+        modality_label(&self.modalities)
+    }
+}
+
+/// `FLAIR`, `T1w`, `FLAIR+T1w`.
+pub fn modality_label(modalities: &[Modality]) -> String {
+    modalities.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
+}
+
+/// Parses one channel set: `flair`, `t1w`, `flair+t1w` (the first is the reference grid).
+pub fn parse_modalities(text: &str) -> Result<Vec<Modality>, ConfigError> {
+    let mut out = Vec::new();
+    for part in text.split('+') {
+        let m = match part.trim().to_ascii_lowercase().as_str() {
+            "flair" => Modality::Flair,
+            "t1w" | "t1" => Modality::T1w,
+            other => {
+                return Err(ConfigError::Bad {
+                    option: "modality",
+                    value: text.into(),
+                    rule: format!("unknown modality `{other}`: expected flair, t1w or flair+t1w"),
+                });
+            }
+        };
+        if out.contains(&m) {
+            return Err(ConfigError::Bad {
+                option: "modality",
+                value: text.into(),
+                rule: "a modality appears twice".into(),
+            });
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+impl CvConfig {
+    /// The preprocessing recipe: a RAS grid of `voxel_mm` covering `fov_mm`, z-score over the
+    /// head foreground (zero outside it).
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            voxel_mm: [self.voxel_mm; 3],
+            shape: self.fov_mm.map(|f| ((f / self.voxel_mm).round() as usize).max(1)),
+            normalisation: Normalisation::ZscoreForeground,
+        }
+    }
+
+    /// Checks every option, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |option, value: String, rule: &str| {
+            Err(ConfigError::Bad {
+                option,
+                value,
+                rule: rule.into(),
+            })
+        };
+        if self.folds < 2 && self.split_column.is_none() {
+            return bad("folds", self.folds.to_string(), "need at least 2 folds");
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "0".into(), "need at least one epoch");
+        }
+        if self.batch_size == 0 {
+            return bad("batch-size", "0".into(), "need at least one sample per batch");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", self.lr.to_string(), "must be a positive number");
+        }
+        if !(0.0..0.9).contains(&self.val_fraction) {
+            return bad("val-fraction", self.val_fraction.to_string(), "must be in [0, 0.9)");
+        }
+        if !(self.voxel_mm.is_finite() && self.voxel_mm > 0.0) {
+            return bad("voxel-mm", self.voxel_mm.to_string(), "must be a positive number");
+        }
+        if self.archs.is_empty() || self.pretrained.is_empty() || self.modalities.is_empty() {
+            return bad(
+                "arch",
+                String::new(),
+                "need at least one architecture, init and modality",
+            );
+        }
+        if let Some(p) = self.pretrained.iter().flatten().find(|p| !p.is_file()) {
+            return bad("pretrained", p.display().to_string(), "no such checkpoint file");
+        }
+        self.train_layers
+            .parse::<TrainLayers>()
+            .map_err(|source| ConfigError::Arch {
+                value: self.train_layers.clone(),
+                source: Box::new(source),
+            })?;
+        self.recipe().validate().map_err(|e| ConfigError::Bad {
+            option: "voxel-mm",
+            value: self.voxel_mm.to_string(),
+            rule: e.to_string(),
+        })?;
+        self.experiments().map(|_| ())
+    }
+
+    /// Every combination of architecture × initialisation × modality set.
+    pub fn experiments(&self) -> Result<Vec<Experiment>, ConfigError> {
+        let mut out = Vec::new();
+        for name in &self.archs {
+            let mut arch = ArchSpec::from_name(name).map_err(|e| ConfigError::Arch {
+                value: name.clone(),
+                source: Box::new(ModelError::Arch(e)),
+            })?;
+            arch.layout = self.layout;
+            arch.width_mult = self.width_mult;
+            for pretrained in &self.pretrained {
+                for modalities in &self.modalities {
+                    let mut arch = arch.clone();
+                    arch.in_channels = modalities.len();
+                    arch.validate().map_err(|e| ConfigError::Arch {
+                        value: name.clone(),
+                        source: Box::new(ModelError::Arch(e)),
+                    })?;
+                    let mut exp = Experiment {
+                        name: String::new(),
+                        arch,
+                        pretrained: pretrained.clone(),
+                        train_layers: self.train_layers.clone(),
+                        modalities: modalities.clone(),
+                    };
+                    exp.name = sanitize(&format!(
+                        "{}_{}_{}_{}",
+                        name.trim().to_ascii_lowercase(),
+                        exp.tl_label(),
+                        self.train_layers.replace(',', "-"),
+                        exp.modality_label().to_ascii_lowercase()
+                    ));
+                    out.push(exp);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_and_recipe() {
+        let cfg = CvConfig {
+            archs: vec!["resnet10".into(), "resnet18".into()],
+            modalities: vec![vec![Modality::Flair], vec![Modality::Flair, Modality::T1w]],
+            ..CvConfig::default()
+        };
+        let exps = cfg.experiments().unwrap();
+        assert_eq!(exps.len(), 4);
+        assert_eq!(exps[1].name, "resnet10_none_all_flair+t1w");
+        assert_eq!(exps[1].arch.in_channels, 2);
+        assert_eq!(cfg.recipe().shape, [96, 112, 96]);
+        assert!(parse_modalities("flair+t1w").is_ok());
+        assert!(parse_modalities("dwi").unwrap_err().to_string().contains("dwi"));
+        let bad = CvConfig {
+            archs: vec!["resnet11".into()],
+            ..CvConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("resnet11"));
+    }
+}

@@ -1,0 +1,621 @@
+//! A [`CvConfig`] + a BIDS dataset → per-fold results on disk (`RUN/<experiment>/fold-K/`) →
+//! the run's report; owns fold assignment (stratified, grouped, the dataset's own split), the
+//! fold loop with resume, test-fold evaluation and Grad-CAM Heat-Scores.
+//!
+//! A fold is finished when its `result.json` exists: a rerun of the same command skips it.
+//! Heat-Score background: the head foreground outside the lesion ROI
+//! ([`Background::ForegroundOutsideRoi`]), on the model grid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use burn::tensor::Device;
+use fcdnode::explain::{Background, feature_map_volume, heat_score};
+use fcdnode::volume::Interp;
+use ndarray::Array3;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, CvConfig, Experiment};
+use crate::data::batcher::{PrepareError, Sample, Skip, batch, chain, prepare};
+use crate::data::bids::{BidsError, Dataset};
+use crate::metrics::{Confusion, roc_auc};
+use crate::model::{ModelError, ResNet3d, Tap, TrainLayers, device_from_name, grad_cam, import_medicalnet};
+use crate::train::{EpochLog, TrainError, TrainOptions, evaluate, load_weights, save_weights, train_fold};
+
+/// Why a cross-validation run stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CvError {
+    /// Bad options.
+    #[error("invalid options")]
+    Config(#[from] Box<ConfigError>),
+    /// The dataset could not be read.
+    #[error("dataset")]
+    Dataset(#[from] BidsError),
+    /// Preprocessing or the cache failed for the whole run.
+    #[error("preprocessing")]
+    Prepare(#[from] PrepareError),
+    /// The network could not be built or loaded.
+    #[error("network")]
+    Model(#[from] Box<ModelError>),
+    /// A MedicalNet checkpoint could not be imported.
+    #[error("pretrained weights {path}")]
+    Pretrained {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::model::MedicalNetError>,
+    },
+    /// Training failed.
+    #[error("experiment {experiment}, fold {fold}")]
+    Train {
+        experiment: String,
+        fold: usize,
+        #[source]
+        source: Box<TrainError>,
+    },
+    /// Too few usable subjects for the folds asked for.
+    #[error("experiment {experiment}: {rule}")]
+    TooFew { experiment: String, rule: String },
+    /// `--group-by` or `--split-column` names a column the dataset lacks.
+    #[error("participants.tsv has no column `{column}` (needed by {option})")]
+    NoColumn { column: String, option: &'static str },
+    /// The output directory holds a run with other options.
+    #[error("{path} holds a run with different options; use another --out or delete it")]
+    OtherRun { path: PathBuf },
+    /// A file of the run could not be written or read.
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Heat-Score or heatmap resampling failed.
+    #[error("{subject}: Grad-CAM / Heat-Score")]
+    Heat { subject: String, rule: String },
+    /// The report could not be written.
+    #[error("report")]
+    Report(#[from] crate::report::ReportError),
+}
+
+impl From<ConfigError> for CvError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(Box::new(e))
+    }
+}
+
+impl From<ModelError> for CvError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
+}
+
+/// Metrics of one fold (or their mean / std over folds). NaN (written `null`) when undefined,
+/// e.g. ROC-AUC on a test fold with one class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    #[serde(with = "nan_null")]
+    pub accuracy: f64,
+    #[serde(with = "nan_null")]
+    pub roc_auc: f64,
+    /// Mean Heat-Score over the fold's lesion subjects with a ROI.
+    #[serde(with = "nan_null")]
+    pub heat_score: f64,
+    #[serde(with = "nan_null")]
+    pub sensitivity: f64,
+    #[serde(with = "nan_null")]
+    pub specificity: f64,
+    #[serde(with = "nan_null")]
+    pub macro_f1: f64,
+}
+
+impl Metrics {
+    /// Metric names in report order.
+    pub const NAMES: [&'static str; 6] = [
+        "accuracy",
+        "roc_auc",
+        "heat_score",
+        "sensitivity",
+        "specificity",
+        "macro_f1",
+    ];
+
+    /// Values in [`Metrics::NAMES`] order.
+    pub fn values(&self) -> [f64; 6] {
+        [
+            self.accuracy,
+            self.roc_auc,
+            self.heat_score,
+            self.sensitivity,
+            self.specificity,
+            self.macro_f1,
+        ]
+    }
+
+    /// From values in [`Metrics::NAMES`] order.
+    pub fn from_values(v: [f64; 6]) -> Self {
+        Self {
+            accuracy: v[0],
+            roc_auc: v[1],
+            heat_score: v[2],
+            sensitivity: v[3],
+            specificity: v[4],
+            macro_f1: v[5],
+        }
+    }
+}
+
+mod nan_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// One test subject's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub subject: String,
+    pub acquisition: String,
+    /// True for `fcd`.
+    pub label: bool,
+    /// Probability of `fcd`.
+    pub probability: f64,
+    /// Heat-Score of the Grad-CAM (lesion subjects with a ROI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_score: Option<f64>,
+}
+
+/// `RUN/<experiment>/fold-K/result.json`: written last, so its presence marks the fold done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FoldResult {
+    pub experiment: String,
+    /// 0-based.
+    pub fold: usize,
+    /// Fold name (`fold-1`, or the held-out group).
+    pub name: String,
+    pub train: Vec<String>,
+    pub val: Vec<String>,
+    pub metrics: Metrics,
+    pub predictions: Vec<Prediction>,
+    pub history: Vec<EpochLog>,
+    /// Wall time of training and evaluation, seconds.
+    pub seconds: f64,
+}
+
+/// One outer fold: subject indices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fold {
+    pub name: String,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// How the folds were made (for the report).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FoldScheme(pub String);
+
+/// Everything a run produced, handed to the report.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub config: CvConfig,
+    pub experiments: Vec<(Experiment, Vec<FoldResult>)>,
+    pub scheme: String,
+    pub skipped: Vec<Skip>,
+    pub warnings: Vec<String>,
+    /// Folds loaded from an earlier run instead of trained.
+    pub resumed: usize,
+}
+
+/// Stratified k-fold over `labels`: each class shuffled with `seed`, dealt round-robin.
+pub fn stratified_folds(labels: &[bool], k: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut folds = vec![Vec::new(); k];
+    let mut next = 0;
+    for class in [true, false] {
+        let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+        idx.shuffle(&mut rng);
+        for i in idx {
+            folds[next % k].push(i);
+            next += 1;
+        }
+    }
+    folds.iter_mut().for_each(|f| f.sort_unstable());
+    folds
+}
+
+/// Folds by group value: leave-one-group-out when there are ≤ `k` groups, else groups dealt
+/// (largest first) to the currently smallest fold. Returns (fold name, members).
+pub fn grouped_folds(groups: &[String], k: usize) -> Vec<(String, Vec<usize>)> {
+    let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        by.entry(g).or_default().push(i);
+    }
+    if by.len() <= k {
+        return by.into_iter().map(|(g, m)| (g.to_string(), m)).collect();
+    }
+    let mut sorted: Vec<(&str, Vec<usize>)> = by.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    let mut folds: Vec<(Vec<&str>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); k];
+    for (g, members) in sorted {
+        let smallest = folds.iter_mut().min_by_key(|f| f.1.len()).expect("k ≥ 1 folds");
+        smallest.0.push(g);
+        smallest.1.extend(members);
+    }
+    folds
+        .into_iter()
+        .filter(|f| !f.1.is_empty())
+        .map(|(g, mut m)| {
+            m.sort_unstable();
+            (g.join("+"), m)
+        })
+        .collect()
+}
+
+/// Splits training indices into (train, validation), stratified: `fraction` of each class
+/// (at least one of a class with ≥ 2 members when `fraction` > 0) goes to validation.
+pub fn inner_split(indices: &[usize], labels: &[bool], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for class in [true, false] {
+        let mut idx: Vec<usize> = indices.iter().copied().filter(|&i| labels[i] == class).collect();
+        idx.shuffle(&mut rng);
+        let mut n = (idx.len() as f64 * fraction).round() as usize;
+        if fraction > 0.0 && idx.len() >= 2 {
+            n = n.max(1);
+        }
+        n = n.min(idx.len().saturating_sub(1));
+        val.extend_from_slice(&idx[..n]);
+        train.extend_from_slice(&idx[n..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+/// The outer folds for `samples` under `config`, and a sentence describing the scheme.
+pub fn make_folds(samples: &[Sample], config: &CvConfig) -> Result<(Vec<Fold>, String), CvError> {
+    let labels: Vec<bool> = samples.iter().map(|s| s.label).collect();
+    let column = |name: &str, option| {
+        samples
+            .iter()
+            .map(|s| {
+                s.columns.get(name).cloned().ok_or_else(|| CvError::NoColumn {
+                    column: name.into(),
+                    option,
+                })
+            })
+            .collect::<Result<Vec<String>, CvError>>()
+    };
+    let (tests, scheme): (Vec<(String, Vec<usize>)>, String) = if let Some(col) = &config.split_column {
+        let values = column(col, "--split-column")?;
+        let test: Vec<usize> = (0..samples.len())
+            .filter(|&i| values[i].eq_ignore_ascii_case("test"))
+            .collect();
+        (
+            vec![("split".into(), test)],
+            format!("the dataset's own split (column `{col}`: train → train/val, test → test)"),
+        )
+    } else if let Some(col) = &config.group_by {
+        let values = column(col, "--group-by")?;
+        let folds = grouped_folds(&values, config.folds);
+        let distinct: BTreeSet<&String> = values.iter().collect();
+        let scheme = if distinct.len() <= config.folds {
+            format!("leave-one-group-out by `{col}` ({} groups)", distinct.len())
+        } else {
+            format!("{} folds grouped by `{col}`", folds.len())
+        };
+        (folds, scheme)
+    } else {
+        let folds = stratified_folds(&labels, config.folds, config.seed);
+        (
+            folds
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (format!("fold-{}", i + 1), f))
+                .collect(),
+            format!("{}-fold stratified", config.folds),
+        )
+    };
+    let scheme = format!(
+        "{scheme}; inner {:.0}/{:.0} train/validation split",
+        (1.0 - config.val_fraction) * 100.0,
+        config.val_fraction * 100.0
+    );
+    let folds = tests
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, test))| {
+            let rest: Vec<usize> = (0..samples.len()).filter(|i| !test.contains(i)).collect();
+            let (train, val) = inner_split(&rest, &labels, config.val_fraction, config.seed.wrapping_add(k as u64));
+            Fold { name, train, val, test }
+        })
+        .collect();
+    Ok((folds, scheme))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CvError + '_ {
+    move |source| CvError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs every experiment of `config`, writing results under `out` and the report at the end.
+/// Finished folds of an earlier run with the same options are loaded, not retrained. `stop` is
+/// Ctrl-C: checked between epochs.
+pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcome, CvError> {
+    config.validate()?;
+    let experiments = config.experiments()?;
+    let dataset = Dataset::open(&config.data)?;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let config_path = out.join("config.json");
+    if let Ok(bytes) = std::fs::read(&config_path) {
+        let earlier: Option<CvConfig> = serde_json::from_slice(&bytes).ok();
+        if earlier.as_ref() != Some(config) {
+            return Err(CvError::OtherRun { path: out.to_owned() });
+        }
+    } else {
+        let text = serde_json::to_string_pretty(config).unwrap_or_default();
+        std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
+    }
+    let device = device_from_name(&config.device)?;
+    let recipe = config.recipe();
+    let mut outcome = RunOutcome {
+        config: config.clone(),
+        experiments: Vec::new(),
+        scheme: String::new(),
+        skipped: Vec::new(),
+        warnings: dataset.warnings.clone(),
+        resumed: 0,
+    };
+    for exp in experiments {
+        let prepared = prepare(&dataset, &exp.modalities, &recipe, &out.join("cache"))?;
+        for s in prepared.skipped {
+            if !outcome.skipped.contains(&s) {
+                outcome.skipped.push(s);
+            }
+        }
+        for n in prepared.notes {
+            if !outcome.warnings.contains(&n) {
+                outcome.warnings.push(n);
+            }
+        }
+        let samples = prepared.samples;
+        let (pos, neg) = (
+            samples.iter().filter(|s| s.label).count(),
+            samples.iter().filter(|s| !s.label).count(),
+        );
+        if pos < 1 || neg < 1 || samples.len() < 4 {
+            return Err(CvError::TooFew {
+                experiment: exp.name.clone(),
+                rule: format!("{pos} fcd and {neg} hc usable subjects; need both groups and at least 4"),
+            });
+        }
+        let (folds, scheme) = make_folds(&samples, config)?;
+        outcome.scheme = scheme;
+        let exp_dir = out.join(&exp.name);
+        std::fs::create_dir_all(&exp_dir).map_err(io_err(&exp_dir))?;
+        let exp_json = exp_dir.join("config.json");
+        std::fs::write(&exp_json, serde_json::to_string_pretty(&exp).unwrap_or_default()).map_err(io_err(&exp_json))?;
+        let mut results = Vec::new();
+        for (k, fold) in folds.iter().enumerate() {
+            let dir = exp_dir.join(format!("fold-{}", k + 1));
+            let result_path = dir.join("result.json");
+            if let Some(done) = std::fs::read(&result_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<FoldResult>(&b).ok())
+            {
+                tracing::info!(experiment = %exp.name, fold = k + 1, "finished earlier; skipped");
+                outcome.resumed += 1;
+                results.push(done);
+                continue;
+            }
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let result = run_fold(config, &exp, &samples, fold, k, &dir, &device, stop)?;
+            let tmp = dir.join("result.json.tmp");
+            std::fs::write(&tmp, serde_json::to_string_pretty(&result).unwrap_or_default()).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &result_path).map_err(io_err(&result_path))?;
+            eprintln!(
+                "{} {} ({}): accuracy {:.3}, ROC-AUC {:.3}, Heat-Score {:.2} [{:.0} s]",
+                exp.name,
+                result.name,
+                k + 1,
+                result.metrics.accuracy,
+                result.metrics.roc_auc,
+                result.metrics.heat_score,
+                result.seconds
+            );
+            results.push(result);
+        }
+        outcome.experiments.push((exp, results));
+    }
+    crate::report::write(out, &outcome)?;
+    Ok(outcome)
+}
+
+/// The weight file of a finished fold.
+pub fn weights_path(fold_dir: &Path) -> PathBuf {
+    fold_dir.join("weights.bin")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_fold(
+    config: &CvConfig,
+    exp: &Experiment,
+    samples: &[Sample],
+    fold: &Fold,
+    k: usize,
+    dir: &Path,
+    device: &Device,
+    stop: &AtomicBool,
+) -> Result<FoldResult, CvError> {
+    let started = std::time::Instant::now();
+    let pick = |idx: &[usize]| idx.iter().map(|&i| &samples[i]).collect::<Vec<_>>();
+    let (train, val, test) = (pick(&fold.train), pick(&fold.val), pick(&fold.test));
+    let autodiff = device.clone().autodiff();
+    let seed = config.seed.wrapping_add(1000 * k as u64);
+    autodiff.seed(seed);
+    let mut model = ResNet3d::new(&exp.arch, &autodiff)?;
+    if let Some(path) = &exp.pretrained {
+        let (m, report) = import_medicalnet(model, path).map_err(|source| CvError::Pretrained {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        tracing::info!(%report, "MedicalNet weights imported");
+        model = m;
+    }
+    let layers: TrainLayers = exp.train_layers.parse()?;
+    let model = model.freeze_except(&layers);
+    let options = TrainOptions {
+        epochs: config.epochs,
+        patience: config.patience,
+        plateau_patience: 5,
+        plateau_factor: 0.1,
+        batch_size: config.batch_size,
+        lr: config.lr,
+        augment: config.augment.clone(),
+        seed,
+        label: format!("{} {}", exp.name, fold.name),
+    };
+    let train_err = |source| CvError::Train {
+        experiment: exp.name.clone(),
+        fold: k + 1,
+        source: Box::new(source),
+    };
+    let trained = train_fold(model, &train, &val, &options, device, stop).map_err(train_err)?;
+    let weights = trained.model.to_weights()?;
+    save_weights(&weights_path(dir), &weights).map_err(train_err)?;
+    // Reload to evaluate exactly what was saved (and what export will read).
+    let model =
+        ResNet3d::new(&exp.arch, device)?.load_weights(&load_weights(&weights_path(dir)).map_err(train_err)?)?;
+    let (probs, _) = evaluate(&model, &test, config.batch_size, device);
+    let labels: Vec<bool> = test.iter().map(|s| s.label).collect();
+    let mut predictions = Vec::new();
+    let mut heat_scores = Vec::new();
+    for (s, &p) in test.iter().zip(&probs) {
+        let heat = match (&s.roi, s.label) {
+            (Some(roi), true) => {
+                let (hs, heat) = heat_of(&model, s, roi, device)?;
+                crate::report::write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
+                heat_scores.push(hs);
+                Some(hs)
+            }
+            _ => None,
+        };
+        predictions.push(Prediction {
+            subject: s.id.clone(),
+            acquisition: s.acquisition.clone(),
+            label: s.label,
+            probability: p,
+            heat_score: heat,
+        });
+    }
+    let c = Confusion::at(&labels, &probs, 0.5);
+    let metrics = Metrics {
+        accuracy: c.accuracy(),
+        roc_auc: roc_auc(&labels, &probs),
+        heat_score: crate::metrics::mean_std(&heat_scores).0,
+        sensitivity: c.sensitivity(),
+        specificity: c.specificity(),
+        macro_f1: c.macro_f1(),
+    };
+    Ok(FoldResult {
+        experiment: exp.name.clone(),
+        fold: k,
+        name: fold.name.clone(),
+        train: train.iter().map(|s| s.id.clone()).collect(),
+        val: val.iter().map(|s| s.id.clone()).collect(),
+        metrics,
+        predictions,
+        history: trained.history,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Grad-CAM of class `fcd` at the last block, upsampled (trilinear) onto the model grid, and its
+/// Heat-Score against the head foreground outside the ROI. Returns (score, heatmap
+/// `[depth, height, width]` on the model grid).
+pub fn heat_of(
+    model: &ResNet3d,
+    s: &Sample,
+    roi: &Array3<bool>,
+    device: &Device,
+) -> Result<(f64, Array3<f32>), CvError> {
+    let heat_err = |rule: String| CvError::Heat {
+        subject: s.id.clone(),
+        rule,
+    };
+    let cam = grad_cam(model, batch(&[&s.tensor], device), 1, Tap::Layer4)?;
+    let [_, d, h, w] = cam.cam.dims();
+    let values: Vec<f32> = cam
+        .cam
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| heat_err(format!("{e:?}")))?;
+    let map = Array3::from_shape_vec((d, h, w), values).map_err(|e| heat_err(e.to_string()))?;
+    let on_model = feature_map_volume(&map, &s.grid, model.arch().stride())
+        .and_then(|v| v.resample(&s.grid, Interp::Linear, 0.0))
+        .map_err(|e| heat_err(chain(&e)))?;
+    let heat = on_model.data().view().reversed_axes().as_standard_layout().into_owned();
+    let fg = s.foreground();
+    let hs = heat_score(&heat, roi, Background::ForegroundOutsideRoi(&fg)).map_err(|e| heat_err(e.to_string()))?;
+    Ok((hs, heat))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_folds_partition_and_balance() {
+        let labels: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
+        let folds = stratified_folds(&labels, 5, 3);
+        let mut all: Vec<usize> = folds.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..20).collect::<Vec<_>>());
+        for f in &folds {
+            assert_eq!(f.iter().filter(|&&i| labels[i]).count(), 2);
+        }
+    }
+
+    #[test]
+    fn grouped_folds_leave_one_group_out() {
+        let groups: Vec<String> = ["a", "b", "a", "c", "b"].iter().map(|s| s.to_string()).collect();
+        let folds = grouped_folds(&groups, 5);
+        assert_eq!(folds.len(), 3);
+        assert_eq!(folds[0], ("a".into(), vec![0, 2]));
+        let folds = grouped_folds(&groups, 2);
+        assert_eq!(folds.len(), 2);
+        for (_, members) in &folds {
+            let names: BTreeSet<&String> = members.iter().map(|&i| &groups[i]).collect();
+            for other in &folds {
+                if other.1 != *members {
+                    assert!(other.1.iter().all(|i| !names.contains(&groups[*i])));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inner_split_is_stratified() {
+        let labels: Vec<bool> = (0..10).map(|i| i < 5).collect();
+        let (train, val) = inner_split(&(0..10).collect::<Vec<_>>(), &labels, 0.2, 1);
+        assert_eq!(val.len(), 2);
+        assert_eq!(val.iter().filter(|&&i| labels[i]).count(), 1);
+        assert_eq!(train.len(), 8);
+    }
+}

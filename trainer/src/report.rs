@@ -1,0 +1,410 @@
+//! A finished run ([`RunOutcome`]) → `RUN/report.md`, `RUN/metrics.json`, `RUN/metrics.csv`,
+//! a ROC curve PNG per experiment and a Grad-CAM montage of the best and worst Heat-Score
+//! cases; owns the tables, the paired t-tests and the pictures.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use fcdnode::explain::{Background, normalise};
+use image::{Rgb, RgbImage};
+use ndarray::{Array3, Axis};
+use serde_json::{Value, json};
+
+use crate::cv::{FoldResult, Metrics, RunOutcome};
+use crate::data::batcher::Sample;
+use crate::metrics::{Confusion, mean_std, paired_t_test, roc_auc, roc_curve};
+
+/// Why the report could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// A file could not be written.
+    #[error("{path}: cannot write")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PNG could not be encoded or read.
+    #[error("{path}: PNG")]
+    Png {
+        path: PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+}
+
+/// The sentence the report uses for the Heat-Score background.
+pub fn background_description() -> &'static str {
+    Background::ForegroundOutsideRoi(&Array3::from_elem((0, 0, 0), false)).describe()
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
+    std::fs::write(path, text).map_err(|source| ReportError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Mean and standard deviation over folds, per metric (NaN folds left out).
+pub fn summary(folds: &[FoldResult]) -> (Metrics, Metrics) {
+    let mut mean = [0.0; 6];
+    let mut std = [0.0; 6];
+    for m in 0..6 {
+        let values: Vec<f64> = folds.iter().map(|f| f.metrics.values()[m]).collect();
+        (mean[m], std[m]) = mean_std(&values);
+    }
+    (Metrics::from_values(mean), Metrics::from_values(std))
+}
+
+fn pm(mean: f64, std: f64) -> String {
+    if mean.is_finite() {
+        format!("{mean:.3} ± {std:.3}")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.is_finite() { format!("{v:.3}") } else { "n/a".into() }
+}
+
+/// Writes every report file under `out`.
+pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
+    let cfg = &run.config;
+    let recipe = cfg.recipe();
+    let mut md = String::new();
+    let _ = writeln!(md, "# fcdtrain cross-validation report\n");
+    let _ = writeln!(md, "- Dataset: `{}`", cfg.data.display());
+    let _ = writeln!(md, "- Folds: {}", run.scheme);
+    let _ = writeln!(
+        md,
+        "- Preprocessing: RAS grid {:?} voxels of {} mm, {:?} normalisation; epochs ≤ {}, batch {}, Adam lr {}, seed {}",
+        recipe.shape, cfg.voxel_mm, recipe.normalisation, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed
+    );
+    let _ = writeln!(
+        md,
+        "- Heat-Score: Grad-CAM (autodiff, output of the last block, class fcd) upsampled trilinearly onto the model grid; background = **{}** (Lasagni et al.: min-max normalised map, (mean in ROI − mean in background) / std of background), mean over the lesion subjects of each test fold.",
+        background_description()
+    );
+    if run.resumed > 0 {
+        let _ = writeln!(
+            md,
+            "- {} fold(s) were finished by an earlier run and loaded.",
+            run.resumed
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| Model | TL | Modality | Accuracy ± std | ROC-AUC ± std | Heat-Score | Sensitivity | Specificity | Macro-F1 | Folds |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let mut experiments = serde_json::Map::new();
+    let mut csv = String::from("experiment,fold,accuracy,roc_auc,heat_score,sensitivity,specificity,macro_f1\n");
+    for (exp, folds) in &run.experiments {
+        let (mean, std) = summary(folds);
+        let _ = writeln!(
+            md,
+            "| {} (×{}, {:?}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            exp.arch.name(),
+            exp.arch.width_mult,
+            exp.arch.layout,
+            exp.tl_label(),
+            exp.modality_label(),
+            pm(mean.accuracy, std.accuracy),
+            pm(mean.roc_auc, std.roc_auc),
+            pm(mean.heat_score, std.heat_score),
+            pm(mean.sensitivity, std.sensitivity),
+            pm(mean.specificity, std.specificity),
+            pm(mean.macro_f1, std.macro_f1),
+            folds.len()
+        );
+        for f in folds {
+            let v = f.metrics.values().map(num).join(",");
+            let _ = writeln!(csv, "{},{},{v}", exp.name, f.name);
+        }
+        let _ = writeln!(csv, "{},mean,{}", exp.name, mean.values().map(num).join(","));
+        let _ = writeln!(csv, "{},std,{}", exp.name, std.values().map(num).join(","));
+        let fold_values: Vec<Value> = folds
+            .iter()
+            .map(|f| {
+                let mut v = serde_json::to_value(f.metrics).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("fold".into(), json!(f.name));
+                    m.insert("seconds".into(), json!(f.seconds));
+                    m.insert("epochs".into(), json!(f.history.len()));
+                }
+                v
+            })
+            .collect();
+        experiments.insert(
+            exp.name.clone(),
+            json!({
+                "model": exp.arch.name(),
+                "architecture": exp.arch,
+                "tl": exp.tl_label(),
+                "train_layers": exp.train_layers,
+                "modality": exp.modality_label(),
+                "folds": fold_values,
+                "mean": mean,
+                "std": std,
+                "per_acquisition": per_acquisition(folds),
+            }),
+        );
+    }
+
+    // Per-acquisition breakdown (pooled test predictions).
+    let _ = writeln!(md, "\n## Per acquisition (pooled test predictions)\n");
+    let _ = writeln!(md, "| Experiment | Acquisition | n | fcd | hc | Accuracy | ROC-AUC |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for (exp, folds) in &run.experiments {
+        for (acq, v) in per_acquisition(folds) {
+            let _ = writeln!(
+                md,
+                "| {} | {acq} | {} | {} | {} | {} | {} |",
+                exp.name,
+                v["n"],
+                v["fcd"],
+                v["hc"],
+                num(v["accuracy"].as_f64().unwrap_or(f64::NAN)),
+                num(v["roc_auc"].as_f64().unwrap_or(f64::NAN))
+            );
+        }
+    }
+
+    // Paired t-tests between experiments over the same folds.
+    let _ = writeln!(md, "\n## Paired t-tests between experiments (per-fold values)\n");
+    let mut tests = Vec::new();
+    if run.experiments.len() < 2 {
+        let _ = writeln!(md, "One experiment only: nothing to compare.");
+    } else {
+        let _ = writeln!(md, "| A | B | Metric | mean A − B | t | df | p |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for (i, (a, fa)) in run.experiments.iter().enumerate() {
+            for (b, fb) in &run.experiments[i + 1..] {
+                for (m, name) in [(0usize, "accuracy"), (1, "roc_auc"), (2, "heat_score")] {
+                    let va: Vec<f64> = fa.iter().map(|f| f.metrics.values()[m]).collect();
+                    let vb: Vec<f64> = fb.iter().map(|f| f.metrics.values()[m]).collect();
+                    if va.len() != vb.len() {
+                        continue;
+                    }
+                    if let Some(t) = paired_t_test(&va, &vb) {
+                        let _ = writeln!(
+                            md,
+                            "| {} | {} | {name} | {:.4} | {:.3} | {} | {:.4} |",
+                            a.name, b.name, t.mean_difference, t.t, t.df, t.p
+                        );
+                        tests.push(json!({"a": a.name, "b": b.name, "metric": name, "test": t}));
+                    }
+                }
+            }
+        }
+    }
+
+    // Pictures.
+    let _ = writeln!(md, "\n## Pictures\n");
+    for (exp, folds) in &run.experiments {
+        let (labels, scores): (Vec<bool>, Vec<f64>) = folds
+            .iter()
+            .flat_map(|f| f.predictions.iter().map(|p| (p.label, p.probability)))
+            .unzip();
+        let roc_path = out.join(format!("roc_{}.png", exp.name));
+        write_roc_png(&roc_path, &roc_curve(&labels, &scores))?;
+        let _ = writeln!(
+            md,
+            "- {}: ROC curve of the pooled test predictions (AUC {}): ![roc](roc_{}.png)",
+            exp.name,
+            num(roc_auc(&labels, &scores)),
+            exp.name
+        );
+        let mut cases: Vec<(f64, PathBuf, String)> = folds
+            .iter()
+            .flat_map(|f| {
+                let dir = out.join(&exp.name).join(format!("fold-{}", f.fold + 1));
+                f.predictions.iter().filter_map(move |p| {
+                    p.heat_score
+                        .filter(|h| h.is_finite())
+                        .map(|h| (h, dir.join(format!("cam_{}.png", p.subject)), p.subject.clone()))
+                })
+            })
+            .filter(|c| c.1.is_file())
+            .collect();
+        cases.sort_by(|a, b| b.0.total_cmp(&a.0));
+        if let (Some(best), Some(worst)) = (cases.first(), cases.last()) {
+            let montage = out.join(format!("gradcam_{}.png", exp.name));
+            write_montage(&montage, &[&best.1, &worst.1])?;
+            let _ = writeln!(
+                md,
+                "- {}: Grad-CAM of the best ({}, Heat-Score {:.2}) and worst ({}, {:.2}) case (axial slice through the lesion; heat in red, ROI outline in green): ![cam](gradcam_{}.png)",
+                exp.name, best.2, best.0, worst.2, worst.0, exp.name
+            );
+        }
+    }
+
+    let _ = writeln!(md, "\n## Skipped subjects\n");
+    if run.skipped.is_empty() {
+        let _ = writeln!(md, "None.");
+    }
+    for s in &run.skipped {
+        let _ = writeln!(md, "- {}: {}", s.subject, s.reason);
+    }
+    let _ = writeln!(md, "\n## Dataset warnings\n");
+    if run.warnings.is_empty() {
+        let _ = writeln!(md, "None.");
+    }
+    for w in &run.warnings {
+        let _ = writeln!(md, "- {w}");
+    }
+    write_file(&out.join("report.md"), &md)?;
+    write_file(&out.join("metrics.csv"), &csv)?;
+    let metrics = json!({
+        "heat_score_background": background_description(),
+        "folds": run.scheme,
+        "recipe": recipe,
+        "experiments": experiments,
+        "paired_t_tests": tests,
+        "skipped": run.skipped,
+        "warnings": run.warnings,
+    });
+    write_file(
+        &out.join("metrics.json"),
+        &serde_json::to_string_pretty(&metrics).unwrap_or_default(),
+    )
+}
+
+fn per_acquisition(folds: &[FoldResult]) -> BTreeMap<String, Value> {
+    let mut by: BTreeMap<String, (Vec<bool>, Vec<f64>)> = BTreeMap::new();
+    for p in folds.iter().flat_map(|f| &f.predictions) {
+        let e = by.entry(p.acquisition.clone()).or_default();
+        e.0.push(p.label);
+        e.1.push(p.probability);
+    }
+    by.into_iter()
+        .map(|(acq, (labels, probs))| {
+            let c = Confusion::at(&labels, &probs, 0.5);
+            let fcd = labels.iter().filter(|&&l| l).count();
+            let v = json!({
+                "n": labels.len(),
+                "fcd": fcd,
+                "hc": labels.len() - fcd,
+                "accuracy": finite(c.accuracy()),
+                "roc_auc": finite(roc_auc(&labels, &probs)),
+            });
+            (acq, v)
+        })
+        .collect()
+}
+
+fn finite(v: f64) -> Value {
+    if v.is_finite() { json!(v) } else { Value::Null }
+}
+
+fn save_png(path: &Path, img: &RgbImage) -> Result<(), ReportError> {
+    img.save(path).map_err(|source| ReportError::Png {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), colour: Rgb<u8>) {
+    let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+    for s in 0..=steps {
+        let x = x0 + (x1 - x0) * s / steps;
+        let y = y0 + (y1 - y0) * s / steps;
+        for (dx, dy) in [(0, 0), (1, 0), (0, 1)] {
+            let (px, py) = (x + dx, y + dy);
+            if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
+                img.put_pixel(px as u32, py as u32, colour);
+            }
+        }
+    }
+}
+
+/// A 320×320 ROC plot: axes, chance diagonal (grey), the curve (blue). FPR right, TPR up.
+pub fn write_roc_png(path: &Path, points: &[(f64, f64)]) -> Result<(), ReportError> {
+    let (size, margin) = (320i64, 20i64);
+    let mut img = RgbImage::from_pixel(size as u32, size as u32, Rgb([255, 255, 255]));
+    let span = (size - 2 * margin) as f64;
+    let at = |fpr: f64, tpr: f64| {
+        (
+            margin + (fpr * span).round() as i64,
+            size - margin - (tpr * span).round() as i64,
+        )
+    };
+    let black = Rgb([0, 0, 0]);
+    line(&mut img, at(0.0, 0.0), at(1.0, 0.0), black);
+    line(&mut img, at(0.0, 0.0), at(0.0, 1.0), black);
+    line(&mut img, at(0.0, 0.0), at(1.0, 1.0), Rgb([190, 190, 190]));
+    for w in points.windows(2) {
+        line(&mut img, at(w[0].0, w[0].1), at(w[1].0, w[1].1), Rgb([20, 60, 220]));
+    }
+    save_png(path, &img)
+}
+
+/// An axial slice of `sample` (reference channel, grey) through the lesion centroid with the
+/// min-max normalised heatmap in red and the ROI outline in green, ×3 nearest upscaling;
+/// anterior up. `heat` is `[depth, height, width]` on the model grid.
+pub fn write_cam_panel(path: &Path, sample: &Sample, heat: &Array3<f32>) -> Result<(), ReportError> {
+    let image = sample.tensor.index_axis(Axis(0), 0);
+    let (d, h, w) = image.dim();
+    let roi = sample
+        .roi
+        .clone()
+        .unwrap_or_else(|| Array3::from_elem((d, h, w), false));
+    let (sum, n) = roi
+        .indexed_iter()
+        .filter(|(_, r)| **r)
+        .fold((0usize, 0usize), |(s, n), ((z, _, _), _)| (s + z, n + 1));
+    let z = sum.checked_div(n).unwrap_or(d / 2);
+    let heat = normalise(heat);
+    let scale = 3u32;
+    let mut img = RgbImage::new(w as u32 * scale, h as u32 * scale);
+    for y in 0..h {
+        for x in 0..w {
+            let g = ((image[[z, y, x]] + 2.0) / 5.0).clamp(0.0, 1.0);
+            let a = 0.6 * heat[[z, y, x]].clamp(0.0, 1.0);
+            let r = roi[[z, y, x]];
+            let edge = r
+                && [(0i64, 1i64), (0, -1), (1, 0), (-1, 0)].iter().any(|(dy, dx)| {
+                    let (yy, xx) = (y as i64 + dy, x as i64 + dx);
+                    yy < 0 || xx < 0 || yy >= h as i64 || xx >= w as i64 || !roi[[z, yy as usize, xx as usize]]
+                });
+            let px = if edge {
+                Rgb([0, 255, 0])
+            } else {
+                let c = |base: f32, tint: f32| ((base * (1.0 - a) + tint * a) * 255.0).round() as u8;
+                Rgb([c(g, 1.0), c(g, 0.0), c(g, 0.0)])
+            };
+            // Anterior (high y = A) at the top.
+            let row = (h - 1 - y) as u32;
+            for dy in 0..scale {
+                for dx in 0..scale {
+                    img.put_pixel(x as u32 * scale + dx, row * scale + dy, px);
+                }
+            }
+        }
+    }
+    save_png(path, &img)
+}
+
+fn write_montage(path: &Path, panels: &[&PathBuf]) -> Result<(), ReportError> {
+    let images = panels
+        .iter()
+        .map(|p| {
+            image::open(p).map(|i| i.to_rgb8()).map_err(|source| ReportError::Png {
+                path: p.to_path_buf(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let width = images.iter().map(|i| i.width()).sum::<u32>() + 4 * images.len() as u32;
+    let height = images.iter().map(|i| i.height()).max().unwrap_or(1);
+    let mut out = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut x0 = 0;
+    for i in &images {
+        image::imageops::replace(&mut out, i, i64::from(x0), 0);
+        x0 += i.width() + 4;
+    }
+    save_png(path, &out)
+}

@@ -1,0 +1,355 @@
+//! Training samples + validation samples → one trained fold; owns the loss, the optimizer
+//! (Adam), the learning-rate schedule (ReduceLROnPlateau on validation loss), early stopping,
+//! class-balanced sampling, augmentation per step, the per-epoch progress bar and the fold's
+//! weight file.
+//!
+//! Batches are `[batch, channel, depth, height, width]`; the network trains on
+//! `device.autodiff()` and is evaluated with `valid()` (batch norms on running statistics).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+use fcdnode::package::weights::Weights;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::ArrayD;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Augment;
+use crate::data::batcher::{PrepareError, Sample, augment, batch};
+use crate::model::{ModelError, ResNet3d};
+
+/// Why a fold could not be trained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The training set is empty.
+    #[error("no training samples")]
+    Empty,
+    /// The network failed (weights, export).
+    #[error("network")]
+    Model(#[from] ModelError),
+    /// Augmentation failed.
+    #[error("augmentation")]
+    Augment(#[from] PrepareError),
+    /// The loss became NaN or infinite.
+    #[error("epoch {epoch}: training loss is not finite; lower --lr")]
+    Diverged { epoch: usize },
+    /// Ctrl-C: stopped between epochs.
+    #[error("interrupted (Ctrl-C) during epoch {epoch}; rerun the same command to resume")]
+    Interrupted { epoch: usize },
+    /// A weight file could not be written or read.
+    #[error("{path}: weight file")]
+    WeightFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Knobs of one fold's training.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Maximum epochs.
+    pub epochs: usize,
+    /// Early stopping after this many epochs without a better validation loss.
+    pub patience: usize,
+    /// ReduceLROnPlateau patience (epochs).
+    pub plateau_patience: usize,
+    /// ReduceLROnPlateau factor.
+    pub plateau_factor: f64,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// Augmentation of training samples.
+    pub augment: Augment,
+    /// Seed of sampling and augmentation.
+    pub seed: u64,
+    /// Label on the progress bar.
+    pub label: String,
+}
+
+/// One epoch's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Validation loss (NaN without a validation set).
+    pub val_loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A trained fold.
+#[derive(Debug)]
+pub struct Trained {
+    /// The network at the best validation loss (the last epoch without validation), on the
+    /// inference device.
+    pub model: ResNet3d,
+    /// Per-epoch figures.
+    pub history: Vec<EpochLog>,
+}
+
+/// Mean cross-entropy of `logits` against `labels` (true = class 1).
+///
+/// # Shapes
+///
+/// - logits: `[batch, 2]`
+pub fn cross_entropy(logits: Tensor<2>, labels: &[bool]) -> Tensor<1> {
+    let device = logits.device();
+    let one_hot: Vec<f32> = labels
+        .iter()
+        .flat_map(|&l| if l { [0.0, 1.0] } else { [1.0, 0.0] })
+        .collect();
+    let target = Tensor::<2>::from_data(TensorData::new(one_hot, [labels.len(), 2]), &device);
+    (log_softmax(logits, 1) * target).sum_dim(1).mean().neg()
+}
+
+/// Positive-class probabilities and the mean cross-entropy of `samples` under `model` in
+/// inference mode, in batches of `batch_size`.
+pub fn evaluate(model: &ResNet3d, samples: &[&Sample], batch_size: usize, device: &Device) -> (Vec<f64>, f64) {
+    let model = model.valid();
+    let (mut probs, mut loss_sum) = (Vec::new(), 0.0);
+    for chunk in samples.chunks(batch_size.max(1)) {
+        let tensors: Vec<_> = chunk.iter().map(|s| &s.tensor).collect();
+        let labels: Vec<bool> = chunk.iter().map(|s| s.label).collect();
+        let (logits, _) = model.forward(batch(&tensors, device));
+        let loss = cross_entropy(logits.clone(), &labels).into_scalar_f64();
+        loss_sum += loss * chunk.len() as f64;
+        let p = softmax(logits, 1).narrow(1, 1, 1);
+        probs.extend(values(p).into_iter().map(f64::from));
+    }
+    (probs, loss_sum / samples.len().max(1) as f64)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
+}
+
+trait Scalar {
+    fn into_scalar_f64(self) -> f64;
+}
+
+impl Scalar for Tensor<1> {
+    fn into_scalar_f64(self) -> f64 {
+        values(self).first().copied().map_or(f64::NAN, f64::from)
+    }
+}
+
+/// An epoch's sample order: as many draws as training samples, each picking a class with equal
+/// probability, then a subject of that class (class-balanced sampling with replacement).
+pub fn balanced_order(labels: &[bool], rng: &mut ChaCha8Rng) -> Vec<usize> {
+    use rand::Rng;
+    let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
+    let neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
+    if pos.is_empty() || neg.is_empty() {
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.shuffle(rng);
+        return order;
+    }
+    (0..labels.len())
+        .map(|_| {
+            let class = if rng.random_bool(0.5) { &pos } else { &neg };
+            class[rng.random_range(0..class.len())]
+        })
+        .collect()
+}
+
+/// Trains `model` (built on `device.autodiff()`, freeze policy applied) on `train`, choosing
+/// the epoch with the lowest loss on `val`. `stop` (Ctrl-C) is checked between epochs.
+pub fn train_fold(
+    model: ResNet3d,
+    train: &[&Sample],
+    val: &[&Sample],
+    options: &TrainOptions,
+    device: &Device,
+    stop: &AtomicBool,
+) -> Result<Trained, TrainError> {
+    if train.is_empty() {
+        return Err(TrainError::Empty);
+    }
+    let autodiff = device.clone().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut model = model;
+    let mut optim = AdamConfig::new().init();
+    let labels: Vec<bool> = train.iter().map(|s| s.label).collect();
+    let (mut lr, mut best_loss, mut best) = (options.lr, f64::INFINITY, None);
+    let (mut since_best, mut since_plateau, mut plateau_best) = (0usize, 0usize, f64::INFINITY);
+    let mut history = Vec::new();
+    for epoch in 1..=options.epochs {
+        if stop.load(Ordering::SeqCst) {
+            return Err(TrainError::Interrupted { epoch });
+        }
+        let order = balanced_order(&labels, &mut rng);
+        let steps = order.len().div_ceil(options.batch_size);
+        let bar = ProgressBar::new(steps as u64).with_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{} epoch {epoch}/{}", options.label, options.epochs));
+        let mut loss_sum = 0.0;
+        for chunk in order.chunks(options.batch_size) {
+            let tensors = chunk
+                .iter()
+                .map(|&i| augment(train[i], &options.augment, &mut rng))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<_> = tensors.iter().collect();
+            let chunk_labels: Vec<bool> = chunk.iter().map(|&i| labels[i]).collect();
+            let (logits, _) = model.forward(batch(&refs, &autodiff));
+            let loss = cross_entropy(logits, &chunk_labels);
+            let value = loss.clone().into_scalar_f64();
+            if !value.is_finite() {
+                bar.finish_and_clear();
+                return Err(TrainError::Diverged { epoch });
+            }
+            loss_sum += value;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            bar.inc(1);
+            bar.set_message(format!("loss {value:.4}"));
+        }
+        bar.finish_and_clear();
+        let train_loss = loss_sum / steps as f64;
+        let val_loss = if val.is_empty() {
+            f64::NAN
+        } else {
+            evaluate(&model, val, options.batch_size, device).1
+        };
+        history.push(EpochLog {
+            epoch,
+            train_loss,
+            val_loss,
+            lr,
+        });
+        tracing::info!(fold = %options.label, epoch, train_loss, val_loss, lr, "epoch done");
+        // Without a validation set the training loss drives selection and the schedule.
+        let monitored = if val_loss.is_finite() { val_loss } else { train_loss };
+        if monitored < best_loss {
+            best_loss = monitored;
+            best = Some(model.valid());
+            since_best = 0;
+        } else {
+            since_best += 1;
+        }
+        // ReduceLROnPlateau (relative threshold 1e-4, as PyTorch's default).
+        if monitored < plateau_best * (1.0 - 1e-4) {
+            plateau_best = monitored;
+            since_plateau = 0;
+        } else {
+            since_plateau += 1;
+            if since_plateau > options.plateau_patience {
+                lr *= options.plateau_factor;
+                since_plateau = 0;
+                tracing::info!(fold = %options.label, epoch, lr, "learning rate reduced");
+            }
+        }
+        if since_best >= options.patience.max(1) {
+            tracing::info!(fold = %options.label, epoch, "early stop");
+            break;
+        }
+    }
+    Ok(Trained {
+        model: best.unwrap_or_else(|| model.valid()),
+        history,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct WeightIndex {
+    tensors: Vec<(String, Vec<usize>)>,
+}
+
+/// Writes `weights` as `PATH` (little-endian f32, tensors in name order) + `PATH.json` (names and
+/// shapes).
+pub fn save_weights(path: &Path, weights: &Weights) -> Result<(), TrainError> {
+    let mut bytes = Vec::new();
+    let mut index = WeightIndex { tensors: Vec::new() };
+    for (name, tensor) in &weights.0 {
+        index.tensors.push((name.clone(), tensor.shape().to_vec()));
+        for v in tensor.iter() {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let io = |source| TrainError::WeightFile {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::write(path, bytes).map_err(io)?;
+    std::fs::write(index_path(path), serde_json::to_vec(&index).unwrap_or_default()).map_err(io)?;
+    Ok(())
+}
+
+/// Reads a weight file written by [`save_weights`].
+pub fn load_weights(path: &Path) -> Result<Weights, TrainError> {
+    let bad = |what: &str| TrainError::WeightFile {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string()),
+    };
+    let io = |source| TrainError::WeightFile {
+        path: path.to_owned(),
+        source,
+    };
+    let index: WeightIndex =
+        serde_json::from_slice(&std::fs::read(index_path(path)).map_err(io)?).map_err(|_| bad("unreadable index"))?;
+    let bytes = std::fs::read(path).map_err(io)?;
+    let mut offset = 0;
+    let mut map = BTreeMap::new();
+    for (name, shape) in index.tensors {
+        let n: usize = shape.iter().product();
+        let end = offset + n * 4;
+        let slice = bytes
+            .get(offset..end)
+            .ok_or_else(|| bad("file shorter than its index"))?;
+        let values = slice
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let array = ArrayD::from_shape_vec(shape, values).map_err(|_| bad("bad shape"))?;
+        map.insert(name, array);
+        offset = end;
+    }
+    Ok(Weights(map))
+}
+
+fn index_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".json");
+    PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_order_draws_both_classes_evenly() {
+        let labels: Vec<bool> = (0..100).map(|i| i < 10).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut pos = 0;
+        for _ in 0..20 {
+            pos += balanced_order(&labels, &mut rng).iter().filter(|&&i| labels[i]).count();
+        }
+        let frac = pos as f64 / 2000.0;
+        assert!((0.45..0.55).contains(&frac), "{frac}");
+    }
+
+    #[test]
+    fn cross_entropy_of_confident_right_answers_is_small() {
+        let device = Device::flex();
+        let logits = Tensor::<2>::from_data(TensorData::new(vec![10.0f32, -10.0, -10.0, 10.0], [2, 2]), &device);
+        let l = cross_entropy(logits.clone(), &[false, true]).into_scalar_f64();
+        assert!(l < 1e-6, "{l}");
+        let l = cross_entropy(logits, &[true, false]).into_scalar_f64();
+        assert!((l - 20.0).abs() < 1e-3, "{l}");
+    }
+}
