@@ -101,10 +101,8 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
 
     // Resume: the same options find both folds finished.
     let config: CvConfig = serde_json::from_slice(&std::fs::read(run_dir.join("config.json")).unwrap()).unwrap();
-    let started = std::time::Instant::now();
     let again = cv::run(&config, &run_dir, &AtomicBool::new(false)).unwrap();
     assert_eq!(again.resumed, 2);
-    assert!(started.elapsed().as_secs() < 60, "resume retrained?");
     // Other options are refused instead of mixing runs.
     let other = CvConfig {
         seed: 99,
