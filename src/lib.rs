@@ -17,6 +17,7 @@
 
 pub mod assemble;
 pub mod config;
+mod dicom_build;
 pub mod explain;
 pub mod infer;
 pub mod nifti;

@@ -1,8 +1,7 @@
 //! Data-set building blocks shared by the SC and SR writers: element helpers, the modules
 //! copied from the source, equipment, file meta.
 
-use dicom_core::value::{DataSetSequence, PrimitiveValue};
-use dicom_core::{DataElement, Length, Tag, VR, smallvec};
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
@@ -11,36 +10,9 @@ use super::codes::{self, Code};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp};
 use crate::synth::dicom::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
+pub(crate) use crate::dicom_build::{ds, ds_multi, put_f32s, put_seq, put_str, put_tag, put_u16, truncate};
+
 pub(crate) const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
-
-pub(crate) fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
-    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
-}
-
-pub(crate) fn put_u16(obj: &mut InMemDicomObject, tag: Tag, value: u16) {
-    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
-}
-
-pub(crate) fn put_f32s(obj: &mut InMemDicomObject, tag: Tag, values: &[f32]) {
-    obj.put(DataElement::new(tag, VR::FL, PrimitiveValue::F32(values.into())));
-}
-
-pub(crate) fn put_tag(obj: &mut InMemDicomObject, tag: Tag, value: Tag) {
-    obj.put(DataElement::new(
-        tag,
-        VR::AT,
-        PrimitiveValue::Tags(smallvec::smallvec![value]),
-    ));
-}
-
-pub(crate) fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
-    obj.put(DataElement::new_with_len(
-        tag,
-        VR::SQ,
-        Length::UNDEFINED,
-        DataSetSequence::new(items, Length::UNDEFINED),
-    ));
-}
 
 /// A code sequence item (Code Value or Long Code Value, scheme, meaning).
 pub(crate) fn code_item(code: &Code) -> InMemDicomObject {
@@ -53,34 +25,6 @@ pub(crate) fn code_item(code: &Code) -> InMemDicomObject {
     put_str(&mut item, tags::CODING_SCHEME_DESIGNATOR, VR::SH, code.scheme);
     put_str(&mut item, tags::CODE_MEANING, VR::LO, code.meaning);
     item
-}
-
-/// A DICOM DS string (at most 16 characters) for a finite value.
-pub(crate) fn ds(value: f64) -> String {
-    let value = if value == 0.0 { 0.0 } else { value };
-    for precision in (0..=10).rev() {
-        let s = format!("{value:.precision$}");
-        let s = if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_owned()
-        } else {
-            s
-        };
-        let s = if s == "-0" { "0".to_owned() } else { s };
-        if s.len() <= 16 {
-            return s;
-        }
-    }
-    format!("{value:.6e}")
-}
-
-/// Backslash-joined DS values.
-pub(crate) fn ds_multi(values: &[f64]) -> String {
-    values.iter().map(|v| ds(*v)).collect::<Vec<_>>().join("\\")
-}
-
-/// Truncates `s` to `max` characters (LO/SH limits).
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 /// Text value of `tag` in `obj`, trimmed, if present and non-empty.

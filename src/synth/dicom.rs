@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dicom_core::value::{DataSetSequence, PrimitiveValue};
-use dicom_core::{DataElement, Length, Tag, VR, smallvec};
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
@@ -20,6 +20,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::SliceOrder;
+use crate::dicom_build::{
+    ds, ds_multi, put_fd, put_fds, put_seq, put_str, put_tag, put_u16, put_u16s, put_u32s, truncate,
+};
 use crate::volume::Volume;
 
 /// Implementation Class UID written in every file meta group (a fixed UUID-derived UID).
@@ -1007,37 +1010,6 @@ fn larmor_mhz(info: &SeriesInfo) -> f64 {
     42.577_478_5 * info.magnetic_field_strength
 }
 
-/// A decimal string (DS) of at most 16 characters with as many significant digits as fit,
-/// so positions and cosines survive the round trip to well under 1e-6.
-fn ds(value: f64) -> String {
-    if !value.is_finite() {
-        return "0".into();
-    }
-    for decimals in (0..=15).rev() {
-        let mut s = format!("{value:.decimals$}");
-        if s.contains('.') {
-            s = s.trim_end_matches('0').trim_end_matches('.').to_owned();
-        }
-        if s == "-0" {
-            s = "0".into();
-        }
-        if s.len() <= 16 {
-            return s;
-        }
-    }
-    // Only magnitudes ≥ 1e16 get here; exponent form fits DS.
-    format!("{value:.6e}")
-}
-
-/// Backslash-separated DS values.
-fn ds_multi(values: &[f64]) -> String {
-    values.iter().map(|&v| ds(v)).collect::<Vec<_>>().join("\\")
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
 /// 64-bit FNV-1a, to mix the series UID into the per-series seed without platform-dependent
 /// hashing.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -1058,47 +1030,6 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     ]
 }
 
-fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
-    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
-}
-
-fn put_u16(obj: &mut InMemDicomObject, tag: Tag, value: u16) {
-    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
-}
-
-fn put_u16s(obj: &mut InMemDicomObject, tag: Tag, values: &[u16]) {
-    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::U16(values.into())));
-}
-
-fn put_u32s(obj: &mut InMemDicomObject, tag: Tag, values: &[u32]) {
-    obj.put(DataElement::new(tag, VR::UL, PrimitiveValue::U32(values.into())));
-}
-
-fn put_fd(obj: &mut InMemDicomObject, tag: Tag, value: f64) {
-    put_fds(obj, tag, &[value]);
-}
-
-fn put_fds(obj: &mut InMemDicomObject, tag: Tag, values: &[f64]) {
-    obj.put(DataElement::new(tag, VR::FD, PrimitiveValue::F64(values.into())));
-}
-
-fn put_tag(obj: &mut InMemDicomObject, tag: Tag, value: Tag) {
-    obj.put(DataElement::new(
-        tag,
-        VR::AT,
-        PrimitiveValue::Tags(smallvec::smallvec![value]),
-    ));
-}
-
-fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
-    obj.put(DataElement::new_with_len(
-        tag,
-        VR::SQ,
-        Length::UNDEFINED,
-        DataSetSequence::new(items, Length::UNDEFINED),
-    ));
-}
-
 fn put_pixels(obj: &mut InMemDicomObject, pixels: Vec<u16>) {
     obj.put(DataElement::new(
         tags::PIXEL_DATA,
@@ -1112,6 +1043,7 @@ mod tests {
     use super::*;
     use crate::synth::{Plane, acquisition_grid};
     use crate::volume::Affine;
+    use dicom_core::Tag;
     use dicom_object::{DefaultDicomObject, open_file};
     use dicom_pixeldata::PixelDecoder;
     use nalgebra::Matrix4;

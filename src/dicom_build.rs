@@ -1,0 +1,83 @@
+//! Small builders for DICOM data sets, shared by the synthetic series writer and the report
+//! stage: typed element setters and the DS (decimal string) formatting both need.
+
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR, smallvec};
+use dicom_object::InMemDicomObject;
+
+/// A decimal string (DS) of at most 16 characters with as many significant digits as fit,
+/// so positions and cosines survive the round trip to well under 1e-6.
+pub(crate) fn ds(value: f64) -> String {
+    if !value.is_finite() {
+        return "0".into();
+    }
+    for decimals in (0..=15).rev() {
+        let mut s = format!("{value:.decimals$}");
+        if s.contains('.') {
+            s = s.trim_end_matches('0').trim_end_matches('.').to_owned();
+        }
+        if s == "-0" {
+            s = "0".into();
+        }
+        if s.len() <= 16 {
+            return s;
+        }
+    }
+    // Only magnitudes ≥ 1e16 get here; exponent form fits DS.
+    format!("{value:.6e}")
+}
+
+/// Backslash-separated DS values.
+pub(crate) fn ds_multi(values: &[f64]) -> String {
+    values.iter().map(|&v| ds(v)).collect::<Vec<_>>().join("\\")
+}
+
+/// Truncates `s` to `max` characters (LO/SH limits).
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+pub(crate) fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
+    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+}
+
+pub(crate) fn put_u16(obj: &mut InMemDicomObject, tag: Tag, value: u16) {
+    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+}
+
+pub(crate) fn put_u16s(obj: &mut InMemDicomObject, tag: Tag, values: &[u16]) {
+    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::U16(values.into())));
+}
+
+pub(crate) fn put_u32s(obj: &mut InMemDicomObject, tag: Tag, values: &[u32]) {
+    obj.put(DataElement::new(tag, VR::UL, PrimitiveValue::U32(values.into())));
+}
+
+pub(crate) fn put_fd(obj: &mut InMemDicomObject, tag: Tag, value: f64) {
+    put_fds(obj, tag, &[value]);
+}
+
+pub(crate) fn put_fds(obj: &mut InMemDicomObject, tag: Tag, values: &[f64]) {
+    obj.put(DataElement::new(tag, VR::FD, PrimitiveValue::F64(values.into())));
+}
+
+pub(crate) fn put_tag(obj: &mut InMemDicomObject, tag: Tag, value: Tag) {
+    obj.put(DataElement::new(
+        tag,
+        VR::AT,
+        PrimitiveValue::Tags(smallvec::smallvec![value]),
+    ));
+}
+
+pub(crate) fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+    obj.put(DataElement::new_with_len(
+        tag,
+        VR::SQ,
+        Length::UNDEFINED,
+        DataSetSequence::new(items, Length::UNDEFINED),
+    ));
+}
+
+pub(crate) fn put_f32s(obj: &mut InMemDicomObject, tag: Tag, values: &[f32]) {
+    obj.put(DataElement::new(tag, VR::FL, PrimitiveValue::F32(values.into())));
+}
