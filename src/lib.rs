@@ -30,3 +30,11 @@ pub mod tracker;
 pub mod volume;
 
 pub use volume::{Affine, Grid, Interp, Orientation, Volume, VolumeError};
+
+/// Logging for both binaries: `tracing` to stderr, level from `RUST_LOG` (default `warn`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -9,10 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    fcdnode::init_logging();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
