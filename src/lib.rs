@@ -17,9 +17,11 @@
 
 pub mod assemble;
 pub mod config;
+pub mod deliver;
 mod dicom_build;
 pub mod explain;
 pub mod infer;
+pub mod ingest;
 pub mod nifti;
 pub mod package;
 pub mod pipeline;
