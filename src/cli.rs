@@ -9,6 +9,10 @@ use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::nifti::{self, DataType};
 use fcdnode::package::manifest::ModelPackage;
 use fcdnode::pipeline;
+use fcdnode::service::{
+    self,
+    demo::{self, DemoOptions, DemoReport},
+};
 use fcdnode::synth::{self, CohortOptions, DicomExport, Plane, SliceOrder};
 use fcdnode::tracker::routing::{Decision, SeriesFacts};
 
@@ -95,6 +99,33 @@ enum Command {
         /// The TOML file.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run the node: DICOM listener, tracker, pipeline, outbox and HTTP API, until Ctrl-C or
+    /// SIGTERM.
+    Serve {
+        /// The TOML file (`config/fcdnode.toml` documents every key).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The whole loop on this machine: synthesise an FCD patient and a control as DICOM, start
+    /// the node, send the series by C-STORE, receive SC and SR in a built-in PACS, print the
+    /// triage.
+    Demo {
+        /// Working directory (emptied first).
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// Model package.
+        #[arg(long, default_value = "models/demo")]
+        model: PathBuf,
+        /// Seed of the synthetic patients.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Configuration for routing and ONNX Runtime (defaults when absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the results.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
 }
 
@@ -267,6 +298,104 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid", config.display());
             Ok(())
         }
+        Command::Serve { config } => {
+            let settings = fcdnode::config::settings(Some(&config))?;
+            runtime()?.block_on(async {
+                let node = service::start(settings).await?;
+                eprintln!(
+                    "fcdnode listening: DICOM {}, HTTP {}",
+                    node.dicom_addr,
+                    node.api_addr.map_or_else(|| "off".into(), |a| a.to_string())
+                );
+                stop_signal().await?;
+                eprintln!("stopping");
+                node.shutdown().await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Demo {
+            out,
+            model,
+            seed,
+            config,
+            timeout_s,
+        } => {
+            let settings = fcdnode::config::settings(config.as_deref())?;
+            let options = DemoOptions {
+                out,
+                model,
+                seed,
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            let report = runtime()?.block_on(demo::run(&options, &settings))?;
+            print_demo(&report, &options);
+            anyhow::ensure!(
+                report.subjects.iter().all(|s| s.state == "delivered"),
+                "not every subject's results were delivered"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+/// Ctrl-C or SIGTERM (what `docker stop` sends).
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn print_demo(report: &DemoReport, options: &DemoOptions) {
+    println!("\nTriage (model {}):", options.model.display());
+    println!(
+        "{:<12} {:<6} {:<10} {:>11}  {:<14} hotspot (LPS mm)",
+        "subject", "truth", "state", "probability", "decision"
+    );
+    for s in &report.subjects {
+        let r = s.result.as_ref();
+        let num = |k: &str| r.and_then(|r| r.get(k)).and_then(serde_json::Value::as_f64);
+        let hotspot = r
+            .and_then(|r| r.get("hotspot_lps"))
+            .and_then(|h| h.as_array())
+            .map(|h| {
+                h.iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .map(|v| format!("{v:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<12} {:<6} {:<10} {:>11}  {:<14} {}",
+            s.subject,
+            s.group,
+            s.state,
+            num("probability").map_or_else(|| "-".into(), |p| format!("{p:.3}")),
+            r.and_then(|r| r.get("label")).and_then(|l| l.as_str()).unwrap_or("-"),
+            hotspot
+        );
+        if let Some(dir) = &s.result_dir {
+            println!("{:<12} preview {}", "", dir.join("preview.png").display());
+        }
+    }
+    println!(
+        "\nThe demo PACS received {} file(s) in {} ({:.1} s from the first C-STORE):",
+        report.received.len(),
+        options.out.join("pacs").display(),
+        report.seconds
+    );
+    for f in &report.received {
+        println!("  {}", f.display());
     }
 }
 

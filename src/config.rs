@@ -3,7 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::api::ApiConfig;
+use crate::deliver::{Destination, RetryPolicy};
 use crate::infer::runtime::Device;
+use crate::ingest::ScpConfig;
+use crate::pipeline::Explain;
+use crate::report::DEFAULT_DEVICE_UID;
+use crate::tracker::TrackerConfig;
 use crate::tracker::routing::{Router, RoutingConfig, RoutingError};
 
 /// The whole file. Every section is optional and has documented defaults
@@ -11,10 +17,144 @@ use crate::tracker::routing::{Router, RoutingConfig, RoutingError};
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[node]`: identity, model and data directory of the service.
+    pub node: NodeConfig,
+    /// `[scp]`: the DICOM listener.
+    pub scp: ScpConfig,
+    /// `[tracker]`: when a series is complete.
+    pub tracker: TrackerConfig,
+    /// `[pipeline]`: how results are made.
+    pub pipeline: PipelineConfig,
+    /// `[outbox]`: where results go and how delivery is retried.
+    pub outbox: OutboxConfig,
+    /// `[[destinations]]`: DICOM peers results can be sent to.
+    pub destinations: Vec<Destination>,
+    /// `[retention]`: how long files are kept.
+    pub retention: RetentionConfig,
+    /// `[api]`: the HTTP API.
+    pub api: ApiConfig,
     /// `[routing]`: which series feed which model channel.
     pub routing: RoutingConfig,
     /// `[runtime]`: where ONNX Runtime is and where it runs.
     pub runtime: RuntimeConfig,
+}
+
+/// `[node]`: what the service runs and where it keeps its state.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Directory of spool, job database and results (relative paths: to the working directory).
+    pub data_dir: PathBuf,
+    /// Model package directory (manifest.toml + ONNX graphs).
+    pub model: PathBuf,
+    /// Device UID in the Contributing Equipment of our SC/SR: how the node recognises its own
+    /// output coming back. Keep it stable across restarts and unique per installation.
+    pub device_uid: String,
+    /// UID root for new instances; unset: `2.25.<random>` UUID-derived UIDs.
+    pub uid_root: Option<String>,
+    /// Institution Name written into the Contributing Equipment Sequence.
+    pub institution_name: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("var/fcdnode"),
+            model: PathBuf::from("models/demo"),
+            device_uid: DEFAULT_DEVICE_UID.into(),
+            uid_root: None,
+            institution_name: None,
+        }
+    }
+}
+
+/// `[pipeline]`: how each job's outputs are made.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Heatmap method: "gradcam", "gradcampp" or "occlusion" (slow: one model run per patch).
+    pub explain: Explain,
+    /// One Multi-frame True Color SC instance (true) or one single-frame SC per slice (false,
+    /// for PACS and viewers without multi-frame support).
+    pub multiframe_sc: bool,
+    /// Series Number of the heatmap SC series.
+    pub sc_series_number: u32,
+    /// Series Number of the SR series.
+    pub sr_series_number: u32,
+    /// Seconds between looks at the job queue when it is empty.
+    pub poll_s: f64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            explain: Explain::Gradcam,
+            multiframe_sc: true,
+            sc_series_number: 9901,
+            sr_series_number: 9902,
+            poll_s: 0.5,
+        }
+    }
+}
+
+/// `[outbox]`: which destinations get each result, and the retry policy.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Names of `[[destinations]]` that receive every result.
+    pub send_to: Vec<String>,
+    /// Also send results to the destination whose `ae_title` equals the calling AE that sent
+    /// the series (answer the sender).
+    pub reply_to_sender: bool,
+    /// Seconds between looks for due deliveries.
+    pub poll_s: f64,
+    /// Retry policy for transient faults (`[outbox.retry]`).
+    pub retry: RetryPolicy,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            send_to: Vec::new(),
+            reply_to_sender: false,
+            poll_s: 1.0,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Destination names for a result of a series sent by `calling_ae`.
+    pub fn destinations_for(&self, calling_ae: &str, destinations: &[Destination]) -> Vec<String> {
+        let mut names = self.send_to.clone();
+        if self.reply_to_sender {
+            for d in destinations {
+                if d.ae_title.trim() == calling_ae.trim() && !names.contains(&d.name) {
+                    names.push(d.name.clone());
+                }
+            }
+        }
+        names
+    }
+}
+
+/// `[retention]`: what is deleted, and when. 0 keeps forever.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a received instance stays in the spool.
+    pub spool_days: f64,
+    /// Days a job's result directory (SC, SR, preview, result.json) is kept.
+    pub results_days: f64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            spool_days: 7.0,
+            results_days: 30.0,
+        }
+    }
 }
 
 /// `[runtime]`: the ONNX Runtime library and execution settings.
@@ -37,6 +177,8 @@ pub struct Settings {
     pub router: Router,
     /// ONNX Runtime settings.
     pub runtime: RuntimeConfig,
+    /// The whole validated file.
+    pub config: Config,
 }
 
 /// Why the configuration cannot be used.
@@ -64,6 +206,9 @@ pub enum ConfigError {
         #[source]
         source: RoutingError,
     },
+    /// A value breaks a rule; the message names section and key.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
 }
 
 impl Config {
@@ -85,11 +230,72 @@ impl Config {
             path: origin.to_owned(),
             source,
         })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        self.scp.validate().map_err(|e| invalid(format!("[scp] {e}")))?;
+        self.tracker.validate().map_err(invalid)?;
+        self.api.validate().map_err(|e| invalid(format!("[api] {e}")))?;
+        for (i, d) in self.destinations.iter().enumerate() {
+            d.validate()
+                .map_err(|e| invalid(format!("[[destinations]] #{} ({:?}): {e}", i + 1, d.name)))?;
+            if self.destinations[..i].iter().any(|o| o.name == d.name) {
+                return Err(invalid(format!("[[destinations]] name {:?} is used twice", d.name)));
+            }
+        }
+        for name in &self.outbox.send_to {
+            if !self.destinations.iter().any(|d| &d.name == name) {
+                return Err(invalid(format!(
+                    "[outbox] send_to names {name:?}, which no [[destinations]] entry defines"
+                )));
+            }
+        }
+        for (key, value) in [
+            ("[outbox] poll_s", self.outbox.poll_s),
+            ("[pipeline] poll_s", self.pipeline.poll_s),
+        ] {
+            if !(value.is_finite() && value >= 0.05) {
+                return Err(invalid(format!("{key} = {value}: must be at least 0.05 seconds")));
+            }
+        }
+        for (key, value) in [
+            ("[retention] spool_days", self.retention.spool_days),
+            ("[retention] results_days", self.retention.results_days),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(format!(
+                    "{key} = {value}: must be a number of days ≥ 0 (0 keeps)"
+                )));
+            }
+        }
+        if !is_uid(&self.node.device_uid) {
+            return Err(invalid(format!(
+                "[node] device_uid = {:?}: not a DICOM UID (digits and dots, at most 64 characters)",
+                self.node.device_uid
+            )));
+        }
+        if let Some(root) = &self.node.uid_root
+            && !(is_uid(root) && root.len() <= 40)
+        {
+            return Err(invalid(format!(
+                "[node] uid_root = {root:?}: not a UID root (digits and dots, at most 40 characters)"
+            )));
+        }
         Ok(Settings {
             router,
             runtime: self.runtime.clone(),
+            config: self.clone(),
         })
     }
+}
+
+fn is_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Loads and validates `path`, or the defaults when `None`.

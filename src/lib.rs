@@ -15,6 +15,7 @@
 //! - [`synth`]: seeded synthetic FCD-II cohort (BIDS NIfTI tree and DICOM series).
 //! - [`config`]: the node's TOML configuration, validated once.
 
+pub mod api;
 pub mod assemble;
 pub mod config;
 pub mod deliver;
@@ -27,6 +28,8 @@ pub mod package;
 pub mod pipeline;
 pub mod preprocess;
 pub mod report;
+pub mod service;
+pub mod spool;
 pub mod synth;
 pub mod tracker;
 pub mod volume;

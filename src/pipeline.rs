@@ -55,7 +55,7 @@ pub enum PipelineError {
 }
 
 /// How the heatmap is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Explain {
     /// Grad-CAM at the global-pooling input, exact from forward outputs.
@@ -84,6 +84,8 @@ pub struct Options {
     pub device: report::Device,
     /// Seed for new UIDs (tests); `None` draws random UIDs.
     pub uid_seed: Option<u64>,
+    /// Root for new UIDs; `None`: UUID-derived `2.25.` UIDs.
+    pub uid_root: Option<String>,
 }
 
 impl Default for Options {
@@ -96,8 +98,18 @@ impl Default for Options {
             report: ReportOptions::new(),
             device: report::Device::default(),
             uid_seed: None,
+            uid_root: None,
         }
     }
+}
+
+/// A milestone inside [`run_dicom_staged`], for callers that persist progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The series are read and assembled into volumes.
+    Assembled,
+    /// The model ran and the heatmap is on the source grid.
+    Inferred,
 }
 
 /// Runs the model on the series under `paths` and writes SC, SR, preview and `result.json`
@@ -108,6 +120,19 @@ pub fn run_dicom(
     router: &Router,
     out: &Path,
     options: &Options,
+) -> Result<ResultSummary, PipelineError> {
+    run_dicom_staged(paths, ensemble, router, out, options, &mut |_| {})
+}
+
+/// [`run_dicom`], telling `on_stage` each milestone as it is reached (the service records the
+/// job state).
+pub fn run_dicom_staged(
+    paths: &[PathBuf],
+    ensemble: &mut Ensemble,
+    router: &Router,
+    out: &Path,
+    options: &Options,
+    on_stage: &mut dyn FnMut(Stage),
 ) -> Result<ResultSummary, PipelineError> {
     let start = Instant::now();
     let mut timings = Timings::default();
@@ -120,12 +145,14 @@ pub fn run_dicom(
         assembled.push((assemble::assemble_series(&sources, &Tolerances::default())?, header));
     }
     timings.assemble = ms(start);
+    on_stage(Stage::Assembled);
     let volumes: Vec<_> = assembled.iter().map(|(a, _)| &a.volume).collect();
     let (source, header) = assembled.first().ok_or_else(|| PipelineError::Channel {
         channel: channels.first().copied().unwrap_or(Modality::Flair),
         reason: "the model lists no channel".into(),
     })?;
     let (finding, heatmap) = predict(ensemble, &volumes, source, options, &mut timings)?;
+    on_stage(Stage::Inferred);
     let algorithm = algorithm(ensemble, options);
     let inputs = ReportInputs {
         source_header: header,
@@ -136,6 +163,9 @@ pub fn run_dicom(
         options: &options.report,
     };
     let mut uids = options.uid_seed.map_or_else(UidGenerator::random, UidGenerator::seeded);
+    if let Some(root) = &options.uid_root {
+        uids = uids.with_root(root.clone());
+    }
     timings.total = ms(start);
     let written = report::write_outputs(&inputs, &heatmap, &mut uids, timings, out)?;
     let mut summary = written.summary;

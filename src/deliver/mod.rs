@@ -1,2 +1,29 @@
 //! Deliver: the outbound C-STORE SCU that pushes results (SC, SR) to a destination, and the
 //! classification of its faults into transient (retry later) and permanent (dead letter).
+//!
+//! - [`Destination`] is one `[[destinations]]` entry of the node's config, [`RetryPolicy`] the
+//!   `[outbox]` section (exponential backoff with a cap, attempt budget).
+//! - [`send`] opens one association, C-STOREs every file and reports a [`FileOutcome`] per
+//!   file. It re-encodes uncompressed data sets when the destination accepted only another
+//!   uncompressed transfer syntax (e.g. Implicit VR Little Endian only).
+//! - [`DeliveryFault::kind`] says whether a failure is [`FaultKind::Transient`] (connection
+//!   refused or lost, timeouts, A-ABORT, association rejected-transient, status 0xA7xx) or
+//!   [`FaultKind::Permanent`] (association rejected-permanent, SOP class or transfer syntax
+//!   refused, status 0xA9xx, 0xCxxx, 0x0122, 0x0124 and other failures); warning statuses
+//!   count as stored ([`status_class`] lists them).
+//!
+//! Sockets get `TCP_NODELAY`; every wait is bounded by the destination's `timeout_s`; nothing a
+//! peer sends is trusted for allocation (command sets are parsed by hand and capped).
+//! TLS is not built in yet: `tls = true` is a validation error until dicom-ul's `async-tls`
+//! feature is enabled.
+
+mod dimse;
+mod fault;
+mod files;
+mod scu;
+mod settings;
+
+pub use fault::{DeliveryFault, FaultKind, FaultReason, StatusClass, status_class};
+pub use files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
+pub use scu::{FileOutcome, Stored, send};
+pub use settings::{Destination, MAX_MAX_PDU, MAX_TIMEOUT_S, MIN_MAX_PDU, RetryPolicy, SettingsError, check_ae_title};

@@ -2,6 +2,19 @@
 //! sizes, reassembles each C-STORE's data set and hands it to an [`InstanceSink`] (the spool),
 //! answering the peer with the status the sink returns. The sink decides durability: the
 //! success response is sent only after it returns.
+//!
+//! Public surface: [`ScpConfig`] (the `[scp]` section), [`serve`] (the accept loop on a bound
+//! listener, until the shutdown flag turns true), [`IngestStats`] (counters for the metrics
+//! layer) and [`check_element_lengths`] (the bounded pre-parse every data set passes before
+//! anything in the node parses it).
+//!
+//! Hostile input is bounded before anything is allocated: PDUs longer than the negotiated
+//! maximum abort the association (dicom-ul's `receive` in strict mode checks the 6-byte header
+//! before buffering the body; its streaming `PDataReader` does not, so it is not used), command
+//! sets are capped at 64 KiB and parsed by a length-checked walker, data sets are capped at
+//! `max_instance_mb` while being reassembled, and every element, item and fragment length is
+//! checked against the bytes actually present before the sink (which may parse with
+//! dicom-object) sees the data set.
 
 use std::net::SocketAddr;
 
@@ -42,3 +55,14 @@ pub trait InstanceSink: Send + Sync + 'static {
     /// Stores one instance and says how it went.
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome;
 }
+
+mod config;
+mod dimse;
+mod limits;
+mod scp;
+mod syntax;
+
+pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError};
+pub use limits::{MalformedDataSet, check_element_lengths, check_element_lengths_limited};
+pub use scp::{IngestError, IngestStats, IngestStatsSnapshot, bind, serve};
+pub use syntax::{ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage};

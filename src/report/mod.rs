@@ -239,6 +239,9 @@ pub struct ReportOptions {
     pub window_percentiles: [f64; 2],
     /// Content date/time; `None` uses the current UTC time.
     pub timestamp: Option<Timestamp>,
+    /// The SR this one supersedes (late instances reopened the series): listed in the
+    /// Predecessor Documents Sequence.
+    pub predecessor: Option<sr::InstanceRef>,
 }
 
 impl Default for ReportOptions {
@@ -253,6 +256,7 @@ impl Default for ReportOptions {
             alpha: 0.5,
             window_percentiles: [0.5, 99.5],
             timestamp: None,
+            predecessor: None,
         }
     }
 }
@@ -288,6 +292,11 @@ impl ReportOptions {
     /// Fixed content date and time (reproducible files).
     pub fn with_timestamp(mut self, timestamp: Timestamp) -> Self {
         self.timestamp = Some(timestamp);
+        self
+    }
+    /// The earlier SR the new one supersedes.
+    pub fn with_predecessor(mut self, predecessor: Option<sr::InstanceRef>) -> Self {
+        self.predecessor = predecessor;
         self
     }
 }

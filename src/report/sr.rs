@@ -149,6 +149,13 @@ pub fn structured_report(
         tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
         evidence(&study_uid, &source_refs),
     );
+    if let Some(predecessor) = &options.predecessor {
+        put_seq(
+            &mut obj,
+            tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+            evidence(&study_uid, std::slice::from_ref(predecessor)),
+        );
+    }
     if !sc.is_empty() {
         put_seq(
             &mut obj,

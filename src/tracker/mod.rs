@@ -1,3 +1,8 @@
-//! Series/study tracker (in progress): [`routing`] decides which channel, if any, a series feeds.
+//! Series/study tracker: a series is complete once no instance has arrived for the stable age;
+//! [`routing`] then decides which model channel, if any, it feeds, and complete studies become
+//! jobs. Late instances reopen a handled series and lead to a new job that supersedes the old.
 
 pub mod routing;
+mod stable;
+
+pub use stable::{Tracker, TrackerConfig, TrackerError};

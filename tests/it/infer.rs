@@ -59,7 +59,8 @@ fn centre_tap_weights(arch: &ArchSpec) -> Weights {
     Weights(map)
 }
 
-fn package(dir: &Path, channel: Modality) {
+/// Writes the centre-tap model package into `dir` (the node tests use it too).
+pub(crate) fn package(dir: &Path, channel: Modality) {
     let arch = arch();
     let r = recipe();
     write_onnx(

@@ -1,9 +1,13 @@
 //! The single integration-test binary: real peers (dcm2niix, DCMTK, …) on real files.
 //! Peers come from `scripts/setup.sh`; a missing one fails the test loudly.
 
+mod api;
 mod assemble;
+mod deliver;
 mod dicom_parity;
 mod infer;
+mod ingest;
+mod node;
 mod report;
 mod synth;
 mod util;

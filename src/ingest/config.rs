@@ -1,0 +1,300 @@
+//! `[scp]`: the DICOM listener's settings, validated once with errors that name the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Smallest acceptor max PDU length the node advertises.
+pub const MIN_MAX_PDU: u32 = 4096;
+/// Largest acceptor max PDU length (bounds the per-association read buffer).
+pub const MAX_MAX_PDU: u32 = 4 * 1024 * 1024;
+/// Largest `max_instance_mb` (a data set is reassembled in memory).
+pub const MAX_INSTANCE_MB: u64 = 4096;
+
+/// `[scp]`: the DICOM listener (C-ECHO, C-STORE of MR series).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScpConfig {
+    /// Our AE title (1–16 characters, no backslash); peers must call it when `check_called_ae`.
+    pub ae_title: String,
+    /// Listen address `IP:port`.
+    pub bind: String,
+    /// Calling AE titles allowed to associate, as `AE` or `AE@host-ip`; empty = anyone.
+    pub allowed_calling: Vec<String>,
+    /// Reject associations whose called AE title is not `ae_title`.
+    pub check_called_ae: bool,
+    /// Most concurrent associations; more are rejected (transient, local limit exceeded).
+    pub max_associations: usize,
+    /// Seconds a peer may stay silent (before A-ASSOCIATE-RQ or within an association) before it is dropped.
+    pub read_timeout_s: u64,
+    /// Maximum PDU length we receive (advertised in A-ASSOCIATE-AC; longer PDUs abort), 4096..=4194304.
+    pub max_pdu: u32,
+    /// Largest data set accepted, in MiB; larger C-STOREs get 0xA700 (out of resources).
+    pub max_instance_mb: u64,
+    /// Storage SOP classes other than (Enhanced) MR: `refuse` their contexts, or `discard` (accept, answer success, keep nothing).
+    pub other_storage: OtherStorage,
+}
+
+impl Default for ScpConfig {
+    fn default() -> Self {
+        Self {
+            ae_title: "FCDNODE".into(),
+            bind: "0.0.0.0:11112".into(),
+            allowed_calling: Vec::new(),
+            check_called_ae: true,
+            max_associations: 16,
+            read_timeout_s: 30,
+            max_pdu: 16384,
+            max_instance_mb: 1024,
+            other_storage: OtherStorage::Refuse,
+        }
+    }
+}
+
+/// What to do with storage SOP classes the node does not process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherStorage {
+    /// Reject their presentation contexts (the peer sees "no presentation context").
+    #[default]
+    Refuse,
+    /// Accept them, answer success and store nothing (one info log line per instance).
+    Discard,
+}
+
+/// One parsed `allowed_calling` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedCalling {
+    /// The calling AE title (exact, case-sensitive match).
+    pub ae_title: String,
+    /// When set, the association must also come from this address.
+    pub host: Option<IpAddr>,
+}
+
+impl AllowedCalling {
+    /// Parses `AE` or `AE@host-ip`.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let (ae, host) = match entry.rsplit_once('@') {
+            Some((ae, host)) => {
+                let ip = host
+                    .trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{entry:?}: {host:?} is not an IP address"))?;
+                (ae, Some(ip))
+            }
+            None => (entry, None),
+        };
+        check_ae_title(ae).map_err(|why| format!("{entry:?}: {why}"))?;
+        Ok(Self {
+            ae_title: ae.trim().to_owned(),
+            host,
+        })
+    }
+
+    /// Whether a peer calling as `calling_ae` from `peer` matches this entry.
+    pub fn matches(&self, calling_ae: &str, peer: IpAddr) -> bool {
+        self.ae_title == calling_ae && self.host.is_none_or(|h| h.to_canonical() == peer.to_canonical())
+    }
+}
+
+/// A bad `[scp]` value; the message names the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("scp.{key}: {message}")]
+pub struct ScpConfigError {
+    /// The offending key, e.g. `max_pdu`.
+    pub key: &'static str,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ScpConfigError {
+    ScpConfigError {
+        key,
+        message: message.into(),
+    }
+}
+
+/// AE title rules (PS3.5 AE VR): 1–16 characters of the default repertoire, no backslash or
+/// control characters, not only spaces.
+fn check_ae_title(ae: &str) -> Result<(), String> {
+    let trimmed = ae.trim();
+    if trimmed.is_empty() {
+        return Err("AE title is empty".into());
+    }
+    if ae.len() > 16 {
+        return Err(format!("AE title {ae:?} is longer than 16 characters"));
+    }
+    if ae.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\') {
+        return Err(format!(
+            "AE title {ae:?} has a backslash, control or non-ASCII character"
+        ));
+    }
+    Ok(())
+}
+
+impl ScpConfig {
+    /// Checks every value; the first bad one is reported with its key.
+    pub fn validate(&self) -> Result<(), ScpConfigError> {
+        check_ae_title(&self.ae_title).map_err(|m| invalid("ae_title", m))?;
+        if self.ae_title.trim() != self.ae_title {
+            return Err(invalid(
+                "ae_title",
+                format!("{:?} has leading or trailing spaces", self.ae_title),
+            ));
+        }
+        self.bind_addr()?;
+        self.allowed()?;
+        if !(1..=10_000).contains(&self.max_associations) {
+            return Err(invalid(
+                "max_associations",
+                format!("must be 1..=10000, got {}", self.max_associations),
+            ));
+        }
+        if !(1..=86_400).contains(&self.read_timeout_s) {
+            return Err(invalid(
+                "read_timeout_s",
+                format!("must be 1..=86400 seconds, got {}", self.read_timeout_s),
+            ));
+        }
+        if !(MIN_MAX_PDU..=MAX_MAX_PDU).contains(&self.max_pdu) {
+            return Err(invalid(
+                "max_pdu",
+                format!("must be {MIN_MAX_PDU}..={MAX_MAX_PDU} bytes, got {}", self.max_pdu),
+            ));
+        }
+        if !(1..=MAX_INSTANCE_MB).contains(&self.max_instance_mb) {
+            return Err(invalid(
+                "max_instance_mb",
+                format!("must be 1..={MAX_INSTANCE_MB}, got {}", self.max_instance_mb),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `bind` as a socket address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ScpConfigError> {
+        self.bind
+            .trim()
+            .parse()
+            .map_err(|_| invalid("bind", format!("{:?} is not an IP:port address", self.bind)))
+    }
+
+    /// `allowed_calling`, parsed.
+    pub fn allowed(&self) -> Result<Vec<AllowedCalling>, ScpConfigError> {
+        self.allowed_calling
+            .iter()
+            .map(|e| AllowedCalling::parse(e).map_err(|m| invalid("allowed_calling", m)))
+            .collect()
+    }
+
+    /// `read_timeout_s` as a duration.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_s)
+    }
+
+    /// `max_instance_mb` in bytes.
+    pub fn max_instance_bytes(&self) -> usize {
+        usize::try_from(self.max_instance_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = ScpConfig::default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        let back: ScpConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+        let partial: ScpConfig = toml::from_str("ae_title = \"NODE\"\nother_storage = \"discard\"\n").unwrap();
+        assert_eq!(partial.ae_title, "NODE");
+        assert_eq!(partial.other_storage, OtherStorage::Discard);
+        assert_eq!(partial.max_pdu, 16384);
+        assert!(
+            toml::from_str::<ScpConfig>("max_pud = 5000\n").is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: Vec<(ScpConfig, &str)> = vec![
+            (
+                ScpConfig {
+                    ae_title: String::new(),
+                    ..ScpConfig::default()
+                },
+                "scp.ae_title",
+            ),
+            (
+                ScpConfig {
+                    ae_title: "A_VERY_LONG_AE_TITLE".into(),
+                    ..ScpConfig::default()
+                },
+                "scp.ae_title",
+            ),
+            (
+                ScpConfig {
+                    bind: "localhost".into(),
+                    ..ScpConfig::default()
+                },
+                "scp.bind",
+            ),
+            (
+                ScpConfig {
+                    allowed_calling: vec!["PACS@not-an-ip".into()],
+                    ..ScpConfig::default()
+                },
+                "scp.allowed_calling",
+            ),
+            (
+                ScpConfig {
+                    max_associations: 0,
+                    ..ScpConfig::default()
+                },
+                "scp.max_associations",
+            ),
+            (
+                ScpConfig {
+                    read_timeout_s: 0,
+                    ..ScpConfig::default()
+                },
+                "scp.read_timeout_s",
+            ),
+            (
+                ScpConfig {
+                    max_pdu: 4095,
+                    ..ScpConfig::default()
+                },
+                "scp.max_pdu",
+            ),
+            (
+                ScpConfig {
+                    max_instance_mb: 0,
+                    ..ScpConfig::default()
+                },
+                "scp.max_instance_mb",
+            ),
+        ];
+        for (config, key) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn allowed_calling_entries_bind_hosts() {
+        let any = AllowedCalling::parse("PACS").unwrap();
+        let bound = AllowedCalling::parse("PACS@10.0.0.5").unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let pacs: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(any.matches("PACS", local));
+        assert!(!any.matches("pacs", local));
+        assert!(bound.matches("PACS", pacs));
+        assert!(bound.matches("PACS", "::ffff:10.0.0.5".parse().unwrap()));
+        assert!(!bound.matches("PACS", local));
+        assert!(AllowedCalling::parse("@10.0.0.5").is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! `fcdnode demo`: the whole loop on one machine. Synthesises an FCD patient and a control as
+//! DICOM, starts the node with a model package, sends the series by C-STORE as a scanner would,
+//! receives the SC and SR in a built-in receiver playing the PACS, and reports the triage.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+
+use crate::config::Settings;
+use crate::deliver::{self, Destination, EXPLICIT_VR_LE};
+use crate::ingest::{self, IngestStats, InstanceSink, ReceivedInstance, ScpConfig, StoreOutcome};
+use crate::spool::db::JobState;
+use crate::synth::{self, CohortOptions, DicomExport};
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("demo, {step}: {message}")]
+pub struct DemoError {
+    step: &'static str,
+    message: String,
+}
+
+fn fail(step: &'static str) -> impl Fn(String) -> DemoError {
+    move |message| DemoError { step, message }
+}
+
+/// Knobs of the demo.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Working directory (patients, node state, received results); emptied first.
+    pub out: PathBuf,
+    /// Model package.
+    pub model: PathBuf,
+    /// Seed of the synthetic patients.
+    pub seed: u64,
+    /// Give up waiting for results after this long.
+    pub timeout: Duration,
+}
+
+/// One synthetic subject's outcome.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SubjectResult {
+    /// `sub-XXXXX`.
+    pub subject: String,
+    /// `fcd` or `hc`: the truth.
+    pub group: String,
+    /// Job state at the end.
+    pub state: String,
+    /// The node's result.json, when made.
+    pub result: Option<serde_json::Value>,
+    /// The job's result directory (preview.png is there).
+    pub result_dir: Option<PathBuf>,
+}
+
+/// What the demo did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DemoReport {
+    /// Per subject.
+    pub subjects: Vec<SubjectResult>,
+    /// Files the built-in PACS received.
+    pub received: Vec<PathBuf>,
+    /// Seconds from the first C-STORE to the last result received.
+    pub seconds: f64,
+}
+
+/// Stores whatever arrives as files in one directory: the demo's PACS.
+struct FolderSink {
+    dir: PathBuf,
+}
+
+impl InstanceSink for FolderSink {
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        let path = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
+        match crate::spool::write_instance_file(&instance, &path) {
+            Ok(()) => StoreOutcome::Stored,
+            Err(reason) => StoreOutcome::Failed { status: 0xA700, reason },
+        }
+    }
+}
+
+/// Runs the demo; `base` supplies routing and runtime settings.
+pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, DemoError> {
+    let out = &options.out;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| fail("clean")(format!("{}: {e}", out.display())))?;
+    }
+    let patients = out.join("patients");
+    let pacs = out.join("pacs");
+    std::fs::create_dir_all(&pacs).map_err(|e| fail("clean")(format!("{}: {e}", pacs.display())))?;
+
+    eprintln!(
+        "1/4 synthesising an FCD patient and a control as DICOM under {}",
+        patients.display()
+    );
+    let cohort = {
+        let patients = patients.clone();
+        let seed = options.seed;
+        tokio::task::spawn_blocking(move || {
+            synth::generate(
+                &patients,
+                &CohortOptions {
+                    subjects: 2,
+                    fcd_fraction: 0.5,
+                    seed,
+                    dicom: Some(DicomExport {
+                        order: synth::SliceOrder::Asc,
+                        enhanced: false,
+                        transfer_syntax: EXPLICIT_VR_LE.into(),
+                    }),
+                    preview: false,
+                    ..CohortOptions::default()
+                },
+            )
+        })
+        .await
+        .map_err(|e| fail("synth")(e.to_string()))?
+        .map_err(|e| fail("synth")(e.to_string()))?
+    };
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("receiver")(e.to_string()))?;
+    let receiver_port = receiver
+        .local_addr()
+        .map_err(|e| fail("receiver")(e.to_string()))?
+        .port();
+    let receiver_config = Arc::new(ScpConfig {
+        ae_title: "DEMO_PACS".into(),
+        other_storage: ingest::OtherStorage::Discard,
+        ..ScpConfig::default()
+    });
+    let sink: Arc<dyn InstanceSink> = Arc::new(FolderSink { dir: pacs.clone() });
+    let receiver_task = tokio::spawn(ingest::serve(
+        receiver,
+        receiver_config,
+        sink,
+        Arc::new(IngestStats::default()),
+        stop_rx,
+    ));
+
+    let mut settings = base.clone();
+    let config = &mut settings.config;
+    config.node.data_dir = out.join("node");
+    config.node.model = options.model.clone();
+    config.scp.bind = "127.0.0.1:0".into();
+    config.api.bind = "127.0.0.1:0".into();
+    config.tracker.stable_age_s = 2.0;
+    config.destinations = vec![Destination::new("demo-pacs", "DEMO_PACS", "127.0.0.1", receiver_port)];
+    config.outbox.send_to = vec!["demo-pacs".into()];
+    eprintln!("2/4 starting the node with model {}", options.model.display());
+    let node = super::start(settings.clone())
+        .await
+        .map_err(|e| fail("start")(e.to_string()))?;
+    let node_dest = Destination::new(
+        "fcdnode",
+        &settings.config.scp.ae_title,
+        "127.0.0.1",
+        node.dicom_addr.port(),
+    );
+
+    eprintln!(
+        "3/4 sending both subjects' T1w and FLAIR series by C-STORE to {}@{}",
+        settings.config.scp.ae_title, node.dicom_addr
+    );
+    let start = Instant::now();
+    let mut studies = Vec::new();
+    for p in &cohort.participants {
+        let subject_dir = patients.join("dicom").join(&p.id);
+        let files =
+            crate::assemble::list_files(std::slice::from_ref(&subject_dir)).map_err(|e| fail("send")(e.to_string()))?;
+        studies.push((p.id.clone(), p.group.to_string(), study_uid(&files)));
+        let outcomes = deliver::send(&node_dest, "DEMO_MRI", &files)
+            .await
+            .map_err(|e| fail("send")(e.to_string()))?;
+        if let Some(bad) = outcomes.iter().find(|o| o.result.is_err()) {
+            return Err(fail("send")(format!("{}: {:?}", bad.path.display(), bad.result)));
+        }
+    }
+
+    eprintln!("4/4 waiting for the SC and SR to come back (stable age 2 s, then inference)");
+    let db = node.db.clone();
+    let deadline = Instant::now() + options.timeout;
+    let jobs = loop {
+        let jobs = db.jobs(100).map_err(|e| fail("wait")(e.to_string()))?;
+        let done = jobs
+            .iter()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Delivered | JobState::Failed | JobState::Undeliverable
+                )
+            })
+            .count();
+        if done >= studies.len() || Instant::now() > deadline {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    node.shutdown().await;
+    let _ = stop.send(true);
+    let _ = receiver_task.await;
+
+    let subjects = studies
+        .into_iter()
+        .map(|(subject, group, study)| {
+            let job = jobs.iter().find(|j| Some(&j.study_uid) == study.as_ref());
+            let result_dir = job.and_then(|j| j.result_dir.clone());
+            let result = result_dir
+                .as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join("result.json")).ok())
+                .and_then(|t| serde_json::from_str(&t).ok());
+            SubjectResult {
+                subject,
+                group,
+                state: job.map_or_else(|| "no job".into(), |j| j.state.as_str().to_string()),
+                result,
+                result_dir,
+            }
+        })
+        .collect();
+    let mut received: Vec<PathBuf> = std::fs::read_dir(&pacs)
+        .map_err(|e| fail("collect")(e.to_string()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    received.sort();
+    Ok(DemoReport {
+        subjects,
+        received,
+        seconds,
+    })
+}
+
+fn study_uid(files: &[PathBuf]) -> Option<String> {
+    let first: &Path = files.first()?;
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(first)
+        .ok()?;
+    obj.element(tags::STUDY_INSTANCE_UID)
+        .ok()?
+        .to_str()
+        .ok()
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+}

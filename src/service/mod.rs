@@ -1,0 +1,295 @@
+//! The running node: SCP → spool → tracker → pipeline → outbox, plus the HTTP API, wired from
+//! validated [`Settings`]. Every hand-over between stages goes through the job database, so a
+//! restart resumes where the node stopped.
+
+pub mod demo;
+mod outbox;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState, Metrics};
+use crate::config::Settings;
+use crate::infer::runtime::{self, RuntimeError};
+use crate::infer::{Ensemble, InferError};
+use crate::ingest::{self, IngestStats, InstanceSink, ReceivedInstance, StoreOutcome};
+use crate::package::manifest::{ModelPackage, PackageError};
+use crate::spool::{Spool, SpoolError};
+use crate::tracker::Tracker;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Spool or job database.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// ONNX Runtime library.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The model package.
+    #[error("[node] model: {0}")]
+    Model(#[from] PackageError),
+    /// Loading the model into ONNX Runtime.
+    #[error("[node] model: {0}")]
+    Infer(#[from] InferError),
+    /// A listening socket.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    /// Where the SCP listens.
+    pub dicom_addr: SocketAddr,
+    /// Where the HTTP API listens, when enabled.
+    pub api_addr: Option<SocketAddr>,
+    /// The job database (tests and the demo watch it).
+    pub db: Arc<crate::spool::db::JobDb>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Counts spool outcomes into the metrics, then answers what the spool said.
+struct MeteredSpool {
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+}
+
+impl InstanceSink for MeteredSpool {
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        let bytes = instance.dataset.len() as u64;
+        let outcome = self.spool.store(instance);
+        match &outcome {
+            StoreOutcome::Failed { status, .. } => self.metrics.instance_refused(*status),
+            _ => self.metrics.instance_received(bytes),
+        }
+        outcome
+    }
+}
+
+/// Starts every stage on the current tokio runtime (it must be multi-threaded).
+pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
+    let config = &settings.config;
+    let spool = Arc::new(Spool::open(&config.node.data_dir, &config.node.device_uid)?);
+    let db = spool.db().clone();
+    let requeued = db.requeue_unfinished().map_err(SpoolError::from)?;
+    if requeued > 0 {
+        tracing::warn!("{requeued} unfinished job(s) from before the restart run again");
+    }
+    let ensemble = load_model(&settings)?;
+    let channels = ensemble.manifest().channels.clone();
+    tracing::info!(
+        model = %ensemble.manifest().name,
+        device = ?ensemble.device(),
+        "model {} loaded", config.node.model.display()
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let listener = bind("DICOM [scp] bind", &config.scp.bind).await?;
+    let dicom_addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+        what: "DICOM [scp] bind",
+        addr: config.scp.bind.clone(),
+        source,
+    })?;
+    let sink: Arc<dyn InstanceSink> = Arc::new(MeteredSpool {
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+    });
+    let scp_config = Arc::new(config.scp.clone());
+    let stats = Arc::new(IngestStats::default());
+    let rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = ingest::serve(listener, scp_config, sink, stats, rx).await {
+            tracing::error!("DICOM listener stopped: {e}");
+        }
+    }));
+
+    let api_addr = if config.api.enabled {
+        let listener = bind("HTTP [api] bind", &config.api.bind).await?;
+        let addr = listener.local_addr().ok();
+        let state = ApiState {
+            db: db.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = api::serve(listener, state, rx).await {
+                tracing::error!("HTTP API stopped: {e}");
+            }
+        }));
+        addr
+    } else {
+        None
+    };
+
+    let tracker = Tracker::new(db.clone(), settings.router.clone(), channels, config.tracker.clone());
+    let mut threads = vec![spawn_thread("tracker", {
+        let rx = shutdown_rx.clone();
+        let poll = Duration::from_secs_f64(config.tracker.poll_s);
+        let metrics = metrics.clone();
+        let spool = spool.clone();
+        let retention = config.retention.clone();
+        let results = results_dir(&config.node.data_dir);
+        move || tracker_loop(tracker, spool, &results, retention, metrics, rx, poll)
+    })];
+    threads.push(spawn_thread("pipeline", {
+        let worker = worker::Worker::new(&settings, db.clone(), ensemble, metrics.clone());
+        let rx = shutdown_rx.clone();
+        move || worker.run(rx)
+    }));
+    tasks.push(tokio::spawn(outbox::run(
+        db.clone(),
+        config.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )));
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(%dicom_addr, ?api_addr, ae_title = %config.scp.ae_title, "node ready");
+    Ok(Node {
+        dicom_addr,
+        api_addr,
+        db,
+        shutdown,
+        tasks,
+        threads,
+    })
+}
+
+impl Node {
+    /// Stops accepting, lets running steps finish, and returns when every stage has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Results of job `id` live in `<data_dir>/results/job-<id>`.
+pub fn results_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("results")
+}
+
+fn load_model(settings: &Settings) -> Result<Ensemble, ServiceError> {
+    let library = runtime::find_library(settings.runtime.onnxruntime.as_deref())?;
+    runtime::init(&library)?;
+    let package = ModelPackage::load(&settings.config.node.model)?;
+    Ok(Ensemble::load(
+        &package,
+        settings.runtime.device,
+        settings.runtime.threads,
+    )?)
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServiceError> {
+    TcpListener::bind(addr).await.map_err(|source| ServiceError::Bind {
+        what,
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start the {name} thread: {e}"))
+}
+
+/// Sleeps `d` or until shutdown; true when the node is shutting down.
+fn wait_or_stop(rx: &watch::Receiver<bool>, d: Duration) -> bool {
+    let step = Duration::from_millis(50);
+    let mut left = d;
+    while !left.is_zero() {
+        if *rx.borrow() {
+            return true;
+        }
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+    *rx.borrow()
+}
+
+fn tracker_loop(
+    mut tracker: Tracker,
+    spool: Arc<Spool>,
+    results: &Path,
+    retention: crate::config::RetentionConfig,
+    metrics: Arc<Metrics>,
+    rx: watch::Receiver<bool>,
+    poll: Duration,
+) {
+    let mut last_retention = 0.0;
+    loop {
+        let now = crate::spool::db::now();
+        match tracker.tick(now) {
+            Ok(jobs) => {
+                for _ in &jobs {
+                    metrics.series_completed();
+                }
+            }
+            Err(e) => tracing::error!("tracker: {e}"),
+        }
+        if now - last_retention > 3600.0 {
+            last_retention = now;
+            apply_retention(&spool, results, &retention);
+        }
+        if wait_or_stop(&rx, poll) {
+            return;
+        }
+    }
+}
+
+fn apply_retention(spool: &Spool, results: &Path, retention: &crate::config::RetentionConfig) {
+    const DAY: f64 = 86_400.0;
+    if retention.spool_days > 0.0 {
+        match spool.expire(retention.spool_days * DAY) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("retention: {n} spooled instance(s) deleted"),
+            Err(e) => tracing::warn!("retention: {e}"),
+        }
+    }
+    if retention.results_days > 0.0
+        && let Ok(entries) = std::fs::read_dir(results)
+    {
+        let max_age = Duration::from_secs_f64(retention.results_days * DAY);
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > max_age);
+            if old && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), "retention: cannot delete: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The outbox: sends due deliveries, one association per destination and pass, and records each
+//! file's outcome. Transient faults are retried with exponential backoff, persisted in the job
+//! database (so retries survive restarts); permanent faults and exhausted budgets go to the
+//! dead letters, visible in the API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::api::{DeliveryOutcome, Metrics};
+use crate::config::Config;
+use crate::deliver::{self, FaultKind};
+use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb};
+
+pub(super) async fn run(db: Arc<JobDb>, config: Config, metrics: Arc<Metrics>, mut rx: watch::Receiver<bool>) {
+    let poll = Duration::from_secs_f64(config.outbox.poll_s);
+    loop {
+        let due = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || db.due_deliveries(db::now())).await
+        };
+        match due {
+            Ok(Ok(due)) if !due.is_empty() => pass(&db, &config, &metrics, due).await,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("outbox: {e}"),
+            Err(e) => tracing::error!("outbox: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = rx.changed() => {}
+        }
+        if *rx.borrow() {
+            return;
+        }
+    }
+}
+
+async fn pass(db: &Arc<JobDb>, config: &Config, metrics: &Metrics, due: Vec<DeliveryRow>) {
+    let mut by_destination: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
+    for row in due {
+        by_destination.entry(row.destination.clone()).or_default().push(row);
+    }
+    for (name, rows) in by_destination {
+        let Some(dest) = config.destinations.iter().find(|d| d.name == name) else {
+            for row in &rows {
+                let reason = format!("destination {name:?} is no longer configured");
+                settle(db, metrics, &name, row, DeliveryState::Dead, 0.0, Some(&reason)).await;
+            }
+            continue;
+        };
+        let files: Vec<PathBuf> = rows.iter().map(|r| r.path.clone()).collect();
+        let start = Instant::now();
+        let outcomes = deliver::send(dest, &config.scp.ae_title, &files).await;
+        metrics.observe_stage("deliver", start.elapsed().as_secs_f64());
+        for (i, row) in rows.iter().enumerate() {
+            let result = match &outcomes {
+                Ok(per_file) => per_file
+                    .get(i)
+                    .map(|o| o.result.clone().map(drop))
+                    .unwrap_or_else(|| Ok(())),
+                Err(fault) => Err(fault.clone()),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(destination = %name, file = %row.path.display(), "delivered");
+                    settle(db, metrics, &name, row, DeliveryState::Delivered, 0.0, None).await;
+                }
+                Err(fault) => {
+                    let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+                    let retry = fault.kind() == FaultKind::Transient && !config.outbox.retry.exhausted(attempts);
+                    let message = fault.to_string();
+                    if retry {
+                        let next = db::now() + config.outbox.retry.delay(attempts).as_secs_f64();
+                        tracing::warn!(attempt = attempts, "{message}; retrying later");
+                        settle(db, metrics, &name, row, DeliveryState::Pending, next, Some(&message)).await;
+                    } else {
+                        let why = if fault.kind() == FaultKind::Transient {
+                            format!("{message} (gave up after {attempts} attempts)")
+                        } else {
+                            message
+                        };
+                        tracing::error!("dead letter: {why}");
+                        settle(db, metrics, &name, row, DeliveryState::Dead, 0.0, Some(&why)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn settle(
+    db: &Arc<JobDb>,
+    metrics: &Metrics,
+    destination: &str,
+    row: &DeliveryRow,
+    state: DeliveryState,
+    next: f64,
+    error: Option<&str>,
+) {
+    metrics.delivery(
+        destination,
+        match state {
+            DeliveryState::Delivered => DeliveryOutcome::Delivered,
+            DeliveryState::Pending => DeliveryOutcome::Retry,
+            DeliveryState::Dead => DeliveryOutcome::Dead,
+        },
+    );
+    let db = db.clone();
+    let id = row.id;
+    let error = error.map(str::to_owned);
+    match tokio::task::spawn_blocking(move || db.settle_delivery(id, state, next, error.as_deref())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("outbox: {e}"),
+        Err(e) => tracing::error!("outbox: {e}"),
+    }
+}

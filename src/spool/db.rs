@@ -1,0 +1,650 @@
+//! The job database: SQLite in WAL mode with `synchronous=FULL`, so a row committed before a
+//! C-STORE-RSP survives a crash. It records instances, series (with their completion state),
+//! jobs (with their state machine) and deliveries (one row per result file and destination).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Why the job database failed.
+#[derive(Debug, thiserror::Error)]
+#[error("job database {path}: {source}")]
+pub struct DbError {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
+/// Seconds since the Unix epoch, as stored in the database.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Where a job is. Stored as the lowercase name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Created from complete series; waiting for a worker.
+    Received,
+    /// Series read and assembled into volumes.
+    Assembled,
+    /// Model run and heatmap computed.
+    Inferred,
+    /// SC, SR and result.json written; deliveries queued.
+    Reported,
+    /// Every delivery acknowledged (or there was nowhere to deliver).
+    Delivered,
+    /// Stopped with a reason; other jobs go on.
+    Failed,
+    /// A delivery hit a permanent fault or ran out of retries.
+    Undeliverable,
+}
+
+impl JobState {
+    /// Every state, for metrics.
+    pub const ALL: [JobState; 7] = [
+        JobState::Received,
+        JobState::Assembled,
+        JobState::Inferred,
+        JobState::Reported,
+        JobState::Delivered,
+        JobState::Failed,
+        JobState::Undeliverable,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Received => "received",
+            JobState::Assembled => "assembled",
+            JobState::Inferred => "inferred",
+            JobState::Reported => "reported",
+            JobState::Delivered => "delivered",
+            JobState::Failed => "failed",
+            JobState::Undeliverable => "undeliverable",
+        }
+    }
+
+    fn parse(s: &str) -> JobState {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .unwrap_or(JobState::Failed)
+    }
+}
+
+/// A series the tracker follows.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SeriesRow {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Calling AE of the association that sent the latest instance.
+    pub calling_ae: String,
+    /// Directory holding the series' files.
+    pub dir: PathBuf,
+    /// Instances stored.
+    pub instances: i64,
+    /// When the last instance arrived.
+    pub last_received_at: f64,
+    /// Bumped when an instance arrives after the series was handled: the series is reopened.
+    pub generation: i64,
+    /// The generation the tracker last handled; `None` while never handled.
+    pub handled_generation: Option<i64>,
+    /// Model channel the router chose at the last handling (`None`: ignored or not handled).
+    pub channel: Option<String>,
+}
+
+/// One job: a study's series run through the pipeline.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JobRow {
+    /// Job id.
+    pub id: i64,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Series per model channel, in the model's channel order.
+    pub series: Vec<String>,
+    /// Calling AE of the sender.
+    pub calling_ae: String,
+    /// Where it is.
+    pub state: JobState,
+    /// Why it failed, or what the last step said.
+    pub reason: Option<String>,
+    /// The job this one replaces (late instances reopened the series).
+    pub supersedes: Option<i64>,
+    /// Directory with SC, SR, preview and result.json.
+    pub result_dir: Option<PathBuf>,
+    /// Times the pipeline started on it (a restart in the middle counts).
+    pub attempts: i64,
+    /// Created at (Unix seconds).
+    pub created_at: f64,
+    /// Last state change (Unix seconds).
+    pub updated_at: f64,
+}
+
+/// Delivery state of one result file to one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Acknowledged by the destination.
+    Delivered,
+    /// Permanent fault or retries exhausted: kept for an operator, never resent on its own.
+    Dead,
+}
+
+impl DeliveryState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> DeliveryState {
+        match s {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            _ => DeliveryState::Dead,
+        }
+    }
+}
+
+/// One result file bound for one destination.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DeliveryRow {
+    /// Row id.
+    pub id: i64,
+    /// The job that produced the file.
+    pub job_id: i64,
+    /// Destination name from the configuration.
+    pub destination: String,
+    /// The file to send.
+    pub path: PathBuf,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Earliest time of the next attempt (Unix seconds).
+    pub next_attempt_at: f64,
+    /// The last fault, if any.
+    pub last_error: Option<String>,
+}
+
+/// Result of recording an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// New instance.
+    New,
+    /// The SOP Instance UID was already there.
+    Duplicate,
+}
+
+/// Facts of a stored instance.
+pub struct InstanceRecord<'a> {
+    /// SOP Instance UID.
+    pub sop_uid: &'a str,
+    /// Series Instance UID.
+    pub series_uid: &'a str,
+    /// Study Instance UID.
+    pub study_uid: &'a str,
+    /// Stored file.
+    pub path: &'a Path,
+    /// Series directory.
+    pub series_dir: &'a Path,
+    /// Calling AE.
+    pub calling_ae: &'a str,
+    /// File size in bytes.
+    pub size: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,
+    path TEXT NOT NULL, calling_ae TEXT NOT NULL, size INTEGER NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, calling_ae TEXT NOT NULL, dir TEXT NOT NULL,
+    instances INTEGER NOT NULL, last_received_at REAL NOT NULL, generation INTEGER NOT NULL,
+    handled_generation INTEGER, channel TEXT);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, series TEXT NOT NULL, calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL, reason TEXT, supersedes INTEGER, result_dir TEXT, attempts INTEGER NOT NULL,
+    claimed INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, destination TEXT NOT NULL, path TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, last_error TEXT,
+    UNIQUE (job_id, destination, path));
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
+";
+
+/// The job database; one connection behind a mutex (writes are short).
+pub struct JobDb {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl JobDb {
+    /// Opens (or creates) the database at `path` in WAL mode with `synchronous=FULL`.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let err = |source| DbError {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (statements are atomic).
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> DbError {
+        DbError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Whether an instance is already stored.
+    pub fn has_instance(&self, sop_uid: &str) -> Result<bool, DbError> {
+        self.conn()
+            .query_row("SELECT 1 FROM instances WHERE sop_uid = ?1", [sop_uid], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a stored instance and touches its series; an instance for a series the tracker
+    /// already handled reopens it (new generation).
+    pub fn record_instance(&self, rec: &InstanceRecord<'_>) -> Result<Recorded, DbError> {
+        let now = now();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO instances VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    rec.sop_uid,
+                    rec.series_uid,
+                    rec.study_uid,
+                    rec.path.to_string_lossy(),
+                    rec.calling_ae,
+                    rec.size as i64,
+                    now
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        if inserted == 0 {
+            return Ok(Recorded::Duplicate);
+        }
+        tx.execute(
+            "INSERT INTO series VALUES (?1, ?2, ?3, ?4, 1, ?5, 0, NULL, NULL)
+             ON CONFLICT (series_uid) DO UPDATE SET
+                instances = instances + 1, last_received_at = ?5, calling_ae = ?3,
+                generation = CASE WHEN handled_generation = generation THEN generation + 1 ELSE generation END",
+            params![
+                rec.series_uid,
+                rec.study_uid,
+                rec.calling_ae,
+                rec.series_dir.to_string_lossy(),
+                now
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Recorded::New)
+    }
+
+    /// Series with unhandled instances whose last instance is older than `stable_before`.
+    pub fn stable_series(&self, stable_before: f64) -> Result<Vec<SeriesRow>, DbError> {
+        self.select_series(
+            "WHERE (handled_generation IS NULL OR handled_generation < generation) AND last_received_at <= ?1",
+            params![stable_before],
+        )
+    }
+
+    /// Handled series of a study that feed a model channel.
+    pub fn channel_series(&self, study_uid: &str) -> Result<Vec<SeriesRow>, DbError> {
+        self.select_series(
+            "WHERE study_uid = ?1 AND channel IS NOT NULL AND handled_generation = generation",
+            params![study_uid],
+        )
+    }
+
+    /// One series.
+    pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRow>, DbError> {
+        Ok(self
+            .select_series("WHERE series_uid = ?1", params![series_uid])?
+            .into_iter()
+            .next())
+    }
+
+    fn select_series(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<SeriesRow>, DbError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT series_uid, study_uid, calling_ae, dir, instances, last_received_at, generation, \
+             handled_generation, channel FROM series {filter} ORDER BY last_received_at"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        stmt.query_map(args, |r| {
+            Ok(SeriesRow {
+                series_uid: r.get(0)?,
+                study_uid: r.get(1)?,
+                calling_ae: r.get(2)?,
+                dir: PathBuf::from(r.get::<_, String>(3)?),
+                instances: r.get(4)?,
+                last_received_at: r.get(5)?,
+                generation: r.get(6)?,
+                handled_generation: r.get(7)?,
+                channel: r.get(8)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Marks a series generation handled, with the channel routing chose (`None`: ignored).
+    pub fn mark_handled(&self, series_uid: &str, generation: i64, channel: Option<&str>) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE series SET handled_generation = ?2, channel = ?3 WHERE series_uid = ?1",
+                params![series_uid, generation, channel],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Creates a job in state `received`, superseding the latest job on the same primary series.
+    pub fn create_job(&self, study_uid: &str, series: &[String], calling_ae: &str) -> Result<i64, DbError> {
+        let now = now();
+        let series_json = serde_json::to_string(series).unwrap_or_default();
+        let conn = self.conn();
+        let supersedes: Option<i64> = match series.first() {
+            Some(primary) => conn
+                .query_row(
+                    "SELECT id FROM jobs WHERE study_uid = ?1 AND json_extract(series, '$[0]') = ?2
+                     ORDER BY id DESC LIMIT 1",
+                    params![study_uid, primary],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?,
+            None => None,
+        };
+        conn.execute(
+            "INSERT INTO jobs (study_uid, series, calling_ae, state, supersedes, attempts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'received', ?4, 0, ?5, ?5)",
+            params![study_uid, series_json, calling_ae, supersedes, now],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records a job that could not be created from its study (a missing channel), as failed.
+    pub fn create_failed_job(
+        &self,
+        study_uid: &str,
+        series: &[String],
+        calling_ae: &str,
+        reason: &str,
+    ) -> Result<i64, DbError> {
+        let id = self.create_job(study_uid, series, calling_ae)?;
+        self.set_state(id, JobState::Failed, Some(reason))?;
+        Ok(id)
+    }
+
+    /// Moves a job to `state`, with an optional reason.
+    pub fn set_state(&self, id: i64, state: JobState, reason: Option<&str>) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+                params![id, state.as_str(), reason, now()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Takes the oldest job waiting in `received`: marks its attempt and returns it.
+    pub fn claim_job(&self) -> Result<Option<JobRow>, DbError> {
+        let id: Option<i64> = {
+            let conn = self.conn();
+            let id = conn
+                .query_row(
+                    "SELECT id FROM jobs WHERE state = 'received' AND claimed = 0 ORDER BY id LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(id) = id {
+                conn.execute(
+                    "UPDATE jobs SET claimed = 1, attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                    params![id, now()],
+                )
+                .map_err(|e| self.err(e))?;
+            }
+            id
+        };
+        match id {
+            Some(id) => self.job(id),
+            None => Ok(None),
+        }
+    }
+
+    /// After a restart: jobs a worker had started but not reported go back to `received`
+    /// (their partial outputs are discarded by the worker). Returns how many.
+    pub fn requeue_unfinished(&self) -> Result<usize, DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = 'received', claimed = 0, updated_at = ?1
+                 WHERE state IN ('received', 'assembled', 'inferred')",
+                params![now()],
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a job reported with its result directory and queues one delivery per file and
+    /// destination, in one transaction: a crash leaves either both or neither.
+    pub fn report_job(
+        &self,
+        id: i64,
+        result_dir: &Path,
+        files: &[PathBuf],
+        destinations: &[String],
+    ) -> Result<(), DbError> {
+        let now = now();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let state = if destinations.is_empty() || files.is_empty() {
+            JobState::Delivered
+        } else {
+            JobState::Reported
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?2, result_dir = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, state.as_str(), result_dir.to_string_lossy(), now],
+        )
+        .map_err(|e| self.err(e))?;
+        for destination in destinations {
+            for file in files {
+                tx.execute(
+                    "INSERT OR IGNORE INTO deliveries (job_id, destination, path, state, attempts, next_attempt_at)
+                     VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+                    params![id, destination, file.to_string_lossy(), now],
+                )
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// One job.
+    pub fn job(&self, id: i64) -> Result<Option<JobRow>, DbError> {
+        Ok(self.select_jobs("WHERE id = ?1", params![id])?.into_iter().next())
+    }
+
+    /// The latest jobs, newest first.
+    pub fn jobs(&self, limit: usize) -> Result<Vec<JobRow>, DbError> {
+        self.select_jobs("ORDER BY id DESC LIMIT ?1", params![limit as i64])
+    }
+
+    fn select_jobs(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<JobRow>, DbError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT id, study_uid, series, calling_ae, state, reason, supersedes, result_dir, attempts, \
+             created_at, updated_at FROM jobs {tail}"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        stmt.query_map(args, |r| {
+            Ok(JobRow {
+                id: r.get(0)?,
+                study_uid: r.get(1)?,
+                series: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                calling_ae: r.get(3)?,
+                state: JobState::parse(&r.get::<_, String>(4)?),
+                reason: r.get(5)?,
+                supersedes: r.get(6)?,
+                result_dir: r.get::<_, Option<String>>(7)?.map(PathBuf::from),
+                attempts: r.get(8)?,
+                created_at: r.get(9)?,
+                updated_at: r.get(10)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Jobs per state, for metrics.
+    pub fn job_counts(&self) -> Result<Vec<(JobState, i64)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| Ok((JobState::parse(&r.get::<_, String>(0)?), r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Pending deliveries due by `now`.
+    pub fn due_deliveries(&self, now: f64) -> Result<Vec<DeliveryRow>, DbError> {
+        self.select_deliveries(
+            "WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id",
+            params![now],
+        )
+    }
+
+    /// Deliveries of one job.
+    pub fn job_deliveries(&self, job_id: i64) -> Result<Vec<DeliveryRow>, DbError> {
+        self.select_deliveries("WHERE job_id = ?1 ORDER BY id", params![job_id])
+    }
+
+    /// Deliveries in one state (the dead letters, for the API).
+    pub fn deliveries_in(&self, state: DeliveryState) -> Result<Vec<DeliveryRow>, DbError> {
+        self.select_deliveries("WHERE state = ?1 ORDER BY id", params![state.as_str()])
+    }
+
+    fn select_deliveries(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<DeliveryRow>, DbError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT id, job_id, destination, path, state, attempts, next_attempt_at, last_error FROM deliveries {tail}"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        stmt.query_map(args, |r| {
+            Ok(DeliveryRow {
+                id: r.get(0)?,
+                job_id: r.get(1)?,
+                destination: r.get(2)?,
+                path: PathBuf::from(r.get::<_, String>(3)?),
+                state: DeliveryState::parse(&r.get::<_, String>(4)?),
+                attempts: r.get(5)?,
+                next_attempt_at: r.get(6)?,
+                last_error: r.get(7)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Records the outcome of one delivery attempt; when every delivery of the job is settled,
+    /// the job becomes `delivered` (all acknowledged) or `undeliverable` (some dead).
+    pub fn settle_delivery(
+        &self,
+        id: i64,
+        state: DeliveryState,
+        next_attempt_at: f64,
+        error: Option<&str>,
+    ) -> Result<(), DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4
+             WHERE id = ?1",
+            params![id, state.as_str(), next_attempt_at, error],
+        )
+        .map_err(|e| self.err(e))?;
+        let job_id: i64 = tx
+            .query_row("SELECT job_id FROM deliveries WHERE id = ?1", [id], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let (pending, dead): (i64, i64) = tx
+            .query_row(
+                "SELECT SUM(state = 'pending'), SUM(state = 'dead') FROM deliveries WHERE job_id = ?1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        if pending == 0 {
+            let (job_state, reason) = if dead > 0 {
+                (
+                    JobState::Undeliverable,
+                    Some(format!("{dead} result file(s) could not be delivered")),
+                )
+            } else {
+                (JobState::Delivered, None)
+            };
+            tx.execute(
+                "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+                params![job_id, job_state.as_str(), reason, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Instances received in total (for readiness and metrics after a restart).
+    pub fn instance_count(&self) -> Result<i64, DbError> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Removes instances received before `before` from the database and returns their files,
+    /// so the caller deletes them (retention).
+    pub fn expire_instances(&self, before: f64) -> Result<Vec<PathBuf>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("DELETE FROM instances WHERE received_at < ?1 RETURNING path")
+            .map_err(|e| self.err(e))?;
+        let paths = stmt
+            .query_map([before], |r| Ok(PathBuf::from(r.get::<_, String>(0)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        Ok(paths)
+    }
+}

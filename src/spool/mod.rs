@@ -1,0 +1,273 @@
+//! Spool: the durable store behind the SCP. An instance is written to a temporary file, fsynced,
+//! renamed into `spool/<study>/<series>/<sop>.dcm`, the directory fsynced, and recorded in the
+//! job database — all before the SCP answers success. Our own SC/SR coming back (a PACS that
+//! forwards whole studies) is recognised and discarded: the loop guard.
+
+pub mod db;
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+
+use crate::ingest::{InstanceSink, ReceivedInstance, StoreOutcome};
+use crate::report::is_own_output;
+use db::{InstanceRecord, JobDb, Recorded};
+
+/// DIMSE status: refused, out of resources.
+pub const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
+/// DIMSE status: data set does not match SOP class.
+pub const STATUS_DATASET_MISMATCH: u16 = 0xA900;
+/// DIMSE status: cannot understand.
+pub const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
+
+/// The spool directory and its job database.
+pub struct Spool {
+    root: PathBuf,
+    db: Arc<JobDb>,
+    device_uid: String,
+    tmp_counter: AtomicU64,
+}
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// A directory could not be created.
+    #[error("spool directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The job database failed.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+}
+
+impl Spool {
+    /// Opens the spool under `root` (created if missing) with its database `root/jobs.sqlite`.
+    /// `device_uid` is this node's Device UID, for the loop guard.
+    pub fn open(root: &Path, device_uid: &str) -> Result<Self, SpoolError> {
+        for dir in [root.to_owned(), root.join("spool"), root.join("spool/tmp")] {
+            fs::create_dir_all(&dir).map_err(|source| SpoolError::Dir { path: dir, source })?;
+        }
+        let db = Arc::new(JobDb::open(&root.join("jobs.sqlite"))?);
+        Ok(Self {
+            root: root.to_owned(),
+            db,
+            device_uid: device_uid.to_owned(),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The job database.
+    pub fn db(&self) -> &Arc<JobDb> {
+        &self.db
+    }
+
+    /// The spool root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn store_inner(&self, inst: &ReceivedInstance) -> Result<StoreOutcome, Refusal> {
+        check_uid("Affected SOP Instance UID", &inst.sop_instance_uid)?;
+        if self
+            .db
+            .has_instance(&inst.sop_instance_uid)
+            .map_err(Refusal::resources)?
+        {
+            return Ok(StoreOutcome::Duplicate);
+        }
+        let tmp = self.root.join("spool/tmp").join(format!(
+            "{}-{}.part",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = self.write_and_record(inst, &tmp);
+        if result.is_err() || matches!(result, Ok(StoreOutcome::Discarded { .. } | StoreOutcome::Duplicate)) {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_and_record(&self, inst: &ReceivedInstance, tmp: &Path) -> Result<StoreOutcome, Refusal> {
+        write_part_file(inst, tmp)?;
+        let header = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(tmp)
+            .map_err(|e| Refusal::understand(format!("data set does not parse: {e}")))?;
+        let text = |tag, name: &str| -> Result<String, Refusal> {
+            header
+                .element(tag)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Refusal::understand(format!("{name} is missing")))
+        };
+        let sop_uid = text(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
+        if sop_uid != inst.sop_instance_uid {
+            return Err(Refusal {
+                status: STATUS_DATASET_MISMATCH,
+                reason: format!(
+                    "SOP Instance UID {sop_uid} differs from the command's {}",
+                    inst.sop_instance_uid
+                ),
+            });
+        }
+        if is_own_output(&header, &self.device_uid) {
+            return Ok(StoreOutcome::Discarded {
+                reason: "our own output (Contributing Equipment Device UID): not analysed again".into(),
+            });
+        }
+        let study = text(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
+        let series = text(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
+        check_uid("Study Instance UID", &study)?;
+        check_uid("Series Instance UID", &series)?;
+        let series_dir = self.root.join("spool").join(&study).join(&series);
+        fs::create_dir_all(&series_dir).map_err(|e| Refusal::io(&series_dir, e))?;
+        let path = series_dir.join(format!("{sop_uid}.dcm"));
+        fs::rename(tmp, &path).map_err(|e| Refusal::io(&path, e))?;
+        sync_dir(&series_dir)?;
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let recorded = self
+            .db
+            .record_instance(&InstanceRecord {
+                sop_uid: &sop_uid,
+                series_uid: &series,
+                study_uid: &study,
+                path: &path,
+                series_dir: &series_dir,
+                calling_ae: &inst.calling_ae,
+                size,
+            })
+            .map_err(Refusal::resources)?;
+        Ok(match recorded {
+            Recorded::New => StoreOutcome::Stored,
+            Recorded::Duplicate => StoreOutcome::Duplicate,
+        })
+    }
+
+    /// Deletes spooled instances received more than `max_age_s` ago; returns how many.
+    pub fn expire(&self, max_age_s: f64) -> Result<usize, SpoolError> {
+        let paths = self.db.expire_instances(db::now() - max_age_s)?;
+        for path in &paths {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), "retention: cannot delete: {e}");
+            }
+        }
+        Ok(paths.len())
+    }
+}
+
+impl InstanceSink for Spool {
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        match self.store_inner(&instance) {
+            Ok(outcome) => {
+                if let StoreOutcome::Discarded { reason } = &outcome {
+                    tracing::info!(sop_uid = %instance.sop_instance_uid, calling_ae = %instance.calling_ae, "discarded: {reason}");
+                }
+                outcome
+            }
+            Err(refusal) => {
+                tracing::error!(
+                    sop_uid = %instance.sop_instance_uid,
+                    calling_ae = %instance.calling_ae,
+                    status = format!("{:#06X}", refusal.status),
+                    "not stored: {}", refusal.reason
+                );
+                StoreOutcome::Failed {
+                    status: refusal.status,
+                    reason: refusal.reason,
+                }
+            }
+        }
+    }
+}
+
+/// A failure status and why.
+struct Refusal {
+    status: u16,
+    reason: String,
+}
+
+impl Refusal {
+    fn understand(reason: String) -> Self {
+        Self {
+            status: STATUS_CANNOT_UNDERSTAND,
+            reason,
+        }
+    }
+
+    fn io(path: &Path, e: std::io::Error) -> Self {
+        Self {
+            status: STATUS_OUT_OF_RESOURCES,
+            reason: format!("{}: {e}", path.display()),
+        }
+    }
+
+    fn resources(e: db::DbError) -> Self {
+        Self {
+            status: STATUS_OUT_OF_RESOURCES,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// UIDs become path components: only digits and dots, at most 64 characters.
+fn check_uid(name: &str, uid: &str) -> Result<(), Refusal> {
+    let ok = !uid.is_empty()
+        && uid.len() <= 64
+        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && !uid.starts_with('.')
+        && !uid.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::understand(format!(
+            "{name} {uid:?} is not a valid UID (digits and dots, at most 64 characters)"
+        )))
+    }
+}
+
+/// Writes a received instance as a DICOM file at `path` (meta group + the data set bytes as
+/// received), fsynced; for receivers that keep files without the job database.
+pub fn write_instance_file(inst: &ReceivedInstance, path: &Path) -> Result<(), String> {
+    write_part_file(inst, path).map_err(|r| r.reason)
+}
+
+/// Writes preamble, file meta group and the received data set bytes unchanged, then fsyncs.
+fn write_part_file(inst: &ReceivedInstance, tmp: &Path) -> Result<(), Refusal> {
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(inst.transfer_syntax.as_str())
+        .media_storage_sop_class_uid(inst.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(inst.sop_instance_uid.as_str())
+        .source_application_entity_title(inst.calling_ae.as_str())
+        .build()
+        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
+    let file = File::create(tmp).map_err(|e| Refusal::io(tmp, e))?;
+    let mut out = BufWriter::new(file);
+    let write = |out: &mut BufWriter<File>| -> std::io::Result<()> {
+        out.write_all(&[0u8; 128])?;
+        out.write_all(b"DICM")?;
+        meta.write(&mut *out).map_err(std::io::Error::other)?;
+        out.write_all(&inst.dataset)?;
+        out.flush()
+    };
+    write(&mut out).map_err(|e| Refusal::io(tmp, e))?;
+    let file = out.into_inner().map_err(|e| Refusal::io(tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Refusal::io(tmp, e))
+}
+
+/// Makes a rename durable: fsync of the directory that holds the new name.
+fn sync_dir(dir: &Path) -> Result<(), Refusal> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Refusal::io(dir, e))
+}

@@ -1,0 +1,182 @@
+//! Stable-age completion and job creation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::assemble::{self, Tolerances};
+use crate::package::manifest::Modality;
+use crate::spool::db::{DbError, JobDb, SeriesRow};
+use crate::tracker::routing::{Router, SeriesFacts};
+
+/// `[tracker]`: when a series counts as complete.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// Seconds without a new instance after which a series is complete (Orthanc's StableAge).
+    pub stable_age_s: f64,
+    /// For models with several channels: seconds to wait for the study's missing channels
+    /// after its first channel is complete; then the job fails with the reason.
+    pub channel_wait_s: f64,
+    /// Seconds between checks.
+    pub poll_s: f64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            stable_age_s: 60.0,
+            channel_wait_s: 600.0,
+            poll_s: 1.0,
+        }
+    }
+}
+
+impl TrackerConfig {
+    /// Checks the values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("stable_age_s", self.stable_age_s),
+            ("channel_wait_s", self.channel_wait_s),
+            ("poll_s", self.poll_s),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(format!("[tracker] {key} = {value}: must be a number of seconds ≥ 0"));
+            }
+        }
+        if self.poll_s < 0.05 {
+            return Err(format!("[tracker] poll_s = {}: must be at least 0.05", self.poll_s));
+        }
+        Ok(())
+    }
+}
+
+/// Why a tracker pass failed (the series stay unhandled and are retried next pass).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TrackerError(#[from] DbError);
+
+/// Turns stable series into jobs for a model with the given channels.
+pub struct Tracker {
+    db: Arc<JobDb>,
+    router: Router,
+    channels: Vec<Modality>,
+    config: TrackerConfig,
+    /// Studies with some channels complete, waiting for the others: deadline per study.
+    waiting: BTreeMap<String, f64>,
+}
+
+impl Tracker {
+    /// A tracker over `db` for a model taking `channels` (in order).
+    pub fn new(db: Arc<JobDb>, router: Router, channels: Vec<Modality>, config: TrackerConfig) -> Self {
+        Self {
+            db,
+            router,
+            channels,
+            config,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// One pass at time `now`: routes newly stable series, creates jobs for complete studies
+    /// and fails studies whose channel wait ran out. Returns the new job ids.
+    pub fn tick(&mut self, now: f64) -> Result<Vec<i64>, TrackerError> {
+        let mut studies = Vec::new();
+        for series in self.db.stable_series(now - self.config.stable_age_s)? {
+            let channel = self.route(&series);
+            self.db.mark_handled(
+                &series.series_uid,
+                series.generation,
+                channel.map(|c| c.to_string()).as_deref(),
+            )?;
+            if channel.is_some() {
+                self.waiting
+                    .entry(series.study_uid.clone())
+                    .or_insert(now + self.config.channel_wait_s);
+                studies.push(series.study_uid);
+            }
+        }
+        let mut jobs = Vec::new();
+        let waiting: Vec<(String, f64)> = self.waiting.iter().map(|(s, d)| (s.clone(), *d)).collect();
+        for (study, deadline) in waiting {
+            if let Some(id) = self.try_job(&study, now >= deadline, studies.contains(&study))? {
+                jobs.push(id);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The channel a series feeds, or `None` (logged with the reason).
+    fn route(&self, series: &SeriesRow) -> Option<Modality> {
+        let decided = assemble::list_files(std::slice::from_ref(&series.dir))
+            .and_then(|files| assemble::read_files(&files, true))
+            .and_then(|sources| assemble::plan_series(&sources, &Tolerances::default()));
+        match decided {
+            Ok(plan) => {
+                let decision = self.router.route(&SeriesFacts {
+                    meta: &plan.meta,
+                    slices: plan.shape()[2],
+                    slice_step_mm: Some(plan.ordered.slice_step_mm),
+                });
+                tracing::info!(
+                    series_uid = %series.series_uid,
+                    instances = series.instances,
+                    channel = ?decision.channel,
+                    "series complete: {}", decision.reason
+                );
+                decision.channel.filter(|c| self.channels.contains(c))
+            }
+            Err(e) => {
+                tracing::warn!(series_uid = %series.series_uid, "series complete but not usable: {e}");
+                None
+            }
+        }
+    }
+
+    /// Creates the study's job when every channel is there (or fails it when `expired`).
+    /// `touched`: a series of the study was handled in this pass.
+    fn try_job(&mut self, study: &str, expired: bool, touched: bool) -> Result<Option<i64>, TrackerError> {
+        let rows = self.db.channel_series(study)?;
+        let mut chosen = Vec::new();
+        let mut missing = Vec::new();
+        let mut calling_ae = String::new();
+        for channel in &self.channels {
+            let name = channel.to_string();
+            // The largest series of the channel; the latest on a tie.
+            match rows
+                .iter()
+                .filter(|r| r.channel.as_deref() == Some(name.as_str()))
+                .max_by(|a, b| {
+                    a.instances
+                        .cmp(&b.instances)
+                        .then(a.last_received_at.total_cmp(&b.last_received_at))
+                }) {
+                Some(row) => {
+                    chosen.push(row.series_uid.clone());
+                    calling_ae = row.calling_ae.clone();
+                }
+                None => missing.push(name),
+            }
+        }
+        if missing.is_empty() {
+            self.waiting.remove(study);
+            if !touched {
+                return Ok(None);
+            }
+            let id = self.db.create_job(study, &chosen, &calling_ae)?;
+            tracing::info!(job = id, study_uid = study, series = ?chosen, "job created");
+            return Ok(Some(id));
+        }
+        if expired {
+            self.waiting.remove(study);
+            let reason = format!(
+                "model channel(s) {} did not arrive within {} s of the study's other series",
+                missing.join(", "),
+                self.config.channel_wait_s
+            );
+            let id = self.db.create_failed_job(study, &chosen, &calling_ae, &reason)?;
+            tracing::warn!(job = id, study_uid = study, "{reason}");
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,543 @@
+//! `fcdnode serve` as a process, with DCMTK as the modality (`storescu`, `echoscu`) and as the
+//! PACS (`storescp`): results come back, survive kill -9 at any point, wait for a PACS that is
+//! down, and a late instance supersedes an earlier result.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+use fcdnode::package::manifest::Modality;
+use serde_json::Value;
+
+use crate::util::{dciodvfy, fcdnode, repo, run_ok, tempdir, tool};
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Polls `f` every 100 ms until it is true; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One synthetic FCD patient as DICOM (1 mm, T1w and FLAIR), made once per test run.
+pub fn patient() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo().join("target/it-fixtures/node-patient");
+        if !dir.join("dicom").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            run_ok(
+                fcdnode()
+                    .args([
+                        "synth",
+                        "--subjects",
+                        "1",
+                        "--fcd-fraction",
+                        "1",
+                        "--seed",
+                        "5",
+                        "--dicom",
+                        "--no-preview",
+                        "--out",
+                    ])
+                    .arg(&dir),
+            );
+        }
+        dir
+    })
+}
+
+/// The patient's FLAIR files, sorted.
+pub fn flair_files() -> Vec<PathBuf> {
+    let dir = patient().join("dicom/sub-00001/FLAIR");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// A small model package whose graph is built by the root library (see `infer.rs`).
+fn model(dir: &Path) -> PathBuf {
+    let path = dir.join("model");
+    std::fs::create_dir_all(&path).unwrap();
+    crate::infer::package(&path, Modality::Flair);
+    path
+}
+
+/// `storescp` playing the PACS on `port`, writing into `dir`.
+pub struct Pacs {
+    child: Child,
+    pub dir: PathBuf,
+}
+
+impl Pacs {
+    pub fn start(port: u16, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new(tool("storescp"))
+            .env("TCP_NODELAY", "1")
+            .args(["-aet", "PACS", "--output-directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start storescp: {e}"));
+        wait_until("storescp to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Files received so far.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `fcdnode serve`.
+pub struct NodeProc {
+    child: Option<Child>,
+    config: PathBuf,
+    pub dicom_port: u16,
+    pub api_port: u16,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    /// Writes a config into `dir` (spool and results there too) and starts the node.
+    /// `scp` and `pipeline` add keys to those tables.
+    pub fn start(dir: &Path, model: &Path, pacs_port: u16, scp: &str, pipeline: &str) -> Self {
+        let dicom_port = free_port();
+        let api_port = free_port();
+        let config = dir.join("fcdnode.toml");
+        let text = format!(
+            r#"[node]
+data_dir = "{data}"
+model = "{model}"
+
+[scp]
+ae_title = "FCDNODE"
+bind = "127.0.0.1:{dicom_port}"
+{scp}
+
+[tracker]
+stable_age_s = 1.0
+poll_s = 0.2
+
+[pipeline]
+poll_s = 0.2
+{pipeline}
+
+[outbox]
+send_to = ["pacs"]
+poll_s = 0.2
+
+[outbox.retry]
+initial_backoff_s = 1
+max_backoff_s = 2
+
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs_port}
+timeout_s = 5
+
+[api]
+bind = "127.0.0.1:{api_port}"
+"#,
+            data = dir.join("data").display(),
+            model = model.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut node = Self {
+            child: None,
+            config,
+            dicom_port,
+            api_port,
+            log: dir.join("node.log"),
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the process (again) and waits for `/readyz`.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = fcdnode()
+            .env("RUST_LOG", "info")
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start fcdnode serve: {e}"));
+        self.child = Some(child);
+        let url = format!("http://127.0.0.1:{}/readyz", self.api_port);
+        wait_until("the node to be ready", Duration::from_secs(60), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("fcdnode serve exited with {status}:\n{}", self.log_text());
+            }
+            reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
+        });
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        reqwest::blocking::get(&url)
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    pub fn jobs(&self) -> Vec<Value> {
+        self.get("/jobs").as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.api_port);
+        reqwest::blocking::get(&url)
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// Sends files with storescu as a modality would.
+    pub fn storescu(&self, files: &[PathBuf]) -> std::process::Output {
+        Command::new(tool("storescu"))
+            .env("TCP_NODELAY", "1")
+            // -R: propose exactly the SOP classes of the files.
+            .args(["-R", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+            .arg(self.dicom_port.to_string())
+            .args(files)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run storescu: {e}"))
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn state_of(job: &Value) -> &str {
+    job["state"].as_str().unwrap_or("?")
+}
+
+fn sop_class(path: &Path) -> String {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    obj.meta()
+        .media_storage_sop_class_uid()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+const SC_MULTIFRAME: &str = "1.2.840.10008.5.1.4.1.1.7.4";
+const SR_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+
+fn classes(files: &[PathBuf]) -> Vec<String> {
+    let mut c: Vec<String> = files.iter().map(|f| sop_class(f)).collect();
+    c.sort();
+    c
+}
+
+#[test]
+fn dcmtk_modality_to_node_to_dcmtk_pacs() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    // A PACS that forwards whole studies sends our SC/SR back: accept other classes, keep none.
+    let node = NodeProc::start(
+        dir.path(),
+        &model(dir.path()),
+        pacs_port,
+        "other_storage = \"discard\"",
+        "",
+    );
+    run_ok(
+        Command::new(tool("echoscu"))
+            .args(["-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+            .arg(node.dicom_port.to_string()),
+    );
+    let files = flair_files();
+    let sent = node.storescu(&files);
+    assert!(
+        sent.status.success(),
+        "storescu: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    wait_until("SC and SR at the PACS", Duration::from_secs(180), || {
+        pacs.files().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let received = pacs.files();
+    assert_eq!(classes(&received), vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]);
+    for f in &received {
+        // dciodvfy fails the test on any error; warnings are shown.
+        for warning in dciodvfy(f) {
+            eprintln!("dciodvfy {}: {warning}", f.display());
+        }
+    }
+    let dump = run_ok(Command::new(tool("dsrdump")).arg(received.iter().find(|f| sop_class(f) == SR_3D).unwrap()));
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("SCOORD3D"));
+
+    let jobs = node.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    wait_until("job delivered", Duration::from_secs(10), || {
+        state_of(&node.jobs()[0]) == "delivered"
+    });
+    let job = node.get(&format!("/jobs/{}", jobs[0]["id"]));
+    assert!(job["result"]["probability"].as_f64().is_some(), "{job}");
+    let metrics = node.metrics();
+    assert!(
+        metrics.contains(&format!("fcdnode_instances_received_total {}", files.len())),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fcdnode_jobs{state=\"delivered\"} 1"), "{metrics}");
+
+    // Loop guard: the PACS forwards our own SC/SR back; they are acknowledged, not analysed.
+    let back = node.storescu(&received);
+    assert!(
+        back.status.success(),
+        "storescu: {}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    // A second copy of the series is idempotent: acknowledged, nothing reopens.
+    let again = node.storescu(&files[..3]);
+    assert!(again.status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        node.jobs().len(),
+        1,
+        "own output or duplicates made a job: {:?}",
+        node.jobs()
+    );
+    assert_eq!(pacs.files().len(), 2);
+    assert!(node.log_text().contains("discarded"), "{}", node.log_text());
+}
+
+#[test]
+fn kill_9_while_receiving_and_while_inferring_loses_nothing_and_delivers_once() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    // Occlusion makes inference long enough to be killed in the middle of it.
+    let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "explain = \"occlusion\"");
+
+    let files = flair_files();
+    let spool_count = || {
+        walk(&dir.path().join("data/spool"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .count()
+    };
+    // Kill while receiving: storescu runs in the background; the node dies mid-series.
+    let sender = Command::new(tool("storescu"))
+        .env("TCP_NODELAY", "1")
+        .args(["-v", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+        .arg(node.dicom_port.to_string())
+        .args(&files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("part of the series in the spool", Duration::from_secs(60), || {
+        spool_count() >= files.len() / 3
+    });
+    node.kill();
+    let out = sender.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acknowledged = log.matches("Received Store Response (Success)").count();
+    assert!(
+        acknowledged > 0 && acknowledged < files.len(),
+        "acknowledged {acknowledged}:\n{log}"
+    );
+    let spooled = spool_count();
+    assert!(
+        spooled >= acknowledged,
+        "{acknowledged} acknowledged but only {spooled} in the spool"
+    );
+
+    // The modality sends the whole series again; duplicates are idempotent.
+    node.restart();
+    let sent = node.storescu(&files);
+    assert!(
+        sent.status.success(),
+        "storescu: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert_eq!(spool_count(), files.len());
+
+    // Kill while inferring.
+    wait_until("the job to be assembled", Duration::from_secs(120), || {
+        node.jobs()
+            .first()
+            .is_some_and(|j| matches!(state_of(j), "assembled" | "inferred"))
+    });
+    node.kill();
+    assert!(pacs.files().is_empty(), "results went out before inference finished");
+    node.restart();
+    wait_until("SC and SR at the PACS", Duration::from_secs(300), || {
+        pacs.files().len() >= 2
+    });
+    wait_until("job delivered", Duration::from_secs(30), || {
+        node.jobs().first().is_some_and(|j| state_of(j) == "delivered")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let jobs = node.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["attempts"].as_i64(), Some(2), "{jobs:?}");
+    assert_eq!(
+        classes(&pacs.files()),
+        vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]
+    );
+}
+
+#[test]
+fn results_wait_for_a_pacs_that_is_down_and_arrive_once() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    let sent = node.storescu(&flair_files());
+    assert!(sent.status.success());
+    wait_until("a failed delivery attempt", Duration::from_secs(180), || {
+        node.jobs().first().is_some_and(|j| {
+            let detail = node.get(&format!("/jobs/{}", j["id"]));
+            detail["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x["attempts"].as_i64().unwrap_or(0) >= 1))
+        })
+    });
+    let job = node.jobs()[0].clone();
+    assert_eq!(state_of(&job), "reported");
+    let detail = node.get(&format!("/jobs/{}", job["id"]));
+    let error = detail["deliveries"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("transient"), "{detail}");
+
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    wait_until("SC and SR at the PACS", Duration::from_secs(60), || {
+        pacs.files().len() >= 2
+    });
+    wait_until("job delivered", Duration::from_secs(30), || {
+        state_of(&node.jobs()[0]) == "delivered"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pacs.files().len(), 2, "duplicates: {:?}", pacs.files());
+    assert!(
+        node.metrics()
+            .contains("fcdnode_delivery_failures_total{destination=\"pacs\"}")
+    );
+}
+
+#[test]
+fn a_late_instance_reopens_the_series_and_the_new_sr_supersedes_the_old() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    let files = flair_files();
+    let (first, late) = files.split_at(files.len() - 2);
+    assert!(node.storescu(first).status.success());
+    wait_until("first results", Duration::from_secs(180), || pacs.files().len() >= 2);
+    let first_sr = pacs.files().into_iter().find(|f| sop_class(f) == SR_3D).unwrap();
+    let first_sr_uid = sop_instance(&first_sr);
+    assert!(node.storescu(late).status.success());
+    wait_until("second results", Duration::from_secs(180), || pacs.files().len() >= 4);
+    let jobs = node.jobs();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[0]["supersedes"], jobs[1]["id"], "{jobs:?}");
+    let second_sr = pacs
+        .files()
+        .into_iter()
+        .find(|f| sop_class(f) == SR_3D && sop_instance(f) != first_sr_uid)
+        .unwrap();
+    let dump = run_ok(Command::new(tool("dcmdump")).arg(&second_sr));
+    let text = String::from_utf8_lossy(&dump.stdout);
+    let at = text
+        .find("PredecessorDocumentsSequence")
+        .unwrap_or_else(|| panic!("no predecessor:\n{text}"));
+    assert!(text[at..].contains(&first_sr_uid), "{text}");
+    dciodvfy(&second_sr);
+}
+
+fn sop_instance(path: &Path) -> String {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    obj.meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
