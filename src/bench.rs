@@ -101,7 +101,7 @@ pub fn infer_bench(dir: &Path, bench: &InferBench) -> Result<InferBenchReport> {
 }
 
 /// A 1 mm sagittal FLAIR, 256 × 256 × 176, of a synthetic patient.
-fn write_flair(dir: &Path) -> Result<()> {
+pub(crate) fn write_flair(dir: &Path) -> Result<()> {
     let anatomy = Anatomy::load()?;
     let subject = Subject::sample(
         &anatomy,
@@ -143,7 +143,7 @@ fn write_flair(dir: &Path) -> Result<()> {
 }
 
 /// One fold of random weights on a RAS grid covering [`MODEL_FOV_MM`].
-fn write_model(dir: &Path, bench: &InferBench) -> Result<Manifest> {
+pub(crate) fn write_model(dir: &Path, bench: &InferBench) -> Result<Manifest> {
     std::fs::create_dir_all(dir)?;
     let mut arch = ArchSpec::from_name(&bench.arch)?;
     arch.width_mult = bench.width_mult;

@@ -161,6 +161,23 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
     },
+    /// The running node from outside: series turnaround (last C-STORE-RSP → SR acknowledged by
+    /// the destination, stable age 1 s) with a full-width ResNet-18, and ingest throughput of
+    /// the node's SCP side by side with DCMTK storescp; prints figures, asserts nothing.
+    Node {
+        /// FLAIR series directory; a synthetic 1 mm sagittal 256×256×176 series when absent.
+        #[arg(long)]
+        flair_dir: Option<PathBuf>,
+        /// Runs of each measurement.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Model grid voxel size in mm (the grid covers 192×224×192 mm).
+        #[arg(long, default_value_t = 2.0)]
+        voxel_mm: f64,
+        /// Tracker, pipeline and outbox poll interval in seconds.
+        #[arg(long, default_value_t = 0.1)]
+        poll_s: f64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +255,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runs,
             device,
             onnxruntime: None,
+        }),
+        Command::Bench {
+            what:
+                BenchCommand::Node {
+                    flair_dir,
+                    runs,
+                    voxel_mm,
+                    poll_s,
+                },
+        } => crate::bench_node::command(&crate::bench_node::NodeBench {
+            flair_dir,
+            runs,
+            voxel_mm,
+            poll_s,
         }),
         Command::Infer {
             paths,

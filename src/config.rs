@@ -236,6 +236,7 @@ impl Config {
         };
         self.scp.validate().map_err(|e| invalid(format!("[scp] {e}")))?;
         self.tracker.validate().map_err(invalid)?;
+        self.outbox.retry.validate().map_err(|e| invalid(e.to_string()))?;
         self.api.validate().map_err(|e| invalid(format!("[api] {e}")))?;
         for (i, d) in self.destinations.iter().enumerate() {
             d.validate()

@@ -567,7 +567,8 @@ mod tests {
             "{err}"
         );
 
-        let ds = ex((0x0010, 0x0010), b"ZZ", b"AB");
+        let mut ds = tag_bytes((0x0010, 0x0010));
+        ds.extend_from_slice(b"ZZ\x02\x00AB");
         let err = check_element_lengths(&ds, EX).unwrap_err();
         assert!(err.message.contains("unknown VR"), "{err}");
 

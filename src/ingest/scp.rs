@@ -193,10 +193,12 @@ pub async fn serve(
                     }
                     Err(_) => {
                         bump(&shared.stats.associations_rejected);
-                        warn!(%peer, max_associations = config.max_associations,
-                            "association rejected: too many concurrent associations");
                         if let Ok(permit) = reject_slots.clone().try_acquire_owned() {
-                            tasks.spawn(reject_busy(socket, peer, config.read_timeout(), permit));
+                            let limit = config.max_associations;
+                            tasks.spawn(reject_busy(socket, peer, config.read_timeout(), limit, permit));
+                        } else {
+                            warn!(%peer, max_associations = config.max_associations,
+                                "connection dropped: too many concurrent associations and rejections");
                         }
                     }
                 }
@@ -266,17 +268,28 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Reads (and discards) the A-ASSOCIATE-RQ of a peer over the association limit and answers
-/// A-ASSOCIATE-RJ (transient, service provider presentation, local limit exceeded).
-async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, timeout: Duration, _permit: OwnedSemaphorePermit) {
+/// Reads the A-ASSOCIATE-RQ of a peer over the association limit (at most 256 KiB, allocated
+/// as it arrives), logs who it was and answers A-ASSOCIATE-RJ (transient, service provider
+/// presentation, local limit exceeded).
+async fn reject_busy(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+    limit: usize,
+    _permit: OwnedSemaphorePermit,
+) {
     let answer = async {
-        let mut header = [0u8; 6];
-        socket.read_exact(&mut header).await?;
-        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
-        if header[0] != 0x01 || length > MAX_REJECTED_RQ {
-            return Ok::<_, std::io::Error>(false);
+        let mut pdu = vec![0u8; 6];
+        socket.read_exact(&mut pdu).await?;
+        let length = u32::from_be_bytes([pdu[2], pdu[3], pdu[4], pdu[5]]);
+        if pdu[0] != 0x01 || length > MAX_REJECTED_RQ {
+            return Ok::<_, std::io::Error>(None);
         }
-        tokio::io::copy(&mut (&mut socket).take(u64::from(length)), &mut tokio::io::sink()).await?;
+        (&mut socket).take(u64::from(length)).read_to_end(&mut pdu).await?;
+        let calling = match dicom_ul::read_pdu(&pdu[..], MAX_REJECTED_RQ, false) {
+            Ok(Some(Pdu::AssociationRQ(rq))) => rq.calling_ae_title,
+            _ => return Ok(None),
+        };
         let rj = Pdu::AssociationRJ(AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(
@@ -287,13 +300,16 @@ async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, timeout: Duration,
         dicom_ul::pdu::write_pdu(&mut bytes, &rj).map_err(std::io::Error::other)?;
         socket.write_all(&bytes).await?;
         socket.shutdown().await?;
-        Ok(true)
+        Ok(Some(calling))
     };
     match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(true)) => debug!(%peer, "sent A-ASSOCIATE-RJ (local limit exceeded)"),
-        Ok(Ok(false)) => debug!(%peer, "over the limit and not an A-ASSOCIATE-RQ: dropped"),
-        Ok(Err(e)) => debug!(%peer, error = %e, "over the limit: connection failed"),
-        Err(_) => debug!(%peer, "over the limit and silent: dropped"),
+        Ok(Ok(Some(calling_ae))) => warn!(%peer, calling_ae = %calling_ae, max_associations = limit,
+            "association rejected (transient): too many concurrent associations"),
+        Ok(Ok(None)) => warn!(%peer, max_associations = limit,
+            "over the association limit and no readable A-ASSOCIATE-RQ: dropped"),
+        Ok(Err(e)) => warn!(%peer, max_associations = limit, error = %e,
+            "over the association limit: connection failed"),
+        Err(_) => warn!(%peer, max_associations = limit, "over the association limit and silent: dropped"),
     }
 }
 
@@ -738,7 +754,7 @@ impl Session {
         let sink = self.shared.sink.clone();
         let cap = self.shared.config.max_instance_bytes();
         let outcome = tokio::task::spawn_blocking(move || -> Result<StoreOutcome, MalformedDataSet> {
-            let _ = (check_element_lengths_limited, cap);
+            check_element_lengths_limited(&instance.dataset, &instance.transfer_syntax, cap)?;
             Ok(sink.store(instance))
         })
         .await;

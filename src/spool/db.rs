@@ -373,6 +373,28 @@ impl JobDb {
 
     /// Creates a job in state `received`, superseding the latest job on the same primary series.
     pub fn create_job(&self, study_uid: &str, series: &[String], calling_ae: &str) -> Result<i64, DbError> {
+        self.insert_job(study_uid, series, calling_ae, JobState::Received, None)
+    }
+
+    /// Records a job that could not be created from its study (a missing channel), as failed.
+    pub fn create_failed_job(
+        &self,
+        study_uid: &str,
+        series: &[String],
+        calling_ae: &str,
+        reason: &str,
+    ) -> Result<i64, DbError> {
+        self.insert_job(study_uid, series, calling_ae, JobState::Failed, Some(reason))
+    }
+
+    fn insert_job(
+        &self,
+        study_uid: &str,
+        series: &[String],
+        calling_ae: &str,
+        state: JobState,
+        reason: Option<&str>,
+    ) -> Result<i64, DbError> {
         let now = now();
         let series_json = serde_json::to_string(series).unwrap_or_default();
         let conn = self.conn();
@@ -389,25 +411,12 @@ impl JobDb {
             None => None,
         };
         conn.execute(
-            "INSERT INTO jobs (study_uid, series, calling_ae, state, supersedes, attempts, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'received', ?4, 0, ?5, ?5)",
-            params![study_uid, series_json, calling_ae, supersedes, now],
+            "INSERT INTO jobs (study_uid, series, calling_ae, state, reason, supersedes, attempts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
+            params![study_uid, series_json, calling_ae, state.as_str(), reason, supersedes, now],
         )
         .map_err(|e| self.err(e))?;
         Ok(conn.last_insert_rowid())
-    }
-
-    /// Records a job that could not be created from its study (a missing channel), as failed.
-    pub fn create_failed_job(
-        &self,
-        study_uid: &str,
-        series: &[String],
-        calling_ae: &str,
-        reason: &str,
-    ) -> Result<i64, DbError> {
-        let id = self.create_job(study_uid, series, calling_ae)?;
-        self.set_state(id, JobState::Failed, Some(reason))?;
-        Ok(id)
     }
 
     /// Moves a job to `state`, with an optional reason.

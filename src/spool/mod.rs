@@ -271,3 +271,6 @@ fn sync_dir(dir: &Path) -> Result<(), Refusal> {
         .and_then(|d| d.sync_all())
         .map_err(|e| Refusal::io(dir, e))
 }
+
+#[cfg(test)]
+mod tests;

@@ -61,7 +61,13 @@ fn centre_tap_weights(arch: &ArchSpec) -> Weights {
 
 /// Writes the centre-tap model package into `dir` (the node tests use it too).
 pub(crate) fn package(dir: &Path, channel: Modality) {
-    let arch = arch();
+    package_with(dir, &[channel]);
+}
+
+/// The centre-tap model package taking `channels`.
+pub(crate) fn package_with(dir: &Path, channels: &[Modality]) {
+    let mut arch = arch();
+    arch.in_channels = channels.len();
     let r = recipe();
     write_onnx(
         &arch,
@@ -70,9 +76,16 @@ pub(crate) fn package(dir: &Path, channel: Modality) {
         &dir.join("fold0.onnx"),
     )
     .unwrap();
-    Manifest::fcd_classifier("centre-tap", "test", vec![channel], r, arch, vec!["fold0.onnx".into()])
-        .save(dir)
-        .unwrap();
+    Manifest::fcd_classifier(
+        "centre-tap",
+        "test",
+        channels.to_vec(),
+        r,
+        arch,
+        vec!["fold0.onnx".into()],
+    )
+    .save(dir)
+    .unwrap();
 }
 
 /// A ball (35 mm, intensity 100) with a Gaussian blob (σ 4 mm, +300) at `blob` (LPS mm).

@@ -184,6 +184,19 @@ impl Drop for Scp {
     }
 }
 
+/// Counters are bumped by the SCP right after it closes a connection, so a peer can see the
+/// close first: wait (up to 5 s) until `check` holds for the snapshot, then return it.
+fn stats_when(scp: &Scp, check: impl Fn(&ingest::IngestStatsSnapshot) -> bool) -> ingest::IngestStatsSnapshot {
+    for _ in 0..50 {
+        let stats = scp.stats.snapshot();
+        if check(&stats) {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    scp.stats.snapshot()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",
@@ -425,7 +438,7 @@ fn unknown_calling_and_wrong_called_ae_titles_are_rejected() {
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("Called AE Title Not Recognized"), "{all}");
-    let stats = scp.stats.snapshot();
+    let stats = stats_when(&scp, |s| s.associations_rejected >= 3);
     assert_eq!(stats.associations_rejected, 3);
     assert_eq!(stats.instances_stored, 2);
 }
@@ -810,6 +823,10 @@ fn gigabyte_child() {
     ]);
     let (status, comment) = raw.response();
     let after = peak_rss_kb();
+    println!(
+        "peak RSS before {before} kB, after {after} kB, growth {} kB",
+        after.saturating_sub(before)
+    );
     assert_eq!(status, 0xC000, "{comment}");
     assert!(comment.contains("(7FE0,0010)"), "{comment}");
     assert!(comment.len() <= 64, "{comment}");
@@ -817,10 +834,6 @@ fn gigabyte_child() {
     assert_eq!(echo(&mut raw, 3), 0x0000, "the association goes on");
     raw.release();
     assert_eq!(scp.stats.snapshot().instances_failed, 1);
-    println!(
-        "peak RSS before {before} kB, after {after} kB, growth {} kB",
-        after.saturating_sub(before)
-    );
 }
 
 #[test]
@@ -847,10 +860,27 @@ fn silent_peers_are_dropped_while_others_are_served() {
         other => panic!("expected A-ABORT for a stalled association, got {other:?}"),
     }
     assert!(stalled.closed_by_peer());
-    let stats = scp.stats.snapshot();
+    let stats = stats_when(&scp, |s| s.associations_rejected >= 1 && s.associations_aborted >= 1);
     assert_eq!(stats.associations_accepted, 2);
     assert_eq!(stats.associations_rejected, 1);
     assert_eq!(stats.associations_aborted, 1);
+}
+
+#[test]
+fn shutdown_aborts_idle_associations_and_stops_serving() {
+    let mut scp = Scp::start(config(), DirSink::new(None));
+    let mut idle = Raw::associate(scp.addr, 16384);
+    assert_eq!(echo(&mut idle, 1), 0x0000);
+    scp.shutdown.send(true).unwrap();
+    match idle.receive() {
+        Some(Pdu::AbortRQ { .. }) => {}
+        other => panic!("expected A-ABORT on shutdown, got {other:?}"),
+    }
+    assert!(idle.closed_by_peer());
+    let (rt, task) = (scp.rt.take().unwrap(), scp.task.take().unwrap());
+    let result = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await });
+    result.expect("serve did not return").unwrap().unwrap();
+    assert!(TcpStream::connect(scp.addr).is_err(), "still listening after shutdown");
 }
 
 #[test]

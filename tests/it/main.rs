@@ -8,6 +8,7 @@ mod dicom_parity;
 mod infer;
 mod ingest;
 mod node;
+mod orthanc;
 mod report;
 mod synth;
 mod util;

@@ -516,6 +516,46 @@ fn a_late_instance_reopens_the_series_and_the_new_sr_supersedes_the_old() {
     dciodvfy(&second_sr);
 }
 
+#[test]
+fn a_two_channel_model_waits_for_both_series_or_says_which_is_missing() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let model = dir.path().join("model2");
+    std::fs::create_dir_all(&model).unwrap();
+    crate::infer::package_with(&model, &[Modality::T1w, Modality::Flair]);
+    let mut node = NodeProc::start(dir.path(), &model, pacs_port, "", "");
+    // Only the FLAIR arrives: after the channel wait the job fails and says why.
+    let config = dir.path().join("fcdnode.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("stable_age_s = 1.0", "stable_age_s = 1.0\nchannel_wait_s = 2.0"),
+    )
+    .unwrap();
+    node.kill();
+    node.restart();
+    assert!(node.storescu(&flair_files()).status.success());
+    wait_until("the job to fail", Duration::from_secs(120), || {
+        node.jobs().first().is_some_and(|j| state_of(j) == "failed")
+    });
+    let job = &node.jobs()[0];
+    assert!(job["reason"].as_str().unwrap_or_default().contains("T1w"), "{job}");
+    // The T1w arrives: the study now has both channels and runs.
+    let t1w_dir = patient().join("dicom/sub-00001/T1w");
+    let t1w: Vec<PathBuf> = std::fs::read_dir(&t1w_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(node.storescu(&t1w).status.success());
+    wait_until("SC and SR at the PACS", Duration::from_secs(180), || {
+        pacs.files().len() >= 2
+    });
+    let jobs = node.jobs();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[0]["series"].as_array().map(Vec::len), Some(2), "{jobs:?}");
+}
+
 fn sop_instance(path: &Path) -> String {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)

@@ -1,0 +1,591 @@
+//! `fcdnode bench node`: the running node measured from outside, as a scanner and a PACS see it.
+//!
+//! - **Series turnaround**: a modality (`fcdnode::deliver::send`) C-STOREs a FLAIR series to a
+//!   node started in this process (`fcdnode::service::start`, stable age 1 s, a full-width
+//!   ResNet-18 of random weights); a built-in receiver (`fcdnode::ingest::serve`) plays the
+//!   PACS. Measured from the modality's last C-STORE-RSP (the return of `send`, after the
+//!   A-RELEASE) to the moment the receiver has stored the SR and answers its C-STORE-RQ. Each
+//!   run sends the series under new Study/Series/SOP Instance UIDs to the same running node, so
+//!   run 1 is the node's first series and later runs see a warm ONNX Runtime session.
+//! - **Ingest throughput**: DCMTK `storescu` sends the same files to the node's SCP + durable
+//!   spool (a second node with a stable age that never expires) and to DCMTK `storescp`, in
+//!   alternating order, `TCP_NODELAY=1` for both tools; file bytes / storescu wall time.
+//!
+//! Prints figures, asserts nothing. Part of the binary: it only composes library parts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+use fcdnode::assemble::bench::peak_rss_bytes;
+use fcdnode::config::Settings;
+use fcdnode::deliver::{self, Destination};
+use fcdnode::infer::Device;
+use fcdnode::ingest::{self, IngestStats, InstanceSink, OtherStorage, ReceivedInstance, ScpConfig, StoreOutcome};
+use fcdnode::report::Timings;
+use fcdnode::service;
+use fcdnode::spool::db::{JobRow, JobState};
+
+use crate::bench::InferBench;
+
+const SR_COMPREHENSIVE_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+const NODE_AE: &str = "FCDNODE";
+const PACS_AE: &str = "BENCH_PACS";
+const MODALITY_AE: &str = "BENCH_MRI";
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct NodeBench {
+    /// A FLAIR series to send; a 1 mm sagittal 256×256×176 synthetic one when absent.
+    pub flair_dir: Option<PathBuf>,
+    /// Runs of each measurement.
+    pub runs: usize,
+    /// Model grid voxel size in mm (the grid covers 192×224×192 mm).
+    pub voxel_mm: f64,
+    /// Tracker, pipeline and outbox poll interval in seconds.
+    pub poll_s: f64,
+}
+
+/// One turnaround run.
+#[derive(Clone, Debug)]
+struct Turnaround {
+    /// Last C-STORE-RSP → SR stored by the receiver.
+    total: Duration,
+    /// Last C-STORE-RSP → SC stored by the receiver.
+    sc: Option<Duration>,
+    /// The job's per-stage times from its result.json.
+    stages: Option<Timings>,
+}
+
+/// One ingest run: storescu wall times.
+#[derive(Clone, Copy, Debug)]
+struct Ingest {
+    node: Duration,
+    storescp: Duration,
+}
+
+/// Runs the benchmark in a temporary directory and prints the figures.
+pub fn command(bench: &NodeBench) -> Result<()> {
+    ensure!(bench.runs > 0, "--runs must be at least 1");
+    let work = std::env::temp_dir().join(format!("fcdnode-bench-node-{}", std::process::id()));
+    let result = run(&work, bench);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run(work: &Path, bench: &NodeBench) -> Result<()> {
+    std::fs::create_dir_all(work).with_context(|| work.display().to_string())?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+
+    let files = match &bench.flair_dir {
+        Some(dir) => fcdnode::assemble::list_files(std::slice::from_ref(dir))?,
+        None => {
+            let dir = work.join("flair");
+            eprintln!("writing a 1 mm sagittal synthetic FLAIR series into {}", dir.display());
+            crate::bench::write_flair(&dir)?;
+            fcdnode::assemble::list_files(&[dir])?
+        }
+    };
+    ensure!(!files.is_empty(), "no DICOM files in the FLAIR directory");
+    let bytes = total_bytes(&files)?;
+    let (rows, columns) = matrix(&files[0])?;
+
+    let model = work.join("model");
+    let manifest = crate::bench::write_model(
+        &model,
+        &InferBench {
+            arch: "resnet18".into(),
+            width_mult: 1.0,
+            voxel_mm: bench.voxel_mm,
+            runs: 0,
+            device: Device::Auto,
+            onnxruntime: None,
+        },
+    )?;
+    let shape = manifest.preprocess.shape;
+    println!(
+        "series: {} files of {rows}×{columns} pixels ({} slices × {rows} × {columns}), {:.1} MB; \
+         model: ResNet-18 full width, random weights, input 1×{}×{}×{} ({} mm); {cores} CPU core(s)",
+        files.len(),
+        files.len(),
+        bytes as f64 / 1e6,
+        shape[2],
+        shape[1],
+        shape[0],
+        bench.voxel_mm
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let base = fcdnode::config::settings(None)?;
+
+    let ingest = runtime.block_on(ingest_runs(work, &base, &model, &files, bench))?;
+    print_ingest(&ingest, bytes);
+
+    let turnaround = runtime.block_on(turnaround_runs(work, &base, &model, &files, bench))?;
+    print_turnaround(&turnaround, bench);
+
+    match peak_rss_bytes() {
+        Some(b) => println!(
+            "peak RSS: {:.0} MiB (this process: both in-process nodes, the receiver, series and model generation)",
+            b as f64 / 1048576.0
+        ),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
+    Ok(())
+}
+
+/// Node settings for a bench node in `data_dir`.
+fn node_settings(
+    base: &Settings,
+    data_dir: &Path,
+    model: &Path,
+    stable_age_s: f64,
+    poll_s: f64,
+    destination: Option<Destination>,
+) -> Settings {
+    let mut settings = base.clone();
+    let c = &mut settings.config;
+    c.node.data_dir = data_dir.to_path_buf();
+    c.node.model = model.to_path_buf();
+    c.scp.ae_title = NODE_AE.into();
+    c.scp.bind = "127.0.0.1:0".into();
+    c.api.enabled = false;
+    c.tracker.stable_age_s = stable_age_s;
+    c.tracker.poll_s = poll_s;
+    c.pipeline.poll_s = poll_s;
+    c.outbox.poll_s = poll_s;
+    c.outbox.send_to = destination.iter().map(|d| d.name.clone()).collect();
+    c.destinations = destination.into_iter().collect();
+    settings
+}
+
+// ---------------------------------------------------------------------------------------------
+// Series turnaround
+
+/// The PACS: stores every instance as a file and notes when each SOP class arrived.
+struct TimedSink {
+    dir: PathBuf,
+    arrivals: Mutex<Vec<(String, Instant)>>,
+}
+
+impl TimedSink {
+    fn clear(&self) {
+        if let Ok(mut a) = self.arrivals.lock() {
+            a.clear();
+        }
+    }
+
+    fn arrived(&self, sop_class: &str) -> Option<Instant> {
+        let a = self.arrivals.lock().ok()?;
+        a.iter().find(|(c, _)| c == sop_class).map(|(_, t)| *t)
+    }
+
+    fn first_other_than(&self, sop_class: &str) -> Option<Instant> {
+        let a = self.arrivals.lock().ok()?;
+        a.iter().find(|(c, _)| c != sop_class).map(|(_, t)| *t)
+    }
+}
+
+impl InstanceSink for TimedSink {
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        let path = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
+        let class = instance.sop_class_uid.clone();
+        match fcdnode::spool::write_instance_file(&instance, &path) {
+            Ok(()) => {
+                if let Ok(mut a) = self.arrivals.lock() {
+                    a.push((class, Instant::now()));
+                }
+                StoreOutcome::Stored
+            }
+            Err(reason) => StoreOutcome::Failed { status: 0xA700, reason },
+        }
+    }
+}
+
+async fn turnaround_runs(
+    work: &Path,
+    base: &Settings,
+    model: &Path,
+    files: &[PathBuf],
+    bench: &NodeBench,
+) -> Result<Vec<Turnaround>> {
+    let pacs_dir = work.join("pacs");
+    std::fs::create_dir_all(&pacs_dir)?;
+    let sink = Arc::new(TimedSink {
+        dir: pacs_dir,
+        arrivals: Mutex::new(Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let pacs_port = listener.local_addr()?.port();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let receiver = tokio::spawn(ingest::serve(
+        listener,
+        Arc::new(ScpConfig {
+            ae_title: PACS_AE.into(),
+            other_storage: OtherStorage::Discard,
+            ..ScpConfig::default()
+        }),
+        sink.clone() as Arc<dyn InstanceSink>,
+        Arc::new(IngestStats::default()),
+        stop_rx,
+    ));
+
+    const STABLE_AGE_S: f64 = 1.0;
+    let settings = node_settings(
+        base,
+        &work.join("node-turnaround"),
+        model,
+        STABLE_AGE_S,
+        bench.poll_s,
+        Some(Destination::new("bench-pacs", PACS_AE, "127.0.0.1", pacs_port)),
+    );
+    eprintln!("turnaround: starting the node (loading the model)");
+    let node = service::start(settings).await?;
+    let node_dest = Destination::new("fcdnode", NODE_AE, "127.0.0.1", node.dicom_addr.port());
+    let result = async {
+        let mut runs = Vec::new();
+        for n in 1..=bench.runs {
+            let series = relabel(files, &work.join(format!("turnaround-{n}")), n)?;
+            sink.clear();
+            let outcomes = deliver::send(&node_dest, MODALITY_AE, &series.files).await?;
+            let last_rsp = Instant::now();
+            if let Some(bad) = outcomes.iter().find(|o| o.result.is_err()) {
+                bail!("C-STORE of {} to the node: {:?}", bad.path.display(), bad.result);
+            }
+            let deadline = last_rsp + Duration::from_secs(600);
+            let sr = loop {
+                if let Some(t) = sink.arrived(SR_COMPREHENSIVE_3D) {
+                    break t;
+                }
+                if Instant::now() > deadline {
+                    bail!("run {n}: no SR at the receiver after 600 s");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let sc = sink.first_other_than(SR_COMPREHENSIVE_3D);
+            let stages = job_timings(&node.db, &series.study_uid).await;
+            let run = Turnaround {
+                total: sr.saturating_duration_since(last_rsp),
+                sc: sc.map(|t| t.saturating_duration_since(last_rsp)),
+                stages,
+            };
+            eprintln!(
+                "turnaround run {n}: {:.3} s (minus stable age {:.3} s)",
+                run.total.as_secs_f64(),
+                run.total.as_secs_f64() - STABLE_AGE_S
+            );
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+    .await;
+    node.shutdown().await;
+    let _ = stop.send(true);
+    let _ = receiver.await;
+    result
+}
+
+/// The per-stage times of the job of `study_uid`, once it is delivered.
+async fn job_timings(db: &fcdnode::spool::db::JobDb, study_uid: &str) -> Option<Timings> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let jobs = db.jobs(1000).ok()?;
+        let done = |j: &&JobRow| {
+            j.study_uid == study_uid
+                && matches!(
+                    j.state,
+                    JobState::Delivered | JobState::Failed | JobState::Undeliverable
+                )
+        };
+        if let Some(job) = jobs.iter().find(done) {
+            let text = std::fs::read_to_string(job.result_dir.as_ref()?.join("result.json")).ok()?;
+            let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
+            return serde_json::from_value(summary.get("timings_ms")?.clone()).ok();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+fn print_turnaround(runs: &[Turnaround], bench: &NodeBench) {
+    println!(
+        "\nseries turnaround: last C-STORE-RSP → SR acknowledged by the destination; stable age 1 s, \
+         tracker/pipeline/outbox poll {} s",
+        bench.poll_s
+    );
+    println!(
+        "  run  raw (s)  −stable (s)  SC at (s) | assemble  preprocess  infer  explain    SC    SR  pipeline  rest (ms)"
+    );
+    for (n, r) in runs.iter().enumerate() {
+        let raw = r.total.as_secs_f64();
+        let t = r.stages.clone().unwrap_or_default();
+        // What is neither stable age nor pipeline: polls, spool reads, delivery.
+        let rest = raw * 1000.0 - 1000.0 - t.total;
+        println!(
+            "  {:>3}  {:>7.3}  {:>11.3}  {:>9} | {:>8.0}  {:>10.0}  {:>5.0}  {:>7.0}  {:>4.0}  {:>4.0}  {:>8.0}  {:>9}",
+            n + 1,
+            raw,
+            raw - 1.0,
+            r.sc.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64())),
+            t.assemble,
+            t.preprocess,
+            t.infer,
+            t.explain,
+            t.sc,
+            t.sr,
+            t.total,
+            if r.stages.is_some() {
+                format!("{rest:.0}")
+            } else {
+                "-".into()
+            }
+        );
+    }
+    let raw: Vec<f64> = runs.iter().map(|r| r.total.as_secs_f64()).collect();
+    let med = median(&raw);
+    println!(
+        "  median {:.3} s raw, {:.3} s without the stable age (target < 3 s on 2 CPU cores); \
+         run 1 is the node's first series",
+        med,
+        med - 1.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingest throughput
+
+async fn ingest_runs(
+    work: &Path,
+    base: &Settings,
+    model: &Path,
+    files: &[PathBuf],
+    bench: &NodeBench,
+) -> Result<Vec<Ingest>> {
+    // A stable age that never expires: only the SCP and the durable spool work.
+    let settings = node_settings(base, &work.join("node-ingest"), model, 1e7, 1.0, None);
+    eprintln!("ingest: starting the node (loading the model)");
+    let node = service::start(settings).await?;
+    let node_port = node.dicom_addr.port();
+    let result = async {
+        let mut runs = Vec::new();
+        for n in 1..=bench.runs {
+            // New UIDs each run: the node stores duplicates idempotently, which is not ingest.
+            let series = relabel(files, &work.join(format!("ingest-{n}")), 1000 + n)?;
+            let scp_port = free_port()?;
+            let out = work.join(format!("storescp-{n}"));
+            std::fs::create_dir_all(&out)?;
+            let storescp = StoreScp::start(scp_port, &out).await?;
+            let files = series.files.clone();
+            let times = tokio::task::spawn_blocking(move || -> Result<Ingest> {
+                let to_node = || storescu(NODE_AE, node_port, &files);
+                let to_scp = || storescu("STORESCP", scp_port, &files);
+                // Alternate the order so neither side always gets the warmer page cache.
+                if n % 2 == 1 {
+                    let node = to_node()?;
+                    Ok(Ingest {
+                        node,
+                        storescp: to_scp()?,
+                    })
+                } else {
+                    let storescp = to_scp()?;
+                    Ok(Ingest {
+                        node: to_node()?,
+                        storescp,
+                    })
+                }
+            })
+            .await??;
+            drop(storescp);
+            let _ = std::fs::remove_dir_all(&out);
+            eprintln!(
+                "ingest run {n}: node {:.3} s, storescp {:.3} s",
+                times.node.as_secs_f64(),
+                times.storescp.as_secs_f64()
+            );
+            runs.push(times);
+        }
+        Ok(runs)
+    }
+    .await;
+    node.shutdown().await;
+    result
+}
+
+/// DCMTK `storescp` writing into a directory; killed when dropped.
+struct StoreScp {
+    child: Child,
+}
+
+impl StoreScp {
+    async fn start(port: u16, dir: &Path) -> Result<Self> {
+        let child = Command::new("storescp")
+            .env("TCP_NODELAY", "1")
+            .args(["-aet", "STORESCP", "--output-directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start DCMTK storescp (install dcmtk: scripts/setup.sh)")?;
+        let scp = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("storescp is not listening on port {port} after 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(scp)
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `files` with DCMTK `storescu` (one association) and returns its wall time.
+fn storescu(called_ae: &str, port: u16, files: &[PathBuf]) -> Result<Duration> {
+    let start = Instant::now();
+    let out = Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", MODALITY_AE, "-aec", called_ae, "127.0.0.1"])
+        .arg(port.to_string())
+        .args(files)
+        .output()
+        .context("cannot run DCMTK storescu (install dcmtk: scripts/setup.sh)")?;
+    let elapsed = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "storescu to {called_ae}@127.0.0.1:{port} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn print_ingest(runs: &[Ingest], bytes: u64) {
+    println!(
+        "\ningest throughput: DCMTK storescu (TCP_NODELAY=1) → receiver, {:.1} MB of files, wall time of storescu",
+        bytes as f64 / 1e6
+    );
+    println!("  run  node SCP+spool (s)  MB/s   storescp (s)  MB/s");
+    let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
+    for (n, r) in runs.iter().enumerate() {
+        println!(
+            "  {:>3}  {:>17.3}  {:>5.1}   {:>12.3}  {:>5.1}",
+            n + 1,
+            r.node.as_secs_f64(),
+            mbps(r.node),
+            r.storescp.as_secs_f64(),
+            mbps(r.storescp)
+        );
+    }
+    let node = median(&runs.iter().map(|r| r.node.as_secs_f64()).collect::<Vec<_>>());
+    let scp = median(&runs.iter().map(|r| r.storescp.as_secs_f64()).collect::<Vec<_>>());
+    println!(
+        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s); the node fsyncs each file \
+         and commits it to SQLite (synchronous=FULL) before answering, storescp does neither",
+        bytes as f64 / 1e6 / node.max(1e-9),
+        bytes as f64 / 1e6 / scp.max(1e-9)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Series files
+
+/// A copy of the series under new UIDs.
+struct Relabelled {
+    files: Vec<PathBuf>,
+    study_uid: String,
+}
+
+/// Writes `files` into `dir` with new Study, Series and SOP Instance UIDs (run `n`), so that the
+/// node sees a new series instead of duplicates.
+fn relabel(files: &[PathBuf], dir: &Path, n: usize) -> Result<Relabelled> {
+    std::fs::create_dir_all(dir)?;
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        .wrapping_mul(1_000_000);
+    let uid = |i: u128| pad(format!("2.25.{}", base.wrapping_add(n as u128 * 100_000 + i)));
+    let study_uid = uid(1);
+    let series_uid = uid(2);
+    let mut out = Vec::with_capacity(files.len());
+    for (i, path) in files.iter().enumerate() {
+        let mut obj = OpenFileOptions::new()
+            .open_file(path)
+            .with_context(|| path.display().to_string())?;
+        let sop = uid(10 + i as u128);
+        for (tag, value) in [
+            (tags::STUDY_INSTANCE_UID, &study_uid),
+            (tags::SERIES_INSTANCE_UID, &series_uid),
+            (tags::SOP_INSTANCE_UID, &sop),
+        ] {
+            obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value.as_str())));
+        }
+        obj.update_meta(|m| m.media_storage_sop_instance_uid = sop.clone());
+        let target = dir.join(format!("{i:05}.dcm"));
+        obj.write_to_file(&target)
+            .with_context(|| target.display().to_string())?;
+        out.push(target);
+    }
+    Ok(Relabelled {
+        files: out,
+        study_uid: study_uid.trim_end_matches('\0').to_string(),
+    })
+}
+
+/// UIDs are padded to an even length with NUL.
+fn pad(mut uid: String) -> String {
+    if uid.len() % 2 == 1 {
+        uid.push('\0');
+    }
+    uid
+}
+
+fn total_bytes(files: &[PathBuf]) -> Result<u64> {
+    files.iter().try_fold(0u64, |sum, f| {
+        Ok(sum + std::fs::metadata(f).with_context(|| f.display().to_string())?.len())
+    })
+}
+
+/// Rows and Columns of one file.
+fn matrix(path: &Path) -> Result<(u16, u16)> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .with_context(|| path.display().to_string())?;
+    let get = |tag| -> Result<u16> {
+        obj.element(tag)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+            .to_int::<u16>()
+            .map_err(|e| anyhow!("{}: {e}", path.display()))
+    };
+    Ok((get(tags::ROWS)?, get(tags::COLUMNS)?))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

@@ -1,0 +1,167 @@
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+
+use super::db::{DeliveryState, JobState};
+use super::*;
+
+const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+const OURS: &str = "1.2.3.4.5";
+
+fn dataset(sop: &str, contributing_device: Option<&str>) -> Vec<u8> {
+    let mut obj = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, v: &str| obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    put(tags::SOP_CLASS_UID, VR::UI, MR);
+    put(tags::SOP_INSTANCE_UID, VR::UI, sop);
+    put(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.1");
+    put(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.826.0.1.1.2");
+    put(tags::MODALITY, VR::CS, "MR");
+    if let Some(uid) = contributing_device {
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(tags::DEVICE_UID, VR::UI, PrimitiveValue::from(uid)));
+        obj.put(DataElement::new(
+            tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item]),
+        ));
+    }
+    let mut bytes = Vec::new();
+    obj.write_dataset_with_ts(&mut bytes, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
+    bytes
+}
+
+fn instance(sop: &str, dataset: Vec<u8>) -> ReceivedInstance {
+    ReceivedInstance {
+        calling_ae: "MRI".into(),
+        peer: "127.0.0.1:4000".parse().unwrap(),
+        sop_class_uid: MR.into(),
+        sop_instance_uid: sop.into(),
+        transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        dataset,
+    }
+}
+
+fn failed_status(outcome: StoreOutcome) -> u16 {
+    match outcome {
+        StoreOutcome::Failed { status, .. } => status,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn stores_durably_once_and_refuses_what_it_cannot_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let sop = "1.2.826.0.1.1.2.3";
+    assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
+    let path = dir
+        .path()
+        .join("spool/1.2.826.0.1.1/1.2.826.0.1.1.2")
+        .join(format!("{sop}.dcm"));
+    let stored = dicom_object::open_file(&path).unwrap();
+    assert_eq!(stored.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap(), sop);
+    assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Duplicate);
+    assert_eq!(spool.db().instance_count().unwrap(), 1);
+
+    // The data set names another instance than the command.
+    let other = "1.2.826.0.1.1.2.4";
+    assert_eq!(
+        failed_status(spool.store(instance(other, dataset(sop, None)))),
+        STATUS_DATASET_MISMATCH
+    );
+    // Garbage and UIDs that would escape the spool directory.
+    assert_eq!(
+        failed_status(spool.store(instance(other, vec![1, 2, 3]))),
+        STATUS_CANNOT_UNDERSTAND
+    );
+    assert_eq!(
+        failed_status(spool.store(instance("../../etc", dataset("../../etc", None)))),
+        STATUS_CANNOT_UNDERSTAND
+    );
+    // Nothing half-written is left behind.
+    assert_eq!(std::fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(), 0);
+    assert_eq!(spool.db().instance_count().unwrap(), 1);
+}
+
+#[test]
+fn our_own_output_coming_back_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let sop = "1.2.826.0.1.1.2.9";
+    assert!(matches!(
+        spool.store(instance(sop, dataset(sop, Some(OURS)))),
+        StoreOutcome::Discarded { .. }
+    ));
+    // Another device's output is an ordinary instance.
+    assert_eq!(
+        spool.store(instance(sop, dataset(sop, Some("1.9.9")))),
+        StoreOutcome::Stored
+    );
+}
+
+#[test]
+fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let db = spool.db();
+    let series = "1.2.826.0.1.1.2";
+    for sop in ["1.5.1", "1.5.2"] {
+        assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
+    }
+    let stable = db.stable_series(db::now() + 1.0).unwrap();
+    assert_eq!((stable.len(), stable[0].instances, stable[0].generation), (1, 2, 0));
+    assert!(
+        db.stable_series(db::now() - 3600.0).unwrap().is_empty(),
+        "not stable an hour ago"
+    );
+    db.mark_handled(series, 0, Some("FLAIR")).unwrap();
+    assert!(db.stable_series(db::now() + 1.0).unwrap().is_empty());
+    assert_eq!(
+        spool.store(instance("1.5.3", dataset("1.5.3", None))),
+        StoreOutcome::Stored
+    );
+    let reopened = db.stable_series(db::now() + 1.0).unwrap();
+    assert_eq!((reopened[0].instances, reopened[0].generation), (3, 1));
+
+    let first = db.create_job("1.2.826.0.1.1", &[series.to_string()], "MRI").unwrap();
+    let claimed = db.claim_job().unwrap().unwrap();
+    assert_eq!((claimed.id, claimed.attempts), (first, 1));
+    assert!(
+        db.claim_job().unwrap().is_none(),
+        "a claimed job is not handed out twice"
+    );
+    db.set_state(first, JobState::Assembled, None).unwrap();
+    // A restart puts the interrupted job back in the queue.
+    assert_eq!(db.requeue_unfinished().unwrap(), 1);
+    assert_eq!(db.claim_job().unwrap().unwrap().attempts, 2);
+    let files = [PathBuf::from("sc.dcm"), PathBuf::from("sr.dcm")];
+    db.report_job(first, dir.path(), &files, &["a".into(), "b".into()])
+        .unwrap();
+    assert_eq!(db.job(first).unwrap().unwrap().state, JobState::Reported);
+    let due = db.due_deliveries(db::now()).unwrap();
+    assert_eq!(due.len(), 4);
+    for d in &due[..3] {
+        db.settle_delivery(d.id, DeliveryState::Delivered, 0.0, None).unwrap();
+    }
+    assert_eq!(
+        db.job(first).unwrap().unwrap().state,
+        JobState::Reported,
+        "one delivery still pending"
+    );
+    db.settle_delivery(due[3].id, DeliveryState::Pending, db::now() + 60.0, Some("refused"))
+        .unwrap();
+    assert!(
+        db.due_deliveries(db::now()).unwrap().is_empty(),
+        "backoff defers the retry"
+    );
+    db.settle_delivery(due[3].id, DeliveryState::Dead, 0.0, Some("gave up"))
+        .unwrap();
+    let job = db.job(first).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Undeliverable);
+    assert_eq!(db.deliveries_in(DeliveryState::Dead).unwrap().len(), 1);
+
+    // The next job on the same series supersedes the first.
+    let second = db.create_job("1.2.826.0.1.1", &[series.to_string()], "MRI").unwrap();
+    assert_eq!(db.job(second).unwrap().unwrap().supersedes, Some(first));
+}
