@@ -30,7 +30,8 @@ pub struct ScpConfig {
     pub max_pdu: u32,
     /// Largest data set accepted, in MiB; larger C-STOREs get 0xA700 (out of resources).
     pub max_instance_mb: u64,
-    /// Storage SOP classes other than (Enhanced) MR: `refuse` their contexts, or `discard` (accept, answer success, keep nothing).
+    /// Storage SOP classes other than (Enhanced) MR: `refuse` their contexts, `discard` (accept,
+    /// answer success, keep nothing), or `store` (hand them to the sink like MR).
     pub other_storage: OtherStorage,
 }
 
@@ -59,6 +60,9 @@ pub enum OtherStorage {
     Refuse,
     /// Accept them, answer success and store nothing (one info log line per instance).
     Discard,
+    /// Accept them and hand them to the sink like MR (receivers that keep everything, such as
+    /// the demo's PACS; the node's spool would keep them without using them).
+    Store,
 }
 
 /// One parsed `allowed_calling` entry.

@@ -142,7 +142,7 @@ pub async fn serve(
     let allowed = config.allowed()?;
     let mut abstract_syntaxes: Vec<&'static str> = vec![VERIFICATION];
     abstract_syntaxes.extend(MR_STORAGE_CLASSES);
-    if config.other_storage == OtherStorage::Discard {
+    if config.other_storage != OtherStorage::Refuse {
         abstract_syntaxes.extend(OTHER_STORAGE_CLASSES);
     }
     let shared = Arc::new(Shared {
@@ -737,7 +737,7 @@ impl Session {
             );
             return fail(STATUS_OUT_OF_RESOURCES, why);
         }
-        if !is_mr_storage(&sop_class) {
+        if !is_mr_storage(&sop_class) && self.shared.config.other_storage == OtherStorage::Discard {
             bump(&stats.instances_discarded);
             info!(%peer, calling_ae = %calling_ae, sop_class = %sop_class, sop_instance = %sop_instance,
                 bytes = dataset.len(), "discarded: not an MR storage class (other_storage = discard)");

@@ -130,7 +130,7 @@ pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, D
         .port();
     let receiver_config = Arc::new(ScpConfig {
         ae_title: "DEMO_PACS".into(),
-        other_storage: ingest::OtherStorage::Discard,
+        other_storage: ingest::OtherStorage::Store,
         ..ScpConfig::default()
     });
     let sink: Arc<dyn InstanceSink> = Arc::new(FolderSink { dir: pacs.clone() });

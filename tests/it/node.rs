@@ -295,12 +295,13 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
     let dir = tempdir();
     let pacs_port = free_port();
     let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
-    // A PACS that forwards whole studies sends our SC/SR back: accept other classes, keep none.
+    // A PACS that forwards whole studies sends our SC/SR back: other classes are accepted and
+    // reach the spool, whose loop guard recognises our Device UID.
     let node = NodeProc::start(
         dir.path(),
         &model(dir.path()),
         pacs_port,
-        "other_storage = \"discard\"",
+        "other_storage = \"store\"",
         "",
     );
     run_ok(
@@ -362,7 +363,12 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
         node.jobs()
     );
     assert_eq!(pacs.files().len(), 2);
-    assert!(node.log_text().contains("discarded"), "{}", node.log_text());
+    assert_eq!(
+        node.log_text().matches("discarded: our own output").count(),
+        2,
+        "{}",
+        node.log_text()
+    );
 }
 
 #[test]
@@ -580,4 +586,34 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn demo_command_runs_the_whole_loop_on_one_machine() {
+    let dir = tempdir();
+    let model = model(dir.path());
+    let out = dir.path().join("demo");
+    let run = run_ok(
+        fcdnode()
+            .args(["demo", "--timeout-s", "300", "--out"])
+            .arg(&out)
+            .arg("--model")
+            .arg(&model),
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(stdout.matches(" delivered ").count(), 2, "{stdout}");
+    assert!(stdout.contains(" fcd ") && stdout.contains(" hc "), "{stdout}");
+    let mut received: Vec<PathBuf> = std::fs::read_dir(out.join("pacs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    received.sort();
+    let mut c = classes(&received);
+    c.dedup();
+    assert_eq!(received.len(), 4, "{received:?}");
+    assert_eq!(c, vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]);
+    for line in stdout.lines().filter(|l| l.contains("preview ")) {
+        let path = line.rsplit(' ').next().unwrap();
+        assert!(Path::new(path).is_file(), "{path}");
+    }
 }
