@@ -4,9 +4,9 @@
 setup:
 	scripts/setup.sh
 
-# Main job (for now): a small synthetic cohort (BIDS + DICOM) and a PNG preview of one lesion.
+# Main job: the whole loop on one machine (synthetic patient + control → node → built-in PACS).
 demo: setup
-	cargo run --release --bin fcdnode -- synth --out out/demo --subjects 6 --dicom --timings
+	cargo run --release --bin fcdnode -- demo --out out/demo --model models/demo
 
 # Formatting, lints and every test (unit + integration against real peers).
 test: setup

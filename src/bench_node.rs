@@ -230,7 +230,8 @@ async fn turnaround_runs(
         listener,
         Arc::new(ScpConfig {
             ae_title: PACS_AE.into(),
-            other_storage: OtherStorage::Discard,
+            // SC and SR are not MR: hand them to the sink instead of discarding them.
+            other_storage: OtherStorage::Store,
             ..ScpConfig::default()
         }),
         sink.clone() as Arc<dyn InstanceSink>,
@@ -261,12 +262,22 @@ async fn turnaround_runs(
                 bail!("C-STORE of {} to the node: {:?}", bad.path.display(), bad.result);
             }
             let deadline = last_rsp + Duration::from_secs(600);
+            let mut polls = 0u64;
             let sr = loop {
                 if let Some(t) = sink.arrived(SR_COMPREHENSIVE_3D) {
                     break t;
                 }
                 if Instant::now() > deadline {
                     bail!("run {n}: no SR at the receiver after 600 s");
+                }
+                // A job that failed never sends an SR; look now and then (the node shares the CPU).
+                polls += 1;
+                if polls.is_multiple_of(100) {
+                    let jobs = node.db.jobs(1000)?;
+                    let job = jobs.iter().find(|j| j.study_uid == series.study_uid);
+                    if let Some(j) = job.filter(|j| matches!(j.state, JobState::Failed | JobState::Undeliverable)) {
+                        bail!("run {n}: job {} {}: {:?}", j.id, j.state.as_str(), j.reason);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             };
