@@ -49,6 +49,41 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Benchmarks (print figures, no files).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Time one training step (forward, backward, Adam) on random input and print the peak
+    /// memory; `trainer/bench/torch_step.py` does the same step in PyTorch.
+    Step {
+        /// Architecture: resnet10, resnet18, resnet34, resnet50.
+        #[arg(long, default_value = "resnet18")]
+        arch: String,
+        /// Network layout.
+        #[arg(long, value_enum, default_value = "medicalnet")]
+        layout: Layout,
+        /// Width multiplier.
+        #[arg(long, default_value_t = 1.0)]
+        width_mult: f64,
+        /// Cubic input size in voxels.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Samples per step.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed steps; the median of each part is printed.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +121,10 @@ struct CvArgs {
     /// Early stopping patience (epochs without a better validation loss).
     #[arg(long, default_value_t = 10)]
     patience: usize,
+    /// ReduceLROnPlateau patience: epochs without a better validation loss before the learning
+    /// rate drops tenfold.
+    #[arg(long, default_value_t = 5)]
+    plateau_patience: usize,
     /// Samples per optimizer step.
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
@@ -102,6 +141,18 @@ struct CvArgs {
     /// Model grid voxel size in mm.
     #[arg(long, default_value_t = 2.0)]
     voxel_mm: f64,
+    /// Model grid field of view in mm: one value for a cube or three (R,A,S); the grid shape is
+    /// this / --voxel-mm. A smaller box around the head trains faster.
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, default_values_t = [192.0, 224.0, 192.0])]
+    fov_mm: Vec<f64>,
+    /// Start every fold from an exported model package (fine-tuning on new data); the report
+    /// gets a before/after table. Architecture and channels must match the package's.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Keep momentum batch-norm statistics instead of re-estimating them over the training set
+    /// after every epoch.
+    #[arg(long)]
+    no_recalibrate_bn: bool,
     /// Seed of folds, sampling, augmentation and initialisation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -131,6 +182,14 @@ impl CvArgs {
             .iter()
             .map(|m| parse_modalities(m))
             .collect::<Result<Vec<_>, _>>()?;
+        let fov_mm = match self.fov_mm[..] {
+            [f] => [f; 3],
+            [r, a, s] => [r, a, s],
+            _ => anyhow::bail!(
+                "--fov-mm takes one value (a cube) or three (R,A,S), got {:?}",
+                self.fov_mm
+            ),
+        };
         Ok(CvConfig {
             data: self.data,
             archs: self.arch,
@@ -142,11 +201,15 @@ impl CvArgs {
             folds: self.folds,
             epochs: self.epochs,
             patience: self.patience,
+            plateau_patience: self.plateau_patience,
             batch_size: self.batch_size,
             lr: self.lr,
             group_by: self.group_by,
             split_column: self.split_column,
             voxel_mm: self.voxel_mm,
+            fov_mm,
+            recalibrate_bn: !self.no_recalibrate_bn,
+            init_from: self.init_from,
             seed: self.seed,
             device: self.device,
             augment: Augment {
@@ -210,6 +273,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "  {}: accuracy {:.3} ± {:.3}, ROC-AUC {:.3} ± {:.3}, Heat-Score {:.2} ± {:.2}",
                     exp.name, mean.accuracy, std.accuracy, mean.roc_auc, std.roc_auc, mean.heat_score, std.heat_score
                 );
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Step {
+            arch,
+            layout,
+            width_mult,
+            size,
+            batch,
+            warmup,
+            steps,
+            device,
+        }) => {
+            let bench = fcdnode_trainer::bench::StepBench {
+                arch,
+                layout,
+                width_mult,
+                size,
+                batch,
+                warmup,
+                steps: steps.max(1),
+            };
+            let dev = fcdnode_trainer::model::device_from_name(&device)?;
+            let t = fcdnode_trainer::bench::step(&bench, &dev)?;
+            println!(
+                "{} ({:?}, width ×{}, {} parameters), input {b}×1×{s}×{s}×{s}, device {device}, median of {} step(s):",
+                bench.arch,
+                bench.layout,
+                bench.width_mult,
+                t.parameters,
+                bench.steps,
+                b = bench.batch,
+                s = bench.size
+            );
+            println!("  forward   {:8.3} s", t.forward_s);
+            println!("  backward  {:8.3} s", t.backward_s);
+            println!("  optimizer {:8.3} s", t.optimizer_s);
+            println!("  step      {:8.3} s", t.forward_s + t.backward_s + t.optimizer_s);
+            match t.peak_rss_mib {
+                Some(m) => println!("  peak RSS  {m:8.0} MiB"),
+                None => println!("  peak RSS  unknown (not Linux)"),
             }
             Ok(())
         }

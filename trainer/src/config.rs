@@ -78,6 +78,10 @@ pub struct CvConfig {
     pub epochs: usize,
     /// Early stopping: epochs without a better validation loss before stopping.
     pub patience: usize,
+    /// ReduceLROnPlateau: epochs without a better validation loss before the learning rate
+    /// drops tenfold.
+    #[serde(default = "plateau_default")]
+    pub plateau_patience: usize,
     /// Samples per optimizer step.
     pub batch_size: usize,
     /// Adam learning rate.
@@ -99,6 +103,20 @@ pub struct CvConfig {
     pub device: String,
     /// Training augmentation.
     pub augment: Augment,
+    /// Re-estimate batch-norm running statistics over the training set after every epoch.
+    #[serde(default = "yes")]
+    pub recalibrate_bn: bool,
+    /// A model package (`models/NAME`) whose fold weights start every fold (fine-tuning).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+}
+
+fn plateau_default() -> usize {
+    5
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for CvConfig {
@@ -114,6 +132,7 @@ impl Default for CvConfig {
             folds: 5,
             epochs: 30,
             patience: 10,
+            plateau_patience: plateau_default(),
             batch_size: 2,
             lr: 1e-3,
             val_fraction: 0.2,
@@ -124,6 +143,8 @@ impl Default for CvConfig {
             seed: 1,
             device: "cpu".into(),
             augment: Augment::default(),
+            recalibrate_bn: true,
+            init_from: None,
         }
     }
 }
@@ -137,6 +158,9 @@ pub struct Experiment {
     pub arch: ArchSpec,
     /// MedicalNet checkpoint, or `None` for a random start.
     pub pretrained: Option<PathBuf>,
+    /// Model package whose weights start every fold (fine-tuning), or `None`.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Which parts train.
     pub train_layers: String,
     /// Input channels in tensor order.
@@ -146,11 +170,14 @@ pub struct Experiment {
 impl Experiment {
     /// The transfer-learning column of the report: `none` or the checkpoint's file stem.
     pub fn tl_label(&self) -> String {
-        match &self.pretrained {
-            None => "none".into(),
-            Some(p) => p
-                .file_stem()
-                .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into()),
+        let stem = |p: &PathBuf| {
+            p.file_stem()
+                .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into())
+        };
+        match (&self.init_from, &self.pretrained) {
+            (Some(package), _) => format!("pkg-{}", stem(package)),
+            (None, None) => "none".into(),
+            (None, Some(p)) => stem(p),
         }
     }
 
@@ -230,6 +257,22 @@ impl CvConfig {
         if !(self.voxel_mm.is_finite() && self.voxel_mm > 0.0) {
             return bad("voxel-mm", self.voxel_mm.to_string(), "must be a positive number");
         }
+        if !self.fov_mm.iter().all(|f| f.is_finite() && *f >= self.voxel_mm) {
+            return bad(
+                "fov-mm",
+                format!("{:?}", self.fov_mm),
+                "every axis must be at least one voxel",
+            );
+        }
+        if let Some(dir) = &self.init_from
+            && self.pretrained.iter().any(Option::is_some)
+        {
+            return bad(
+                "init-from",
+                dir.display().to_string(),
+                "cannot be combined with a --pretrained checkpoint",
+            );
+        }
         if self.archs.is_empty() || self.pretrained.is_empty() || self.modalities.is_empty() {
             return bad(
                 "arch",
@@ -276,6 +319,7 @@ impl CvConfig {
                         name: String::new(),
                         arch,
                         pretrained: pretrained.clone(),
+                        init_from: self.init_from.clone(),
                         train_layers: self.train_layers.clone(),
                         modalities: modalities.clone(),
                     };

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, CvConfig, Experiment};
 use crate::data::batcher::{PrepareError, Sample, Skip, batch, chain, prepare};
 use crate::data::bids::{BidsError, Dataset};
+use crate::finetune::{FinetuneError, InitPackage};
 use crate::metrics::{Confusion, roc_auc};
 use crate::model::{ModelError, ResNet3d, Tap, TrainLayers, device_from_name, grad_cam, import_medicalnet};
 use crate::train::{EpochLog, TrainError, TrainOptions, evaluate, load_weights, save_weights, train_fold};
@@ -79,11 +80,20 @@ pub enum CvError {
     /// The report could not be written.
     #[error("report")]
     Report(#[from] crate::report::ReportError),
+    /// The `--init-from` package cannot start this run.
+    #[error("fine-tuning")]
+    Finetune(#[from] Box<FinetuneError>),
 }
 
 impl From<ConfigError> for CvError {
     fn from(e: ConfigError) -> Self {
         Self::Config(Box::new(e))
+    }
+}
+
+impl From<FinetuneError> for CvError {
+    fn from(e: FinetuneError) -> Self {
+        Self::Finetune(Box::new(e))
     }
 }
 
@@ -193,6 +203,9 @@ pub struct FoldResult {
     pub history: Vec<EpochLog>,
     /// Wall time of training and evaluation, seconds.
     pub seconds: f64,
+    /// With `--init-from`: the package's weights as they were, on the same test fold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Metrics>,
 }
 
 /// One outer fold: subject indices.
@@ -374,6 +387,12 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
     }
     let device = device_from_name(&config.device)?;
     let recipe = config.recipe();
+    let init = config.init_from.as_deref().map(InitPackage::open).transpose()?;
+    if let Some(init) = &init {
+        for exp in &experiments {
+            init.check(&exp.arch, &exp.modalities, &recipe)?;
+        }
+    }
     let mut outcome = RunOutcome {
         config: config.clone(),
         experiments: Vec::new(),
@@ -425,7 +444,7 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
                 continue;
             }
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            let result = run_fold(config, &exp, &samples, fold, k, &dir, &device, stop)?;
+            let result = run_fold(config, &exp, init.as_ref(), &samples, fold, k, &dir, &device, stop)?;
             let tmp = dir.join("result.json.tmp");
             std::fs::write(&tmp, serde_json::to_string_pretty(&result).unwrap_or_default()).map_err(io_err(&tmp))?;
             std::fs::rename(&tmp, &result_path).map_err(io_err(&result_path))?;
@@ -456,6 +475,7 @@ pub fn weights_path(fold_dir: &Path) -> PathBuf {
 fn run_fold(
     config: &CvConfig,
     exp: &Experiment,
+    init: Option<&InitPackage>,
     samples: &[Sample],
     fold: &Fold,
     k: usize,
@@ -478,17 +498,24 @@ fn run_fold(
         tracing::info!(%report, "MedicalNet weights imported");
         model = m;
     }
+    let mut before = None;
+    if let Some(init) = init {
+        model = model.load_weights(init.fold(k))?;
+        let as_is = ResNet3d::new(&exp.arch, device)?.load_weights(init.fold(k))?;
+        before = Some(evaluate_test(&as_is, &test, config.batch_size, device, None)?.1);
+    }
     let layers: TrainLayers = exp.train_layers.parse()?;
     let model = model.freeze_except(&layers);
     let options = TrainOptions {
         epochs: config.epochs,
         patience: config.patience,
-        plateau_patience: 5,
+        plateau_patience: config.plateau_patience,
         plateau_factor: 0.1,
         batch_size: config.batch_size,
         lr: config.lr,
         augment: config.augment.clone(),
         seed,
+        recalibrate_bn: config.recalibrate_bn,
         label: format!("{} {}", exp.name, fold.name),
     };
     let train_err = |source| CvError::Train {
@@ -502,15 +529,41 @@ fn run_fold(
     // Reload to evaluate exactly what was saved (and what export will read).
     let model =
         ResNet3d::new(&exp.arch, device)?.load_weights(&load_weights(&weights_path(dir)).map_err(train_err)?)?;
-    let (probs, _) = evaluate(&model, &test, config.batch_size, device);
+    let (predictions, metrics) = evaluate_test(&model, &test, config.batch_size, device, Some(dir))?;
+    Ok(FoldResult {
+        experiment: exp.name.clone(),
+        fold: k,
+        name: fold.name.clone(),
+        train: train.iter().map(|s| s.id.clone()).collect(),
+        val: val.iter().map(|s| s.id.clone()).collect(),
+        metrics,
+        predictions,
+        history: trained.history,
+        seconds: started.elapsed().as_secs_f64(),
+        before,
+    })
+}
+
+/// Predictions, Heat-Scores and metrics of `model` on a test fold (threshold 0.5); with
+/// `cam_dir`, a Grad-CAM panel per lesion subject is written there.
+fn evaluate_test(
+    model: &ResNet3d,
+    test: &[&Sample],
+    batch_size: usize,
+    device: &Device,
+    cam_dir: Option<&Path>,
+) -> Result<(Vec<Prediction>, Metrics), CvError> {
+    let (probs, _) = evaluate(model, test, batch_size, device);
     let labels: Vec<bool> = test.iter().map(|s| s.label).collect();
     let mut predictions = Vec::new();
     let mut heat_scores = Vec::new();
     for (s, &p) in test.iter().zip(&probs) {
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
-                let (hs, heat) = heat_of(&model, s, roi, device)?;
-                crate::report::write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
+                let (hs, heat) = heat_of(model, s, roi, device)?;
+                if let Some(dir) = cam_dir {
+                    crate::report::write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
+                }
                 heat_scores.push(hs);
                 Some(hs)
             }
@@ -533,17 +586,7 @@ fn run_fold(
         specificity: c.specificity(),
         macro_f1: c.macro_f1(),
     };
-    Ok(FoldResult {
-        experiment: exp.name.clone(),
-        fold: k,
-        name: fold.name.clone(),
-        train: train.iter().map(|s| s.id.clone()).collect(),
-        val: val.iter().map(|s| s.id.clone()).collect(),
-        metrics,
-        predictions,
-        history: trained.history,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok((predictions, metrics))
 }
 
 /// Grad-CAM of class `fcd` at the last block, upsampled (trilinear) onto the model grid, and its

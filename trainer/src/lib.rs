@@ -10,10 +10,12 @@
 //! - [`report`]: report.md, metrics.json/csv, ROC and Grad-CAM PNGs.
 //! - [`export`]: a run → model package (ONNX per fold + manifest.toml).
 
+pub mod bench;
 pub mod config;
 pub mod cv;
 pub mod data;
 pub mod export;
+pub mod finetune;
 pub mod metrics;
 pub mod model;
 pub mod report;

@@ -80,8 +80,21 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
     let _ = writeln!(md, "- Folds: {}", run.scheme);
     let _ = writeln!(
         md,
-        "- Preprocessing: RAS grid {:?} voxels of {} mm, {:?} normalisation; epochs ≤ {}, batch {}, Adam lr {}, seed {}",
-        recipe.shape, cfg.voxel_mm, recipe.normalisation, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed
+        "- Preprocessing: RAS grid {:?} voxels of {} mm, {:?} normalisation; epochs ≤ {}, batch {}, Adam lr {}, plateau patience {}, early-stop patience {}, batch-norm statistics {}, seed {}",
+        recipe.shape,
+        cfg.voxel_mm,
+        recipe.normalisation,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.plateau_patience,
+        cfg.patience,
+        if cfg.recalibrate_bn {
+            "re-estimated over the training set after every epoch"
+        } else {
+            "running averages (momentum 0.1)"
+        },
+        cfg.seed
     );
     let _ = writeln!(
         md,
@@ -152,6 +165,42 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
                 "per_acquisition": per_acquisition(folds),
             }),
         );
+    }
+
+    // Fine-tuning: the package as it was vs after training, on the same test folds.
+    if let Some(package) = &cfg.init_from {
+        let _ = writeln!(
+            md,
+            "\n## Fine-tuning from `{}` (same test folds; mean ± std over folds)\n",
+            package.display()
+        );
+        let _ = writeln!(md, "| Experiment | Metric | Package as-is | After fine-tuning |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for (exp, folds) in &run.experiments {
+            let befores: Vec<FoldResult> = folds
+                .iter()
+                .filter_map(|f| {
+                    f.before.map(|m| FoldResult {
+                        metrics: m,
+                        ..f.clone()
+                    })
+                })
+                .collect();
+            let (b_mean, b_std) = summary(&befores);
+            let (a_mean, a_std) = summary(folds);
+            for (m, name) in Metrics::NAMES.iter().enumerate() {
+                let _ = writeln!(
+                    md,
+                    "| {} | {name} | {} | {} |",
+                    exp.name,
+                    pm(b_mean.values()[m], b_std.values()[m]),
+                    pm(a_mean.values()[m], a_std.values()[m])
+                );
+            }
+            if let Some(Value::Object(e)) = experiments.get_mut(&exp.name) {
+                e.insert("before".into(), json!({"mean": b_mean, "std": b_std}));
+            }
+        }
     }
 
     // Per-acquisition breakdown (pooled test predictions).

@@ -182,6 +182,25 @@ impl ResBlock {
         block
     }
 
+    /// Sets the running-statistics momentum of every batch norm of the block.
+    pub(crate) fn set_bn_momentum(&mut self, momentum: f64) {
+        match &mut self.body {
+            Body::Basic(b) => {
+                for bn in [&mut b.bn1, &mut b.bn2] {
+                    bn.momentum = momentum;
+                }
+            }
+            Body::Bottleneck(b) => {
+                for bn in [&mut b.bn1, &mut b.bn2, &mut b.bn3] {
+                    bn.momentum = momentum;
+                }
+            }
+        }
+        if let Some(p) = &mut self.downsample {
+            p.bn.momentum = momentum;
+        }
+    }
+
     /// # Shapes
     ///
     /// - input: `[batch, in_channels, depth, height, width]`

@@ -359,6 +359,23 @@ impl ResNet3d {
         Ok((model, report))
     }
 
+    /// Sum of the classifier weights: a cheap value to read back so a benchmark waits for an
+    /// optimizer step to finish on asynchronous devices.
+    pub fn fc_weight_sum(&self) -> Tensor<1> {
+        self.fc.weight.val().sum()
+    }
+
+    /// Sets the running-statistics momentum of every batch norm: the weight of the current batch
+    /// in the running mean and variance (1 = replace, 1/(n+1) = running average of n+1 batches).
+    pub fn set_bn_momentum(&mut self, momentum: f64) {
+        self.bn1.momentum = momentum;
+        for layer in [&mut self.layer1, &mut self.layer2, &mut self.layer3, &mut self.layer4] {
+            for block in layer {
+                block.set_bn_momentum(momentum);
+            }
+        }
+    }
+
     /// Freezes every part `train` does not name: no gradients, and its batch norms use (and keep)
     /// their running statistics; the named parts are made trainable. Frozen parameters are then
     /// left out of optimizer steps.

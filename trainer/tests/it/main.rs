@@ -2,4 +2,5 @@
 
 mod cv;
 mod dataset;
+mod finetune;
 mod model;
