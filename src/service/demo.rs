@@ -105,6 +105,9 @@ pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, D
                     subjects: 2,
                     fcd_fraction: 0.5,
                     seed,
+                    // The demo model was trained on this lesion size and contrast (models/demo).
+                    lesion_radius_mm: 12.0,
+                    lesion_contrast: 1.5,
                     dicom: Some(DicomExport {
                         order: synth::SliceOrder::Asc,
                         enhanced: false,

@@ -31,6 +31,9 @@ pub enum ServiceError {
     /// Spool or job database.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The tracker could not read its state.
+    #[error(transparent)]
+    Tracker(#[from] crate::tracker::TrackerError),
     /// ONNX Runtime library.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -141,7 +144,13 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         None
     };
 
-    let tracker = Tracker::new(db.clone(), settings.router.clone(), channels, config.tracker.clone());
+    let tracker = Tracker::new(
+        db.clone(),
+        settings.router.clone(),
+        channels,
+        config.tracker.clone(),
+        crate::spool::db::now(),
+    )?;
     let mut threads = vec![spawn_thread("tracker", {
         let rx = shutdown_rx.clone();
         let poll = Duration::from_secs_f64(config.tracker.poll_s);

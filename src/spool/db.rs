@@ -328,6 +328,21 @@ impl JobDb {
         )
     }
 
+    /// Studies with channel series but no job yet: after a restart the tracker waits for their
+    /// missing channels again.
+    pub fn studies_without_job(&self) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT DISTINCT study_uid FROM series WHERE channel IS NOT NULL
+                 AND study_uid NOT IN (SELECT study_uid FROM jobs)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))
+    }
+
     /// One series.
     pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRow>, DbError> {
         Ok(self

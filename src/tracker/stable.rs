@@ -66,15 +66,27 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker over `db` for a model taking `channels` (in order).
-    pub fn new(db: Arc<JobDb>, router: Router, channels: Vec<Modality>, config: TrackerConfig) -> Self {
-        Self {
+    /// A tracker over `db` for a model taking `channels` (in order). Studies that were waiting
+    /// for a channel before a restart wait again, a full `channel_wait_s` from `now`.
+    pub fn new(
+        db: Arc<JobDb>,
+        router: Router,
+        channels: Vec<Modality>,
+        config: TrackerConfig,
+        now: f64,
+    ) -> Result<Self, TrackerError> {
+        let waiting = db
+            .studies_without_job()?
+            .into_iter()
+            .map(|study| (study, now + config.channel_wait_s))
+            .collect();
+        Ok(Self {
             db,
             router,
             channels,
             config,
-            waiting: BTreeMap::new(),
-        }
+            waiting,
+        })
     }
 
     /// One pass at time `now`: routes newly stable series, creates jobs for complete studies

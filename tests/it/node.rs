@@ -536,12 +536,16 @@ fn a_two_channel_model_waits_for_both_series_or_says_which_is_missing() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("stable_age_s = 1.0", "stable_age_s = 1.0\nchannel_wait_s = 2.0"),
+        text.replace("stable_age_s = 1.0", "stable_age_s = 1.0\nchannel_wait_s = 4.0"),
     )
     .unwrap();
     node.kill();
     node.restart();
     assert!(node.storescu(&flair_files()).status.success());
+    // A restart while the study waits for its T1w: the wait starts again, it is not forgotten.
+    std::thread::sleep(Duration::from_millis(2500));
+    node.kill();
+    node.restart();
     wait_until("the job to fail", Duration::from_secs(120), || {
         node.jobs().first().is_some_and(|j| state_of(j) == "failed")
     });

@@ -3,4 +3,5 @@
 mod cv;
 mod dataset;
 mod finetune;
+mod learns;
 mod model;
