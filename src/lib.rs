@@ -20,6 +20,7 @@ pub mod assemble;
 pub mod config;
 pub mod deliver;
 mod dicom_build;
+mod dimse;
 pub mod explain;
 pub mod infer;
 pub mod ingest;

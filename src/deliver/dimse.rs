@@ -1,42 +1,21 @@
-//! C-STORE-RQ command encoding and C-STORE-RSP decoding (command sets are always implicit VR
-//! little endian, PS3.7 6.3.1). Written by hand so that nothing a peer declares is allocated
-//! before it is checked against the bytes actually received.
+//! The SCU's side of DIMSE: C-STORE-RQ encoding and C-STORE-RSP decoding, on the shared
+//! command-set codec ([`crate::dimse`]).
 
-/// Command Field of C-STORE-RQ.
-pub const C_STORE_RQ: u16 = 0x0001;
+use crate::dimse::{C_STORE_RQ, CommandWriter, elements, text, us};
+
 /// Command Field of C-STORE-RSP.
-pub const C_STORE_RSP: u16 = 0x8001;
-/// Largest command set we accept from a peer (a C-STORE-RSP is a few hundred bytes).
-pub const MAX_COMMAND_LEN: usize = 64 * 1024;
-
-fn put_element(out: &mut Vec<u8>, element: u16, value: &[u8]) {
-    out.extend_from_slice(&0x0000u16.to_le_bytes());
-    out.extend_from_slice(&element.to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(value);
-}
-
-fn uid_value(uid: &str) -> Vec<u8> {
-    let mut v = uid.as_bytes().to_vec();
-    if v.len() % 2 == 1 {
-        v.push(0);
-    }
-    v
-}
+pub const C_STORE_RSP: u16 = C_STORE_RQ | crate::dimse::RESPONSE_BIT;
 
 /// The command set of a C-STORE-RQ (priority medium, a data set follows).
 pub fn c_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(256);
-    put_element(&mut body, 0x0002, &uid_value(sop_class));
-    put_element(&mut body, 0x0100, &C_STORE_RQ.to_le_bytes());
-    put_element(&mut body, 0x0110, &message_id.to_le_bytes());
-    put_element(&mut body, 0x0700, &0x0000u16.to_le_bytes());
-    put_element(&mut body, 0x0800, &0x0000u16.to_le_bytes());
-    put_element(&mut body, 0x1000, &uid_value(sop_instance));
-    let mut out = Vec::with_capacity(body.len() + 12);
-    put_element(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+    CommandWriter::new()
+        .uid(0x0002, sop_class)
+        .us(0x0100, C_STORE_RQ)
+        .us(0x0110, message_id)
+        .us(0x0700, 0x0000)
+        .us(0x0800, 0x0000)
+        .uid(0x1000, sop_instance)
+        .finish()
 }
 
 /// The fields of a C-STORE-RSP the SCU needs.
@@ -54,37 +33,14 @@ pub struct StoreRsp {
     pub sop_instance: Option<String>,
 }
 
-fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_owned()
-}
-
-fn us(tag: u16, value: &[u8]) -> Result<u16, String> {
-    match value {
-        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
-        _ => Err(format!("(0000,{tag:04X}) has length {}, expected 2", value.len())),
-    }
-}
-
 /// Parses a command set received from the peer.
 pub fn parse_rsp(bytes: &[u8]) -> Result<StoreRsp, String> {
-    let mut pos = 0usize;
     let (mut command_field, mut responding_to, mut status) = (None, None, None);
     let (mut comment, mut sop_instance) = (None, None);
-    while pos < bytes.len() {
-        let header = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| format!("truncated element header at byte {pos}"))?;
-        let group = u16::from_le_bytes([header[0], header[1]]);
-        let element = u16::from_le_bytes([header[2], header[3]]);
-        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        pos += 8;
+    for (group, element, value) in elements(bytes)? {
         if group != 0x0000 {
             return Err(format!("element ({group:04X},{element:04X}) outside the command group"));
         }
-        let value = bytes
-            .get(pos..pos.saturating_add(len))
-            .ok_or_else(|| format!("(0000,{element:04X}) declares {len} bytes, {} left", bytes.len() - pos))?;
-        pos += len;
         match element {
             0x0100 => command_field = Some(us(element, value)?),
             0x0120 => responding_to = Some(us(element, value)?),
@@ -108,20 +64,16 @@ mod tests {
     use super::*;
 
     fn rsp(message_id: u16, status: u16, comment: Option<&str>) -> Vec<u8> {
-        let mut body = Vec::new();
-        put_element(&mut body, 0x0002, &uid_value("1.2.3"));
-        put_element(&mut body, 0x0100, &C_STORE_RSP.to_le_bytes());
-        put_element(&mut body, 0x0120, &message_id.to_le_bytes());
-        put_element(&mut body, 0x0800, &0x0101u16.to_le_bytes());
-        put_element(&mut body, 0x0900, &status.to_le_bytes());
+        let mut w = CommandWriter::new()
+            .uid(0x0002, "1.2.3")
+            .us(0x0100, C_STORE_RSP)
+            .us(0x0120, message_id)
+            .us(0x0800, 0x0101)
+            .us(0x0900, status);
         if let Some(c) = comment {
-            put_element(&mut body, 0x0902, c.as_bytes());
+            w = w.text(0x0902, c);
         }
-        put_element(&mut body, 0x1000, &uid_value("1.2.3.4"));
-        let mut out = Vec::new();
-        put_element(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        w.uid(0x1000, "1.2.3.4").finish()
     }
 
     #[test]

@@ -10,10 +10,11 @@ use dicom_ul::pdu::{AssociationRJResult, PDV_HEADER_SIZE, PDataValue, PDataValue
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::dimse::{self, C_STORE_RSP, MAX_COMMAND_LEN};
+use super::dimse::{self, C_STORE_RSP};
 use super::fault::{DeliveryFault, FaultReason, StatusClass, status_class};
 use super::files::{EXPLICIT_VR_LE, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
 use super::settings::{Destination, check_ae_title};
+use crate::dimse::{MAX_COMMAND_SET, pdu_name};
 
 /// Presentation contexts one association can carry (odd IDs 1..=255).
 const MAX_CONTEXTS: usize = 128;
@@ -360,10 +361,10 @@ async fn receive_rsp(
                         // A C-STORE-RSP has no data set; ignore stray data.
                         continue;
                     }
-                    if command.len() + pdv.data.len() > MAX_COMMAND_LEN {
+                    if command.len() + pdv.data.len() > MAX_COMMAND_SET {
                         return Err(StoreError::Association(FaultReason::Protocol {
                             during: during(),
-                            detail: format!("command set larger than {MAX_COMMAND_LEN} bytes"),
+                            detail: format!("command set larger than {MAX_COMMAND_SET} bytes"),
                         }));
                     }
                     command.extend_from_slice(&pdv.data);
@@ -395,19 +396,6 @@ async fn receive_rsp(
                 }));
             }
         }
-    }
-}
-
-fn pdu_name(pdu: &Pdu) -> &'static str {
-    match pdu {
-        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
-        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
-        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
-        Pdu::PData { .. } => "P-DATA-TF",
-        Pdu::ReleaseRQ => "A-RELEASE-RQ",
-        Pdu::ReleaseRP => "A-RELEASE-RP",
-        Pdu::AbortRQ { .. } => "A-ABORT",
-        Pdu::Unknown { .. } => "unknown PDU",
     }
 }
 

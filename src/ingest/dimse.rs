@@ -1,16 +1,8 @@
-//! DIMSE command sets (always Implicit VR Little Endian, group 0000): a bounded parser for the
-//! few fields the SCP needs and an encoder for responses.
+//! The SCP's side of DIMSE: the request fields it uses, its response encoding and statuses, on
+//! the shared command-set codec ([`crate::dimse`]).
 
-/// Largest command set accepted while reassembling command fragments.
-pub(crate) const MAX_COMMAND_SET: usize = 64 * 1024;
-
-pub(crate) const C_STORE_RQ: u16 = 0x0001;
-pub(crate) const C_ECHO_RQ: u16 = 0x0030;
-pub(crate) const C_CANCEL_RQ: u16 = 0x0FFF;
-/// Command Field bit that marks a response.
-pub(crate) const RESPONSE_BIT: u16 = 0x8000;
-/// Command Data Set Type value meaning "no data set".
-const NO_DATA_SET: u16 = 0x0101;
+pub(crate) use crate::dimse::{C_CANCEL_RQ, C_ECHO_RQ, C_STORE_RQ, MAX_COMMAND_SET, RESPONSE_BIT};
+use crate::dimse::{CommandWriter, NO_DATA_SET, elements, us};
 
 pub(crate) const STATUS_SUCCESS: u16 = 0x0000;
 /// Refused: SOP Class not supported.
@@ -48,51 +40,22 @@ pub(crate) struct CommandError(pub String);
 pub(crate) fn parse_command(bytes: &[u8]) -> Result<Command, CommandError> {
     let mut command = Command::default();
     let (mut field, mut data_set_type) = (None, None);
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let remaining = bytes.len() - pos;
-        if remaining < 8 {
-            return Err(CommandError(format!(
-                "truncated element header at offset {pos} ({remaining} bytes left)"
-            )));
-        }
-        let group = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
-        let element = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
-        let length = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
-        let start = pos + 8;
-        if length > bytes.len() - start {
-            return Err(CommandError(format!(
-                "element ({group:04X},{element:04X}) at offset {pos} declares {length} bytes but only {} remain",
-                bytes.len() - start
-            )));
-        }
-        let value = &bytes[start..start + length];
+    for (group, element, value) in elements(bytes).map_err(CommandError)? {
         if group == 0x0000 {
             match element {
                 0x0002 => command.affected_sop_class = uid(value, element)?,
-                0x0100 => field = Some(us(value, element)?),
-                0x0110 => command.message_id = us(value, element)?,
-                0x0800 => data_set_type = Some(us(value, element)?),
+                0x0100 => field = Some(us(element, value).map_err(CommandError)?),
+                0x0110 => command.message_id = us(element, value).map_err(CommandError)?,
+                0x0800 => data_set_type = Some(us(element, value).map_err(CommandError)?),
                 0x1000 => command.affected_sop_instance = uid(value, element)?,
                 _ => {}
             }
         }
-        pos = start + length;
     }
     command.field = field.ok_or_else(|| CommandError("no Command Field (0000,0100)".into()))?;
     let data_set_type = data_set_type.ok_or_else(|| CommandError("no Command Data Set Type (0000,0800)".into()))?;
     command.has_data_set = data_set_type != NO_DATA_SET;
     Ok(command)
-}
-
-fn us(value: &[u8], element: u16) -> Result<u16, CommandError> {
-    match value {
-        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
-        _ => Err(CommandError(format!(
-            "(0000,{element:04X}) has {} bytes, US needs 2",
-            value.len()
-        ))),
-    }
 }
 
 fn uid(value: &[u8], element: u16) -> Result<String, CommandError> {
@@ -126,40 +89,23 @@ pub(crate) struct Response<'a> {
 impl Response<'_> {
     /// Encodes as Implicit VR LE, elements in tag order, with the group length first.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(256);
+        let mut w = CommandWriter::new();
         if !self.sop_class.is_empty() {
-            put(&mut body, 0x0002, &padded(self.sop_class.as_bytes(), 0));
+            w = w.uid(0x0002, self.sop_class);
         }
-        put(&mut body, 0x0100, &self.field.to_le_bytes());
-        put(&mut body, 0x0120, &self.message_id_responded.to_le_bytes());
-        put(&mut body, 0x0800, &NO_DATA_SET.to_le_bytes());
-        put(&mut body, 0x0900, &self.status.to_le_bytes());
+        w = w
+            .us(0x0100, self.field)
+            .us(0x0120, self.message_id_responded)
+            .us(0x0800, NO_DATA_SET)
+            .us(0x0900, self.status);
         if let Some(comment) = self.error_comment {
-            put(&mut body, 0x0902, &padded(error_comment(comment).as_bytes(), b' '));
+            w = w.text(0x0902, &error_comment(comment));
         }
         if !self.sop_instance.is_empty() {
-            put(&mut body, 0x1000, &padded(self.sop_instance.as_bytes(), 0));
+            w = w.uid(0x1000, self.sop_instance);
         }
-        let mut out = Vec::with_capacity(body.len() + 12);
-        put(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        w.finish()
     }
-}
-
-fn put(out: &mut Vec<u8>, element: u16, value: &[u8]) {
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&element.to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(value);
-}
-
-fn padded(value: &[u8], pad: u8) -> Vec<u8> {
-    let mut v = value.to_vec();
-    if v.len() % 2 == 1 {
-        v.push(pad);
-    }
-    v
 }
 
 /// An LO value: printable ASCII without backslash, at most 64 characters.
@@ -183,21 +129,14 @@ mod tests {
     use super::*;
 
     fn request(field: u16, message_id: u16, with_data: bool) -> Vec<u8> {
-        let mut body = Vec::new();
-        put(&mut body, 0x0002, &padded(b"1.2.840.10008.5.1.4.1.1.4", 0));
-        put(&mut body, 0x0100, &field.to_le_bytes());
-        put(&mut body, 0x0110, &message_id.to_le_bytes());
-        put(&mut body, 0x0700, &0u16.to_le_bytes());
-        put(
-            &mut body,
-            0x0800,
-            &(if with_data { 0x0000u16 } else { NO_DATA_SET }).to_le_bytes(),
-        );
-        put(&mut body, 0x1000, &padded(b"1.2.3.4.5", 0));
-        let mut out = Vec::new();
-        put(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
-        out.extend(body);
-        out
+        CommandWriter::new()
+            .uid(0x0002, "1.2.840.10008.5.1.4.1.1.4")
+            .us(0x0100, field)
+            .us(0x0110, message_id)
+            .us(0x0700, 0)
+            .us(0x0800, if with_data { 0x0000 } else { NO_DATA_SET })
+            .uid(0x1000, "1.2.3.4.5")
+            .finish()
     }
 
     #[test]

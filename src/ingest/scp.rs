@@ -31,6 +31,7 @@ use super::syntax::{
     ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage, trim_uid,
 };
 use super::{InstanceSink, ReceivedInstance, StoreOutcome};
+use crate::dimse::pdu_name;
 
 /// Largest A-ASSOCIATE-RQ read (and discarded) when answering "too many associations".
 const MAX_REJECTED_RQ: u32 = 256 * 1024;
@@ -845,19 +846,6 @@ async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
         if shutdown.changed().await.is_err() {
             return;
         }
-    }
-}
-
-fn pdu_name(pdu: &Pdu) -> &'static str {
-    match pdu {
-        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
-        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
-        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
-        Pdu::PData { .. } => "P-DATA-TF",
-        Pdu::ReleaseRQ => "A-RELEASE-RQ",
-        Pdu::ReleaseRP => "A-RELEASE-RP",
-        Pdu::AbortRQ { .. } => "A-ABORT",
-        Pdu::Unknown { .. } => "unknown PDU",
     }
 }
 

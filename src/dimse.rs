@@ -1,0 +1,132 @@
+//! DIMSE command sets, the one codec both ends of the node use: the SCP (`ingest`) parses
+//! requests and encodes responses, the SCU (`deliver`) encodes requests and parses responses.
+//! Command sets are always Implicit VR Little Endian in group 0000 (PS3.7 6.3.1); every length
+//! a peer declares is checked against the bytes present before it is used.
+
+use dicom_ul::pdu::Pdu;
+
+/// Largest command set accepted from a peer while reassembling command fragments.
+pub(crate) const MAX_COMMAND_SET: usize = 64 * 1024;
+
+/// Command Field of C-STORE-RQ.
+pub(crate) const C_STORE_RQ: u16 = 0x0001;
+/// Command Field of C-ECHO-RQ.
+pub(crate) const C_ECHO_RQ: u16 = 0x0030;
+/// Command Field of C-CANCEL-RQ.
+pub(crate) const C_CANCEL_RQ: u16 = 0x0FFF;
+/// Command Field bit that marks a response.
+pub(crate) const RESPONSE_BIT: u16 = 0x8000;
+/// Command Data Set Type value meaning "no data set".
+pub(crate) const NO_DATA_SET: u16 = 0x0101;
+
+/// Builds a command set: elements added in tag order, group length put first by `finish`.
+pub(crate) struct CommandWriter {
+    body: Vec<u8>,
+}
+
+impl CommandWriter {
+    pub(crate) fn new() -> Self {
+        Self {
+            body: Vec::with_capacity(256),
+        }
+    }
+
+    /// A US element.
+    pub(crate) fn us(mut self, element: u16, value: u16) -> Self {
+        put(&mut self.body, element, &value.to_le_bytes());
+        self
+    }
+
+    /// A UI element, NUL-padded to even length.
+    pub(crate) fn uid(mut self, element: u16, uid: &str) -> Self {
+        put(&mut self.body, element, &padded(uid.as_bytes(), 0));
+        self
+    }
+
+    /// A text element (LO), space-padded to even length.
+    pub(crate) fn text(mut self, element: u16, text: &str) -> Self {
+        put(&mut self.body, element, &padded(text.as_bytes(), b' '));
+        self
+    }
+
+    /// The command set: Command Group Length, then the elements.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 12);
+        put(&mut out, 0x0000, &(self.body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn put(out: &mut Vec<u8>, element: u16, value: &[u8]) {
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+fn padded(value: &[u8], pad: u8) -> Vec<u8> {
+    let mut v = value.to_vec();
+    if v.len() % 2 == 1 {
+        v.push(pad);
+    }
+    v
+}
+
+/// One element of a command set: group, element number, value.
+pub(crate) type Element<'a> = (u16, u16, &'a [u8]);
+
+/// The elements of an Implicit VR LE command set, each declared length checked against the
+/// bytes that remain (nothing is allocated by what a peer declares).
+pub(crate) fn elements(bytes: &[u8]) -> Result<Vec<Element<'_>>, String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let remaining = bytes.len() - pos;
+        if remaining < 8 {
+            return Err(format!(
+                "truncated element header at offset {pos} ({remaining} bytes left)"
+            ));
+        }
+        let group = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
+        let element = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+        let length = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
+        let start = pos + 8;
+        if length > bytes.len() - start {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) at offset {pos} declares {length} bytes but only {} remain",
+                bytes.len() - start
+            ));
+        }
+        out.push((group, element, &bytes[start..start + length]));
+        pos = start + length;
+    }
+    Ok(out)
+}
+
+/// A US value of command element `(0000,element)`.
+pub(crate) fn us(element: u16, value: &[u8]) -> Result<u16, String> {
+    match value {
+        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+        _ => Err(format!("(0000,{element:04X}) has {} bytes, US needs 2", value.len())),
+    }
+}
+
+/// A text value without its padding.
+pub(crate) fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_owned()
+}
+
+/// The PDU's name, for messages about unexpected PDUs.
+pub(crate) fn pdu_name(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
+        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
+        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
+        Pdu::PData { .. } => "P-DATA-TF",
+        Pdu::ReleaseRQ => "A-RELEASE-RQ",
+        Pdu::ReleaseRP => "A-RELEASE-RP",
+        Pdu::AbortRQ { .. } => "A-ABORT",
+        Pdu::Unknown { .. } => "unknown PDU",
+    }
+}
