@@ -74,7 +74,7 @@ pub fn flair_files() -> Vec<PathBuf> {
 }
 
 /// A small model package whose graph is built by the root library (see `infer.rs`).
-fn model(dir: &Path) -> PathBuf {
+pub fn model(dir: &Path) -> PathBuf {
     let path = dir.join("model");
     std::fs::create_dir_all(&path).unwrap();
     crate::infer::package(&path, Modality::Flair);
@@ -125,6 +125,13 @@ impl Drop for Pacs {
     }
 }
 
+/// Where a test node sends its results: a destination on loopback.
+pub struct Destination<'a> {
+    pub name: &'a str,
+    pub ae_title: &'a str,
+    pub port: u16,
+}
+
 /// A running `fcdnode serve`.
 pub struct NodeProc {
     child: Option<Child>,
@@ -136,9 +143,27 @@ pub struct NodeProc {
 
 impl NodeProc {
     /// Writes a config into `dir` (spool and results there too) and starts the node.
-    /// `scp` and `pipeline` add keys to those tables.
+    /// Starts a node that sends its results to `storescp` as PACS@`pacs_port`; `scp` and
+    /// `pipeline` add keys to those tables.
     pub fn start(dir: &Path, model: &Path, pacs_port: u16, scp: &str, pipeline: &str) -> Self {
-        let dicom_port = free_port();
+        let pacs = Destination {
+            name: "pacs",
+            ae_title: "PACS",
+            port: pacs_port,
+        };
+        Self::start_with(dir, model, free_port(), &pacs, scp, pipeline)
+    }
+
+    /// Writes a config into `dir` (spool and results there too), listening for DICOM on
+    /// `dicom_port` and sending results to `destination`, and starts the node.
+    pub fn start_with(
+        dir: &Path,
+        model: &Path,
+        dicom_port: u16,
+        destination: &Destination<'_>,
+        scp: &str,
+        pipeline: &str,
+    ) -> Self {
         let api_port = free_port();
         let config = dir.join("fcdnode.toml");
         let text = format!(
@@ -160,7 +185,7 @@ poll_s = 0.2
 {pipeline}
 
 [outbox]
-send_to = ["pacs"]
+send_to = ["{name}"]
 poll_s = 0.2
 
 [outbox.retry]
@@ -168,17 +193,20 @@ initial_backoff_s = 1
 max_backoff_s = 2
 
 [[destinations]]
-name = "pacs"
-ae_title = "PACS"
+name = "{name}"
+ae_title = "{ae_title}"
 host = "127.0.0.1"
-port = {pacs_port}
-timeout_s = 5
+port = {port}
+timeout_s = 30
 
 [api]
 bind = "127.0.0.1:{api_port}"
 "#,
             data = dir.join("data").display(),
             model = model.display(),
+            name = destination.name,
+            ae_title = destination.ae_title,
+            port = destination.port,
         );
         std::fs::write(&config, text).unwrap();
         let mut node = Self {

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fcdnode::package::manifest::Modality;
 use serde_json::{Value, json};
 
-use crate::node::{flair_files, free_port, wait_until};
-use crate::util::{fcdnode, tempdir};
+use crate::node::{Destination, NodeProc, flair_files, free_port, model, wait_until};
+use crate::util::tempdir;
 
 /// Debian's Orthanc server (package `orthanc`, installed by `scripts/setup.sh`).
 const ORTHANC: &str = "/usr/sbin/Orthanc";
@@ -161,103 +160,6 @@ impl Drop for Orthanc {
     }
 }
 
-/// `fcdnode serve` with Orthanc as its only destination.
-struct Node {
-    child: Child,
-    api_port: u16,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(dir: &Path, dicom_port: u16, orthanc_port: u16) -> Self {
-        let model = dir.join("model");
-        std::fs::create_dir_all(&model).unwrap();
-        crate::infer::package(&model, Modality::Flair);
-        let api_port = free_port();
-        let config = dir.join("fcdnode.toml");
-        let text = format!(
-            r#"[node]
-data_dir = "{data}"
-model = "{model}"
-
-[scp]
-ae_title = "FCDNODE"
-bind = "127.0.0.1:{dicom_port}"
-# Orthanc forwards whole studies, our SC/SR included: accept other classes, keep none.
-other_storage = "discard"
-
-[tracker]
-stable_age_s = 1.0
-poll_s = 0.2
-
-[pipeline]
-poll_s = 0.2
-
-[outbox]
-send_to = ["orthanc"]
-poll_s = 0.2
-
-[outbox.retry]
-initial_backoff_s = 1
-max_backoff_s = 2
-
-[[destinations]]
-name = "orthanc"
-ae_title = "ORTHANC"
-host = "127.0.0.1"
-port = {orthanc_port}
-timeout_s = 30
-
-[api]
-bind = "127.0.0.1:{api_port}"
-"#,
-            data = dir.join("data").display(),
-            model = model.display(),
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = dir.join("node.log");
-        let child = fcdnode()
-            .env("RUST_LOG", "info")
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start fcdnode serve: {e}"));
-        let mut node = Self { child, api_port, log };
-        let url = format!("http://127.0.0.1:{api_port}/readyz");
-        wait_until("the node to be ready", Duration::from_secs(60), || {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("fcdnode serve exited with {status}:\n{}", node.log_text());
-            }
-            reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
-        });
-        node
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
-        reqwest::blocking::get(&url)
-            .and_then(|r| r.json())
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-    }
-
-    fn jobs(&self) -> Vec<Value> {
-        self.get("/jobs").as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().trim_end_matches(['\0', ' ']).to_string()
 }
@@ -291,7 +193,19 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     let orthanc_dicom = free_port();
     let node_dicom = free_port();
     let orthanc = Orthanc::start(dir.path(), orthanc_dicom, node_dicom);
-    let node = Node::start(dir.path(), node_dicom, orthanc_dicom);
+    // Orthanc forwards whole studies, our SC/SR included: accept other classes, keep none.
+    let node = NodeProc::start_with(
+        dir.path(),
+        &model(dir.path()),
+        node_dicom,
+        &Destination {
+            name: "orthanc",
+            ae_title: "ORTHANC",
+            port: orthanc_dicom,
+        },
+        "other_storage = \"discard\"",
+        "",
+    );
 
     // Upload the FLAIR series to Orthanc over REST, as a modality or a user would.
     let files = flair_files();
