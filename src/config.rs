@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::api::ApiConfig;
 use crate::deliver::{Destination, RetryPolicy};
+use crate::dicom_build::is_uid;
 use crate::infer::runtime::Device;
 use crate::ingest::ScpConfig;
 use crate::pipeline::Explain;
@@ -289,14 +290,6 @@ impl Config {
             config: self.clone(),
         })
     }
-}
-
-fn is_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid
-            .split('.')
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Loads and validates `path`, or the defaults when `None`.

@@ -1,5 +1,6 @@
-//! Small builders for DICOM data sets, shared by the synthetic series writer and the report
-//! stage: typed element setters and the DS (decimal string) formatting both need.
+//! Small builders and readers for DICOM data sets, shared by the synthetic series writer, the
+//! report stage, the spool and the configuration: typed element setters, DS (decimal string)
+//! formatting, trimmed text values and the UID syntax check.
 
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR, smallvec};
@@ -80,4 +81,22 @@ pub(crate) fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDico
 
 pub(crate) fn put_f32s(obj: &mut InMemDicomObject, tag: Tag, values: &[f32]) {
     obj.put(DataElement::new(tag, VR::FL, PrimitiveValue::F32(values.into())));
+}
+
+/// Text value of `tag` in `obj`, trimmed, if present and non-empty.
+pub(crate) fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether `uid` is a DICOM UID: dot-separated non-empty digit components, at most 64
+/// characters (UIDs also become path components in the spool, so this is a safety check too).
+pub(crate) fn is_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }

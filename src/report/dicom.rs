@@ -10,7 +10,7 @@ use super::codes::{self, Code};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp};
 use crate::synth::dicom::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
-pub(crate) use crate::dicom_build::{ds, ds_multi, put_f32s, put_seq, put_str, put_tag, put_u16, truncate};
+pub(crate) use crate::dicom_build::{ds, ds_multi, get_str, put_f32s, put_seq, put_str, put_tag, put_u16, truncate};
 
 pub(crate) const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
@@ -25,14 +25,6 @@ pub(crate) fn code_item(code: &Code) -> InMemDicomObject {
     put_str(&mut item, tags::CODING_SCHEME_DESIGNATOR, VR::SH, code.scheme);
     put_str(&mut item, tags::CODE_MEANING, VR::LO, code.meaning);
     item
-}
-
-/// Text value of `tag` in `obj`, trimmed, if present and non-empty.
-pub(crate) fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    obj.get(tag)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_owned())
-        .filter(|s| !s.is_empty())
 }
 
 /// Attributes copied verbatim from the source header when present: Patient, Clinical Trial

@@ -11,6 +11,7 @@ use dicom_object::OpenFileOptions;
 
 use crate::config::Settings;
 use crate::deliver::{self, Destination, EXPLICIT_VR_LE};
+use crate::dicom_build::get_str;
 use crate::ingest::{self, IngestStats, InstanceSink, ReceivedInstance, ScpConfig, StoreOutcome};
 use crate::spool::db::JobState;
 use crate::synth::{self, CohortOptions, DicomExport};
@@ -245,9 +246,5 @@ fn study_uid(files: &[PathBuf]) -> Option<String> {
         .read_until(tags::PIXEL_DATA)
         .open_file(first)
         .ok()?;
-    obj.element(tags::STUDY_INSTANCE_UID)
-        .ok()?
-        .to_str()
-        .ok()
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+    get_str(&obj, tags::STUDY_INSTANCE_UID)
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 
+use crate::dicom_build::{get_str, is_uid};
 use crate::ingest::{InstanceSink, ReceivedInstance, StoreOutcome};
 use crate::report::is_own_output;
 use db::{InstanceRecord, JobDb, Recorded};
@@ -103,13 +104,7 @@ impl Spool {
             .open_file(tmp)
             .map_err(|e| Refusal::understand(format!("data set does not parse: {e}")))?;
         let text = |tag, name: &str| -> Result<String, Refusal> {
-            header
-                .element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| Refusal::understand(format!("{name} is missing")))
+            get_str(&header, tag).ok_or_else(|| Refusal::understand(format!("{name} is missing")))
         };
         let sop_uid = text(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
         if sop_uid != inst.sop_instance_uid {
@@ -220,14 +215,9 @@ impl Refusal {
     }
 }
 
-/// UIDs become path components: only digits and dots, at most 64 characters.
+/// UIDs become path components: only a valid UID may name a file or directory.
 fn check_uid(name: &str, uid: &str) -> Result<(), Refusal> {
-    let ok = !uid.is_empty()
-        && uid.len() <= 64
-        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && !uid.starts_with('.')
-        && !uid.contains("..");
-    if ok {
+    if is_uid(uid) {
         Ok(())
     } else {
         Err(Refusal::understand(format!(
