@@ -234,7 +234,6 @@ impl Walker<'_> {
                 }
             };
             let start = pos + header;
-            let remaining = end - start;
             pos = if length == UNDEFINED {
                 match value {
                     Value::Sequence(items) | Value::SequenceIfUndefined(items) => {
@@ -250,15 +249,7 @@ impl Walker<'_> {
                     }
                 }
             } else {
-                let length = length as usize;
-                if length > remaining {
-                    return Err(MalformedDataSet::at(
-                        Some(tag),
-                        pos,
-                        format!("declares {length} bytes but only {remaining} remain"),
-                    ));
-                }
-                let value_end = start + length;
+                let value_end = value_end(tag, pos, start, length, end, "")?;
                 if let Value::Sequence(items) = value {
                     self.sequence(start, value_end, items, depth + 1, false, tag, pos)?;
                 }
@@ -305,21 +296,10 @@ impl Walker<'_> {
                     pos = self.dataset(pos + 8, end, encoding, depth, true)?;
                 }
                 ITEM => {
-                    let start = pos + 8;
-                    let length = length as usize;
-                    let remaining = end - start;
-                    if length > remaining {
-                        return Err(MalformedDataSet::at(
-                            Some(tag),
-                            pos,
-                            format!(
-                                "item of sequence ({:04X},{:04X}) declares {length} bytes but only {remaining} remain",
-                                seq_tag.0, seq_tag.1
-                            ),
-                        ));
-                    }
-                    self.dataset(start, start + length, encoding, depth, false)?;
-                    pos = start + length;
+                    let what = format!("item of sequence ({:04X},{:04X}) ", seq_tag.0, seq_tag.1);
+                    let item_end = value_end(tag, pos, pos + 8, length, end, &what)?;
+                    self.dataset(pos + 8, item_end, encoding, depth, false)?;
+                    pos = item_end;
                 }
                 _ => {
                     return Err(MalformedDataSet::at(
@@ -346,17 +326,7 @@ impl Walker<'_> {
             match tag {
                 SEQUENCE_DELIMITER => return Ok(pos + 8),
                 ITEM if length != UNDEFINED => {
-                    let start = pos + 8;
-                    let length = length as usize;
-                    let remaining = end - start;
-                    if length > remaining {
-                        return Err(MalformedDataSet::at(
-                            Some(tag),
-                            pos,
-                            format!("pixel data fragment declares {length} bytes but only {remaining} remain"),
-                        ));
-                    }
-                    pos = start + length;
+                    pos = value_end(tag, pos, pos + 8, length, end, "pixel data fragment ")?;
                 }
                 _ => {
                     return Err(MalformedDataSet::at(
@@ -401,6 +371,28 @@ fn implicit_value(tag: (u16, u16)) -> Value {
         Some(_) => Value::Bytes,
         None => Value::SequenceIfUndefined(Encoding::Implicit),
     }
+}
+
+/// End of a defined-length value starting at `start`, or the error when it declares more bytes
+/// than remain before `end` (`what` names the kind of value, ending in a space, or is empty).
+fn value_end(
+    tag: (u16, u16),
+    pos: usize,
+    start: usize,
+    length: u32,
+    end: usize,
+    what: &str,
+) -> Result<usize, MalformedDataSet> {
+    let length = length as usize;
+    let remaining = end - start;
+    if length > remaining {
+        return Err(MalformedDataSet::at(
+            Some(tag),
+            pos,
+            format!("{what}declares {length} bytes but only {remaining} remain"),
+        ));
+    }
+    Ok(start + length)
 }
 
 #[cfg(test)]
