@@ -11,22 +11,29 @@ use fcdnode::package::arch::{ArchSpec, Layout};
 use crate::model::{ModelError, ResNet3d};
 use crate::train::cross_entropy;
 
-/// What to time.
-#[derive(Clone, Debug)]
+/// What to time (also the options of `fcdtrain bench step`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct StepBench {
-    /// Architecture name (`resnet18`, …).
+    /// Architecture: resnet10, resnet18, resnet34, resnet50.
+    #[arg(long, default_value = "resnet18")]
     pub arch: String,
     /// Network layout.
+    #[arg(long, value_enum, default_value = "medicalnet")]
     pub layout: Layout,
     /// Width multiplier.
+    #[arg(long, default_value_t = 1.0)]
     pub width_mult: f64,
     /// Cubic input size in voxels.
+    #[arg(long, default_value_t = 128)]
     pub size: usize,
     /// Samples per step.
+    #[arg(long, default_value_t = 2)]
     pub batch: usize,
     /// Untimed warm-up steps before the timed ones.
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Timed steps.
+    /// Timed steps; the median of each part is printed.
+    #[arg(long, default_value_t = 3)]
     pub steps: usize,
 }
 

@@ -59,27 +59,8 @@ enum BenchCommand {
     /// Time one training step (forward, backward, Adam) on random input and print the peak
     /// memory; `trainer/bench/torch_step.py` does the same step in PyTorch.
     Step {
-        /// Architecture: resnet10, resnet18, resnet34, resnet50.
-        #[arg(long, default_value = "resnet18")]
-        arch: String,
-        /// Network layout.
-        #[arg(long, value_enum, default_value = "medicalnet")]
-        layout: Layout,
-        /// Width multiplier.
-        #[arg(long, default_value_t = 1.0)]
-        width_mult: f64,
-        /// Cubic input size in voxels.
-        #[arg(long, default_value_t = 128)]
-        size: usize,
-        /// Samples per step.
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        /// Untimed warm-up steps.
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
-        /// Timed steps; the median of each part is printed.
-        #[arg(long, default_value_t = 3)]
-        steps: usize,
+        #[command(flatten)]
+        bench: fcdnode_trainer::bench::StepBench,
         /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -276,24 +257,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Step {
-            arch,
-            layout,
-            width_mult,
-            size,
-            batch,
-            warmup,
-            steps,
-            device,
-        }) => {
+        Command::Bench(BenchCommand::Step { bench, device }) => {
             let bench = fcdnode_trainer::bench::StepBench {
-                arch,
-                layout,
-                width_mult,
-                size,
-                batch,
-                warmup,
-                steps: steps.max(1),
+                steps: bench.steps.max(1),
+                ..bench
             };
             let dev = fcdnode_trainer::model::device_from_name(&device)?;
             let t = fcdnode_trainer::bench::step(&bench, &dev)?;
