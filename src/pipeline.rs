@@ -103,7 +103,7 @@ impl Default for Options {
     }
 }
 
-/// A milestone inside [`run_dicom_staged`], for callers that persist progress.
+/// A milestone inside [`run_series_staged`], for callers that persist progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     /// The series are read and assembled into volumes.
@@ -112,8 +112,8 @@ pub enum Stage {
     Inferred,
 }
 
-/// Runs the model on the series under `paths` and writes SC, SR, preview and `result.json`
-/// into `out`.
+/// Runs the model on the series under `paths` (picked by routing, or `options.series`) and
+/// writes SC, SR, preview and `result.json` into `out`.
 pub fn run_dicom(
     paths: &[PathBuf],
     ensemble: &mut Ensemble,
@@ -121,27 +121,53 @@ pub fn run_dicom(
     out: &Path,
     options: &Options,
 ) -> Result<ResultSummary, PipelineError> {
-    run_dicom_staged(paths, ensemble, router, out, options, &mut |_| {})
+    let start = Instant::now();
+    let channels = ensemble.manifest().channels.clone();
+    let chosen = choose_series(paths, &channels, router, options.series.as_deref())?;
+    run_chosen(&chosen, ensemble, out, options, start, &mut |_| {})
 }
 
-/// [`run_dicom`], telling `on_stage` each milestone as it is reached (the service records the
-/// job state).
-pub fn run_dicom_staged(
-    paths: &[PathBuf],
+/// Runs the model on series already chosen for its channels (`chosen[c]`: the files of the
+/// series feeding channel `c`, in the manifest's order), telling `on_stage` each milestone.
+/// The service calls this: its tracker has routed the series already.
+pub fn run_series_staged(
+    chosen: &[Vec<PathBuf>],
     ensemble: &mut Ensemble,
-    router: &Router,
     out: &Path,
     options: &Options,
     on_stage: &mut dyn FnMut(Stage),
 ) -> Result<ResultSummary, PipelineError> {
-    let start = Instant::now();
+    run_chosen(chosen, ensemble, out, options, Instant::now(), on_stage)
+}
+
+fn run_chosen(
+    chosen: &[Vec<PathBuf>],
+    ensemble: &mut Ensemble,
+    out: &Path,
+    options: &Options,
+    start: Instant,
+    on_stage: &mut dyn FnMut(Stage),
+) -> Result<ResultSummary, PipelineError> {
     let mut timings = Timings::default();
     let channels = ensemble.manifest().channels.clone();
-    let chosen = choose_series(paths, &channels, router, options.series.as_deref())?;
+    if chosen.len() != channels.len() {
+        return Err(PipelineError::Channel {
+            channel: channels.get(chosen.len()).copied().unwrap_or(Modality::Flair),
+            reason: format!("{} series given for {} model channel(s)", chosen.len(), channels.len()),
+        });
+    }
     let mut assembled: Vec<(Assembled, InMemDicomObject)> = Vec::new();
-    for files in &chosen {
+    for (files, &channel) in chosen.iter().zip(&channels) {
         let sources = assemble::read_files(files, false)?;
-        let header = sources[0].object.clone().into_inner();
+        let header = match sources.first() {
+            Some(first) => first.object.clone().into_inner(),
+            None => {
+                return Err(PipelineError::Channel {
+                    channel,
+                    reason: "the series has no readable instance".into(),
+                });
+            }
+        };
         assembled.push((assemble::assemble_series(&sources, &Tolerances::default())?, header));
     }
     timings.assemble = ms(start);

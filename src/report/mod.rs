@@ -294,11 +294,6 @@ impl ReportOptions {
         self.timestamp = Some(timestamp);
         self
     }
-    /// The earlier SR the new one supersedes.
-    pub fn with_predecessor(mut self, predecessor: Option<sr::InstanceRef>) -> Self {
-        self.predecessor = predecessor;
-        self
-    }
 }
 
 /// Source of new UIDs: `2.25.<u128>` (UUID-derived) by default, or `<root>.<decimal>` under a

@@ -259,8 +259,8 @@ fn tracker_loop(
     loop {
         let now = crate::spool::db::now();
         match tracker.tick(now) {
-            Ok(jobs) => {
-                for _ in &jobs {
+            Ok(tick) => {
+                for _ in 0..tick.completed {
                     metrics.series_completed();
                 }
             }

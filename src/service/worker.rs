@@ -11,19 +11,20 @@ use dicom_object::OpenFileOptions;
 use tokio::sync::watch;
 
 use crate::api::Metrics;
+use crate::assemble;
 use crate::config::{Config, Settings};
 use crate::infer::Ensemble;
 use crate::pipeline::{self, Options, Stage};
 use crate::report::sr::InstanceRef;
 use crate::report::{self, ReportOptions, ResultSummary};
 use crate::spool::db::{JobDb, JobRow, JobState};
-use crate::tracker::routing::Router;
 
 pub(super) struct Worker {
     db: Arc<JobDb>,
     ensemble: Ensemble,
-    router: Router,
     config: Config,
+    /// Pipeline options from the configuration; each job adds its predecessor SR.
+    options: Options,
     metrics: Arc<Metrics>,
 }
 
@@ -32,8 +33,8 @@ impl Worker {
         Self {
             db,
             ensemble,
-            router: settings.router.clone(),
             config: settings.config.clone(),
+            options: options(&settings.config),
             metrics,
         }
     }
@@ -109,42 +110,22 @@ impl Worker {
         if out.exists() {
             std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
         }
-        let mut dirs = Vec::new();
+        // The tracker routed these series to the model's channels, in order.
+        let mut chosen = Vec::new();
         for uid in &job.series {
             let series = self
                 .db
                 .series(uid)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("series {uid} is not in the spool"))?;
-            dirs.push(series.dir);
+            chosen.push(assemble::list_files(std::slice::from_ref(&series.dir)).map_err(|e| e.to_string())?);
         }
         let predecessor = match job.supersedes {
             Some(id) => self.predecessor_sr(id),
             None => None,
         };
-        let pipeline_config = &self.config.pipeline;
-        let options = Options {
-            explain: pipeline_config.explain,
-            series: job.series.first().cloned(),
-            report: ReportOptions::new()
-                .with_multiframe(pipeline_config.multiframe_sc)
-                .with_sc_series(
-                    pipeline_config.sc_series_number,
-                    ReportOptions::default().series_description_sc,
-                )
-                .with_sr_series(
-                    pipeline_config.sr_series_number,
-                    ReportOptions::default().series_description_sr,
-                )
-                .with_predecessor(predecessor),
-            device: report::Device {
-                device_uid: self.config.node.device_uid.clone(),
-                institution_name: self.config.node.institution_name.clone(),
-                ..report::Device::default()
-            },
-            uid_root: self.config.node.uid_root.clone(),
-            ..Options::default()
-        };
+        let mut options = self.options.clone();
+        options.report.predecessor = predecessor;
         let db = self.db.clone();
         let id = job.id;
         let mut on_stage = |stage: Stage| {
@@ -156,7 +137,7 @@ impl Worker {
                 tracing::warn!(job = id, "cannot record state {state:?}: {e}");
             }
         };
-        pipeline::run_dicom_staged(&dirs, &mut self.ensemble, &self.router, out, &options, &mut on_stage)
+        pipeline::run_series_staged(&chosen, &mut self.ensemble, out, &options, &mut on_stage)
             .map_err(|e| e.to_string())
     }
 
@@ -171,5 +152,25 @@ impl Worker {
             .open_file(&sr)
             .ok()?;
         Some(InstanceRef::of(&header))
+    }
+}
+
+/// The pipeline options the configuration asks for.
+fn options(config: &Config) -> Options {
+    Options {
+        explain: config.pipeline.explain,
+        report: ReportOptions {
+            multiframe: config.pipeline.multiframe_sc,
+            series_number_sc: config.pipeline.sc_series_number,
+            series_number_sr: config.pipeline.sr_series_number,
+            ..ReportOptions::default()
+        },
+        device: report::Device {
+            device_uid: config.node.device_uid.clone(),
+            institution_name: config.node.institution_name.clone(),
+            ..report::Device::default()
+        },
+        uid_root: config.node.uid_root.clone(),
+        ..Options::default()
     }
 }

@@ -5,4 +5,4 @@
 pub mod routing;
 mod stable;
 
-pub use stable::{Tracker, TrackerConfig, TrackerError};
+pub use stable::{Tick, Tracker, TrackerConfig, TrackerError};

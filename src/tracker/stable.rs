@@ -55,6 +55,15 @@ impl TrackerConfig {
 #[error(transparent)]
 pub struct TrackerError(#[from] DbError);
 
+/// What one [`Tracker::tick`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Series found complete (stable) in this pass.
+    pub completed: usize,
+    /// Jobs created.
+    pub jobs: Vec<i64>,
+}
+
 /// Turns stable series into jobs for a model with the given channels.
 pub struct Tracker {
     db: Arc<JobDb>,
@@ -90,10 +99,12 @@ impl Tracker {
     }
 
     /// One pass at time `now`: routes newly stable series, creates jobs for complete studies
-    /// and fails studies whose channel wait ran out. Returns the new job ids.
-    pub fn tick(&mut self, now: f64) -> Result<Vec<i64>, TrackerError> {
+    /// and fails studies whose channel wait ran out.
+    pub fn tick(&mut self, now: f64) -> Result<Tick, TrackerError> {
         let mut studies = Vec::new();
-        for series in self.db.stable_series(now - self.config.stable_age_s)? {
+        let stable = self.db.stable_series(now - self.config.stable_age_s)?;
+        let completed = stable.len();
+        for series in stable {
             let channel = self.route(&series);
             self.db.mark_handled(
                 &series.series_uid,
@@ -114,7 +125,7 @@ impl Tracker {
                 jobs.push(id);
             }
         }
-        Ok(jobs)
+        Ok(Tick { completed, jobs })
     }
 
     /// The channel a series feeds, or `None` (logged with the reason).
