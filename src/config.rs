@@ -324,5 +324,16 @@ mod tests {
         assert!(err.contains("bad.toml") && err.contains("rule \"r\""), "{err}");
         let err = Config::load(&dir.path().join("absent.toml")).unwrap_err().to_string();
         assert!(err.contains("absent.toml"), "{err}");
+        std::fs::write(
+            &path,
+            "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\nport = 104\n\
+             [destinations.tls]\nca = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap().validate(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("`ca`") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 }

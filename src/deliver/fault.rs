@@ -52,6 +52,15 @@ pub enum FaultReason {
         /// The proposed SOP classes.
         proposed: String,
     },
+    /// The TLS handshake failed or the TLS session broke with an alert: a certificate the
+    /// other side does not trust, a wrong server name, no common protocol version.
+    #[error("TLS failed {during}: {detail}")]
+    Tls {
+        /// What we were doing.
+        during: String,
+        /// The TLS error or alert.
+        detail: String,
+    },
     /// A-ABORT from the peer.
     #[error("association aborted by the peer {during}")]
     Aborted {
@@ -128,6 +137,8 @@ impl FaultReason {
                 }
             }
             FaultReason::NoContextAtAll { .. } => Permanent,
+            // Certificates and names do not fix themselves between retries.
+            FaultReason::Tls { .. } => Permanent,
             FaultReason::Aborted { .. } => Transient,
             FaultReason::ConnectionLost { .. } => Transient,
             FaultReason::Protocol { .. } => Transient,

@@ -14,16 +14,19 @@
 //!
 //! Sockets get `TCP_NODELAY`; every wait is bounded by the destination's `timeout_s`; nothing a
 //! peer sends is trusted for allocation (command sets are parsed by hand and capped).
-//! TLS is not built in yet: `tls = true` is a validation error until dicom-ul's `async-tls`
-//! feature is enabled.
+//! A destination with a `[destinations.tls]` table is reached over DICOM TLS ([`TlsSettings`]):
+//! the destination's certificate is checked against the configured CA, the node presents its
+//! own certificate when one is configured, and TLS failures are permanent faults.
 
 mod dimse;
 mod fault;
 mod files;
 mod scu;
 mod settings;
+mod tls;
 
 pub use fault::{DeliveryFault, FaultKind, FaultReason, StatusClass, status_class};
 pub use files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 pub use scu::{FileOutcome, Stored, send};
 pub use settings::{Destination, MAX_MAX_PDU, MAX_TIMEOUT_S, MIN_MAX_PDU, RetryPolicy, SettingsError, check_ae_title};
+pub use tls::TlsSettings;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_ul::association::client::AsyncClientAssociation;
@@ -14,6 +15,7 @@ use super::dimse::{self, C_STORE_RSP};
 use super::fault::{DeliveryFault, FaultReason, StatusClass, status_class};
 use super::files::{EXPLICIT_VR_LE, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
 use super::settings::{Destination, check_ae_title};
+use super::tls::Relay;
 use crate::dimse::{MAX_COMMAND_SET, pdu_name};
 
 /// Presentation contexts one association can carry (odd IDs 1..=255).
@@ -111,12 +113,15 @@ pub async fn send(dest: &Destination, node_ae: &str, files: &[PathBuf]) -> Resul
         }
     }
 
+    let tls = dest
+        .tls_config()
+        .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
     let groups: Vec<((String, String), Vec<usize>)> = groups.into_iter().collect();
     for (n, batch) in groups.chunks(MAX_CONTEXTS).enumerate() {
         let keys: Vec<&(String, String)> = batch.iter().map(|(k, _)| k).collect();
         let mut order: Vec<usize> = batch.iter().flat_map(|(_, idx)| idx.iter().copied()).collect();
         order.sort_unstable();
-        let mut assoc = match associate(&ctx, &calling_ae, &keys).await {
+        let mut assoc = match associate(&ctx, &calling_ae, &keys, tls.as_ref()).await {
             Ok(a) => a,
             Err(fault) if n == 0 => return Err(fault),
             Err(fault) => {
@@ -192,6 +197,7 @@ async fn associate(
     ctx: &Ctx<'_>,
     calling_ae: &str,
     keys: &[&(String, String)],
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<AsyncClientAssociation<TcpStream>, DeliveryFault> {
     let dest = ctx.dest;
     let timeout = dest.timeout();
@@ -205,11 +211,40 @@ async fn associate(
     for (sop_class, ts) in keys {
         options = options.with_presentation_context(sop_class.clone(), proposal(ts));
     }
-    let address = format!("{}:{}", dest.host, dest.port);
-    let mut assoc = options
-        .establish_async(address.as_str())
-        .await
-        .map_err(|e| ctx.fault(None, reason_of(e, "establishing the association", keys)))?;
+    let during = "establishing the association";
+    let (address, mut relay) = match (tls, &dest.tls) {
+        (Some(config), Some(settings)) => {
+            let server_name = settings.server_name(&dest.host);
+            let relay = Relay::connect(config.clone(), server_name, &dest.host, dest.port, timeout)
+                .await
+                .map_err(|reason| ctx.fault(None, reason))?;
+            (relay.addr().to_string(), Some(relay))
+        }
+        _ => (format!("{}:{}", dest.host, dest.port), None),
+    };
+    let mut assoc = match options.establish_async(address.as_str()).await {
+        Ok(assoc) => assoc,
+        Err(e) => {
+            let tls_failure = match relay {
+                Some(relay) => relay.tls_failure().await,
+                None => None,
+            };
+            let reason = match tls_failure {
+                Some(detail) => FaultReason::Tls {
+                    during: during.into(),
+                    detail,
+                },
+                None => reason_of(e, during, keys),
+            };
+            return Err(ctx.fault(None, reason));
+        }
+    };
+    if let Some(relay) = relay.as_mut()
+        && let Err(reason) = relay.verify(assoc.inner_stream().local_addr()).await
+    {
+        let _ = assoc.abort().await;
+        return Err(ctx.fault(None, reason));
+    }
     // The A-ASSOCIATE-RQ went out as one write followed by a read, which Nagle does not delay;
     // everything after it needs TCP_NODELAY (dicom-ul connects itself and offers no hook).
     if let Err(e) = assoc.inner_stream().set_nodelay(true) {
@@ -218,6 +253,7 @@ async fn associate(
     info!(
         destination = %dest.name,
         peer = %ctx.peer,
+        tls = relay.is_some(),
         accepted = assoc.presentation_contexts().len(),
         proposed = keys.len(),
         peer_max_pdu = assoc.acceptor_max_pdu_length(),

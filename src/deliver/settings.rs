@@ -1,6 +1,9 @@
 //! The deliver stage's configuration: `[[destinations]]` entries and the `[outbox]` retry policy.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::tls::TlsSettings;
 
 /// Smallest `max_pdu` accepted (DCMTK's lower bound; dicom-ul needs at least 1018).
 pub const MIN_MAX_PDU: u32 = 4096;
@@ -30,9 +33,9 @@ pub struct Destination {
     /// Connect, read and write timeout in seconds (1–3600; default 30).
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
-    /// DICOM TLS; default false (not available in this build: needs dicom-ul's `async-tls`).
-    #[serde(default)]
-    pub tls: bool,
+    /// DICOM TLS (`[destinations.tls]`); absent: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
 }
 
 fn default_max_pdu() -> u32 {
@@ -81,7 +84,7 @@ impl Destination {
             calling_ae_title: None,
             max_pdu: default_max_pdu(),
             timeout_s: default_timeout_s(),
-            tls: false,
+            tls: None,
         }
     }
 
@@ -130,15 +133,18 @@ impl Destination {
                 format!("{} is outside 1–{MAX_TIMEOUT_S}", self.timeout_s),
             ));
         }
-        if self.tls {
-            return Err(err(
-                "tls",
-                "TLS needs the async-tls feature of dicom-ul, which this build does not enable; \
-                 set tls = false or reach the destination through a TLS tunnel"
-                    .into(),
-            ));
-        }
-        Ok(())
+        self.tls_config().map(drop)
+    }
+
+    /// The TLS client configuration when `[destinations.tls]` is present (reads its PEM files).
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, SettingsError> {
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let config = tls.client_config(&self.host).map_err(|e| SettingsError {
+            section: format!("destination {:?}", self.name),
+            field: e.field,
+            message: format!("[destinations.tls]: {}", e.message),
+        })?;
+        Ok(Some(config))
     }
 
     /// The calling AE title to present: this destination's override or `node_ae`.
@@ -301,10 +307,15 @@ mod tests {
             ),
             (
                 Destination {
-                    tls: true,
+                    tls: Some(TlsSettings {
+                        ca: "/nonexistent/ca.pem".into(),
+                        certificate: None,
+                        private_key: None,
+                        server_name: None,
+                    }),
                     ..base.clone()
                 },
-                "async-tls",
+                "`ca`: [destinations.tls]: /nonexistent/ca.pem",
             ),
         ];
         for (d, needle) in cases {

@@ -20,7 +20,7 @@ use dicom_ul::pdu::{
 };
 use fcdnode::assemble::assemble_paths;
 use fcdnode::deliver::{
-    DeliveryFault, Destination, FaultKind, FaultReason, FileOutcome, IMPLICIT_VR_LE, RetryPolicy, send,
+    DeliveryFault, Destination, FaultKind, FaultReason, FileOutcome, IMPLICIT_VR_LE, RetryPolicy, TlsSettings, send,
 };
 use fcdnode::report::{Algorithm, Device, Finding, ReportInputs, ReportOptions, Timings, UidGenerator, write_outputs};
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
@@ -609,14 +609,231 @@ fn retry_policy_backs_off_exponentially_with_a_cap() {
     assert!(bad.validate().unwrap_err().to_string().contains("max_attempts"));
 }
 
+/// A throw-away PKI made with the `openssl` command: a CA, a certificate for the PACS
+/// (`localhost`, 127.0.0.1), one for the node, and an unrelated CA.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(work: &Path) -> Self {
+        let dir = work.join("pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new(tool("openssl"))
+                .current_dir(&dir)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=fcdnode test {ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        for leaf in ["pacs", "node"] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+                "-subj",
+                &format!("/CN={leaf}"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                &format!("{leaf}.pem"),
+            ]);
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// `[destinations.tls]` trusting `ca`, presenting the node's certificate when `client`.
+    fn settings(&self, ca: &str, client: bool) -> TlsSettings {
+        TlsSettings {
+            ca: self.dir.join(ca),
+            certificate: client.then(|| self.dir.join("node.pem")),
+            private_key: client.then(|| self.dir.join("node.key")),
+            server_name: None,
+        }
+    }
+
+    /// storescp options for a TLS listener that requires a client certificate from `ca.pem`.
+    fn storescp_args(&self) -> Vec<String> {
+        [
+            "+tls",
+            &self.path("pacs.key"),
+            &self.path("pacs.pem"),
+            "+cf",
+            &self.path("ca.pem"),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
 #[test]
-fn tls_destination_is_refused_with_a_clear_error() {
+fn tls_destination_with_client_certificate_gets_every_file() {
+    let f = fixture();
+    let pki = Pki::new(f.tmp.path());
+    let args = pki.storescp_args();
+    let scp = StoreScp::start(f.tmp.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
     let dest = Destination {
-        tls: true,
-        ..Destination::new("secure", "PACS", "127.0.0.1", 11112)
+        tls: Some(pki.settings("ca.pem", true)),
+        ..scp.destination()
     };
-    let err = dest.validate().unwrap_err().to_string();
-    assert!(err.contains("tls") && err.contains("async-tls"), "{err}");
-    let fault = block_on(send(&dest, "FCDNODE", &[])).unwrap_err();
-    assert_eq!(fault.kind(), FaultKind::Permanent, "{fault}");
+    dest.validate().unwrap();
+    let files = f.uncompressed();
+    let outcomes = block_on(send(&dest, "FCDNODE", &files)).unwrap_or_else(|e| panic!("{e}\n{}", scp.log_text()));
+    assert_eq!(ok(&outcomes).len(), files.len(), "{outcomes:?}\n{}", scp.log_text());
+    let sent: BTreeSet<String> = files.iter().map(|p| sop_uid(&open_file(p).unwrap())).collect();
+    assert_eq!(scp.received().keys().cloned().collect::<BTreeSet<_>>(), sent);
+    // The same storescp, reached by the name in its certificate instead of the address.
+    let by_name = Destination {
+        host: "localhost".into(),
+        tls: Some(TlsSettings {
+            server_name: Some("localhost".into()),
+            ..pki.settings("ca.pem", true)
+        }),
+        ..scp.destination()
+    };
+    let outcomes = block_on(send(&by_name, "FCDNODE", &f.mr[..1])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok(&outcomes).len(), 1, "{outcomes:?}");
+}
+
+#[test]
+fn tls_faults_are_permanent_and_say_why() {
+    let f = fixture();
+    let pki = Pki::new(f.tmp.path());
+    let args = pki.storescp_args();
+    let scp = StoreScp::start(f.tmp.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let plain = StoreScp::start(&f.tmp.path().join("plain"), &[]);
+    let cases = [
+        (
+            "untrusted PACS certificate",
+            pki.settings("other-ca.pem", true),
+            scp.port,
+            "certificate",
+        ),
+        (
+            "wrong server name",
+            TlsSettings {
+                server_name: Some("pacs.example.org".into()),
+                ..pki.settings("ca.pem", true)
+            },
+            scp.port,
+            "certificate",
+        ),
+        ("no client certificate", pki.settings("ca.pem", false), scp.port, "TLS"),
+        ("plain DICOM peer", pki.settings("ca.pem", true), plain.port, "TLS"),
+    ];
+    for (what, tls, port, needle) in cases {
+        let dest = Destination {
+            port,
+            tls: Some(tls),
+            ..scp.destination()
+        };
+        dest.validate().unwrap();
+        let fault = match block_on(send(&dest, "FCDNODE", &f.mr[..1])) {
+            Err(fault) => fault,
+            Ok(outcomes) => fault(&outcomes[0]).clone(),
+        };
+        eprintln!("{what}: {fault}");
+        assert!(matches!(*fault.reason, FaultReason::Tls { .. }), "{what}: {fault:?}");
+        assert_eq!(fault.kind(), FaultKind::Permanent, "{what}: {fault}");
+        assert!(fault.to_string().contains(needle), "{what}: {fault}");
+    }
+    assert!(scp.received().is_empty() && plain.received().is_empty());
+}
+
+#[test]
+fn tls_settings_errors_name_the_key() {
+    let tmp = tempdir();
+    let pki = Pki::new(tmp.path());
+    let base = Destination::new("secure", "PACS", "127.0.0.1", 11112);
+    let cases = [
+        (pki.settings("absent.pem", true), "`ca`"),
+        (
+            TlsSettings {
+                private_key: None,
+                ..pki.settings("ca.pem", true)
+            },
+            "`private_key`",
+        ),
+        (
+            TlsSettings {
+                private_key: Some(pki.dir.join("pacs.key")),
+                ..pki.settings("ca.pem", true)
+            },
+            "`private_key`",
+        ),
+        (
+            TlsSettings {
+                certificate: Some(pki.dir.join("ca.key")),
+                ..pki.settings("ca.pem", true)
+            },
+            "`certificate`",
+        ),
+    ];
+    for (tls, field) in cases {
+        let dest = Destination {
+            tls: Some(tls),
+            ..base.clone()
+        };
+        let err = dest.validate().unwrap_err().to_string();
+        assert!(
+            err.contains(field) && err.contains("destination \"secure\""),
+            "{field}: {err}"
+        );
+        let fault = block_on(send(&dest, "FCDNODE", &[])).unwrap_err();
+        assert_eq!(fault.kind(), FaultKind::Permanent, "{fault}");
+    }
 }
