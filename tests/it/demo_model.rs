@@ -1,6 +1,6 @@
 //! The committed demo model (`models/demo`) on fresh synthetic DICOM subjects, through
-//! `fcdnode infer`: FCD patients score higher than controls; the hotspot's distance to the
-//! lesion mask is printed per patient.
+//! `fcdnode infer`: FCD patients score higher than controls, and for most of them the hotspot
+//! lies within one Grad-CAM cell of the lesion mask; the distance is printed per patient.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,8 @@ use crate::util::{fcdnode, repo, run_ok, tempdir};
 
 /// Millimetres of tolerance around the lesion mask: one voxel of the model's 2 mm grid.
 const MARGIN_MM: f64 = 2.0;
+/// One Grad-CAM cell of the demo model (stride 8 on its 2 mm grid).
+const CAM_CELL_MM: f64 = 16.0;
 
 fn roi_file(cohort: &Path, subject: &str) -> PathBuf {
     let anat = cohort.join(subject).join("anat");
@@ -61,6 +63,7 @@ fn demo_model_ranks_patients_above_controls_and_reports_where_the_hotspot_is() {
     let mut fcd = Vec::new();
     let mut hc = Vec::new();
     let mut hits = 0;
+    let mut near = 0;
     for line in participants.lines().skip(1) {
         let cols: Vec<&str> = line.split('\t').collect();
         let (subject, group) = (cols[0], cols[1]);
@@ -84,6 +87,7 @@ fn demo_model_ranks_patients_above_controls_and_reports_where_the_hotspot_is() {
             let (distance, centre) = lesion_distance(&roi, summary.hotspot_lps);
             eprintln!("  lesion centre {centre:.1?}, hotspot {distance:.1} mm from the lesion");
             hits += usize::from(distance <= MARGIN_MM);
+            near += usize::from(distance <= CAM_CELL_MM);
             fcd.push(summary.probability);
         } else {
             hc.push(summary.probability);
@@ -92,10 +96,11 @@ fn demo_model_ranks_patients_above_controls_and_reports_where_the_hotspot_is() {
     assert!(!fcd.is_empty() && !hc.is_empty(), "{participants}");
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     eprintln!(
-        "FCD mean p {:.3}, control mean p {:.3}; hotspot in lesion for {hits}/{} patients",
+        "FCD mean p {:.3}, control mean p {:.3}; hotspot within {MARGIN_MM} mm of the lesion for \
+         {hits}/{n}, within {CAM_CELL_MM} mm for {near}/{n} patients",
         mean(&fcd),
         mean(&hc),
-        fcd.len()
+        n = fcd.len()
     );
     let pairs_ranked = fcd
         .iter()
@@ -108,6 +113,11 @@ fn demo_model_ranks_patients_above_controls_and_reports_where_the_hotspot_is() {
         fcd.len() * hc.len()
     );
     assert!(mean(&fcd) > mean(&hc), "fcd {fcd:?}, hc {hc:?}");
-    // The hotspot's distance to the lesion is reported, not asserted: this model's CAM cell is
-    // 32 mm (stride 8 on a 4 mm grid), coarser than the lesion (issue 6 stays open on this).
+    // Within one CAM cell for most patients; inside the mask itself is reported, not asserted
+    // (the hotspots sit consistently ~20 mm superior of the lesion centre: issue 6 stays open).
+    assert!(
+        near * 2 > fcd.len(),
+        "hotspot within {CAM_CELL_MM} mm of the lesion for only {near}/{} patients",
+        fcd.len()
+    );
 }
