@@ -5,6 +5,27 @@
 
 use dicom_ul::pdu::Pdu;
 
+/// Smallest max PDU length the node advertises or proposes (DCMTK's lower bound; dicom-ul
+/// needs at least 1018).
+pub const MIN_MAX_PDU: u32 = 4096;
+/// Largest max PDU length (bounds the per-association buffers; larger PDUs only cost memory).
+pub const MAX_MAX_PDU: u32 = 4 * 1024 * 1024;
+
+/// Checks a DICOM AE title (PS3.5 AE VR): 1–16 characters of printable ASCII without
+/// backslash, not only spaces. Both ends of the node use it, for their own and their peers'.
+pub fn check_ae_title(ae: &str) -> Result<(), String> {
+    if ae.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if ae.len() > 16 {
+        return Err(format!("{ae:?} has {} characters, at most 16 are allowed", ae.len()));
+    }
+    if let Some(c) = ae.chars().find(|c| !(' '..='~').contains(c) || *c == '\\') {
+        return Err(format!("{ae:?} contains {c:?}; use printable ASCII without backslash"));
+    }
+    Ok(())
+}
+
 /// Largest command set accepted from a peer while reassembling command fragments.
 pub(crate) const MAX_COMMAND_SET: usize = 64 * 1024;
 

@@ -76,7 +76,8 @@ pub async fn send(dest: &Destination, node_ae: &str, files: &[PathBuf]) -> Resul
         dest,
         peer: dest.peer(),
     };
-    dest.validate()
+    let tls = dest
+        .prepare()
         .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
     let calling_ae = dest.calling_ae(node_ae).to_owned();
     check_ae_title(&calling_ae)
@@ -113,9 +114,6 @@ pub async fn send(dest: &Destination, node_ae: &str, files: &[PathBuf]) -> Resul
         }
     }
 
-    let tls = dest
-        .tls_config()
-        .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
     let groups: Vec<((String, String), Vec<usize>)> = groups.into_iter().collect();
     for (n, batch) in groups.chunks(MAX_CONTEXTS).enumerate() {
         let keys: Vec<&(String, String)> = batch.iter().map(|(k, _)| k).collect();

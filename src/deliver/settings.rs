@@ -4,11 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::tls::TlsSettings;
+pub use crate::dimse::{MAX_MAX_PDU, MIN_MAX_PDU, check_ae_title};
 
-/// Smallest `max_pdu` accepted (DCMTK's lower bound; dicom-ul needs at least 1018).
-pub const MIN_MAX_PDU: u32 = 4096;
-/// Largest `max_pdu` accepted (4 MiB: larger PDUs only cost memory).
-pub const MAX_MAX_PDU: u32 = 4 * 1024 * 1024;
 /// Largest `timeout_s` accepted (one hour).
 pub const MAX_TIMEOUT_S: u64 = 3600;
 
@@ -58,21 +55,6 @@ pub struct SettingsError {
     pub message: String,
 }
 
-/// Checks a DICOM AE title: 1–16 characters of printable ASCII without backslash, not only
-/// spaces.
-pub fn check_ae_title(ae: &str) -> Result<(), String> {
-    if ae.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    if ae.len() > 16 {
-        return Err(format!("{ae:?} has {} characters, at most 16 are allowed", ae.len()));
-    }
-    if let Some(c) = ae.chars().find(|c| !(' '..='~').contains(c) || *c == '\\') {
-        return Err(format!("{ae:?} contains {c:?}; use printable ASCII without backslash"));
-    }
-    Ok(())
-}
-
 impl Destination {
     /// A destination with the defaults for everything optional.
     pub fn new(name: impl Into<String>, ae_title: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
@@ -90,6 +72,12 @@ impl Destination {
 
     /// Checks every field; the error names the destination and the field.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        self.prepare().map(drop)
+    }
+
+    /// Checks every field and builds the TLS client configuration when `[destinations.tls]` is
+    /// present (reading its PEM files once, so renewed certificates apply to the next send).
+    pub(super) fn prepare(&self) -> Result<Option<Arc<rustls::ClientConfig>>, SettingsError> {
         let err = |field: &'static str, message: String| SettingsError {
             section: format!("destination {:?}", self.name),
             field,
@@ -133,11 +121,6 @@ impl Destination {
                 format!("{} is outside 1–{MAX_TIMEOUT_S}", self.timeout_s),
             ));
         }
-        self.tls_config().map(drop)
-    }
-
-    /// The TLS client configuration when `[destinations.tls]` is present (reads its PEM files).
-    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, SettingsError> {
         let Some(tls) = &self.tls else { return Ok(None) };
         let config = tls.client_config(&self.host).map_err(|e| SettingsError {
             section: format!("destination {:?}", self.name),

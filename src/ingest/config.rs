@@ -3,10 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Smallest acceptor max PDU length the node advertises.
-pub const MIN_MAX_PDU: u32 = 4096;
-/// Largest acceptor max PDU length (bounds the per-association read buffer).
-pub const MAX_MAX_PDU: u32 = 4 * 1024 * 1024;
+use crate::dimse::check_ae_title;
+pub use crate::dimse::{MAX_MAX_PDU, MIN_MAX_PDU};
 /// Largest `max_instance_mb` (a data set is reassembled in memory).
 pub const MAX_INSTANCE_MB: u64 = 4096;
 
@@ -115,24 +113,6 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ScpConfigError {
         key,
         message: message.into(),
     }
-}
-
-/// AE title rules (PS3.5 AE VR): 1–16 characters of the default repertoire, no backslash or
-/// control characters, not only spaces.
-fn check_ae_title(ae: &str) -> Result<(), String> {
-    let trimmed = ae.trim();
-    if trimmed.is_empty() {
-        return Err("AE title is empty".into());
-    }
-    if ae.len() > 16 {
-        return Err(format!("AE title {ae:?} is longer than 16 characters"));
-    }
-    if ae.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\') {
-        return Err(format!(
-            "AE title {ae:?} has a backslash, control or non-ASCII character"
-        ));
-    }
-    Ok(())
 }
 
 impl ScpConfig {
