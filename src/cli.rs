@@ -73,7 +73,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Explanation method.
-        #[arg(long, value_enum, default_value_t = pipeline::Explain::Gradcam)]
+        #[arg(long, value_enum, default_value_t = pipeline::Explain::default())]
         explain: pipeline::Explain,
         /// Occlusion cube edge in model voxels (with --explain occlusion).
         #[arg(long, default_value_t = 16)]

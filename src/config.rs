@@ -73,7 +73,8 @@ impl Default for NodeConfig {
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Heatmap method: "gradcam", "gradcampp" or "occlusion" (slow: one model run per patch).
+    /// Heatmap method: "gradcampp" (default), "gradcam" or "occlusion" (slow: one model run per
+    /// patch).
     pub explain: Explain,
     /// One Multi-frame True Color SC instance (true) or one single-frame SC per slice (false,
     /// for PACS and viewers without multi-frame support).
@@ -89,7 +90,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            explain: Explain::Gradcam,
+            explain: Explain::default(),
             multiframe_sc: true,
             sc_series_number: 9901,
             sr_series_number: 9902,

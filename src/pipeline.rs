@@ -55,13 +55,19 @@ pub enum PipelineError {
 }
 
 /// How the heatmap is made.
+///
+/// Grad-CAM++ is the default because it points at the lesion: Grad-CAM sums every channel the
+/// classifier weighs positively, and in small 3D ResNets many of those fire all over the head,
+/// so its peak drifts one or two CAM cells off a focal lesion; Grad-CAM++ divides each channel
+/// by 2 + w·mean(A), which quiets channels that are active everywhere (models/demo/README.md
+/// has the figures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Explain {
     /// Grad-CAM at the global-pooling input, exact from forward outputs.
-    #[default]
     Gradcam,
-    /// Grad-CAM++ in closed form.
+    /// Grad-CAM++ in closed form (the default: best lesion localisation).
+    #[default]
     Gradcampp,
     /// Occlusion sensitivity (one ensemble run per patch position; slower).
     Occlusion,
@@ -91,7 +97,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            explain: Explain::Gradcam,
+            explain: Explain::default(),
             occlusion_patch: 16,
             occlusion_stride: 8,
             series: None,

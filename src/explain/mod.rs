@@ -2,6 +2,7 @@
 //! normalisation that never inverts a map, and the Heat-Score of Lasagni et al.
 
 pub mod cam;
+pub mod spline;
 
 use nalgebra::Matrix4;
 use ndarray::{Array3, Zip};
@@ -9,35 +10,43 @@ use ndarray::{Array3, Zip};
 use crate::volume::{Grid, Interp, Volume, VolumeError};
 
 /// A map on the feature grid (`[depth, height, width]`, the network's output resolution) as a
-/// volume in patient space. `stride` is the network's total stride `[depth, height, width]`
-/// ([`crate::package::arch::ArchSpec::stride`]): feature voxel f is centred on model voxel
-/// f × stride, because every convolution and pooling is odd-sized with symmetric padding. The
-/// map is padded by one voxel replicating its edges, so resampling near the border clamps
-/// instead of fading to zero.
+/// volume in patient space on the model's voxel spacing. `stride` is the network's total stride
+/// `[depth, height, width]` ([`crate::package::arch::ArchSpec::stride`]): feature voxel f is
+/// centred on model voxel f × stride, because every convolution and pooling is odd-sized with
+/// symmetric padding.
+///
+/// The map is upsampled by cubic B-spline interpolation ([`spline`]), not trilinearly: the
+/// spline passes through every feature value but its peak can fall between feature centres, so
+/// the hotspot is not held to a lattice of stride-sized cells (16 mm for the demo model). The
+/// volume reaches one feature cell beyond the feature grid on every side, repeating the edge
+/// values, so resampling near the border clamps instead of fading to zero.
 pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid, stride: [usize; 3]) -> Result<Volume, VolumeError> {
     let (fd, fh, fw) = map.dim();
     let feature = [fw, fh, fd]; // i = R (width), j = A (height), k = S (depth)
     if feature.contains(&0) {
         return Err(VolumeError::EmptyGrid { shape: feature });
     }
-    let padded = Array3::from_shape_fn((fw + 2, fh + 2, fd + 2), |(i, j, k)| {
-        let c = |x: usize, n: usize| x.saturating_sub(1).min(n - 1);
-        map[[c(k, fd), c(j, fh), c(i, fw)]]
-    });
-    // Padded index p → model index (p − 1) × stride.
+    // Model voxels −stride ..= n × stride along each axis, i.e. feature positions −1 ..= n.
     let stride_ijk = [stride[2], stride[1], stride[0]];
+    let positions = |a: usize| -> Vec<f64> {
+        let s = stride_ijk[a].max(1);
+        (0..=(feature[a] + 1) * s).map(|m| m as f64 / s as f64 - 1.0).collect()
+    };
+    let upsampled = spline::upsample(map, [positions(2), positions(1), positions(0)]);
+    let (d, h, w) = upsampled.dim();
+    let data = Array3::from_shape_fn((w, h, d), |(i, j, k)| upsampled[[k, j, i]]);
+    // Array index p → model index p − stride.
     let mut index = Matrix4::identity();
     for a in 0..3 {
-        let s = stride_ijk[a] as f64;
-        index[(a, a)] = s;
-        index[(a, 3)] = -s;
+        index[(a, 3)] = -(stride_ijk[a].max(1) as f64);
     }
     let affine = crate::volume::Affine::new(model_grid.affine.matrix() * index)?;
-    Volume::new(padded, affine)
+    Volume::new(data, affine)
 }
 
-/// A heatmap on a source series grid: the feature-grid map resampled (trilinear, through LPS
-/// mm) onto `source`, then min-max normalised to [0, 1].
+/// A heatmap on a source series grid: the feature-grid map upsampled onto the model spacing
+/// ([`feature_map_volume`]), resampled (trilinear, through LPS mm) onto `source`, then min-max
+/// normalised to [0, 1].
 pub fn heatmap_on(
     map: &Array3<f32>,
     model_grid: &Grid,

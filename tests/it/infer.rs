@@ -139,7 +139,7 @@ fn hotspot_lands_on_the_bright_blob_for_every_plane() {
         let series = tmp.path().join(format!("dicom-{label}"));
         write_series(&volume, &SeriesInfo::new(3), &DicomOptions::default(), &series).unwrap();
         let out = tmp.path().join(format!("out-{label}"));
-        let summary = infer(&series, &model, &out, &[]);
+        let summary = infer(&series, &model, &out, &["--explain", "gradcam"]);
         let error = distance(summary.hotspot_lps, blob);
         assert!(
             error <= 1.5 * 3f64.sqrt(),
