@@ -1,5 +1,6 @@
-//! Heatmap maths shared by node and trainer: CAMs from forward outputs ([`cam`]), min-max
-//! normalisation that never inverts a map, and the Heat-Score of Lasagni et al.
+//! Heatmap maths shared by node and trainer: CAMs from forward outputs ([`cam`]), their cubic
+//! B-spline upsampling ([`spline`]), min-max normalisation that never inverts a map, and the
+//! Heat-Score of Lasagni et al.
 
 pub mod cam;
 pub mod spline;
