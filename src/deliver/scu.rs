@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_ul::association::client::AsyncClientAssociation;
@@ -15,7 +14,7 @@ use super::dimse::{self, C_STORE_RSP};
 use super::fault::{DeliveryFault, FaultReason, StatusClass, status_class};
 use super::files::{EXPLICIT_VR_LE, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
 use super::settings::{Destination, check_ae_title};
-use super::tls::Relay;
+use super::tls::{Relay, TlsClient};
 use crate::dimse::{MAX_COMMAND_SET, pdu_name};
 
 /// Presentation contexts one association can carry (odd IDs 1..=255).
@@ -195,7 +194,7 @@ async fn associate(
     ctx: &Ctx<'_>,
     calling_ae: &str,
     keys: &[&(String, String)],
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    tls: Option<&TlsClient>,
 ) -> Result<AsyncClientAssociation<TcpStream>, DeliveryFault> {
     let dest = ctx.dest;
     let timeout = dest.timeout();
@@ -210,15 +209,14 @@ async fn associate(
         options = options.with_presentation_context(sop_class.clone(), proposal(ts));
     }
     let during = "establishing the association";
-    let (address, mut relay) = match (tls, &dest.tls) {
-        (Some(config), Some(settings)) => {
-            let server_name = settings.server_name(&dest.host);
-            let relay = Relay::connect(config.clone(), server_name, &dest.host, dest.port, timeout)
+    let (address, mut relay) = match tls {
+        Some(client) => {
+            let relay = Relay::connect(client, &dest.host, dest.port, timeout)
                 .await
                 .map_err(|reason| ctx.fault(None, reason))?;
             (relay.addr().to_string(), Some(relay))
         }
-        _ => (format!("{}:{}", dest.host, dest.port), None),
+        None => (format!("{}:{}", dest.host, dest.port), None),
     };
     let mut assoc = match options.establish_async(address.as_str()).await {
         Ok(assoc) => assoc,

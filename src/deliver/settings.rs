@@ -1,9 +1,8 @@
 //! The deliver stage's configuration: `[[destinations]]` entries and the `[outbox]` retry policy.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::tls::TlsSettings;
+use super::tls::{TlsClient, TlsSettings};
 pub use crate::dimse::{MAX_MAX_PDU, MIN_MAX_PDU, check_ae_title};
 
 /// Largest `timeout_s` accepted (one hour).
@@ -75,9 +74,9 @@ impl Destination {
         self.prepare().map(drop)
     }
 
-    /// Checks every field and builds the TLS client configuration when `[destinations.tls]` is
-    /// present (reading its PEM files once, so renewed certificates apply to the next send).
-    pub(super) fn prepare(&self) -> Result<Option<Arc<rustls::ClientConfig>>, SettingsError> {
+    /// Checks every field and builds the TLS client when `[destinations.tls]` is present
+    /// (reading its PEM files once, so renewed certificates apply to the next send).
+    pub(super) fn prepare(&self) -> Result<Option<TlsClient>, SettingsError> {
         let err = |field: &'static str, message: String| SettingsError {
             section: format!("destination {:?}", self.name),
             field,
@@ -122,12 +121,12 @@ impl Destination {
             ));
         }
         let Some(tls) = &self.tls else { return Ok(None) };
-        let config = tls.client_config(&self.host).map_err(|e| SettingsError {
+        let client = tls.client(&self.host).map_err(|e| SettingsError {
             section: format!("destination {:?}", self.name),
             field: e.field,
             message: format!("[destinations.tls]: {}", e.message),
         })?;
-        Ok(Some(config))
+        Ok(Some(client))
     }
 
     /// The calling AE title to present: this destination's override or `node_ae`.

@@ -59,24 +59,27 @@ pub(super) struct TlsSettingsError {
     pub message: String,
 }
 
-impl TlsSettings {
-    /// The name checked against the destination's certificate.
-    pub fn server_name<'a>(&'a self, host: &'a str) -> &'a str {
-        self.server_name.as_deref().unwrap_or(host)
-    }
+/// What a TLS association needs, built from [`TlsSettings`] once per delivery.
+#[derive(Clone, Debug)]
+pub(super) struct TlsClient {
+    config: Arc<ClientConfig>,
+    /// The name the destination's certificate must carry.
+    server_name: ServerName<'static>,
+}
 
+impl TlsSettings {
     /// Reads the PEM files and builds the client configuration (ring provider, TLS 1.2 and
-    /// 1.3, the provider's safe cipher suites). Files are read on every call, so renewed
-    /// certificates take effect at the next association.
-    pub(super) fn client_config(&self, host: &str) -> Result<Arc<ClientConfig>, TlsSettingsError> {
+    /// 1.3, the provider's safe cipher suites) for a destination at `host`. Files are read on
+    /// every call, so renewed certificates take effect at the next delivery.
+    pub(super) fn client(&self, host: &str) -> Result<TlsClient, TlsSettingsError> {
         let err = |field: &'static str, message: String| TlsSettingsError { field, message };
         match (&self.certificate, &self.private_key) {
             (Some(_), None) => return Err(err("private_key", "is required with `certificate`".into())),
             (None, Some(_)) => return Err(err("certificate", "is required with `private_key`".into())),
             _ => {}
         }
-        let name = self.server_name(host);
-        ServerName::try_from(name.to_owned())
+        let name = self.server_name.as_deref().unwrap_or(host);
+        let server_name = ServerName::try_from(name.to_owned())
             .map_err(|e| err("server_name", format!("{name:?} is not a DNS name or IP address: {e}")))?;
 
         let mut roots = rustls::RootCertStore::empty();
@@ -106,7 +109,10 @@ impl TlsSettings {
             }
             _ => builder.with_no_client_auth(),
         };
-        Ok(Arc::new(config))
+        Ok(TlsClient {
+            config: Arc::new(config),
+            server_name,
+        })
     }
 }
 
@@ -130,16 +136,14 @@ pub(super) struct Relay {
 
 impl Relay {
     /// Connects to `host:port`, completes the TLS handshake (checking the peer's certificate
-    /// against `server_name`) and starts listening on a loopback port for the association.
+    /// against the client's server name) and starts listening on a loopback port for the
+    /// association.
     pub(super) async fn connect(
-        config: Arc<ClientConfig>,
-        server_name: &str,
+        client: &TlsClient,
         host: &str,
         port: u16,
         timeout: Duration,
     ) -> Result<Self, FaultReason> {
-        let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|e| FaultReason::InvalidDestination(format!("TLS server name {server_name:?}: {e}")))?;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| FaultReason::Timeout {
@@ -149,16 +153,19 @@ impl Relay {
         tcp.set_nodelay(true)
             .map_err(|e| FaultReason::Connect(format!("cannot set TCP_NODELAY: {e}")))?;
         let during = || "during the handshake".to_owned();
-        let tls = tokio::time::timeout(timeout, TlsConnector::from(config).connect(name, tcp))
-            .await
-            .map_err(|_| FaultReason::Timeout { during: during() })?
-            .map_err(|e| FaultReason::Tls {
-                during: during(),
-                detail: match tls_error(&e) {
-                    Some(tls) => tls.to_string(),
-                    None => format!("{e} (is this a DICOM TLS port?)"),
-                },
-            })?;
+        let tls = tokio::time::timeout(
+            timeout,
+            TlsConnector::from(client.config.clone()).connect(client.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| FaultReason::Timeout { during: during() })?
+        .map_err(|e| FaultReason::Tls {
+            during: during(),
+            detail: match tls_error(&e) {
+                Some(tls) => tls.to_string(),
+                None => format!("{e} (is this a DICOM TLS port?)"),
+            },
+        })?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .map_err(|e| FaultReason::Connect(format!("cannot open the loopback TLS relay: {e}")))?;
@@ -261,19 +268,19 @@ mod tests {
             private_key: None,
             server_name: None,
         };
-        let e = tls(&dir.path().join("absent.pem")).client_config("pacs").unwrap_err();
+        let e = tls(&dir.path().join("absent.pem")).client("pacs").unwrap_err();
         assert_eq!(e.field, "ca");
         assert!(e.message.contains("absent.pem"), "{}", e.message);
-        let e = tls(&empty).client_config("pacs").unwrap_err();
+        let e = tls(&empty).client("pacs").unwrap_err();
         assert!(e.field == "ca" && e.message.contains("no PEM certificate"), "{e:?}");
         let e = TlsSettings {
             certificate: Some(empty.clone()),
             ..tls(&empty)
         }
-        .client_config("pacs")
+        .client("pacs")
         .unwrap_err();
         assert_eq!(e.field, "private_key");
-        let e = tls(&empty).client_config("not a host name").unwrap_err();
+        let e = tls(&empty).client("not a host name").unwrap_err();
         assert_eq!(e.field, "server_name");
     }
 }
