@@ -706,17 +706,11 @@ impl Pki {
         }
     }
 
-    /// storescp options for a TLS listener that requires a client certificate from `ca.pem`.
-    fn storescp_args(&self) -> Vec<String> {
-        [
-            "+tls",
-            &self.path("pacs.key"),
-            &self.path("pacs.pem"),
-            "+cf",
-            &self.path("ca.pem"),
-        ]
-        .map(String::from)
-        .to_vec()
+    /// storescp in `work` as a TLS listener with the PACS certificate, requiring a client
+    /// certificate signed by `ca.pem`.
+    fn storescp(&self, work: &Path) -> StoreScp {
+        let (key, cert, ca) = (self.path("pacs.key"), self.path("pacs.pem"), self.path("ca.pem"));
+        StoreScp::start(work, &["+tls", &key, &cert, "+cf", &ca])
     }
 }
 
@@ -724,8 +718,7 @@ impl Pki {
 fn tls_destination_with_client_certificate_gets_every_file() {
     let f = fixture();
     let pki = Pki::new(f.tmp.path());
-    let args = pki.storescp_args();
-    let scp = StoreScp::start(f.tmp.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let scp = pki.storescp(f.tmp.path());
     let dest = Destination {
         tls: Some(pki.settings("ca.pem", true)),
         ..scp.destination()
@@ -753,8 +746,7 @@ fn tls_destination_with_client_certificate_gets_every_file() {
 fn tls_faults_are_permanent_and_say_why() {
     let f = fixture();
     let pki = Pki::new(f.tmp.path());
-    let args = pki.storescp_args();
-    let scp = StoreScp::start(f.tmp.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let scp = pki.storescp(f.tmp.path());
     let plain = StoreScp::start(&f.tmp.path().join("plain"), &[]);
     let cases = [
         (
