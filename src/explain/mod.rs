@@ -33,9 +33,7 @@ pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid, stride: [usize; 
         let s = stride_ijk[a].max(1);
         (0..=(feature[a] + 1) * s).map(|m| m as f64 / s as f64 - 1.0).collect()
     };
-    let upsampled = spline::upsample(map, [positions(2), positions(1), positions(0)]);
-    let (d, h, w) = upsampled.dim();
-    let data = Array3::from_shape_fn((w, h, d), |(i, j, k)| upsampled[[k, j, i]]);
+    let data = spline::upsample(map.view().reversed_axes(), [positions(0), positions(1), positions(2)]);
     // Array index p → model index p − stride.
     let mut index = Matrix4::identity();
     for a in 0..3 {

@@ -3,20 +3,20 @@
 //! spline coefficients so the spline passes through every sample; evaluation weighs four
 //! coefficients per axis. Separable, so upsampling costs four taps per output voxel and axis.
 
-use ndarray::{Array1, Array3, Axis};
+use ndarray::{Array3, ArrayView1, ArrayView3, Axis};
 
 /// Pole of the cubic B-spline prefilter: √3 − 2.
 const POLE: f64 = -0.267_949_192_431_122_7;
 
 /// Values of the cubic spline through `map` at `positions[a]` along axis `a` (sample
 /// coordinates, 0 = first sample). Positions outside `[0, n − 1]` take the edge value.
-pub fn upsample(map: &Array3<f32>, positions: [Vec<f64>; 3]) -> Array3<f32> {
+pub fn upsample(map: ArrayView3<f32>, positions: [Vec<f64>; 3]) -> Array3<f32> {
     let mut coefficients = map.mapv(f64::from);
     for axis in 0..3 {
         for mut lane in coefficients.lanes_mut(Axis(axis)) {
             let mut line = lane.to_vec();
             prefilter(&mut line);
-            lane.assign(&Array1::from(line));
+            lane.assign(&ArrayView1::from(&line));
         }
     }
     let mut values = coefficients;
@@ -79,23 +79,18 @@ fn taps(x: f64, n: usize) -> [(usize, f64); 4] {
     std::array::from_fn(|k| (mirror(i + k as isize - 1, n), w[k]))
 }
 
+/// The spline along `axis` at `positions`: each output slab is four weighted coefficient slabs.
 fn evaluate_axis(coefficients: &Array3<f64>, axis: usize, positions: &[f64]) -> Array3<f64> {
     let n = coefficients.len_of(Axis(axis));
-    let taps: Vec<[(usize, f64); 4]> = positions.iter().map(|&x| taps(x, n)).collect();
-    let mut shape = coefficients.dim();
-    match axis {
-        0 => shape.0 = positions.len(),
-        1 => shape.1 = positions.len(),
-        _ => shape.2 = positions.len(),
+    let mut shape = coefficients.raw_dim();
+    shape[axis] = positions.len();
+    let mut out = Array3::zeros(shape);
+    for (mut slab, &x) in out.axis_iter_mut(Axis(axis)).zip(positions) {
+        for (i, w) in taps(x, n) {
+            slab.scaled_add(w, &coefficients.index_axis(Axis(axis), i));
+        }
     }
-    Array3::from_shape_fn(shape, |(a, b, c)| {
-        let (o, at): (usize, &dyn Fn(usize) -> f64) = match axis {
-            0 => (a, &move |i| coefficients[[i, b, c]]),
-            1 => (b, &move |i| coefficients[[a, i, c]]),
-            _ => (c, &move |i| coefficients[[a, b, i]]),
-        };
-        taps[o].iter().map(|&(i, w)| w * at(i)).sum()
-    })
+    out
 }
 
 #[cfg(test)]
@@ -110,7 +105,7 @@ mod tests {
     #[test]
     fn interpolates_the_samples() {
         let map = Array3::from_shape_fn((4, 5, 6), |(a, b, c)| ((a * 31 + b * 17 + c * 7) % 11) as f32);
-        let up = upsample(&map, [on_samples(4), on_samples(5), on_samples(6)]);
+        let up = upsample(map.view(), [on_samples(4), on_samples(5), on_samples(6)]);
         for (x, y) in map.iter().zip(up.iter()) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
@@ -131,7 +126,7 @@ mod tests {
             (-4.0, 1.0),
             (20.0, 17.0),
         ];
-        let up = upsample(&map, [vec![0.0], vec![0.0], cases.iter().map(|c| c.0).collect()]);
+        let up = upsample(map.view(), [vec![0.0], vec![0.0], cases.iter().map(|c| c.0).collect()]);
         for (k, (x, expected)) in cases.iter().enumerate() {
             let got = f64::from(up[[0, 0, k]]);
             assert!((got - expected).abs() < 1e-5, "at {x}: {got} vs {expected}");
@@ -148,7 +143,7 @@ mod tests {
             (-r2 / 2.0).exp() as f32
         });
         let fine = |n: usize| (0..=(n - 1) * 10).map(|m| m as f64 / 10.0).collect::<Vec<_>>();
-        let up = upsample(&map, [fine(6), fine(7), fine(5)]);
+        let up = upsample(map.view(), [fine(6), fine(7), fine(5)]);
         let (best, _) = up.indexed_iter().fold(
             ((0, 0, 0), f32::MIN),
             |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
@@ -165,7 +160,7 @@ mod tests {
     #[test]
     fn single_sample_axes_are_constant() {
         let map = Array3::from_elem((1, 1, 1), 3.5f32);
-        let up = upsample(&map, [vec![-1.0, 0.0, 0.5], vec![0.0], vec![2.0]]);
+        let up = upsample(map.view(), [vec![-1.0, 0.0, 0.5], vec![0.0], vec![2.0]]);
         assert!(up.iter().all(|&v| (v - 3.5).abs() < 1e-6));
     }
 }
