@@ -5,16 +5,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fcdnode::assemble::{self, SeriesMeta, StackSummary, Tolerances};
+use fcdnode::demo::{self, DemoOptions, DemoReport};
 use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::nifti::{self, DataType};
 use fcdnode::package::manifest::ModelPackage;
 use fcdnode::pipeline;
-use fcdnode::service::{
-    self,
-    demo::{self, DemoOptions, DemoReport},
-};
-use fcdnode::synth::{self, CohortOptions, DicomExport, Plane, SliceOrder};
+use fcdnode::service;
+use fcdnode::synth::{self, CohortOptions, DicomExport, SliceOrder};
 use fcdnode::tracker::routing::{Decision, SeriesFacts};
+use fcdnode::volume::Plane;
 
 /// fcdnode: a DICOM node that triages 3D T1w/FLAIR MRI for focal cortical dysplasia type II.
 #[derive(Debug, Parser)]
@@ -248,7 +247,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     runs,
                     device,
                 },
-        } => bench_infer_command(crate::bench::InferBench {
+        } => bench_infer_command(crate::bench::infer::InferBench {
             arch,
             width_mult,
             voxel_mm,
@@ -264,7 +263,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     voxel_mm,
                     poll_s,
                 },
-        } => crate::bench_node::command(&crate::bench_node::NodeBench {
+        } => crate::bench::node::command(&crate::bench::node::NodeBench {
             flair_dir,
             runs,
             voxel_mm,
@@ -351,14 +350,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             timeout_s,
         } => {
-            let settings = fcdnode::config::settings(config.as_deref())?;
+            let base = fcdnode::config::load_or_default(config.as_deref())?;
             let options = DemoOptions {
                 out,
                 model,
                 seed,
                 timeout: std::time::Duration::from_secs(timeout_s),
             };
-            let report = runtime()?.block_on(demo::run(&options, &settings))?;
+            let report = runtime()?.block_on(demo::run(&options, &base))?;
             print_demo(&report, &options);
             anyhow::ensure!(
                 report.subjects.iter().all(|s| s.state == "delivered"),
@@ -394,25 +393,16 @@ fn print_demo(report: &DemoReport, options: &DemoOptions) {
     );
     for s in &report.subjects {
         let r = s.result.as_ref();
-        let num = |k: &str| r.and_then(|r| r.get(k)).and_then(serde_json::Value::as_f64);
         let hotspot = r
-            .and_then(|r| r.get("hotspot_lps"))
-            .and_then(|h| h.as_array())
-            .map(|h| {
-                h.iter()
-                    .filter_map(serde_json::Value::as_f64)
-                    .map(|v| format!("{v:.1}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+            .map(|r| r.hotspot_lps.map(|v| format!("{v:.1}")).join(", "))
             .unwrap_or_default();
         println!(
             "{:<12} {:<6} {:<10} {:>11}  {:<14} {}",
             s.subject,
             s.group,
             s.state,
-            num("probability").map_or_else(|| "-".into(), |p| format!("{p:.3}")),
-            r.and_then(|r| r.get("label")).and_then(|l| l.as_str()).unwrap_or("-"),
+            r.map_or_else(|| "-".into(), |r| format!("{:.3}", r.probability)),
+            r.map_or("-", |r| r.label.as_str()),
             hotspot
         );
         if let Some(dir) = &s.result_dir {
@@ -547,9 +537,9 @@ fn volume_command(paths: &[PathBuf], out: &std::path::Path, series: Option<&str>
     Ok(())
 }
 
-fn bench_infer_command(bench: crate::bench::InferBench) -> anyhow::Result<()> {
+fn bench_infer_command(bench: crate::bench::infer::InferBench) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("fcdnode-bench-infer-{}", std::process::id()));
-    let result = crate::bench::infer_bench(&dir, &bench);
+    let result = crate::bench::infer::infer_bench(&dir, &bench);
     let _ = std::fs::remove_dir_all(&dir);
     let r = result?;
     println!(
@@ -588,7 +578,7 @@ fn bench_infer_command(bench: crate::bench::InferBench) -> anyhow::Result<()> {
 fn bench_assemble_command(dir: Option<PathBuf>, runs: usize) -> anyhow::Result<()> {
     let temporary = dir.is_none();
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("fcdnode-bench-{}", std::process::id())));
-    let result = assemble::bench::assemble_bench(&dir, runs);
+    let result = crate::bench::assemble::assemble_bench(&dir, runs);
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -2,12 +2,13 @@
 //! with errors that name the key. `fcdnode check-config` runs only this step.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::api::ApiConfig;
 use crate::deliver::{Destination, RetryPolicy};
 use crate::dicom_build::is_uid;
 use crate::infer::runtime::Device;
-use crate::ingest::ScpConfig;
+use crate::ingest::{ScpConfig, ScpSettings};
 use crate::pipeline::Explain;
 use crate::report::DEFAULT_DEVICE_UID;
 use crate::tracker::TrackerConfig;
@@ -172,15 +173,38 @@ pub struct RuntimeConfig {
     pub threads: usize,
 }
 
-/// Checked settings, ready for the stages.
+/// The configuration checked once, cut by stage: each stage takes its part and never checks a
+/// value again.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Compiled routing rules.
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[scp]`, with its bind address and allow-list parsed.
+    pub scp: Arc<ScpSettings>,
+    /// `[tracker]`.
+    pub tracker: TrackerConfig,
+    /// Compiled `[routing]` rules.
     pub router: Router,
-    /// ONNX Runtime settings.
+    /// `[pipeline]`.
+    pub pipeline: PipelineConfig,
+    /// `[outbox]`.
+    pub outbox: OutboxConfig,
+    /// `[[destinations]]`, names unique, every `send_to` defined.
+    pub destinations: Vec<Destination>,
+    /// `[retention]`.
+    pub retention: RetentionConfig,
+    /// `[api]`.
+    pub api: ApiConfig,
+    /// `[runtime]`.
     pub runtime: RuntimeConfig,
-    /// The whole validated file.
-    pub config: Config,
+}
+
+impl Settings {
+    /// The destinations a job's results go to: `[outbox] send_to`, plus the sender's own
+    /// destination when `reply_to_sender` is set.
+    pub fn destinations_for(&self, calling_ae: &str) -> Vec<String> {
+        self.outbox.destinations_for(calling_ae, &self.destinations)
+    }
 }
 
 /// Why the configuration cannot be used.
@@ -236,8 +260,8 @@ impl Config {
             path: origin.to_owned(),
             message,
         };
-        self.scp.validate().map_err(|e| invalid(format!("[scp] {e}")))?;
-        self.tracker.validate().map_err(invalid)?;
+        let scp = self.scp.clone().check().map_err(|e| invalid(format!("[scp] {e}")))?;
+        self.tracker.validate().map_err(|e| invalid(e.to_string()))?;
         self.outbox.retry.validate().map_err(|e| invalid(e.to_string()))?;
         self.api.validate().map_err(|e| invalid(format!("[api] {e}")))?;
         for (i, d) in self.destinations.iter().enumerate() {
@@ -286,9 +310,16 @@ impl Config {
             )));
         }
         Ok(Settings {
+            node: self.node.clone(),
+            scp: Arc::new(scp),
+            tracker: self.tracker.clone(),
             router,
+            pipeline: self.pipeline.clone(),
+            outbox: self.outbox.clone(),
+            destinations: self.destinations.clone(),
+            retention: self.retention.clone(),
+            api: self.api.clone(),
             runtime: self.runtime.clone(),
-            config: self.clone(),
         })
     }
 }
@@ -299,6 +330,12 @@ pub fn settings(path: Option<&Path>) -> Result<Settings, ConfigError> {
         Some(p) => Config::load(p)?.validate(p),
         None => Config::default().validate(Path::new("(defaults)")),
     }
+}
+
+/// Loads `path` unchecked, or the defaults when `None`: for callers that adjust a few values
+/// (the demo, the benchmarks) and then validate.
+pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+    path.map_or_else(|| Ok(Config::default()), Config::load)
 }
 
 #[cfg(test)]

@@ -4,7 +4,27 @@
 
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR, smallvec};
+use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
+
+/// Implementation Class UID written in every file meta group (a fixed UUID-derived UID).
+pub(crate) const IMPLEMENTATION_CLASS_UID: &str = "2.25.81681724522988485194127351668779841824";
+/// Implementation Version Name written in every file meta group (at most 16 characters).
+pub(crate) const IMPLEMENTATION_VERSION_NAME: &str = "FCDNODE_0_1";
+
+/// Whether `obj` was made by the device with `device_uid` (its Contributing Equipment Sequence
+/// names it): the loop guard that keeps the node from analysing its own output.
+pub fn is_own_output(obj: &InMemDicomObject, device_uid: &str) -> bool {
+    obj.get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+        .and_then(|e| e.items())
+        .is_some_and(|items| {
+            items.iter().any(|item| {
+                item.get(tags::DEVICE_UID)
+                    .and_then(|e| e.to_str().ok())
+                    .is_some_and(|uid| uid.trim_end_matches(['\0', ' ']) == device_uid)
+            })
+        })
+}
 
 /// A decimal string (DS) of at most 16 characters with as many significant digits as fit,
 /// so positions and cosines survive the round trip to well under 1e-6.
@@ -93,6 +113,7 @@ pub(crate) fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 
 /// Whether `uid` is a DICOM UID: dot-separated non-empty digit components, at most 64
 /// characters (UIDs also become path components in the spool, so this is a safety check too).
+#[cfg(feature = "node")]
 pub(crate) fn is_uid(uid: &str) -> bool {
     !uid.is_empty()
         && uid.len() <= 64

@@ -11,20 +11,47 @@ pub const MIN_MAX_PDU: u32 = 4096;
 /// Largest max PDU length (bounds the per-association buffers; larger PDUs only cost memory).
 pub const MAX_MAX_PDU: u32 = 4 * 1024 * 1024;
 
+/// A value that breaks the DIMSE encoding rules: a malformed command set or a bad AE title. The
+/// message names the element or character and the rule; it goes into logs and Error Comments,
+/// which is all either end does with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DimseError(pub String);
+
 /// Checks a DICOM AE title (PS3.5 AE VR): 1–16 characters of printable ASCII without
 /// backslash, not only spaces. Both ends of the node use it, for their own and their peers'.
-pub fn check_ae_title(ae: &str) -> Result<(), String> {
+pub fn check_ae_title(ae: &str) -> Result<(), DimseError> {
     if ae.trim().is_empty() {
-        return Err("must not be empty".into());
+        return Err(DimseError("must not be empty".into()));
     }
     if ae.len() > 16 {
-        return Err(format!("{ae:?} has {} characters, at most 16 are allowed", ae.len()));
+        return Err(DimseError(format!(
+            "{ae:?} has {} characters, at most 16 are allowed",
+            ae.len()
+        )));
     }
     if let Some(c) = ae.chars().find(|c| !(' '..='~').contains(c) || *c == '\\') {
-        return Err(format!("{ae:?} contains {c:?}; use printable ASCII without backslash"));
+        return Err(DimseError(format!(
+            "{ae:?} contains {c:?}; use printable ASCII without backslash"
+        )));
     }
     Ok(())
 }
+
+/// DIMSE status: success.
+pub const STATUS_SUCCESS: u16 = 0x0000;
+/// DIMSE status: refused, SOP Class not supported.
+pub const STATUS_SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+/// DIMSE status: unrecognized operation.
+pub const STATUS_UNRECOGNIZED_OPERATION: u16 = 0x0211;
+/// DIMSE status: processing failure.
+pub const STATUS_PROCESSING_FAILURE: u16 = 0x0110;
+/// DIMSE status: refused, out of resources.
+pub const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
+/// DIMSE status: data set does not match SOP class.
+pub const STATUS_DATASET_MISMATCH: u16 = 0xA900;
+/// DIMSE status: cannot understand.
+pub const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 
 /// Largest command set accepted from a peer while reassembling command fragments.
 pub(crate) const MAX_COMMAND_SET: usize = 64 * 1024;
@@ -99,25 +126,25 @@ pub(crate) type Element<'a> = (u16, u16, &'a [u8]);
 
 /// The elements of an Implicit VR LE command set, each declared length checked against the
 /// bytes that remain (nothing is allocated by what a peer declares).
-pub(crate) fn elements(bytes: &[u8]) -> Result<Vec<Element<'_>>, String> {
+pub(crate) fn elements(bytes: &[u8]) -> Result<Vec<Element<'_>>, DimseError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
         let remaining = bytes.len() - pos;
         if remaining < 8 {
-            return Err(format!(
+            return Err(DimseError(format!(
                 "truncated element header at offset {pos} ({remaining} bytes left)"
-            ));
+            )));
         }
         let group = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
         let element = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
         let length = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
         let start = pos + 8;
         if length > bytes.len() - start {
-            return Err(format!(
+            return Err(DimseError(format!(
                 "element ({group:04X},{element:04X}) at offset {pos} declares {length} bytes but only {} remain",
                 bytes.len() - start
-            ));
+            )));
         }
         out.push((group, element, &bytes[start..start + length]));
         pos = start + length;
@@ -126,10 +153,13 @@ pub(crate) fn elements(bytes: &[u8]) -> Result<Vec<Element<'_>>, String> {
 }
 
 /// A US value of command element `(0000,element)`.
-pub(crate) fn us(element: u16, value: &[u8]) -> Result<u16, String> {
+pub(crate) fn us(element: u16, value: &[u8]) -> Result<u16, DimseError> {
     match value {
         [a, b] => Ok(u16::from_le_bytes([*a, *b])),
-        _ => Err(format!("(0000,{element:04X}) has {} bytes, US needs 2", value.len())),
+        _ => Err(DimseError(format!(
+            "(0000,{element:04X}) has {} bytes, US needs 2",
+            value.len()
+        ))),
     }
 }
 

@@ -1,35 +1,57 @@
 //! fcdnode: DICOM triage node for focal cortical dysplasia type II, and the library its trainer
 //! shares.
 //!
-//! Data path of the node (stages still missing are built issue by issue):
-//! DICOM instances → [`assemble`] (`Volume`) → [`tracker::routing`] (T1w / FLAIR / ignore) →
-//! [`preprocess`] (`ModelInput`) → [`infer`] (ONNX Runtime) → [`explain`] (CAM, Heat-Score).
+//! The node's path, one module per stage, each handing one type to the next:
 //!
-//! Shared with the trainer:
-//! - [`volume`]: `Volume` (f32 voxels + voxel → LPS mm affine), reorientation, resampling,
-//!   crop/pad, foreground mask, z-score; the geometry every other part uses.
-//! - [`nifti`]: NIfTI-1 read/write with NIfTI's RAS world mapped to LPS.
-//! - [`preprocess`]: the model's input recipe, identical for training and inference.
-//! - [`package`]: model package (manifest, architecture spec, named weights, ONNX writer).
-//! - [`explain`]: CAM maths and Heat-Score.
-//! - [`synth`]: seeded synthetic FCD-II cohort (BIDS NIfTI tree and DICOM series).
-//! - [`config`]: the node's TOML configuration, validated once.
+//! | stage | module | input → output |
+//! |---|---|---|
+//! | ingest | [`ingest`] | TCP association → `ReceivedInstance` (AE checks, bounded PDUs, C-ECHO, C-STORE) |
+//! | spool | [`spool`] | `ReceivedInstance` → file fsynced + row in the job database |
+//! | tracker | [`tracker`] | stable series → routed channels → a job with its chosen series |
+//! | assemble | [`assemble`] | a series' instances → `Assembled` (`Volume` + provenance) |
+//! | preprocess | [`preprocess`] | `Volume`s → `ModelInput` (the trainer's recipe) |
+//! | infer | [`infer`] | `ModelInput` → `Prediction` (ONNX Runtime fold ensemble) |
+//! | explain | [`explain`] | `Prediction` → heatmap on the source grid, hotspot |
+//! | report | [`report`] | everything above → SC, SR, `result.json`, preview |
+//! | deliver | [`deliver`] | result files → destinations (C-STORE SCU, TLS, fault classes) |
+//! | api | [`api`] | HTTP health, readiness, jobs, Prometheus metrics |
+//!
+//! [`pipeline`] runs assemble → report for one study (`fcdnode infer` and the service's worker);
+//! [`service`] wires the stages through the job database; [`demo`] runs the whole loop on one
+//! machine; [`config`] turns the TOML file into checked settings once.
+//!
+//! Shared with the trainer (built without the `node` feature: no tokio, axum, SQLite, rustls):
+//! [`volume`] (geometry), [`nifti`], [`preprocess`], [`package`] (manifest, architecture, ONNX
+//! writer), [`explain`] (CAM maths, Heat-Score); with the `onnx` feature also [`infer`] and
+//! [`pipeline`]. [`synth`] generates seeded synthetic cohorts for tests, benchmarks and the demo;
+//! production stages never import it.
 
+#[cfg(feature = "node")]
 pub mod api;
 pub mod assemble;
+#[cfg(feature = "node")]
 pub mod config;
+#[cfg(feature = "node")]
 pub mod deliver;
+#[cfg(feature = "node")]
+pub mod demo;
 mod dicom_build;
+#[cfg(feature = "node")]
 mod dimse;
 pub mod explain;
+#[cfg(feature = "onnx")]
 pub mod infer;
+#[cfg(feature = "node")]
 pub mod ingest;
 pub mod nifti;
 pub mod package;
+#[cfg(feature = "onnx")]
 pub mod pipeline;
 pub mod preprocess;
 pub mod report;
+#[cfg(feature = "node")]
 pub mod service;
+#[cfg(feature = "node")]
 pub mod spool;
 pub mod synth;
 pub mod tracker;

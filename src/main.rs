@@ -1,7 +1,6 @@
 //! `fcdnode` binary: parse, set up logging, run one command, map the error to an exit code.
 
 mod bench;
-mod bench_node;
 mod cli;
 
 use std::process::ExitCode;

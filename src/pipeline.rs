@@ -17,7 +17,7 @@ use crate::preprocess::PreprocessError;
 use crate::report::{
     self, Algorithm, Finding, ReportError, ReportInputs, ReportOptions, ResultSummary, Timings, UidGenerator,
 };
-use crate::tracker::routing::{Router, SeriesFacts};
+use crate::tracker::routing::{self, Candidate, ChannelSeries, Router, SeriesFacts};
 use crate::volume::VolumeError;
 
 /// Why a study could not be processed; variants say which stage and what.
@@ -52,6 +52,27 @@ pub enum PipelineError {
     /// Writing SC, SR, preview or JSON failed.
     #[error(transparent)]
     Report(#[from] ReportError),
+}
+
+impl PipelineError {
+    /// The stage that failed, as the job database records it.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Self::Assemble(_) | Self::Nifti(_) | Self::Channel { .. } | Self::NiftiChannels { .. } => "assemble",
+            Self::Preprocess(_) => "preprocess",
+            Self::Infer(_) => "infer",
+            Self::Explain(_) => "explain",
+            Self::Report(_) => "report",
+        }
+    }
+
+    /// The series the error is about, when it names one.
+    pub fn series_uid(&self) -> Option<&str> {
+        match self {
+            Self::Assemble(e) => e.series_uid(),
+            _ => None,
+        }
+    }
 }
 
 /// How the heatmap is made.
@@ -133,11 +154,11 @@ pub fn run_dicom(
     run_chosen(&chosen, ensemble, out, options, start, &mut |_| {})
 }
 
-/// Runs the model on series already chosen for its channels (`chosen[c]`: the files of the
-/// series feeding channel `c`, in the manifest's order), telling `on_stage` each milestone.
-/// The service calls this: its tracker has routed the series already.
+/// Runs the model on series already chosen for its channels (one per channel, in the
+/// manifest's order), telling `on_stage` each milestone. The service calls this: its tracker
+/// has routed and picked the series already.
 pub fn run_series_staged(
-    chosen: &[Vec<PathBuf>],
+    chosen: &[ChannelSeries],
     ensemble: &mut Ensemble,
     out: &Path,
     options: &Options,
@@ -147,7 +168,7 @@ pub fn run_series_staged(
 }
 
 fn run_chosen(
-    chosen: &[Vec<PathBuf>],
+    chosen: &[ChannelSeries],
     ensemble: &mut Ensemble,
     out: &Path,
     options: &Options,
@@ -156,21 +177,26 @@ fn run_chosen(
 ) -> Result<ResultSummary, PipelineError> {
     let mut timings = Timings::default();
     let channels = ensemble.manifest().channels.clone();
-    if chosen.len() != channels.len() {
+    let given: Vec<Modality> = chosen.iter().map(|c| c.channel).collect();
+    if given != channels {
         return Err(PipelineError::Channel {
             channel: channels.get(chosen.len()).copied().unwrap_or(Modality::Flair),
-            reason: format!("{} series given for {} model channel(s)", chosen.len(), channels.len()),
+            reason: format!(
+                "series given for channel(s) {} but the model takes {}",
+                join(&given),
+                join(&channels)
+            ),
         });
     }
     let mut assembled: Vec<(Assembled, InMemDicomObject)> = Vec::new();
-    for (files, &channel) in chosen.iter().zip(&channels) {
-        let sources = assemble::read_files(files, false)?;
+    for series in chosen {
+        let sources = assemble::read_files(&series.files, false)?;
         let header = match sources.first() {
             Some(first) => first.object.clone().into_inner(),
             None => {
                 return Err(PipelineError::Channel {
-                    channel,
-                    reason: "the series has no readable instance".into(),
+                    channel: series.channel,
+                    reason: format!("series {} has no readable instance", series.series_uid),
                 });
             }
         };
@@ -221,7 +247,7 @@ pub fn run_nifti(
         return Err(PipelineError::NiftiChannels {
             given: paths.len(),
             expected: channels.len(),
-            channels: channels.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            channels: join(channels),
         });
     }
     let volumes = paths.iter().map(|p| nifti::read(p)).collect::<Result<Vec<_>, _>>()?;
@@ -343,27 +369,42 @@ fn algorithm(ensemble: &Ensemble, options: &Options) -> Algorithm {
     }
 }
 
-/// For each model channel, the files of the series that feeds it: routed, or `series` for the
-/// first channel. Several candidates for one channel: the one with most slices.
+/// For each model channel, the series that feeds it: routed (or `series` for the first
+/// channel), several candidates settled by [`routing::pick`].
 fn choose_series(
     paths: &[PathBuf],
     channels: &[Modality],
     router: &Router,
     series: Option<&str>,
-) -> Result<Vec<Vec<PathBuf>>, PipelineError> {
+) -> Result<Vec<ChannelSeries>, PipelineError> {
     let scan = assemble::scan(paths)?;
     for skipped in &scan.skipped {
         tracing::warn!("skipped {skipped}");
     }
-    let mut candidates: BTreeMap<Modality, Vec<(usize, String, Vec<PathBuf>)>> = BTreeMap::new();
+    if let Some(uid) = series
+        && !scan.series.contains_key(uid)
+    {
+        return Err(AssembleError::SeriesNotFound {
+            series_uid: uid.to_string(),
+            present: scan.series.keys().cloned().collect::<Vec<_>>().join(", "),
+        }
+        .into());
+    }
+    let mut candidates: BTreeMap<Modality, Vec<Candidate<Vec<PathBuf>>>> = BTreeMap::new();
     let mut reasons = Vec::new();
     for (uid, sources) in &scan.series {
         let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.label)).collect();
         if series == Some(uid.as_str()) {
-            candidates
-                .entry(channels[0])
-                .or_default()
-                .insert(0, (usize::MAX, uid.clone(), files));
+            // The user's choice: it feeds the first channel, whatever competes with it.
+            candidates.insert(
+                channels[0],
+                vec![Candidate {
+                    series_uid: uid.clone(),
+                    slices: usize::MAX,
+                    received_at: 0.0,
+                    item: files,
+                }],
+            );
             continue;
         }
         match assemble::plan_series(sources, &Tolerances::default()) {
@@ -375,34 +416,30 @@ fn choose_series(
                 });
                 tracing::info!(series_uid = %uid, channel = ?decision.channel, reason = %decision.reason, "routing");
                 match decision.channel {
-                    Some(c) => candidates
-                        .entry(c)
-                        .or_default()
-                        .push((plan.shape()[2], uid.clone(), files)),
+                    Some(c) if series.is_none() || c != channels[0] => {
+                        candidates.entry(c).or_default().push(Candidate {
+                            series_uid: uid.clone(),
+                            slices: plan.shape()[2],
+                            received_at: 0.0,
+                            item: files,
+                        })
+                    }
+                    Some(_) => {}
                     None => reasons.push(format!("{uid}: {}", decision.reason)),
                 }
             }
             Err(e) => reasons.push(e.to_string()),
         }
     }
-    if let Some(uid) = series
-        && !scan.series.contains_key(uid)
-    {
-        return Err(AssembleError::SeriesNotFound {
-            series_uid: uid.to_string(),
-            present: scan.series.keys().cloned().collect::<Vec<_>>().join(", "),
-        }
-        .into());
-    }
     channels
         .iter()
         .map(|&channel| {
-            let mut found = candidates.remove(&channel).unwrap_or_default();
-            found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            found
-                .into_iter()
-                .next()
-                .map(|(_, _, files)| files)
+            routing::pick(candidates.remove(&channel).unwrap_or_default())
+                .map(|c| ChannelSeries {
+                    channel,
+                    series_uid: c.series_uid,
+                    files: c.item,
+                })
                 .ok_or_else(|| PipelineError::Channel {
                     channel,
                     reason: format!(
@@ -416,6 +453,10 @@ fn choose_series(
                 })
         })
         .collect()
+}
+
+fn join(channels: &[Modality]) -> String {
+    channels.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn ms(since: Instant) -> f64 {

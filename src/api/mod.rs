@@ -31,7 +31,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::spool::db::{DeliveryRow, DeliveryState, JobDb, JobRow, JobState};
+use crate::report::ResultSummary;
+use crate::spool::db::{DeliveryRow, DeliveryState, JobDb, JobFailure, JobRow, JobState};
 
 /// Default number of jobs `/jobs` returns.
 pub const DEFAULT_JOB_LIMIT: usize = 100;
@@ -212,6 +213,8 @@ struct JobView {
     calling_ae: String,
     state: JobState,
     reason: Option<String>,
+    /// For a failed job: the stage and series that failed and the error chain.
+    failure: Option<JobFailure>,
     supersedes: Option<i64>,
     attempts: i64,
     created_at: f64,
@@ -227,6 +230,7 @@ impl From<JobRow> for JobView {
             calling_ae: j.calling_ae,
             state: j.state,
             reason: j.reason,
+            failure: j.failure,
             supersedes: j.supersedes,
             attempts: j.attempts,
             created_at: j.created_at,
@@ -300,7 +304,7 @@ struct JobDetail {
     job: JobView,
     deliveries: Vec<DeliveryView>,
     /// Parsed `result.json`, when the job has one.
-    result: Option<serde_json::Value>,
+    result: Option<ResultSummary>,
     /// Why `result.json` exists but could not be read or parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     result_error: Option<String>,
@@ -317,13 +321,11 @@ fn job_detail(db: &JobDb, id: i64) -> Result<JobDetail, ApiError> {
     let (mut result, mut result_error, mut preview) = (None, None, None);
     if let Some(dir) = &row.result_dir {
         let file = dir.join("result.json");
-        match std::fs::read(&file) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(value) => result = Some(value),
-                Err(e) => result_error = Some(format!("{}: {e}", file.display())),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => result_error = Some(format!("{}: {e}", file.display())),
+        if file.exists() {
+            match ResultSummary::read(&file) {
+                Ok(summary) => result = Some(summary),
+                Err(e) => result_error = Some(e.to_string()),
+            }
         }
         if dir.join("preview.png").is_file() {
             preview = Some(format!("/jobs/{id}/preview.png"));

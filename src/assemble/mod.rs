@@ -12,7 +12,6 @@
 //! Slope/Intercept. [`decode_frame`] exposes that step for single images. `fcdnode bench
 //! assemble` ([`bench`]) times the whole stage.
 
-pub mod bench;
 pub mod sort;
 
 use std::collections::BTreeMap;
@@ -39,6 +38,9 @@ pub enum AssembleError {
         #[source]
         source: Box<dicom_object::ReadError>,
     },
+    /// A file is not DICOM Part 10 (no `DICM` prefix).
+    #[error("{path}: not a DICOM Part 10 file (no DICM prefix)")]
+    NotDicom { path: PathBuf },
     /// A directory could not be listed.
     #[error("{path}: {source}")]
     Io {
@@ -97,6 +99,20 @@ pub enum AssembleError {
         #[source]
         source: Box<dicom_pixeldata::Error>,
     },
+}
+
+impl AssembleError {
+    /// The series the error is about, when it names one.
+    pub fn series_uid(&self) -> Option<&str> {
+        match self {
+            Self::MissingAttribute { series_uid, .. }
+            | Self::BadAttribute { series_uid, .. }
+            | Self::Stack { series_uid, .. }
+            | Self::AmbiguousStacks { series_uid, .. }
+            | Self::Decode { series_uid, .. } => Some(series_uid),
+            _ => None,
+        }
+    }
 }
 
 /// One DICOM instance to assemble and the name errors should use for it (its path, or its SOP
@@ -259,15 +275,13 @@ pub struct Scan {
 /// [`Scan::skipped`] and the scan goes on.
 pub fn scan(paths: &[PathBuf]) -> Result<Scan, AssembleError> {
     let files = list_files(paths)?;
-    let results: Vec<Result<Source, String>> = files
+    let results: Vec<Result<Source, AssembleError>> = files
         .par_iter()
         .map(|path| {
             if !is_dicom_file(path) {
-                return Err(format!("{}: not a DICOM Part 10 file (no DICM prefix)", path.display()));
+                return Err(AssembleError::NotDicom { path: path.clone() });
             }
-            read_files(std::slice::from_ref(path), true)
-                .map(|mut v| v.remove(0))
-                .map_err(|e| e.to_string())
+            read_files(std::slice::from_ref(path), true).map(|mut v| v.remove(0))
         })
         .collect();
     let mut series: BTreeMap<String, Vec<Source>> = BTreeMap::new();
@@ -278,7 +292,7 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, AssembleError> {
                 Some(uid) => series.entry(uid).or_default().push(source),
                 None => skipped.push(format!("{}: no Series Instance UID (0020,000E)", source.label)),
             },
-            Err(reason) => skipped.push(reason),
+            Err(e) => skipped.push(e.to_string()),
         }
     }
     Ok(Scan { series, skipped })

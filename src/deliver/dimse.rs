@@ -1,7 +1,7 @@
 //! The SCU's side of DIMSE: C-STORE-RQ encoding and C-STORE-RSP decoding, on the shared
 //! command-set codec ([`crate::dimse`]).
 
-use crate::dimse::{C_STORE_RQ, CommandWriter, elements, text, us};
+use crate::dimse::{C_STORE_RQ, CommandWriter, DimseError, elements, text, us};
 
 /// Command Field of C-STORE-RSP.
 pub const C_STORE_RSP: u16 = C_STORE_RQ | crate::dimse::RESPONSE_BIT;
@@ -34,12 +34,14 @@ pub struct StoreRsp {
 }
 
 /// Parses a command set received from the peer.
-pub fn parse_rsp(bytes: &[u8]) -> Result<StoreRsp, String> {
+pub fn parse_rsp(bytes: &[u8]) -> Result<StoreRsp, DimseError> {
     let (mut command_field, mut responding_to, mut status) = (None, None, None);
     let (mut comment, mut sop_instance) = (None, None);
     for (group, element, value) in elements(bytes)? {
         if group != 0x0000 {
-            return Err(format!("element ({group:04X},{element:04X}) outside the command group"));
+            return Err(DimseError(format!(
+                "element ({group:04X},{element:04X}) outside the command group"
+            )));
         }
         match element {
             0x0100 => command_field = Some(us(element, value)?),
@@ -51,9 +53,10 @@ pub fn parse_rsp(bytes: &[u8]) -> Result<StoreRsp, String> {
         }
     }
     Ok(StoreRsp {
-        command_field: command_field.ok_or("no Command Field (0000,0100)")?,
-        responding_to: responding_to.ok_or("no Message ID Being Responded To (0000,0120)")?,
-        status: status.ok_or("no Status (0000,0900)")?,
+        command_field: command_field.ok_or_else(|| DimseError("no Command Field (0000,0100)".into()))?,
+        responding_to: responding_to
+            .ok_or_else(|| DimseError("no Message ID Being Responded To (0000,0120)".into()))?,
+        status: status.ok_or_else(|| DimseError("no Status (0000,0900)".into()))?,
         comment,
         sop_instance,
     })
@@ -101,7 +104,7 @@ mod tests {
         let mut bad = rsp(7, 0, None);
         // Declare 4 GiB for the first value.
         bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(parse_rsp(&bad).unwrap_err().contains("declares"));
+        assert!(parse_rsp(&bad).unwrap_err().0.contains("declares"));
         assert!(parse_rsp(&rsp(1, 0, None)[..30]).is_err());
     }
 }

@@ -14,6 +14,18 @@ pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// Implicit VR Little Endian.
 pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 
+/// Why an outbox file cannot be read or re-encoded; the message names the rule or the failing
+/// step, and the delivery records it as the fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(String);
+
+impl From<std::io::Error> for FileError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// What the file meta information says about a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileInfo {
@@ -35,21 +47,22 @@ pub fn transcodable(ts: &str) -> bool {
 
 /// Parses the file meta group from `reader` (positioned at the start of the file, preamble
 /// optional) and returns it with the number of bytes before the data set.
-fn read_meta<R: Read>(mut reader: R) -> Result<(FileMetaTable, u64), String> {
+fn read_meta<R: Read>(mut reader: R) -> Result<(FileMetaTable, u64), FileError> {
     let mut head = [0u8; 132];
-    let n = read_up_to(&mut reader, &mut head).map_err(|e| e.to_string())?;
+    let n = read_up_to(&mut reader, &mut head)?;
     let (skip, rest): (u64, &[u8]) = if n >= 132 && &head[128..132] == b"DICM" {
         (128, &head[128..n])
     } else if n >= 4 && &head[..4] == b"DICM" {
         (0, &head[..n])
     } else {
-        return Err("not a DICOM file (no DICM prefix at byte 128 or 0)".into());
+        return Err(FileError("not a DICOM file (no DICM prefix at byte 128 or 0)".into()));
     };
     let mut counted = Counting {
         inner: Cursor::new(rest.to_vec()).chain(reader),
         count: 0,
     };
-    let meta = FileMetaTable::from_reader(&mut counted).map_err(|e| format!("file meta information: {e}"))?;
+    let meta =
+        FileMetaTable::from_reader(&mut counted).map_err(|e| FileError(format!("file meta information: {e}")))?;
     Ok((meta, skip + counted.count))
 }
 
@@ -77,7 +90,7 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-fn info_of(meta: &FileMetaTable) -> Result<FileInfo, String> {
+fn info_of(meta: &FileMetaTable) -> Result<FileInfo, FileError> {
     let info = FileInfo {
         sop_class: meta.media_storage_sop_class_uid().to_owned(),
         sop_instance: meta.media_storage_sop_instance_uid().to_owned(),
@@ -89,15 +102,15 @@ fn info_of(meta: &FileMetaTable) -> Result<FileInfo, String> {
         ("Transfer Syntax UID", &info.transfer_syntax),
     ] {
         if value.is_empty() {
-            return Err(format!("{name} (0002,xxxx) is empty"));
+            return Err(FileError(format!("{name} (0002,xxxx) is empty")));
         }
     }
     Ok(info)
 }
 
 /// Reads only the file meta information of `path`.
-pub fn scan(path: &Path) -> Result<FileInfo, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+pub fn scan(path: &Path) -> Result<FileInfo, FileError> {
+    let file = std::fs::File::open(path)?;
     let (meta, _) = read_meta(std::io::BufReader::new(file))?;
     info_of(&meta)
 }
@@ -114,14 +127,14 @@ pub struct Loaded {
 
 impl Loaded {
     /// Reads `path` whole.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    pub fn read(path: &Path) -> Result<Self, FileError> {
+        let bytes = std::fs::read(path)?;
         let (meta, start) = read_meta(Cursor::new(&bytes))?;
         let info = info_of(&meta)?;
-        let dataset_start = usize::try_from(start).map_err(|e| e.to_string())?;
-        if dataset_start > bytes.len() {
-            return Err("file meta group runs past the end of the file".into());
-        }
+        let dataset_start = usize::try_from(start)
+            .ok()
+            .filter(|&s| s <= bytes.len())
+            .ok_or_else(|| FileError("file meta group runs past the end of the file".into()))?;
         Ok(Self {
             bytes,
             dataset_start,
@@ -135,25 +148,25 @@ impl Loaded {
     }
 
     /// The data set decoded and re-encoded in `target_ts`.
-    pub fn transcode(&self, target_ts: &str) -> Result<Vec<u8>, String> {
+    pub fn transcode(&self, target_ts: &str) -> Result<Vec<u8>, FileError> {
         let from = TransferSyntaxRegistry
             .get(&self.info.transfer_syntax)
-            .ok_or_else(|| format!("unknown transfer syntax {}", self.info.transfer_syntax))?;
+            .ok_or_else(|| FileError(format!("unknown transfer syntax {}", self.info.transfer_syntax)))?;
         let to = TransferSyntaxRegistry
             .get(target_ts)
-            .ok_or_else(|| format!("unknown transfer syntax {target_ts}"))?;
+            .ok_or_else(|| FileError(format!("unknown transfer syntax {target_ts}")))?;
         if !transcodable(&self.info.transfer_syntax) || !transcodable(target_ts) {
-            return Err(format!(
+            return Err(FileError(format!(
                 "{} → {} needs pixel data (de)compression",
                 from.name(),
                 to.name()
-            ));
+            )));
         }
         let obj = InMemDicomObject::read_dataset_with_ts(self.dataset(), from)
-            .map_err(|e| format!("cannot decode the data set: {e}"))?;
+            .map_err(|e| FileError(format!("cannot decode the data set: {e}")))?;
         let mut out = Vec::with_capacity(self.bytes.len());
         obj.write_dataset_with_ts(&mut out, to)
-            .map_err(|e| format!("cannot encode the data set in {}: {e}", to.name()))?;
+            .map_err(|e| FileError(format!("cannot encode the data set in {}: {e}", to.name())))?;
         Ok(out)
     }
 }

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::dimse::{self, C_STORE_RSP};
 use super::fault::{DeliveryFault, FaultReason, StatusClass, status_class};
-use super::files::{EXPLICIT_VR_LE, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
+use super::files::{EXPLICIT_VR_LE, FileError, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
 use super::settings::{Destination, check_ae_title};
 use super::tls::{Relay, TlsClient};
 use crate::dimse::{MAX_COMMAND_SET, pdu_name};
@@ -101,7 +101,7 @@ pub async fn send(dest: &Destination, node_ae: &str, files: &[PathBuf]) -> Resul
                 infos.push(Some(info));
             }
             Err(e) => {
-                let fault = ctx.fault(Some(&files[i]), FaultReason::Unreadable(e));
+                let fault = ctx.fault(Some(&files[i]), FaultReason::Unreadable(e.to_string()));
                 warn!(%fault, "outbox file skipped");
                 outcomes[i] = Some(FileOutcome {
                     path: files[i].clone(),
@@ -401,10 +401,10 @@ async fn receive_rsp(
                     }
                     command.extend_from_slice(&pdv.data);
                     if pdv.is_last {
-                        let rsp = dimse::parse_rsp(&command).map_err(|detail| {
+                        let rsp = dimse::parse_rsp(&command).map_err(|e| {
                             StoreError::Association(FaultReason::Protocol {
                                 during: during(),
-                                detail,
+                                detail: e.0,
                             })
                         })?;
                         if rsp.command_field != C_STORE_RSP || rsp.responding_to != message_id {
@@ -442,7 +442,7 @@ async fn store_one(
     let transcode = ts != info.transfer_syntax;
     let owned = path.to_path_buf();
     let target = ts.clone();
-    let (loaded_info, dataset) = tokio::task::spawn_blocking(move || -> Result<(FileInfo, Vec<u8>), String> {
+    let (loaded_info, dataset) = tokio::task::spawn_blocking(move || -> Result<(FileInfo, Vec<u8>), FileError> {
         let loaded = Loaded::read(&owned)?;
         let dataset = if loaded.info.transfer_syntax == target {
             loaded.dataset().to_vec()
@@ -458,10 +458,10 @@ async fn store_one(
             FaultReason::NotTranscodable {
                 file_ts: info.transfer_syntax.clone(),
                 accepted: ts.clone(),
-                detail: e,
+                detail: e.to_string(),
             }
         } else {
-            FaultReason::Unreadable(e)
+            FaultReason::Unreadable(e.to_string())
         })
     })?;
     if loaded_info != *info {

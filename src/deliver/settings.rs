@@ -95,9 +95,9 @@ impl Destination {
                 format!("contains {c:?}; use letters, digits, '-', '_' or '.'"),
             ));
         }
-        check_ae_title(&self.ae_title).map_err(|m| err("ae_title", m))?;
+        check_ae_title(&self.ae_title).map_err(|m| err("ae_title", m.to_string()))?;
         if let Some(calling) = &self.calling_ae_title {
-            check_ae_title(calling).map_err(|m| err("calling_ae_title", m))?;
+            check_ae_title(calling).map_err(|m| err("calling_ae_title", m.to_string()))?;
         }
         if self.host.trim().is_empty() {
             return Err(err("host", "must not be empty".into()));

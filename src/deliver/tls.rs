@@ -83,7 +83,7 @@ impl TlsSettings {
             .map_err(|e| err("server_name", format!("{name:?} is not a DNS name or IP address: {e}")))?;
 
         let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certificates(&self.ca).map_err(|m| err("ca", m))? {
+        for cert in read_certificates("ca", &self.ca)? {
             roots
                 .add(cert)
                 .map_err(|e| err("ca", format!("{}: unusable certificate: {e}", self.ca.display())))?;
@@ -96,7 +96,7 @@ impl TlsSettings {
             .with_root_certificates(roots);
         let config = match (&self.certificate, &self.private_key) {
             (Some(cert), Some(key)) => {
-                let chain = read_certificates(cert).map_err(|m| err("certificate", m))?;
+                let chain = read_certificates("certificate", cert)?;
                 let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                     err(
                         "private_key",
@@ -116,13 +116,14 @@ impl TlsSettings {
     }
 }
 
-/// Every certificate of a PEM file; an error when there is none.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Every certificate of the PEM file that key `field` names; an error when there is none.
+fn read_certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSettingsError> {
+    let err = |message: String| TlsSettingsError { field, message };
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: cannot read PEM certificates: {e}", path.display()))?;
+        .map_err(|e| err(format!("{}: cannot read PEM certificates: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in the file", path.display()));
+        return Err(err(format!("{}: no PEM certificate in the file", path.display())));
     }
     Ok(certs)
 }

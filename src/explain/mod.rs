@@ -185,7 +185,7 @@ pub fn heat_score(
 mod tests {
     use super::*;
     use crate::preprocess::{Normalisation, Recipe};
-    use crate::synth::{Plane, acquisition_grid};
+    use crate::volume::{Plane, acquisition_grid};
 
     /// A single hot feature voxel lands, on any source grid, within one feature voxel of the
     /// model position it stands for.

@@ -74,18 +74,18 @@ pub struct AllowedCalling {
 
 impl AllowedCalling {
     /// Parses `AE` or `AE@host-ip`.
-    pub fn parse(entry: &str) -> Result<Self, String> {
+    pub fn parse(entry: &str) -> Result<Self, ScpConfigError> {
         let (ae, host) = match entry.rsplit_once('@') {
             Some((ae, host)) => {
                 let ip = host
                     .trim()
                     .parse::<IpAddr>()
-                    .map_err(|_| format!("{entry:?}: {host:?} is not an IP address"))?;
+                    .map_err(|_| invalid("allowed_calling", format!("{entry:?}: {host:?} is not an IP address")))?;
                 (ae, Some(ip))
             }
             None => (entry, None),
         };
-        check_ae_title(ae).map_err(|why| format!("{entry:?}: {why}"))?;
+        check_ae_title(ae).map_err(|why| invalid("allowed_calling", format!("{entry:?}: {why}")))?;
         Ok(Self {
             ae_title: ae.trim().to_owned(),
             host,
@@ -115,18 +115,38 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ScpConfigError {
     }
 }
 
+/// `[scp]` checked once: the values as configured plus the parsed bind address and allow-list.
+/// The SCP takes only this, so it never checks a value again.
+#[derive(Clone, Debug)]
+pub struct ScpSettings {
+    /// The checked values.
+    pub config: ScpConfig,
+    /// `bind`, parsed.
+    pub bind: SocketAddr,
+    /// `allowed_calling`, parsed.
+    pub allowed: Vec<AllowedCalling>,
+}
+
 impl ScpConfig {
-    /// Checks every value; the first bad one is reported with its key.
-    pub fn validate(&self) -> Result<(), ScpConfigError> {
-        check_ae_title(&self.ae_title).map_err(|m| invalid("ae_title", m))?;
+    /// Checks every value (the first bad one is reported with its key) and parses what the SCP
+    /// needs parsed.
+    pub fn check(self) -> Result<ScpSettings, ScpConfigError> {
+        self.validate()?;
+        Ok(ScpSettings {
+            bind: self.bind_addr()?,
+            allowed: self.allowed()?,
+            config: self,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ScpConfigError> {
+        check_ae_title(&self.ae_title).map_err(|m| invalid("ae_title", m.to_string()))?;
         if self.ae_title.trim() != self.ae_title {
             return Err(invalid(
                 "ae_title",
                 format!("{:?} has leading or trailing spaces", self.ae_title),
             ));
         }
-        self.bind_addr()?;
-        self.allowed()?;
         if !(1..=10_000).contains(&self.max_associations) {
             return Err(invalid(
                 "max_associations",
@@ -154,20 +174,15 @@ impl ScpConfig {
         Ok(())
     }
 
-    /// `bind` as a socket address.
-    pub fn bind_addr(&self) -> Result<SocketAddr, ScpConfigError> {
+    fn bind_addr(&self) -> Result<SocketAddr, ScpConfigError> {
         self.bind
             .trim()
             .parse()
             .map_err(|_| invalid("bind", format!("{:?} is not an IP:port address", self.bind)))
     }
 
-    /// `allowed_calling`, parsed.
-    pub fn allowed(&self) -> Result<Vec<AllowedCalling>, ScpConfigError> {
-        self.allowed_calling
-            .iter()
-            .map(|e| AllowedCalling::parse(e).map_err(|m| invalid("allowed_calling", m)))
-            .collect()
+    fn allowed(&self) -> Result<Vec<AllowedCalling>, ScpConfigError> {
+        self.allowed_calling.iter().map(|e| AllowedCalling::parse(e)).collect()
     }
 
     /// `read_timeout_s` as a duration.
@@ -188,7 +203,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_round_trip_through_toml() {
         let config = ScpConfig::default();
-        config.validate().unwrap();
+        config.clone().check().unwrap();
         let text = toml::to_string(&config).unwrap();
         let back: ScpConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, config);
@@ -263,7 +278,7 @@ mod tests {
             ),
         ];
         for (config, key) in cases {
-            let err = config.validate().unwrap_err().to_string();
+            let err = config.check().unwrap_err().to_string();
             assert!(err.starts_with(key), "{key}: {err}");
         }
     }

@@ -1,20 +1,12 @@
 //! The SCP's side of DIMSE: the request fields it uses, its response encoding and statuses, on
 //! the shared command-set codec ([`crate::dimse`]).
 
-pub(crate) use crate::dimse::{C_CANCEL_RQ, C_ECHO_RQ, C_STORE_RQ, MAX_COMMAND_SET, RESPONSE_BIT};
+pub(crate) use crate::dimse::{
+    C_CANCEL_RQ, C_ECHO_RQ, C_STORE_RQ, MAX_COMMAND_SET, RESPONSE_BIT, STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
+    STATUS_UNRECOGNIZED_OPERATION,
+};
 use crate::dimse::{CommandWriter, NO_DATA_SET, elements, us};
-
-pub(crate) const STATUS_SUCCESS: u16 = 0x0000;
-/// Refused: SOP Class not supported.
-pub(crate) const STATUS_SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
-/// Unrecognized operation.
-pub(crate) const STATUS_UNRECOGNIZED_OPERATION: u16 = 0x0211;
-/// Processing failure.
-pub(crate) const STATUS_PROCESSING_FAILURE: u16 = 0x0110;
-/// Refused: out of resources.
-pub(crate) const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
-/// Error: cannot understand.
-pub(crate) const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 
 /// The fields of a request command set the SCP uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,13 +32,13 @@ pub(crate) struct CommandError(pub String);
 pub(crate) fn parse_command(bytes: &[u8]) -> Result<Command, CommandError> {
     let mut command = Command::default();
     let (mut field, mut data_set_type) = (None, None);
-    for (group, element, value) in elements(bytes).map_err(CommandError)? {
+    for (group, element, value) in elements(bytes).map_err(|e| CommandError(e.0))? {
         if group == 0x0000 {
             match element {
                 0x0002 => command.affected_sop_class = uid(value, element)?,
-                0x0100 => field = Some(us(element, value).map_err(CommandError)?),
-                0x0110 => command.message_id = us(element, value).map_err(CommandError)?,
-                0x0800 => data_set_type = Some(us(element, value).map_err(CommandError)?),
+                0x0100 => field = Some(us(element, value).map_err(|e| CommandError(e.0))?),
+                0x0110 => command.message_id = us(element, value).map_err(|e| CommandError(e.0))?,
+                0x0800 => data_set_type = Some(us(element, value).map_err(|e| CommandError(e.0))?),
                 0x1000 => command.affected_sop_instance = uid(value, element)?,
                 _ => {}
             }

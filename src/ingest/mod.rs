@@ -62,7 +62,7 @@ mod limits;
 mod scp;
 mod syntax;
 
-pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError};
+pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError, ScpSettings};
 pub use limits::{MalformedDataSet, check_element_lengths, check_element_lengths_limited};
 pub use scp::{IngestError, IngestStats, IngestStatsSnapshot, bind, serve};
 pub use syntax::{ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage};

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use super::config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError};
+use super::config::{AllowedCalling, OtherStorage, ScpConfig, ScpSettings};
 use super::dimse::{
     C_CANCEL_RQ, C_ECHO_RQ, C_STORE_RQ, Command, MAX_COMMAND_SET, RESPONSE_BIT, Response, STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
@@ -40,9 +40,6 @@ const MAX_REJECTED_RQ: u32 = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {
-    /// `[scp]` has a bad value.
-    #[error("[scp]: {0}")]
-    Config(#[from] ScpConfigError),
     /// The listen address cannot be bound.
     #[error("scp.bind: cannot listen on {addr}: {source}")]
     Bind {
@@ -118,10 +115,9 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Validates `config` and binds its `bind` address.
-pub async fn bind(config: &ScpConfig) -> Result<TcpListener, IngestError> {
-    config.validate()?;
-    let addr = config.bind_addr()?;
+/// Binds the checked `bind` address.
+pub async fn bind(settings: &ScpSettings) -> Result<TcpListener, IngestError> {
+    let addr = settings.bind;
     TcpListener::bind(addr)
         .await
         .map_err(|source| IngestError::Bind { addr, source })
@@ -134,13 +130,13 @@ pub async fn bind(config: &ScpConfig) -> Result<TcpListener, IngestError> {
 /// is left is cancelled. Needs a multi-thread tokio runtime.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<ScpConfig>,
+    settings: Arc<ScpSettings>,
     sink: Arc<dyn InstanceSink>,
     stats: Arc<IngestStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
-    config.validate()?;
-    let allowed = config.allowed()?;
+    let config = Arc::new(settings.config.clone());
+    let allowed = settings.allowed.clone();
     let mut abstract_syntaxes: Vec<&'static str> = vec![VERIFICATION];
     abstract_syntaxes.extend(MR_STORAGE_CLASSES);
     if config.other_storage != OtherStorage::Refuse {

@@ -180,7 +180,7 @@ pub fn foreground_centre(v: &Volume) -> Option<[f64; 3]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{Plane, acquisition_grid};
+    use crate::volume::{Plane, acquisition_grid};
 
     /// A bright ball (radius 20 mm) centred at LPS (10, −5, 3) with a brighter left cap.
     fn head(plane: Plane) -> Volume {

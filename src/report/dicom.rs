@@ -8,7 +8,7 @@ use dicom_object::meta::FileMetaTableBuilder;
 
 use super::codes::{self, Code};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp};
-use crate::synth::dicom::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::dicom_build::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 pub(crate) use crate::dicom_build::{ds, ds_multi, get_str, put_f32s, put_seq, put_str, put_tag, put_u16, truncate};
 

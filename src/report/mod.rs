@@ -16,107 +16,28 @@
 
 mod codes;
 mod dicom;
+mod error;
+mod identity;
 mod render;
 pub mod sc;
 pub mod sr;
+mod summary;
 
 use std::path::{Path, PathBuf};
 
-use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::assemble::Assembled;
 use crate::volume::Volume;
 
+pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
+pub use error::ReportError;
+pub use identity::{Timestamp, UidGenerator};
 pub use render::preview_png;
 pub use sc::secondary_capture;
 pub use sr::{InstanceRef, structured_report};
-
-/// Why an output could not be made or written; variants name the series, file or field.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReportError {
-    /// The source volume has no voxels or no slice provenance.
-    #[error("series {series_uid}: empty source ({what})")]
-    EmptySource { series_uid: String, what: String },
-    /// The heatmap is not on the source grid.
-    #[error(
-        "series {series_uid}: heatmap grid {heatmap_shape:?} does not match the source grid \
-         {source_shape:?} (affines differ by {affine_diff_mm:.3e} mm)"
-    )]
-    GridMismatch {
-        series_uid: String,
-        heatmap_shape: [usize; 3],
-        source_shape: [usize; 3],
-        affine_diff_mm: f64,
-    },
-    /// The volume depth and the slice provenance list disagree.
-    #[error("series {series_uid}: volume has {depth} slices but {slices} slice sources")]
-    SliceCount {
-        series_uid: String,
-        depth: usize,
-        slices: usize,
-    },
-    /// A slice is too large for a DICOM image (rows or columns above 65535).
-    #[error("series {series_uid}: slice of {rows}×{columns} pixels does not fit a DICOM image")]
-    TooLarge {
-        series_uid: String,
-        rows: usize,
-        columns: usize,
-    },
-    /// An input value breaks a rule (probability outside [0, 1], hotspot slice out of range…).
-    #[error("series {series_uid}: {field} = {value}: {rule}")]
-    BadValue {
-        series_uid: String,
-        field: &'static str,
-        value: String,
-        rule: &'static str,
-    },
-    /// The source header and the assembled series both lack an attribute the output needs.
-    #[error("series {series_uid}: source has no {attribute}")]
-    MissingAttribute {
-        series_uid: String,
-        attribute: &'static str,
-    },
-    /// The file meta group could not be built.
-    #[error("instance {sop_instance_uid}: cannot build the file meta group: {source}")]
-    Meta {
-        sop_instance_uid: String,
-        #[source]
-        source: Box<dicom_object::WithMetaError>,
-    },
-    /// A DICOM file could not be written.
-    #[error("{path}: cannot write DICOM: {source}")]
-    WriteDicom {
-        path: PathBuf,
-        #[source]
-        source: Box<dicom_object::WriteError>,
-    },
-    /// A file or directory could not be created.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The PNG preview could not be written.
-    #[error("{path}: cannot write PNG: {source}")]
-    Png {
-        path: PathBuf,
-        #[source]
-        source: image::ImageError,
-    },
-    /// `result.json` could not be serialised.
-    #[error("{path}: cannot write JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-}
+pub use summary::{ModelSummary, ResultSummary, Timings, label, result_json};
 
 /// The decision for one study, in the source series' frame of reference.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -177,46 +98,6 @@ impl Default for Device {
 
 /// Device UID used when none is configured (a fixed UUID-derived UID).
 pub const DEFAULT_DEVICE_UID: &str = "2.25.190284305613478927004569542715629817953";
-
-/// Content date and time written into the outputs (`YYYYMMDD`, `HHMMSS`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Timestamp {
-    /// DICOM DA.
-    pub date: String,
-    /// DICOM TM.
-    pub time: String,
-}
-
-impl Timestamp {
-    /// The current UTC time.
-    pub fn now_utc() -> Self {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days);
-        Self {
-            date: format!("{y:04}{m:02}{d:02}"),
-            time: format!("{:02}{:02}{:02}", rem / 3600, (rem % 3600) / 60, rem % 60),
-        }
-    }
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
 
 /// How the outputs look and where they go in the study.
 #[derive(Clone, Debug, PartialEq)]
@@ -296,49 +177,6 @@ impl ReportOptions {
     }
 }
 
-/// Source of new UIDs: `2.25.<u128>` (UUID-derived) by default, or `<root>.<decimal>` under a
-/// configured root, drawn from a seeded or OS-seeded generator.
-pub struct UidGenerator {
-    root: Option<String>,
-    rng: ChaCha8Rng,
-}
-
-impl UidGenerator {
-    /// UIDs `2.25.<u128>` from OS entropy.
-    pub fn random() -> Self {
-        Self {
-            root: None,
-            rng: ChaCha8Rng::from_os_rng(),
-        }
-    }
-    /// UIDs `2.25.<u128>` from a seed: the same seed gives the same UIDs.
-    pub fn seeded(seed: u64) -> Self {
-        Self {
-            root: None,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-    /// UIDs under `root` (an organisation root, at most 40 characters so that a suffix fits).
-    pub fn with_root(mut self, root: impl Into<String>) -> Self {
-        let root = root.into();
-        self.root = (!root.is_empty()).then_some(root);
-        self
-    }
-    /// A new UID (at most 64 characters).
-    pub fn next_uid(&mut self) -> String {
-        match &self.root {
-            None => format!("2.25.{}", self.rng.random::<u128>()),
-            Some(root) => {
-                let room = 64usize.saturating_sub(root.len() + 1).clamp(1, 38);
-                let digits = self.rng.random::<u128>().to_string();
-                let suffix = digits[..room.min(digits.len())].trim_start_matches('0');
-                let suffix = if suffix.is_empty() { "1" } else { suffix };
-                format!("{root}.{suffix}")
-            }
-        }
-    }
-}
-
 /// Everything the SC and SR are made from, shared by both.
 #[derive(Clone, Copy)]
 pub struct ReportInputs<'a> {
@@ -360,20 +198,6 @@ pub struct ReportInputs<'a> {
 /// A DICOM object with the file meta group, ready to write or send.
 pub type DicomFile = FileDicomObject<InMemDicomObject>;
 
-/// Whether `obj` was made by the device with `device_uid` (its Contributing Equipment Sequence
-/// names it): the loop guard that keeps the node from analysing its own output.
-pub fn is_own_output(obj: &InMemDicomObject, device_uid: &str) -> bool {
-    obj.get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
-        .and_then(|e| e.items())
-        .is_some_and(|items| {
-            items.iter().any(|item| {
-                item.get(tags::DEVICE_UID)
-                    .and_then(|e| e.to_str().ok())
-                    .is_some_and(|uid| uid.trim_end_matches(['\0', ' ']) == device_uid)
-            })
-        })
-}
-
 /// Writes `obj` to `path` (parent directories created).
 pub fn write_dicom(obj: &DicomFile, path: &Path) -> Result<(), ReportError> {
     if let Some(parent) = path.parent() {
@@ -386,114 +210,6 @@ pub fn write_dicom(obj: &DicomFile, path: &Path) -> Result<(), ReportError> {
         path: path.to_owned(),
         source: Box::new(source),
     })
-}
-
-/// Per-stage wall times in milliseconds (0 for a stage that did not run).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Timings {
-    pub assemble: f64,
-    pub preprocess: f64,
-    pub infer: f64,
-    pub explain: f64,
-    pub sc: f64,
-    pub sr: f64,
-    pub total: f64,
-}
-
-/// The model that produced the result.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ModelSummary {
-    /// Model (algorithm) name.
-    pub name: String,
-    /// Model version.
-    pub version: String,
-}
-
-/// `result.json`: the decision, where it points and what was written.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ResultSummary {
-    /// Ensemble probability of FCD type II, in [0, 1].
-    pub probability: f64,
-    /// `"FCD type II suspected"` or `"FCD type II not suspected"`.
-    pub label: String,
-    /// Whether the probability reached the threshold.
-    pub suspected: bool,
-    /// Decision threshold.
-    pub threshold: f64,
-    /// Per-fold probabilities.
-    pub fold_probabilities: Vec<f64>,
-    /// Hotspot in LPS mm.
-    pub hotspot_lps: [f64; 3],
-    /// Hotspot slice index k in the source series (0-based).
-    pub hotspot_slice: usize,
-    /// Source series and study.
-    pub series_uid: String,
-    pub study_uid: String,
-    /// Model identity.
-    pub model: ModelSummary,
-    /// Secondary Capture files written (relative to the output directory).
-    pub sc_files: Vec<String>,
-    /// Structured Report file written (relative to the output directory), if any.
-    pub sr_file: Option<String>,
-    /// PNG preview written (relative to the output directory), if any.
-    pub preview_png: Option<String>,
-    /// Stage timings.
-    pub timings_ms: Timings,
-}
-
-/// The label text for a decision.
-pub fn label(suspected: bool) -> &'static str {
-    if suspected {
-        codes::LABEL_SUSPECTED
-    } else {
-        codes::LABEL_NOT_SUSPECTED
-    }
-}
-
-/// Builds the `result.json` summary (file lists relative to the output directory).
-pub fn result_json(
-    source: &Assembled,
-    finding: &Finding,
-    algorithm: &Algorithm,
-    sc_files: Vec<String>,
-    sr_file: Option<String>,
-    preview_png: Option<String>,
-    timings_ms: Timings,
-) -> ResultSummary {
-    ResultSummary {
-        probability: finding.probability,
-        label: label(finding.suspected).into(),
-        suspected: finding.suspected,
-        threshold: finding.threshold,
-        fold_probabilities: finding.fold_probabilities.clone(),
-        hotspot_lps: finding.hotspot_lps,
-        hotspot_slice: finding.hotspot_slice,
-        series_uid: source.meta.series_uid.clone(),
-        study_uid: source.meta.study_uid.clone(),
-        model: ModelSummary {
-            name: algorithm.name.clone(),
-            version: algorithm.version.clone(),
-        },
-        sc_files,
-        sr_file,
-        preview_png,
-        timings_ms,
-    }
-}
-
-impl ResultSummary {
-    /// Writes the summary as pretty JSON.
-    pub fn write(&self, path: &Path) -> Result<(), ReportError> {
-        let text = serde_json::to_string_pretty(self).map_err(|source| ReportError::Json {
-            path: path.to_owned(),
-            source,
-        })?;
-        std::fs::write(path, text).map_err(|source| ReportError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    }
 }
 
 /// Writes a preview image as PNG.
@@ -521,8 +237,9 @@ pub struct WrittenOutputs {
     pub objects: Vec<DicomFile>,
 }
 
-/// Makes SC, SR, preview and `result.json` and writes them into `dir`:
-/// `sc/SC_NNNN.dcm`, `sr/SR.dcm`, `preview.png`, `result.json`. `timings_ms.sc`/`sr` are filled
+/// Makes SC, SR and preview and writes them into `dir` (`sc/SC_NNNN.dcm`, `sr/SR.dcm`,
+/// `preview.png`); the caller writes the returned summary as `result.json` once its own
+/// timings are in. `timings_ms.sc`/`sr` are filled
 /// here; the other stages' times are taken from `timings`.
 pub fn write_outputs(
     inputs: &ReportInputs<'_>,
@@ -562,7 +279,6 @@ pub fn write_outputs(
         Some("preview.png".into()),
         timings,
     );
-    summary.write(&dir.join("result.json"))?;
     let mut objects = sc;
     objects.push(sr);
     Ok(WrittenOutputs {
@@ -683,44 +399,4 @@ fn check_heatmap(source: &Assembled, heatmap: &Volume) -> Result<(), ReportError
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        let now = Timestamp::now_utc();
-        assert_eq!(now.date.len(), 8);
-        assert_eq!(now.time.len(), 6);
-    }
-
-    #[test]
-    fn uids_are_valid_and_reproducible() {
-        let mut a = UidGenerator::seeded(5);
-        let mut b = UidGenerator::seeded(5);
-        let (x, y) = (a.next_uid(), b.next_uid());
-        assert_eq!(x, y);
-        assert_ne!(x, a.next_uid());
-        let mut rooted = UidGenerator::seeded(1).with_root("1.2.826.0.1.3680043.10.1234");
-        for _ in 0..100 {
-            let uid = rooted.next_uid();
-            assert!(uid.len() <= 64, "{uid}");
-            assert!(
-                uid.split('.')
-                    .all(|c| !c.is_empty() && (c == "0" || !c.starts_with('0'))),
-                "{uid}"
-            );
-        }
-    }
-
-    #[test]
-    fn labels() {
-        assert_eq!(label(true), "FCD type II suspected");
-        assert_eq!(label(false), "FCD type II not suspected");
-    }
 }

@@ -2,7 +2,6 @@
 //! validated [`Settings`]. Every hand-over between stages goes through the job database, so a
 //! restart resumes where the node stopped.
 
-pub mod demo;
 mod outbox;
 mod worker;
 
@@ -43,6 +42,9 @@ pub enum ServiceError {
     /// Loading the model into ONNX Runtime.
     #[error("[node] model: {0}")]
     Infer(#[from] InferError),
+    /// The DICOM listening socket.
+    #[error(transparent)]
+    Listen(#[from] ingest::IngestError),
     /// A listening socket.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -86,8 +88,7 @@ impl InstanceSink for MeteredSpool {
 
 /// Starts every stage on the current tokio runtime (it must be multi-threaded).
 pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
-    let config = &settings.config;
-    let spool = Arc::new(Spool::open(&config.node.data_dir, &config.node.device_uid)?);
+    let spool = Arc::new(Spool::open(&settings.node.data_dir, &settings.node.device_uid)?);
     let db = spool.db().clone();
     let requeued = db.requeue_unfinished().map_err(SpoolError::from)?;
     if requeued > 0 {
@@ -98,7 +99,7 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
     tracing::info!(
         model = %ensemble.manifest().name,
         device = ?ensemble.device(),
-        "model {} loaded", config.node.model.display()
+        "model {} loaded", settings.node.model.display()
     );
 
     let metrics = Arc::new(Metrics::new());
@@ -106,27 +107,27 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let listener = bind("DICOM [scp] bind", &config.scp.bind).await?;
+    let listener = ingest::bind(&settings.scp).await?;
     let dicom_addr = listener.local_addr().map_err(|source| ServiceError::Bind {
         what: "DICOM [scp] bind",
-        addr: config.scp.bind.clone(),
+        addr: settings.scp.bind.to_string(),
         source,
     })?;
     let sink: Arc<dyn InstanceSink> = Arc::new(MeteredSpool {
         spool: spool.clone(),
         metrics: metrics.clone(),
     });
-    let scp_config = Arc::new(config.scp.clone());
+    let scp_settings = settings.scp.clone();
     let stats = Arc::new(IngestStats::default());
     let rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = ingest::serve(listener, scp_config, sink, stats, rx).await {
+        if let Err(e) = ingest::serve(listener, scp_settings, sink, stats, rx).await {
             tracing::error!("DICOM listener stopped: {e}");
         }
     }));
 
-    let api_addr = if config.api.enabled {
-        let listener = bind("HTTP [api] bind", &config.api.bind).await?;
+    let api_addr = if settings.api.enabled {
+        let listener = bind("HTTP [api] bind", &settings.api.bind).await?;
         let addr = listener.local_addr().ok();
         let state = ApiState {
             db: db.clone(),
@@ -148,16 +149,16 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         db.clone(),
         settings.router.clone(),
         channels,
-        config.tracker.clone(),
+        settings.tracker.clone(),
         crate::spool::db::now(),
     )?;
     let mut threads = vec![spawn_thread("tracker", {
         let rx = shutdown_rx.clone();
-        let poll = Duration::from_secs_f64(config.tracker.poll_s);
+        let poll = Duration::from_secs_f64(settings.tracker.poll_s);
         let metrics = metrics.clone();
         let spool = spool.clone();
-        let retention = config.retention.clone();
-        let results = results_dir(&config.node.data_dir);
+        let retention = settings.retention.clone();
+        let results = results_dir(&settings.node.data_dir);
         move || tracker_loop(tracker, spool, &results, retention, metrics, rx, poll)
     })];
     threads.push(spawn_thread("pipeline", {
@@ -167,12 +168,12 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
     }));
     tasks.push(tokio::spawn(outbox::run(
         db.clone(),
-        config.clone(),
+        settings.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
     )));
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(%dicom_addr, ?api_addr, ae_title = %config.scp.ae_title, "node ready");
+    tracing::info!(%dicom_addr, ?api_addr, ae_title = %settings.scp.config.ae_title, "node ready");
     Ok(Node {
         dicom_addr,
         api_addr,
@@ -208,7 +209,7 @@ pub fn results_dir(data_dir: &Path) -> PathBuf {
 fn load_model(settings: &Settings) -> Result<Ensemble, ServiceError> {
     let library = runtime::find_library(settings.runtime.onnxruntime.as_deref())?;
     runtime::init(&library)?;
-    let package = ModelPackage::load(&settings.config.node.model)?;
+    let package = ModelPackage::load(&settings.node.model)?;
     Ok(Ensemble::load(
         &package,
         settings.runtime.device,

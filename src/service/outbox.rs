@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::api::{DeliveryOutcome, Metrics};
-use crate::config::Config;
+use crate::config::Settings;
 use crate::deliver::{self, FaultKind};
 use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb};
 
-pub(super) async fn run(db: Arc<JobDb>, config: Config, metrics: Arc<Metrics>, mut rx: watch::Receiver<bool>) {
+pub(super) async fn run(db: Arc<JobDb>, config: Settings, metrics: Arc<Metrics>, mut rx: watch::Receiver<bool>) {
     let poll = Duration::from_secs_f64(config.outbox.poll_s);
     loop {
         let due = {
@@ -38,7 +38,7 @@ pub(super) async fn run(db: Arc<JobDb>, config: Config, metrics: Arc<Metrics>, m
     }
 }
 
-async fn pass(db: &Arc<JobDb>, config: &Config, metrics: &Metrics, due: Vec<DeliveryRow>) {
+async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, due: Vec<DeliveryRow>) {
     let mut by_destination: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
     for row in due {
         by_destination.entry(row.destination.clone()).or_default().push(row);
@@ -53,7 +53,7 @@ async fn pass(db: &Arc<JobDb>, config: &Config, metrics: &Metrics, due: Vec<Deli
         };
         let files: Vec<PathBuf> = rows.iter().map(|r| r.path.clone()).collect();
         let start = Instant::now();
-        let outcomes = deliver::send(dest, &config.scp.ae_title, &files).await;
+        let outcomes = deliver::send(dest, &config.scp.config.ae_title, &files).await;
         metrics.observe_stage("deliver", start.elapsed().as_secs_f64());
         for (i, row) in rows.iter().enumerate() {
             let result = match &outcomes {

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::tracker::routing::ChannelSeries;
+
 /// Why the job database failed.
 #[derive(Debug, thiserror::Error)]
 #[error("job database {path}: {source}")]
@@ -98,6 +100,10 @@ pub struct SeriesRow {
     pub handled_generation: Option<i64>,
     /// Model channel the router chose at the last handling (`None`: ignored or not handled).
     pub channel: Option<String>,
+    /// Slices of the main stack, measured when it was routed to a channel.
+    pub slices: Option<usize>,
+    /// Why routing chose that channel or ignored the series (or why it could not be read).
+    pub routing: Option<String>,
 }
 
 /// One job: a study's series run through the pipeline.
@@ -109,12 +115,17 @@ pub struct JobRow {
     pub study_uid: String,
     /// Series per model channel, in the model's channel order.
     pub series: Vec<String>,
+    /// What the tracker chose for each channel: series and instance files, in channel order.
+    #[serde(skip)]
+    pub inputs: Vec<ChannelSeries>,
     /// Calling AE of the sender.
     pub calling_ae: String,
     /// Where it is.
     pub state: JobState,
     /// Why it failed, or what the last step said.
     pub reason: Option<String>,
+    /// For a failed job: the stage and series that failed, and the full error chain.
+    pub failure: Option<JobFailure>,
     /// The job this one replaces (late instances reopened the series).
     pub supersedes: Option<i64>,
     /// Directory with SC, SR, preview and result.json.
@@ -125,6 +136,17 @@ pub struct JobRow {
     pub created_at: f64,
     /// Last state change (Unix seconds).
     pub updated_at: f64,
+}
+
+/// Where and why a job failed, as stored with it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobFailure {
+    /// The stage that failed (`route`, `assemble`, `preprocess`, `infer`, `explain`, `report`, …).
+    pub stage: String,
+    /// The series being processed, when one is known.
+    pub series_uid: Option<String>,
+    /// The error and its causes, outermost first.
+    pub message: String,
 }
 
 /// Delivery state of one result file to one destination.
@@ -223,8 +245,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
     state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, last_error TEXT,
     UNIQUE (job_id, destination, path));
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
 ";
+
+/// A JSON text column (`NULL` → `None`); text that does not parse is a conversion error, not
+/// a silent default.
+fn json_column<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<T>> {
+    row.get::<_, Option<String>>(index)?
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+        })
+        .transpose()
+}
 
 /// The job database; one connection behind a mutex (writes are short).
 pub struct JobDb {
@@ -244,6 +278,26 @@ impl JobDb {
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Columns added after the first release; a database made before gains them empty.
+        for (table, column, decl) in [
+            ("series", "slices", "INTEGER"),
+            ("series", "routing", "TEXT"),
+            ("jobs", "inputs", "TEXT"),
+            ("jobs", "failure", "TEXT"),
+        ] {
+            let present: bool = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(err)?
+                > 0;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                    .map_err(err)?;
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -279,7 +333,8 @@ impl JobDb {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let inserted = tx
             .execute(
-                "INSERT OR IGNORE INTO instances VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO instances (sop_uid, series_uid, study_uid, path, calling_ae, size, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     rec.sop_uid,
                     rec.series_uid,
@@ -295,7 +350,8 @@ impl JobDb {
             return Ok(Recorded::Duplicate);
         }
         tx.execute(
-            "INSERT INTO series VALUES (?1, ?2, ?3, ?4, 1, ?5, 0, NULL, NULL)
+            "INSERT INTO series (series_uid, study_uid, calling_ae, dir, instances, last_received_at, generation)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, 0)
              ON CONFLICT (series_uid) DO UPDATE SET
                 instances = instances + 1, last_received_at = ?5, calling_ae = ?3,
                 generation = CASE WHEN handled_generation = generation THEN generation + 1 ELSE generation END",
@@ -343,6 +399,17 @@ impl JobDb {
             .map_err(|e| self.err(e))
     }
 
+    /// The stored instance files of a series, in path order.
+    pub fn series_files(&self, series_uid: &str) -> Result<Vec<PathBuf>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT path FROM instances WHERE series_uid = ?1 ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([series_uid], |r| Ok(PathBuf::from(r.get::<_, String>(0)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))
+    }
+
     /// One series.
     pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRow>, DbError> {
         Ok(self
@@ -355,7 +422,7 @@ impl JobDb {
         let conn = self.conn();
         let sql = format!(
             "SELECT series_uid, study_uid, calling_ae, dir, instances, last_received_at, generation, \
-             handled_generation, channel FROM series {filter} ORDER BY last_received_at"
+             handled_generation, channel, slices, routing FROM series {filter} ORDER BY last_received_at"
         );
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         stmt.query_map(args, |r| {
@@ -369,49 +436,65 @@ impl JobDb {
                 generation: r.get(6)?,
                 handled_generation: r.get(7)?,
                 channel: r.get(8)?,
+                slices: r.get::<_, Option<i64>>(9)?.map(|n| n.max(0) as usize),
+                routing: r.get(10)?,
             })
         })
         .and_then(|rows| rows.collect())
         .map_err(|e| self.err(e))
     }
 
-    /// Marks a series generation handled, with the channel routing chose (`None`: ignored).
-    pub fn mark_handled(&self, series_uid: &str, generation: i64, channel: Option<&str>) -> Result<(), DbError> {
+    /// Marks a series generation handled with routing's verdict: the channel and the slices of
+    /// its main stack (`None`: ignored), and why.
+    pub fn mark_handled(
+        &self,
+        series_uid: &str,
+        generation: i64,
+        routed: Option<(String, usize)>,
+        reason: &str,
+    ) -> Result<(), DbError> {
+        let (channel, slices) = routed.map_or((None, None), |(c, n)| (Some(c), Some(n as i64)));
         self.conn()
             .execute(
-                "UPDATE series SET handled_generation = ?2, channel = ?3 WHERE series_uid = ?1",
-                params![series_uid, generation, channel],
+                "UPDATE series SET handled_generation = ?2, channel = ?3, slices = ?4, routing = ?5
+                 WHERE series_uid = ?1",
+                params![series_uid, generation, channel, slices, reason],
             )
             .map(drop)
             .map_err(|e| self.err(e))
     }
 
-    /// Creates a job in state `received`, superseding the latest job on the same primary series.
-    pub fn create_job(&self, study_uid: &str, series: &[String], calling_ae: &str) -> Result<i64, DbError> {
-        self.insert_job(study_uid, series, calling_ae, JobState::Received, None)
+    /// Creates a job in state `received` for the series chosen per channel, superseding the
+    /// latest job on the same primary series.
+    pub fn create_job(&self, study_uid: &str, inputs: &[ChannelSeries], calling_ae: &str) -> Result<i64, DbError> {
+        self.insert_job(study_uid, inputs, calling_ae, JobState::Received, None)
     }
 
     /// Records a job that could not be created from its study (a missing channel), as failed.
     pub fn create_failed_job(
         &self,
         study_uid: &str,
-        series: &[String],
+        inputs: &[ChannelSeries],
         calling_ae: &str,
-        reason: &str,
+        failure: &JobFailure,
     ) -> Result<i64, DbError> {
-        self.insert_job(study_uid, series, calling_ae, JobState::Failed, Some(reason))
+        self.insert_job(study_uid, inputs, calling_ae, JobState::Failed, Some(failure))
     }
 
     fn insert_job(
         &self,
         study_uid: &str,
-        series: &[String],
+        inputs: &[ChannelSeries],
         calling_ae: &str,
         state: JobState,
-        reason: Option<&str>,
+        failure: Option<&JobFailure>,
     ) -> Result<i64, DbError> {
         let now = now();
-        let series_json = serde_json::to_string(series).unwrap_or_default();
+        let series: Vec<&str> = inputs.iter().map(|c| c.series_uid.as_str()).collect();
+        let series_json = serde_json::to_string(&series).unwrap_or_default();
+        let inputs_json = serde_json::to_string(inputs).unwrap_or_default();
+        let failure_json = failure.map(|f| serde_json::to_string(f).unwrap_or_default());
+        let reason = failure.map(|f| f.message.as_str());
         let conn = self.conn();
         let supersedes: Option<i64> = match series.first() {
             Some(primary) => conn
@@ -426,9 +509,20 @@ impl JobDb {
             None => None,
         };
         conn.execute(
-            "INSERT INTO jobs (study_uid, series, calling_ae, state, reason, supersedes, attempts, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
-            params![study_uid, series_json, calling_ae, state.as_str(), reason, supersedes, now],
+            "INSERT INTO jobs (study_uid, series, calling_ae, state, reason, supersedes, attempts, created_at, updated_at,
+                               inputs, failure)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8, ?9)",
+            params![
+                study_uid,
+                series_json,
+                calling_ae,
+                state.as_str(),
+                reason,
+                supersedes,
+                now,
+                inputs_json,
+                failure_json
+            ],
         )
         .map_err(|e| self.err(e))?;
         Ok(conn.last_insert_rowid())
@@ -440,6 +534,18 @@ impl JobDb {
             .execute(
                 "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
                 params![id, state.as_str(), reason, now()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a job failed with where and why.
+    pub fn fail_job(&self, id: i64, failure: &JobFailure) -> Result<(), DbError> {
+        let failure_json = serde_json::to_string(failure).unwrap_or_default();
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = 'failed', reason = ?2, failure = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, failure.message, failure_json, now()],
             )
             .map(drop)
             .map_err(|e| self.err(e))
@@ -533,14 +639,14 @@ impl JobDb {
         let conn = self.conn();
         let sql = format!(
             "SELECT id, study_uid, series, calling_ae, state, reason, supersedes, result_dir, attempts, \
-             created_at, updated_at FROM jobs {tail}"
+             created_at, updated_at, inputs, failure FROM jobs {tail}"
         );
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         stmt.query_map(args, |r| {
             Ok(JobRow {
                 id: r.get(0)?,
                 study_uid: r.get(1)?,
-                series: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                series: json_column(r, 2)?.unwrap_or_default(),
                 calling_ae: r.get(3)?,
                 state: JobState::parse(&r.get::<_, String>(4)?),
                 reason: r.get(5)?,
@@ -549,6 +655,8 @@ impl JobDb {
                 attempts: r.get(8)?,
                 created_at: r.get(9)?,
                 updated_at: r.get(10)?,
+                inputs: json_column(r, 11)?.unwrap_or_default(),
+                failure: json_column(r, 12)?,
             })
         })
         .and_then(|rows| rows.collect())

@@ -14,17 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 
-use crate::dicom_build::{get_str, is_uid};
+use crate::dicom_build::{get_str, is_own_output, is_uid};
+pub use crate::dimse::{STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES};
 use crate::ingest::{InstanceSink, ReceivedInstance, StoreOutcome};
-use crate::report::is_own_output;
 use db::{InstanceRecord, JobDb, Recorded};
-
-/// DIMSE status: refused, out of resources.
-pub const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
-/// DIMSE status: data set does not match SOP class.
-pub const STATUS_DATASET_MISMATCH: u16 = 0xA900;
-/// DIMSE status: cannot understand.
-pub const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 
 /// The spool directory and its job database.
 pub struct Spool {
@@ -177,10 +170,7 @@ impl InstanceSink for Spool {
                     status = format!("{:#06X}", refusal.status),
                     "not stored: {}", refusal.reason
                 );
-                StoreOutcome::Failed {
-                    status: refusal.status,
-                    reason: refusal.reason,
-                }
+                refusal.into()
             }
         }
     }
@@ -190,6 +180,15 @@ impl InstanceSink for Spool {
 struct Refusal {
     status: u16,
     reason: String,
+}
+
+impl From<Refusal> for StoreOutcome {
+    fn from(refusal: Refusal) -> Self {
+        StoreOutcome::Failed {
+            status: refusal.status,
+            reason: refusal.reason,
+        }
+    }
 }
 
 impl Refusal {
@@ -226,10 +225,30 @@ fn check_uid(name: &str, uid: &str) -> Result<(), Refusal> {
     }
 }
 
-/// Writes a received instance as a DICOM file at `path` (meta group + the data set bytes as
-/// received), fsynced; for receivers that keep files without the job database.
-pub fn write_instance_file(inst: &ReceivedInstance, path: &Path) -> Result<(), String> {
-    write_part_file(inst, path).map_err(|r| r.reason)
+/// A receiver that keeps each instance as `<dir>/<SOP Instance UID>.dcm` (fsynced), without
+/// the job database: the PACS of `fcdnode demo` and of the benchmarks.
+pub struct FolderSink {
+    dir: PathBuf,
+}
+
+impl FolderSink {
+    /// Stores into `dir`, which must exist.
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_owned() }
+    }
+}
+
+impl InstanceSink for FolderSink {
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        if let Err(refusal) = check_uid("Affected SOP Instance UID", &instance.sop_instance_uid) {
+            return refusal.into();
+        }
+        let path = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
+        match write_part_file(&instance, &path) {
+            Ok(()) => StoreOutcome::Stored,
+            Err(refusal) => refusal.into(),
+        }
+    }
 }
 
 /// Writes preamble, file meta group and the received data set bytes unchanged, then fsyncs.

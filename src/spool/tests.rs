@@ -4,6 +4,8 @@ use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 use super::db::{DeliveryState, JobState};
 use super::*;
+use crate::package::manifest::Modality;
+use crate::tracker::routing::ChannelSeries;
 
 const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
 const OURS: &str = "1.2.3.4.5";
@@ -115,7 +117,8 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
         db.stable_series(db::now() - 3600.0).unwrap().is_empty(),
         "not stable an hour ago"
     );
-    db.mark_handled(series, 0, Some("FLAIR")).unwrap();
+    db.mark_handled(series, 0, Some(("FLAIR".into(), 2)), "FLAIR by rule \"test\"")
+        .unwrap();
     assert!(db.stable_series(db::now() + 1.0).unwrap().is_empty());
     assert_eq!(
         spool.store(instance("1.5.3", dataset("1.5.3", None))),
@@ -124,9 +127,16 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
     let reopened = db.stable_series(db::now() + 1.0).unwrap();
     assert_eq!((reopened[0].instances, reopened[0].generation), (3, 1));
 
-    let first = db.create_job("1.2.826.0.1.1", &[series.to_string()], "MRI").unwrap();
+    let inputs = [ChannelSeries {
+        channel: Modality::Flair,
+        series_uid: series.to_string(),
+        files: db.series_files(series).unwrap(),
+    }];
+    assert_eq!(inputs[0].files.len(), 3, "every stored instance is listed");
+    let first = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();
     let claimed = db.claim_job().unwrap().unwrap();
     assert_eq!((claimed.id, claimed.attempts), (first, 1));
+    assert_eq!(claimed.inputs, inputs, "the job keeps the tracker's choice");
     assert!(
         db.claim_job().unwrap().is_none(),
         "a claimed job is not handed out twice"
@@ -162,6 +172,45 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
     assert_eq!(db.deliveries_in(DeliveryState::Dead).unwrap().len(), 1);
 
     // The next job on the same series supersedes the first.
-    let second = db.create_job("1.2.826.0.1.1", &[series.to_string()], "MRI").unwrap();
+    let second = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();
     assert_eq!(db.job(second).unwrap().unwrap().supersedes, Some(first));
+
+    // A failure is stored with its stage and series, and read back as it was written.
+    let failure = db::JobFailure {
+        stage: "assemble".into(),
+        series_uid: Some(series.into()),
+        message: "series 1.2.826.0.1.1.2: uneven slice spacing".into(),
+    };
+    db.fail_job(second, &failure).unwrap();
+    let failed = db.job(second).unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.failure.as_ref(), Some(&failure));
+    assert_eq!(failed.reason.as_deref(), Some(failure.message.as_str()));
+}
+
+#[test]
+fn a_database_from_before_the_job_plan_gains_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE series (
+                series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, calling_ae TEXT NOT NULL, dir TEXT NOT NULL,
+                instances INTEGER NOT NULL, last_received_at REAL NOT NULL, generation INTEGER NOT NULL,
+                handled_generation INTEGER, channel TEXT);
+             CREATE TABLE jobs (
+                id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, series TEXT NOT NULL, calling_ae TEXT NOT NULL,
+                state TEXT NOT NULL, reason TEXT, supersedes INTEGER, result_dir TEXT, attempts INTEGER NOT NULL,
+                claimed INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+             INSERT INTO jobs (study_uid, series, calling_ae, state, attempts, created_at, updated_at)
+                VALUES ('1.2.3', '[\"1.2.3.4\"]', 'MRI', 'delivered', 1, 0, 0);",
+        )
+        .unwrap();
+    }
+    let db = db::JobDb::open(&path).unwrap();
+    let old = db.job(1).unwrap().unwrap();
+    assert_eq!(old.series, vec!["1.2.3.4".to_string()]);
+    assert!(old.inputs.is_empty() && old.failure.is_none());
+    assert!(db.series("1.2.3.4").unwrap().is_none());
 }

@@ -13,9 +13,10 @@ use super::dicom::{self, DicomOptions, SeriesInfo};
 use super::phantom::{
     AcquisitionSpec, Anatomy, Contrast, Hemisphere, LesionSpec, Lobe, Rendered, Subject, SubjectSpec,
 };
-use super::{Plane, SliceOrder, SynthError, acquisition_grid, preview};
+use super::{SliceOrder, SynthError, preview};
 use crate::nifti::{self, DataType};
 use crate::volume::Volume;
+use crate::volume::{Plane, acquisition_grid};
 
 /// Field of view of every synthetic acquisition, in mm along LPS x (left–right), y
 /// (anterior–posterior) and z (inferior–superior): the MNI brain plus room for head motion.

@@ -21,14 +21,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::SliceOrder;
 use crate::dicom_build::{
-    ds, ds_multi, put_fd, put_fds, put_seq, put_str, put_tag, put_u16, put_u16s, put_u32s, truncate,
+    IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ds, ds_multi, put_fd, put_fds, put_seq, put_str, put_tag,
+    put_u16, put_u16s, put_u32s, truncate,
 };
 use crate::volume::Volume;
-
-/// Implementation Class UID written in every file meta group (a fixed UUID-derived UID).
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.81681724522988485194127351668779841824";
-/// Implementation Version Name written in every file meta group (at most 16 characters).
-pub const IMPLEMENTATION_VERSION_NAME: &str = "FCDNODE_0_1";
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
@@ -1041,8 +1037,8 @@ fn put_pixels(obj: &mut InMemDicomObject, pixels: Vec<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{Plane, acquisition_grid};
     use crate::volume::Affine;
+    use crate::volume::{Plane, acquisition_grid};
     use dicom_core::Tag;
     use dicom_object::{DefaultDicomObject, open_file};
     use dicom_pixeldata::PixelDecoder;

@@ -3,6 +3,8 @@
 //! jobs. Late instances reopen a handled series and lead to a new job that supersedes the old.
 
 pub mod routing;
+#[cfg(feature = "node")]
 mod stable;
 
-pub use stable::{Tick, Tracker, TrackerConfig, TrackerError};
+#[cfg(feature = "node")]
+pub use stable::{Tick, Tracker, TrackerConfig, TrackerConfigError, TrackerError};

@@ -117,6 +117,43 @@ pub enum RoutingError {
     },
 }
 
+/// A series routed to a model channel, competing with others for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate<T> {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Slices of its main stack.
+    pub slices: usize,
+    /// When its last instance arrived (Unix seconds; 0 when unknown, e.g. files on disk).
+    pub received_at: f64,
+    /// What the caller carries along (files, rows).
+    pub item: T,
+}
+
+/// The one rule for several series routed to the same channel (the node's tracker and `fcdnode
+/// infer` both use it): the most slices (the full acquisition, not a partial resend or a
+/// reformat); on a tie the latest received; then the smaller UID, so the choice is stable.
+pub fn pick<T>(candidates: Vec<Candidate<T>>) -> Option<Candidate<T>> {
+    candidates.into_iter().max_by(|a, b| {
+        a.slices
+            .cmp(&b.slices)
+            .then(a.received_at.total_cmp(&b.received_at))
+            .then(b.series_uid.cmp(&a.series_uid))
+    })
+}
+
+/// The series chosen for one model channel and the instance files that hold it: the hand-off
+/// from the tracker (or `fcdnode infer`'s routing) to the pipeline.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelSeries {
+    /// The model channel it feeds.
+    pub channel: Channel,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Its instance files.
+    pub files: Vec<std::path::PathBuf>,
+}
+
 /// Routing rules, checked and compiled once.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -216,7 +253,7 @@ impl Router {
                         reason: format!("{verdict} by rule {:?}: {}", rule.config.name, held.join(", ")),
                     };
                 }
-                Err(why) => failures.push(format!("{:?}: {why}", rule.config.name)),
+                Err(Unmet(why)) => failures.push(format!("{:?}: {why}", rule.config.name)),
             }
         }
         Decision {
@@ -227,9 +264,13 @@ impl Router {
     }
 }
 
+/// The first condition of a rule that did not hold, in words (an outcome of routing, shown in
+/// the decision's reason; not a failure).
+struct Unmet(String);
+
 impl Rule {
     /// The conditions that held, or the first that failed.
-    fn check(&self, f: &SeriesFacts<'_>) -> Result<Vec<String>, String> {
+    fn check(&self, f: &SeriesFacts<'_>) -> Result<Vec<String>, Unmet> {
         let m = f.meta;
         let c = &self.config;
         let mut held = Vec::new();
@@ -237,13 +278,13 @@ impl Rule {
         if let Some(re) = &self.names {
             match names.iter().find(|n| re.is_match(n)) {
                 Some(n) => held.push(format!("name {n:?} matches /{}/", re.as_str())),
-                None => return Err(format!("no name among {names:?} matches /{}/", re.as_str())),
+                None => return Err(Unmet(format!("no name among {names:?} matches /{}/", re.as_str()))),
             }
         }
         if let Some(re) = &self.exclude_names
             && let Some(n) = names.iter().find(|n| re.is_match(n))
         {
-            return Err(format!("name {n:?} is excluded by /{}/", re.as_str()));
+            return Err(Unmet(format!("name {n:?} is excluded by /{}/", re.as_str())));
         }
         for (label, re, value) in [
             ("ScanningSequence", &self.scanning_sequence, &m.scanning_sequence),
@@ -251,7 +292,7 @@ impl Rule {
         ] {
             if let Some(re) = re {
                 if !re.is_match(value) {
-                    return Err(format!("{label} {value:?} does not match /{}/", re.as_str()));
+                    return Err(Unmet(format!("{label} {value:?} does not match /{}/", re.as_str())));
                 }
                 held.push(format!("{label} {value:?}"));
             }
@@ -260,7 +301,10 @@ impl Rule {
             && !m.mr_acquisition_type.is_empty()
         {
             if !m.mr_acquisition_type.eq_ignore_ascii_case(want) {
-                return Err(format!("MRAcquisitionType {} is not {want}", m.mr_acquisition_type));
+                return Err(Unmet(format!(
+                    "MRAcquisitionType {} is not {want}",
+                    m.mr_acquisition_type
+                )));
             }
             held.push(format!("MRAcquisitionType {want}"));
         }
@@ -271,7 +315,7 @@ impl Rule {
         ] {
             if let (Some([lo, hi]), Some(v)) = (range, value) {
                 if v < lo || v > hi {
-                    return Err(format!("{label} {v} ms outside [{lo}, {hi}]"));
+                    return Err(Unmet(format!("{label} {v} ms outside [{lo}, {hi}]")));
                 }
                 held.push(format!("{label} {v} ms in [{lo}, {hi}]"));
             }
@@ -283,7 +327,7 @@ impl Rule {
                 .chain(f.slice_step_mm)
                 .fold(f64::NAN, f64::max);
             if thickness > max + 1e-6 {
-                return Err(format!("slice thickness {thickness} mm > {max} mm"));
+                return Err(Unmet(format!("slice thickness {thickness} mm > {max} mm")));
             }
             if thickness.is_finite() {
                 held.push(format!("slice thickness {thickness} mm ≤ {max} mm"));
@@ -291,7 +335,7 @@ impl Rule {
         }
         if let Some(min) = c.min_slices {
             if f.slices < min {
-                return Err(format!("{} slices < {min}", f.slices));
+                return Err(Unmet(format!("{} slices < {min}", f.slices)));
             }
             held.push(format!("{} slices ≥ {min}", f.slices));
         }

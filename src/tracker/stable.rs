@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::assemble::{self, Tolerances};
 use crate::package::manifest::Modality;
-use crate::spool::db::{DbError, JobDb, SeriesRow};
-use crate::tracker::routing::{Router, SeriesFacts};
+use crate::spool::db::{DbError, JobDb, JobFailure, SeriesRow};
+use crate::tracker::routing::{self, Candidate, ChannelSeries, Router, SeriesFacts};
 
 /// `[tracker]`: when a series counts as complete.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -31,20 +31,40 @@ impl Default for TrackerConfig {
     }
 }
 
+/// A bad `[tracker]` value; the message names the key.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("[tracker] {key} = {value}: {rule}")]
+pub struct TrackerConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// The rule it breaks.
+    pub rule: &'static str,
+}
+
 impl TrackerConfig {
-    /// Checks the values; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), TrackerConfigError> {
         for (key, value) in [
             ("stable_age_s", self.stable_age_s),
             ("channel_wait_s", self.channel_wait_s),
             ("poll_s", self.poll_s),
         ] {
             if !value.is_finite() || value < 0.0 {
-                return Err(format!("[tracker] {key} = {value}: must be a number of seconds ≥ 0"));
+                return Err(TrackerConfigError {
+                    key,
+                    value,
+                    rule: "must be a number of seconds ≥ 0",
+                });
             }
         }
         if self.poll_s < 0.05 {
-            return Err(format!("[tracker] poll_s = {}: must be at least 0.05", self.poll_s));
+            return Err(TrackerConfigError {
+                key: "poll_s",
+                value: self.poll_s,
+                rule: "must be at least 0.05",
+            });
         }
         Ok(())
     }
@@ -105,12 +125,14 @@ impl Tracker {
         let stable = self.db.stable_series(now - self.config.stable_age_s)?;
         let completed = stable.len();
         for series in stable {
-            let channel = self.route(&series);
+            let (routed, reason) = self.route(&series)?;
             self.db.mark_handled(
                 &series.series_uid,
                 series.generation,
-                channel.map(|c| c.to_string()).as_deref(),
+                routed.map(|(c, slices)| (c.to_string(), slices)),
+                &reason,
             )?;
+            let channel = routed.map(|(c, _)| c);
             if channel.is_some() {
                 self.waiting
                     .entry(series.study_uid.clone())
@@ -128,12 +150,12 @@ impl Tracker {
         Ok(Tick { completed, jobs })
     }
 
-    /// The channel a series feeds, or `None` (logged with the reason).
-    fn route(&self, series: &SeriesRow) -> Option<Modality> {
-        let decided = assemble::list_files(std::slice::from_ref(&series.dir))
-            .and_then(|files| assemble::read_files(&files, true))
+    /// The channel a series feeds and its slice count, or `None`; and why (also logged).
+    fn route(&self, series: &SeriesRow) -> Result<(Option<(Modality, usize)>, String), TrackerError> {
+        let files = self.db.series_files(&series.series_uid)?;
+        let decided = assemble::read_files(&files, true)
             .and_then(|sources| assemble::plan_series(&sources, &Tolerances::default()));
-        match decided {
+        Ok(match decided {
             Ok(plan) => {
                 let decision = self.router.route(&SeriesFacts {
                     meta: &plan.meta,
@@ -146,13 +168,17 @@ impl Tracker {
                     channel = ?decision.channel,
                     "series complete: {}", decision.reason
                 );
-                decision.channel.filter(|c| self.channels.contains(c))
+                match decision.channel {
+                    Some(c) if self.channels.contains(&c) => (Some((c, plan.shape()[2])), decision.reason),
+                    Some(c) => (None, format!("{}; the model does not take {c}", decision.reason)),
+                    None => (None, decision.reason),
+                }
             }
             Err(e) => {
                 tracing::warn!(series_uid = %series.series_uid, "series complete but not usable: {e}");
-                None
+                (None, format!("not usable: {e}"))
             }
-        }
+        })
     }
 
     /// Creates the study's job when every channel is there (or fails it when `expired`).
@@ -162,20 +188,27 @@ impl Tracker {
         let mut chosen = Vec::new();
         let mut missing = Vec::new();
         let mut calling_ae = String::new();
-        for channel in &self.channels {
+        for &channel in &self.channels {
             let name = channel.to_string();
-            // The largest series of the channel; the latest on a tie.
-            match rows
+            let candidates = rows
                 .iter()
                 .filter(|r| r.channel.as_deref() == Some(name.as_str()))
-                .max_by(|a, b| {
-                    a.instances
-                        .cmp(&b.instances)
-                        .then(a.last_received_at.total_cmp(&b.last_received_at))
-                }) {
-                Some(row) => {
-                    chosen.push(row.series_uid.clone());
-                    calling_ae = row.calling_ae.clone();
+                .map(|r| Candidate {
+                    series_uid: r.series_uid.clone(),
+                    slices: r.slices.unwrap_or(0),
+                    received_at: r.last_received_at,
+                    item: r.calling_ae.clone(),
+                })
+                .collect();
+            match routing::pick(candidates) {
+                Some(c) => {
+                    let files = self.db.series_files(&c.series_uid)?;
+                    chosen.push(ChannelSeries {
+                        channel,
+                        series_uid: c.series_uid,
+                        files,
+                    });
+                    calling_ae = c.item;
                 }
                 None => missing.push(name),
             }
@@ -186,7 +219,8 @@ impl Tracker {
                 return Ok(None);
             }
             let id = self.db.create_job(study, &chosen, &calling_ae)?;
-            tracing::info!(job = id, study_uid = study, series = ?chosen, "job created");
+            let series: Vec<&str> = chosen.iter().map(|c| c.series_uid.as_str()).collect();
+            tracing::info!(job = id, study_uid = study, series = ?series, "job created");
             return Ok(Some(id));
         }
         if expired {
@@ -196,7 +230,12 @@ impl Tracker {
                 missing.join(", "),
                 self.config.channel_wait_s
             );
-            let id = self.db.create_failed_job(study, &chosen, &calling_ae, &reason)?;
+            let failure = JobFailure {
+                stage: "route".into(),
+                series_uid: chosen.first().map(|c| c.series_uid.clone()),
+                message: reason.clone(),
+            };
+            let id = self.db.create_failed_job(study, &chosen, &calling_ae, &failure)?;
             tracing::warn!(job = id, study_uid = study, "{reason}");
             return Ok(Some(id));
         }

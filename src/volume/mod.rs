@@ -3,10 +3,12 @@
 //! Voxel arrays are indexed `[i, j, k]`, with `i` the fastest axis on disk (NIfTI's order; for a
 //! DICOM stack, `i` runs along a row, `j` down the columns and `k` across slices).
 
+mod acquisition;
 mod affine;
 mod reorient;
 mod resample;
 
+pub use acquisition::{Plane, acquisition_grid};
 pub use affine::{Affine, AxisCode, Orientation};
 pub use resample::Interp;
 

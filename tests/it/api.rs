@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fcdnode::api::{self, ApiState, DeliveryOutcome, Metrics};
+use fcdnode::package::manifest::Modality;
 use fcdnode::report::{ModelSummary, ResultSummary};
-use fcdnode::spool::db::{DeliveryState, InstanceRecord, JobDb, JobState, Recorded};
+use fcdnode::spool::db::{DeliveryState, InstanceRecord, JobDb, JobFailure, JobState, Recorded};
+use fcdnode::tracker::routing::ChannelSeries;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use serde_json::Value;
@@ -127,12 +129,21 @@ fn write_result(dir: &Path, study: &str, series: &str, preview: bool) -> Vec<Pat
     vec![sr]
 }
 
+/// The series feeding the FLAIR channel (files are not read in these tests).
+fn flair(series_uid: &str) -> Vec<ChannelSeries> {
+    vec![ChannelSeries {
+        channel: Modality::Flair,
+        series_uid: series_uid.into(),
+        files: Vec::new(),
+    }]
+}
+
 fn fill(db: &JobDb, root: &Path) -> Jobs {
     record(db, root, "1.2.826.0.1.1", "1.2.826.0.2.1", "1.2.826.0.3.1");
     record(db, root, "1.2.826.0.1.2", "1.2.826.0.2.1", "1.2.826.0.3.1");
 
     let undeliverable = db
-        .create_job("1.2.826.0.3.1", &["1.2.826.0.2.1".into()], "SCANNER")
+        .create_job("1.2.826.0.3.1", &flair("1.2.826.0.2.1"), "SCANNER")
         .unwrap();
     db.set_state(undeliverable, JobState::Assembled, None).unwrap();
     db.set_state(undeliverable, JobState::Inferred, None).unwrap();
@@ -150,7 +161,7 @@ fn fill(db: &JobDb, root: &Path) -> Jobs {
     }
 
     let delivered = db
-        .create_job("1.2.826.0.3.2", &["1.2.826.0.2.2".into()], "SCANNER")
+        .create_job("1.2.826.0.3.2", &flair("1.2.826.0.2.2"), "SCANNER")
         .unwrap();
     let dir = root.join("results/2");
     let files = write_result(&dir, "1.2.826.0.3.2", "1.2.826.0.2.2", true);
@@ -162,13 +173,17 @@ fn fill(db: &JobDb, root: &Path) -> Jobs {
     let failed = db
         .create_failed_job(
             "1.2.826.0.3.3",
-            &["1.2.826.0.2.3".into()],
+            &flair("1.2.826.0.2.3"),
             "SCANNER",
-            "FLAIR channel missing",
+            &JobFailure {
+                stage: "route".into(),
+                series_uid: None,
+                message: "FLAIR channel missing".into(),
+            },
         )
         .unwrap();
     let received = db
-        .create_job("1.2.826.0.3.4", &["1.2.826.0.2.4".into()], "OTHER_AE")
+        .create_job("1.2.826.0.3.4", &flair("1.2.826.0.2.4"), "OTHER_AE")
         .unwrap();
     Jobs {
         undeliverable,
@@ -452,7 +467,7 @@ fn metrics_match_database_and_counters() {
     let id = s
         .state
         .db
-        .create_job("1.2.826.0.3.9", &["1.2.826.0.2.9".into()], "SCANNER")
+        .create_job("1.2.826.0.3.9", &flair("1.2.826.0.2.9"), "SCANNER")
         .unwrap();
     s.state.db.set_state(id, JobState::Delivered, None).unwrap();
     let (_, _, text) = s.text("/metrics");

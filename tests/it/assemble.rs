@@ -19,7 +19,7 @@ use fcdnode::Volume;
 use fcdnode::assemble::{self, AssembleError, StackError};
 use fcdnode::nifti;
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
-use fcdnode::synth::{Plane, acquisition_grid};
+use fcdnode::volume::{Plane, acquisition_grid};
 
 use crate::util::{assert_same_volume, dcm2niix, fcdnode, repo, run_ok, tempdir, tool};
 

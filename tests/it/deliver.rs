@@ -24,8 +24,8 @@ use fcdnode::deliver::{
 };
 use fcdnode::report::{Algorithm, Device, Finding, ReportInputs, ReportOptions, Timings, UidGenerator, write_outputs};
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
-use fcdnode::synth::{Plane, acquisition_grid};
 use fcdnode::volume::Volume;
+use fcdnode::volume::{Plane, acquisition_grid};
 
 use crate::util::{tempdir, tool};
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fcdnode::nifti::{self, DataType};
+use fcdnode::synth::SliceOrder;
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, supported_transfer_syntaxes, write_series};
-use fcdnode::synth::{Plane, SliceOrder, acquisition_grid};
 use fcdnode::volume::Volume;
+use fcdnode::volume::{Plane, acquisition_grid};
 
 use crate::util::{assert_same_volume, dciodvfy, dcm2niix, run_ok, tempdir, tool};
 

@@ -12,8 +12,8 @@ use fcdnode::package::weights::{Weights, parameter_shapes};
 use fcdnode::preprocess::{Normalisation, Recipe};
 use fcdnode::report::ResultSummary;
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
-use fcdnode::synth::{Plane, acquisition_grid};
 use fcdnode::volume::{Grid, Volume};
+use fcdnode::volume::{Plane, acquisition_grid};
 use ndarray::ArrayD;
 
 use crate::util::{dciodvfy, fcdnode, run_ok, tempdir};

@@ -24,8 +24,8 @@ use fcdnode::ingest::{
     check_element_lengths,
 };
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
-use fcdnode::synth::{Plane, acquisition_grid};
 use fcdnode::volume::Volume;
+use fcdnode::volume::{Plane, acquisition_grid};
 
 use crate::util::{fcdnode, run_ok, tempdir, tool};
 
@@ -133,7 +133,13 @@ impl Scp {
         let sink = Arc::new(sink);
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let dyn_sink: Arc<dyn InstanceSink> = sink.clone();
-        let task = rt.spawn(ingest::serve(listener, Arc::new(config), dyn_sink, stats.clone(), rx));
+        let task = rt.spawn(ingest::serve(
+            listener,
+            Arc::new(config.check().expect("valid [scp]")),
+            dyn_sink,
+            stats.clone(),
+            rx,
+        ));
         Self {
             addr,
             port: addr.port().to_string(),

@@ -13,8 +13,8 @@ use fcdnode::report::{
     UidGenerator, is_own_output, preview_png, secondary_capture, structured_report, write_dicom, write_outputs,
 };
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
-use fcdnode::synth::{Plane, acquisition_grid};
 use fcdnode::volume::Volume;
+use fcdnode::volume::{Plane, acquisition_grid};
 
 use crate::util::{dciodvfy, run_ok, tempdir, tool};
 

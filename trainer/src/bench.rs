@@ -1,5 +1,6 @@
-//! One training step timed in parts (forward, backward, optimizer) on random input, to compare
-//! devices and with PyTorch (`trainer/bench/torch_step.py` runs the same step).
+//! `fcdtrain bench step`: one training step timed in parts (forward, backward, optimizer) on
+//! random input, to compare devices and with PyTorch (`trainer/bench/torch_step.py` runs the same
+//! step). Binary side: built on the library's public model and loss, not part of it.
 
 use std::time::Instant;
 
@@ -8,8 +9,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use fcdnode::package::arch::{ArchSpec, Layout};
 
-use crate::model::{ModelError, ResNet3d};
-use crate::train::cross_entropy;
+use fcdnode_trainer::model::{ModelError, ResNet3d};
+use fcdnode_trainer::train::cross_entropy;
 
 /// What to time (also the options of `fcdtrain bench step`).
 #[derive(Clone, Debug, clap::Args)]

@@ -60,7 +60,7 @@ enum BenchCommand {
     /// memory; `trainer/bench/torch_step.py` does the same step in PyTorch.
     Step {
         #[command(flatten)]
-        bench: fcdnode_trainer::bench::StepBench,
+        bench: crate::bench::StepBench,
         /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -241,6 +241,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .context("installing the Ctrl-C handler")?;
             let run = fcdnode_trainer::cv::run(&config, &out, &STOP)?;
+            fcdnode_trainer::report::write(&out, &run).context("report")?;
             println!(
                 "{}: {} experiment(s), {} fold(s) resumed; report {}",
                 out.display(),
@@ -258,12 +259,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Step { bench, device }) => {
-            let bench = fcdnode_trainer::bench::StepBench {
+            let bench = crate::bench::StepBench {
                 steps: bench.steps.max(1),
                 ..bench
             };
             let dev = fcdnode_trainer::model::device_from_name(&device)?;
-            let t = fcdnode_trainer::bench::step(&bench, &dev)?;
+            let t = crate::bench::step(&bench, &dev)?;
             println!(
                 "{} ({:?}, width ×{}, {} parameters), input {b}×1×{s}×{s}×{s}, device {device}, median of {} step(s):",
                 bench.arch,

@@ -1,6 +1,8 @@
-//! A [`CvConfig`] + a BIDS dataset → per-fold results on disk (`RUN/<experiment>/fold-K/`) →
-//! the run's report; owns fold assignment (stratified, grouped, the dataset's own split), the
-//! fold loop with resume, test-fold evaluation and Grad-CAM Heat-Scores.
+//! A [`CvConfig`] + a BIDS dataset → per-fold results on disk (`RUN/<experiment>/fold-K/`) → a
+//! [`RunOutcome`] for the caller to report (`report::write`; this module never imports it);
+//! owns fold assignment (stratified, grouped, the dataset's own split), the fold loop with
+//! resume, test-fold evaluation and Grad-CAM Heat-Scores (with a panel PNG per lesion subject,
+//! drawn by [`crate::figures`]).
 //!
 //! A fold is finished when its `result.json` exists: a rerun of the same command skips it.
 //! Heat-Score background: the head foreground outside the lesion ROI
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, CvConfig, Experiment};
 use crate::data::batcher::{PrepareError, Sample, Skip, batch, chain, prepare};
 use crate::data::bids::{BidsError, Dataset};
+use crate::figures::{PngError, write_cam_panel};
 use crate::finetune::{FinetuneError, InitPackage};
 use crate::metrics::{Confusion, roc_auc};
 use crate::model::{ModelError, ResNet3d, Tap, TrainLayers, device_from_name, grad_cam, import_medicalnet};
@@ -77,9 +80,9 @@ pub enum CvError {
     /// A Heat-Score or heatmap resampling failed.
     #[error("{subject}: Grad-CAM / Heat-Score")]
     Heat { subject: String, rule: String },
-    /// The report could not be written.
-    #[error("report")]
-    Report(#[from] crate::report::ReportError),
+    /// A Grad-CAM panel PNG could not be written.
+    #[error("Grad-CAM panel")]
+    CamPanel(#[from] PngError),
     /// The `--init-from` package cannot start this run.
     #[error("fine-tuning")]
     Finetune(#[from] Box<FinetuneError>),
@@ -221,7 +224,7 @@ pub struct Fold {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FoldScheme(pub String);
 
-/// Everything a run produced, handed to the report.
+/// Everything a run produced: [`run`] returns it, `report::write` reports it.
 #[derive(Debug)]
 pub struct RunOutcome {
     pub config: CvConfig,
@@ -367,9 +370,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CvError + '_ {
     }
 }
 
-/// Runs every experiment of `config`, writing results under `out` and the report at the end.
-/// Finished folds of an earlier run with the same options are loaded, not retrained. `stop` is
-/// Ctrl-C: checked between epochs.
+/// Runs every experiment of `config`, writing per-fold results under `out`, and returns the
+/// outcome; the report is the caller's (`report::write`, as `fcdtrain cv` does). Finished folds of an earlier
+/// run with the same options are loaded, not retrained. `stop` is Ctrl-C: checked between epochs.
 pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcome, CvError> {
     config.validate()?;
     let experiments = config.experiments()?;
@@ -462,7 +465,6 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
         }
         outcome.experiments.push((exp, results));
     }
-    crate::report::write(out, &outcome)?;
     Ok(outcome)
 }
 
@@ -562,7 +564,7 @@ fn evaluate_test(
             (Some(roi), true) => {
                 let (hs, heat) = heat_of(model, s, roi, device)?;
                 if let Some(dir) = cam_dir {
-                    crate::report::write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
+                    write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
                 }
                 heat_scores.push(hs);
                 Some(hs)

@@ -6,15 +6,21 @@
 //! - [`config`]: options → [`config::CvConfig`] (saved as `RUN/config.json`) → experiment grid.
 //! - [`data::batcher`]: subjects → cached preprocessed samples → augmented batches.
 //! - [`train`]: one fold (Adam, ReduceLROnPlateau, early stopping, balanced sampling).
-//! - [`cv`]: folds (stratified, grouped, own split), the fold loop with resume, Heat-Scores.
-//! - [`report`]: report.md, metrics.json/csv, ROC and Grad-CAM PNGs.
+//! - [`cv`]: folds (stratified, grouped, own split), the fold loop with resume, Heat-Scores →
+//!   [`cv::RunOutcome`] (per-fold results on disk; writes no report).
+//! - [`report`]: a [`cv::RunOutcome`] → report.md, metrics.json/csv; the caller (`fcdtrain cv`)
+//!   writes it after [`cv::run`]. Imports `cv`; `cv` does not import it.
+//! - [`figures`]: PNG drawing (ROC curve, per-subject Grad-CAM panel, montage), used by both.
+//! - [`finetune`]: `--init-from`: a model package's weights as each fold's start.
 //! - [`export`]: a run → model package (ONNX per fold + manifest.toml).
+//!
+//! The `fcdtrain` binary adds the command line and `fcdtrain bench step` (timing, not library).
 
-pub mod bench;
 pub mod config;
 pub mod cv;
 pub mod data;
 pub mod export;
+pub mod figures;
 pub mod finetune;
 pub mod metrics;
 pub mod model;

@@ -1,5 +1,9 @@
 //! `fcdtrain` binary: parse, set up logging, run one command, map the error to an exit code.
+//!
+//! - [`cli`]: the command line and what each command does (the cv report is written here).
+//! - [`bench`]: `fcdtrain bench step` (timing a training step; no files).
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -4,7 +4,7 @@ use ndarray::Array3;
 
 use super::anatomy::Fractions;
 use super::*;
-use crate::synth::{Plane, acquisition_grid};
+use crate::volume::{Plane, acquisition_grid};
 
 /// The templates, decoded once for every test in this binary.
 fn anatomy() -> &'static Anatomy {

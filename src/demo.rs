@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 
-use crate::config::Settings;
+use crate::config::Config;
 use crate::deliver::{self, Destination, EXPLICIT_VR_LE};
 use crate::dicom_build::get_str;
-use crate::ingest::{self, IngestStats, InstanceSink, ReceivedInstance, ScpConfig, StoreOutcome};
+use crate::ingest::{self, IngestStats, InstanceSink, ScpConfig};
+use crate::report::ResultSummary;
+use crate::spool::FolderSink;
 use crate::spool::db::JobState;
 use crate::synth::{self, CohortOptions, DicomExport};
 
@@ -51,7 +53,7 @@ pub struct SubjectResult {
     /// Job state at the end.
     pub state: String,
     /// The node's result.json, when made.
-    pub result: Option<serde_json::Value>,
+    pub result: Option<ResultSummary>,
     /// The job's result directory (preview.png is there).
     pub result_dir: Option<PathBuf>,
 }
@@ -67,23 +69,9 @@ pub struct DemoReport {
     pub seconds: f64,
 }
 
-/// Stores whatever arrives as files in one directory: the demo's PACS.
-struct FolderSink {
-    dir: PathBuf,
-}
-
-impl InstanceSink for FolderSink {
-    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
-        let path = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
-        match crate::spool::write_instance_file(&instance, &path) {
-            Ok(()) => StoreOutcome::Stored,
-            Err(reason) => StoreOutcome::Failed { status: 0xA700, reason },
-        }
-    }
-}
-
-/// Runs the demo; `base` supplies routing and runtime settings.
-pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, DemoError> {
+/// Runs the demo; `base` supplies routing and runtime settings (checked after the demo's own
+/// values are put in).
+pub async fn run(options: &DemoOptions, base: &Config) -> Result<DemoReport, DemoError> {
     let out = &options.out;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| fail("clean")(format!("{}: {e}", out.display())))?;
@@ -132,22 +120,23 @@ pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, D
         .local_addr()
         .map_err(|e| fail("receiver")(e.to_string()))?
         .port();
-    let receiver_config = Arc::new(ScpConfig {
+    let receiver_config = ScpConfig {
         ae_title: "DEMO_PACS".into(),
         other_storage: ingest::OtherStorage::Store,
         ..ScpConfig::default()
-    });
-    let sink: Arc<dyn InstanceSink> = Arc::new(FolderSink { dir: pacs.clone() });
+    }
+    .check()
+    .map_err(|e| fail("receiver")(e.to_string()))?;
+    let sink: Arc<dyn InstanceSink> = Arc::new(FolderSink::new(&pacs));
     let receiver_task = tokio::spawn(ingest::serve(
         receiver,
-        receiver_config,
+        Arc::new(receiver_config),
         sink,
         Arc::new(IngestStats::default()),
         stop_rx,
     ));
 
-    let mut settings = base.clone();
-    let config = &mut settings.config;
+    let mut config = base.clone();
     config.node.data_dir = out.join("node");
     config.node.model = options.model.clone();
     config.scp.bind = "127.0.0.1:0".into();
@@ -155,20 +144,23 @@ pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, D
     config.tracker.stable_age_s = 2.0;
     config.destinations = vec![Destination::new("demo-pacs", "DEMO_PACS", "127.0.0.1", receiver_port)];
     config.outbox.send_to = vec!["demo-pacs".into()];
+    let settings = config
+        .validate(Path::new("(demo)"))
+        .map_err(|e| fail("settings")(e.to_string()))?;
     eprintln!("2/4 starting the node with model {}", options.model.display());
-    let node = super::start(settings.clone())
+    let node = crate::service::start(settings.clone())
         .await
         .map_err(|e| fail("start")(e.to_string()))?;
     let node_dest = Destination::new(
         "fcdnode",
-        &settings.config.scp.ae_title,
+        &settings.scp.config.ae_title,
         "127.0.0.1",
         node.dicom_addr.port(),
     );
 
     eprintln!(
         "3/4 sending both subjects' T1w and FLAIR series by C-STORE to {}@{}",
-        settings.config.scp.ae_title, node.dicom_addr
+        settings.scp.config.ae_title, node.dicom_addr
     );
     let start = Instant::now();
     let mut studies = Vec::new();
@@ -214,19 +206,21 @@ pub async fn run(options: &DemoOptions, base: &Settings) -> Result<DemoReport, D
         .map(|(subject, group, study)| {
             let job = jobs.iter().find(|j| Some(&j.study_uid) == study.as_ref());
             let result_dir = job.and_then(|j| j.result_dir.clone());
-            let result = result_dir
-                .as_ref()
-                .and_then(|d| std::fs::read_to_string(d.join("result.json")).ok())
-                .and_then(|t| serde_json::from_str(&t).ok());
-            SubjectResult {
+            let result = match &result_dir {
+                Some(dir) => {
+                    Some(ResultSummary::read(&dir.join("result.json")).map_err(|e| fail("collect")(e.to_string()))?)
+                }
+                None => None,
+            };
+            Ok(SubjectResult {
                 subject,
                 group,
                 state: job.map_or_else(|| "no job".into(), |j| j.state.as_str().to_string()),
                 result,
                 result_dir,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, DemoError>>()?;
     let mut received: Vec<PathBuf> = std::fs::read_dir(&pacs)
         .map_err(|e| fail("collect")(e.to_string()))?
         .flatten()

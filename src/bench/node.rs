@@ -19,19 +19,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+
+use super::peak_rss_bytes;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
-use fcdnode::assemble::bench::peak_rss_bytes;
-use fcdnode::config::Settings;
+use fcdnode::config::{Config, Settings};
 use fcdnode::deliver::{self, Destination};
 use fcdnode::infer::Device;
 use fcdnode::ingest::{self, IngestStats, InstanceSink, OtherStorage, ReceivedInstance, ScpConfig, StoreOutcome};
-use fcdnode::report::Timings;
+use fcdnode::report::{ResultSummary, Timings};
 use fcdnode::service;
+use fcdnode::spool::FolderSink;
 use fcdnode::spool::db::{JobRow, JobState};
 
-use crate::bench::InferBench;
+use super::infer::InferBench;
 
 const SR_COMPREHENSIVE_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const NODE_AE: &str = "FCDNODE";
@@ -87,7 +89,7 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
         None => {
             let dir = work.join("flair");
             eprintln!("writing a 1 mm sagittal synthetic FLAIR series into {}", dir.display());
-            crate::bench::write_flair(&dir)?;
+            super::infer::write_flair(&dir)?;
             fcdnode::assemble::list_files(&[dir])?
         }
     };
@@ -96,7 +98,7 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
     let (rows, columns) = matrix(&files[0])?;
 
     let model = work.join("model");
-    let manifest = crate::bench::write_model(
+    let manifest = super::infer::write_model(
         &model,
         &InferBench {
             arch: "resnet18".into(),
@@ -124,7 +126,7 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let base = fcdnode::config::settings(None)?;
+    let base = Config::default();
 
     let ingest = runtime.block_on(ingest_runs(work, &base, &model, &files, bench))?;
     print_ingest(&ingest, bytes);
@@ -144,15 +146,14 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
 
 /// Node settings for a bench node in `data_dir`.
 fn node_settings(
-    base: &Settings,
+    base: &Config,
     data_dir: &Path,
     model: &Path,
     stable_age_s: f64,
     poll_s: f64,
     destination: Option<Destination>,
-) -> Settings {
-    let mut settings = base.clone();
-    let c = &mut settings.config;
+) -> Result<Settings> {
+    let mut c = base.clone();
     c.node.data_dir = data_dir.to_path_buf();
     c.node.model = model.to_path_buf();
     c.scp.ae_title = NODE_AE.into();
@@ -164,7 +165,7 @@ fn node_settings(
     c.outbox.poll_s = poll_s;
     c.outbox.send_to = destination.iter().map(|d| d.name.clone()).collect();
     c.destinations = destination.into_iter().collect();
-    settings
+    Ok(c.validate(Path::new("(bench node)"))?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ fn node_settings(
 
 /// The PACS: stores every instance as a file and notes when each SOP class arrived.
 struct TimedSink {
-    dir: PathBuf,
+    files: FolderSink,
     arrivals: Mutex<Vec<(String, Instant)>>,
 }
 
@@ -196,23 +197,20 @@ impl TimedSink {
 
 impl InstanceSink for TimedSink {
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
-        let path = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
         let class = instance.sop_class_uid.clone();
-        match fcdnode::spool::write_instance_file(&instance, &path) {
-            Ok(()) => {
-                if let Ok(mut a) = self.arrivals.lock() {
-                    a.push((class, Instant::now()));
-                }
-                StoreOutcome::Stored
-            }
-            Err(reason) => StoreOutcome::Failed { status: 0xA700, reason },
+        let outcome = self.files.store(instance);
+        if matches!(outcome, StoreOutcome::Stored)
+            && let Ok(mut a) = self.arrivals.lock()
+        {
+            a.push((class, Instant::now()));
         }
+        outcome
     }
 }
 
 async fn turnaround_runs(
     work: &Path,
-    base: &Settings,
+    base: &Config,
     model: &Path,
     files: &[PathBuf],
     bench: &NodeBench,
@@ -220,7 +218,7 @@ async fn turnaround_runs(
     let pacs_dir = work.join("pacs");
     std::fs::create_dir_all(&pacs_dir)?;
     let sink = Arc::new(TimedSink {
-        dir: pacs_dir,
+        files: FolderSink::new(&pacs_dir),
         arrivals: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -228,12 +226,15 @@ async fn turnaround_runs(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let receiver = tokio::spawn(ingest::serve(
         listener,
-        Arc::new(ScpConfig {
-            ae_title: PACS_AE.into(),
-            // SC and SR are not MR: hand them to the sink instead of discarding them.
-            other_storage: OtherStorage::Store,
-            ..ScpConfig::default()
-        }),
+        Arc::new(
+            ScpConfig {
+                ae_title: PACS_AE.into(),
+                // SC and SR are not MR: hand them to the sink instead of discarding them.
+                other_storage: OtherStorage::Store,
+                ..ScpConfig::default()
+            }
+            .check()?,
+        ),
         sink.clone() as Arc<dyn InstanceSink>,
         Arc::new(IngestStats::default()),
         stop_rx,
@@ -247,7 +248,7 @@ async fn turnaround_runs(
         STABLE_AGE_S,
         bench.poll_s,
         Some(Destination::new("bench-pacs", PACS_AE, "127.0.0.1", pacs_port)),
-    );
+    )?;
     eprintln!("turnaround: starting the node (loading the model)");
     let node = service::start(settings).await?;
     let node_dest = Destination::new("fcdnode", NODE_AE, "127.0.0.1", node.dicom_addr.port());
@@ -317,9 +318,8 @@ async fn job_timings(db: &fcdnode::spool::db::JobDb, study_uid: &str) -> Option<
                 )
         };
         if let Some(job) = jobs.iter().find(done) {
-            let text = std::fs::read_to_string(job.result_dir.as_ref()?.join("result.json")).ok()?;
-            let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
-            return serde_json::from_value(summary.get("timings_ms")?.clone()).ok();
+            let summary = ResultSummary::read(&job.result_dir.as_ref()?.join("result.json")).ok()?;
+            return Some(summary.timings_ms);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -375,13 +375,13 @@ fn print_turnaround(runs: &[Turnaround], bench: &NodeBench) {
 
 async fn ingest_runs(
     work: &Path,
-    base: &Settings,
+    base: &Config,
     model: &Path,
     files: &[PathBuf],
     bench: &NodeBench,
 ) -> Result<Vec<Ingest>> {
     // A stable age that never expires: only the SCP and the durable spool work.
-    let settings = node_settings(base, &work.join("node-ingest"), model, 1e7, 1.0, None);
+    let settings = node_settings(base, &work.join("node-ingest"), model, 1e7, 1.0, None)?;
     eprintln!("ingest: starting the node (loading the model)");
     let node = service::start(settings).await?;
     let node_port = node.dicom_addr.port();

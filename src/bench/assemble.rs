@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::synth::dicom::{DicomOptions, SeriesInfo, write_series};
-use crate::synth::{Plane, SliceOrder, acquisition_grid};
-use crate::volume::Volume;
+use fcdnode::assemble::{AssembleError, assemble_paths, list_files};
+use fcdnode::synth::SliceOrder;
+use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
+use fcdnode::volume::{Plane, Volume, acquisition_grid};
 
-use super::{AssembleError, assemble_paths};
+use super::peak_rss_bytes;
 
 /// Shape of the benchmark series: 256 columns × 256 rows × 176 slices (a 1 mm sagittal MPRAGE).
 pub const BENCH_SHAPE: [usize; 3] = [256, 256, 176];
@@ -54,11 +55,11 @@ pub struct BenchReport {
 /// Generates the benchmark series into `dir` unless it already holds DICOM files, then
 /// assembles it `runs` times (at least once).
 pub fn assemble_bench(dir: &Path, runs: usize) -> Result<BenchReport, BenchError> {
-    let existing = super::list_files(&[dir.to_owned()]).unwrap_or_default();
+    let existing = list_files(&[dir.to_owned()]).unwrap_or_default();
     if existing.is_empty() {
         write_bench_series(dir)?;
     }
-    let files = super::list_files(&[dir.to_owned()])?;
+    let files = list_files(&[dir.to_owned()])?;
     let bytes = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -111,12 +112,4 @@ pub fn write_bench_series(dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
         ..DicomOptions::default()
     };
     write_series(&volume, &SeriesInfo::new(1), &options, dir).map_err(|e| generate(e.to_string()))
-}
-
-/// Peak resident set size of this process (VmHWM in `/proc/self/status`), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fcdnode::assemble::bench::peak_rss_bytes;
+
+use super::peak_rss_bytes;
 use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::package::arch::ArchSpec;
 use fcdnode::package::manifest::{Manifest, Modality, ModelPackage};
@@ -18,8 +19,8 @@ use fcdnode::preprocess::{Normalisation, Recipe};
 use fcdnode::report::{ResultSummary, Timings};
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use fcdnode::synth::phantom::{AcquisitionSpec, Anatomy, Contrast, Hemisphere, LesionSpec, Lobe, Subject, SubjectSpec};
-use fcdnode::synth::{Plane, acquisition_grid};
 use fcdnode::tracker::routing::{Router, RoutingConfig};
+use fcdnode::volume::{Plane, acquisition_grid};
 
 /// Field of view of the model grid in mm (R, A, S): the head with margin.
 const MODEL_FOV_MM: [f64; 3] = [192.0, 224.0, 192.0];

@@ -1,0 +1,18 @@
+//! Benchmarks behind `fcdnode bench`: they print figures and assert nothing. They live on the
+//! binary side so the library never depends on them.
+//!
+//! - [`assemble`]: a 176-file 256×256 series → `Volume` (wall time, peak RSS).
+//! - [`infer`]: one study through the pipeline, stage by stage.
+//! - [`node`]: the running node: series turnaround and ingest MB/s beside DCMTK storescp.
+
+pub mod assemble;
+pub mod infer;
+pub mod node;
+
+/// Peak resident set size of this process (VmHWM in `/proc/self/status`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,138 @@
+//! `result.json`: the decision, where it points, what was written and how long each stage took;
+//! written once per job and read back typed by the worker, the API and the demo.
+
+use std::path::Path;
+
+use super::{Algorithm, Finding, ReportError, codes};
+use crate::assemble::Assembled;
+
+/// Per-stage wall times in milliseconds (0 for a stage that did not run).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Timings {
+    pub assemble: f64,
+    pub preprocess: f64,
+    pub infer: f64,
+    pub explain: f64,
+    pub sc: f64,
+    pub sr: f64,
+    pub total: f64,
+}
+
+/// The model that produced the result.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSummary {
+    /// Model (algorithm) name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+}
+
+/// `result.json`: the decision, where it points and what was written.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResultSummary {
+    /// Ensemble probability of FCD type II, in [0, 1].
+    pub probability: f64,
+    /// `"FCD type II suspected"` or `"FCD type II not suspected"`.
+    pub label: String,
+    /// Whether the probability reached the threshold.
+    pub suspected: bool,
+    /// Decision threshold.
+    pub threshold: f64,
+    /// Per-fold probabilities.
+    pub fold_probabilities: Vec<f64>,
+    /// Hotspot in LPS mm.
+    pub hotspot_lps: [f64; 3],
+    /// Hotspot slice index k in the source series (0-based).
+    pub hotspot_slice: usize,
+    /// Source series and study.
+    pub series_uid: String,
+    pub study_uid: String,
+    /// Model identity.
+    pub model: ModelSummary,
+    /// Secondary Capture files written (relative to the output directory).
+    pub sc_files: Vec<String>,
+    /// Structured Report file written (relative to the output directory), if any.
+    pub sr_file: Option<String>,
+    /// PNG preview written (relative to the output directory), if any.
+    pub preview_png: Option<String>,
+    /// Stage timings.
+    pub timings_ms: Timings,
+}
+
+/// The label text for a decision.
+pub fn label(suspected: bool) -> &'static str {
+    if suspected {
+        codes::LABEL_SUSPECTED
+    } else {
+        codes::LABEL_NOT_SUSPECTED
+    }
+}
+
+/// Builds the `result.json` summary (file lists relative to the output directory).
+pub fn result_json(
+    source: &Assembled,
+    finding: &Finding,
+    algorithm: &Algorithm,
+    sc_files: Vec<String>,
+    sr_file: Option<String>,
+    preview_png: Option<String>,
+    timings_ms: Timings,
+) -> ResultSummary {
+    ResultSummary {
+        probability: finding.probability,
+        label: label(finding.suspected).into(),
+        suspected: finding.suspected,
+        threshold: finding.threshold,
+        fold_probabilities: finding.fold_probabilities.clone(),
+        hotspot_lps: finding.hotspot_lps,
+        hotspot_slice: finding.hotspot_slice,
+        series_uid: source.meta.series_uid.clone(),
+        study_uid: source.meta.study_uid.clone(),
+        model: ModelSummary {
+            name: algorithm.name.clone(),
+            version: algorithm.version.clone(),
+        },
+        sc_files,
+        sr_file,
+        preview_png,
+        timings_ms,
+    }
+}
+
+impl ResultSummary {
+    /// Reads a `result.json` written by [`ResultSummary::write`].
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ReportError::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Writes the summary as pretty JSON.
+    pub fn write(&self, path: &Path) -> Result<(), ReportError> {
+        let text = serde_json::to_string_pretty(self).map_err(|source| ReportError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
+        std::fs::write(path, text).map_err(|source| ReportError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(label(true), "FCD type II suspected");
+        assert_eq!(label(false), "FCD type II not suspected");
+    }
+}
