@@ -310,15 +310,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 pipeline::run_dicom(&paths, &mut ensemble, &settings.router, &out, &options)?
             };
+            let hotspot = match (summary.hotspot_lps, summary.hotspot_slice) {
+                (Some([x, y, z]), Some(k)) => format!("hotspot LPS [{x:.1}, {y:.1}, {z:.1}] mm in slice {}", k + 1),
+                _ => format!("no hotspot ({})", summary.no_hotspot.as_deref().unwrap_or("none")),
+            };
             println!(
-                "{}: probability {:.3} (threshold {}), hotspot LPS [{:.1}, {:.1}, {:.1}] mm in slice {} → {}",
+                "{}: probability {:.3} (threshold {}), {hotspot} → {}",
                 summary.label,
                 summary.probability,
                 summary.threshold,
-                summary.hotspot_lps[0],
-                summary.hotspot_lps[1],
-                summary.hotspot_lps[2],
-                summary.hotspot_slice,
                 out.display()
             );
             Ok(())
@@ -394,7 +394,8 @@ fn print_demo(report: &DemoReport, options: &DemoOptions) {
     for s in &report.subjects {
         let r = s.result.as_ref();
         let hotspot = r
-            .map(|r| r.hotspot_lps.map(|v| format!("{v:.1}")).join(", "))
+            .and_then(|r| r.hotspot_lps)
+            .map(|h| h.map(|v| format!("{v:.1}")).join(", "))
             .unwrap_or_default();
         println!(
             "{:<12} {:<6} {:<10} {:>11}  {:<14} {}",

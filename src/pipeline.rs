@@ -15,7 +15,7 @@ use crate::nifti::{self, NiftiError};
 use crate::package::manifest::Modality;
 use crate::preprocess::PreprocessError;
 use crate::report::{
-    self, Algorithm, Finding, ReportError, ReportInputs, ReportOptions, ResultSummary, Timings, UidGenerator,
+    self, Algorithm, Finding, Hotspot, ReportError, ReportInputs, ReportOptions, ResultSummary, Timings, UidGenerator,
 };
 use crate::tracker::routing::{self, Candidate, ChannelSeries, Router, SeriesFacts};
 use crate::volume::VolumeError;
@@ -225,11 +225,7 @@ fn run_chosen(
         uids = uids.with_root(root.clone());
     }
     timings.total = ms(start);
-    let written = report::write_outputs(&inputs, &heatmap, &mut uids, timings, out)?;
-    let mut summary = written.summary;
-    summary.timings_ms.total = ms(start);
-    summary.write(&out.join("result.json"))?;
-    Ok(summary)
+    Ok(report::write_outputs(&inputs, &heatmap, &mut uids, timings, out)?.summary)
 }
 
 /// Runs the model on NIfTI volumes (one per channel, in the manifest's order) and writes the
@@ -340,15 +336,14 @@ fn predict(
             explain::model_map_on(&map, &input.grid, &source_grid)?
         }
     };
-    let (index, lps) = explain::hotspot(&heatmap);
+    let peak = explain::hotspot(&heatmap).map(|(index, lps)| Hotspot { lps, slice: index[2] });
     timings.explain = ms(t);
     let finding = Finding {
         probability: prediction.probability,
         threshold: ensemble.manifest().threshold,
         suspected: prediction.suspected,
         fold_probabilities: prediction.fold_probabilities,
-        hotspot_lps: lps,
-        hotspot_slice: index[2],
+        peak,
     };
     Ok((finding, heatmap))
 }
@@ -358,6 +353,7 @@ fn algorithm(ensemble: &Ensemble, options: &Options) -> Algorithm {
     Algorithm {
         name: m.name.clone(),
         version: m.version.clone(),
+        sha256: ensemble.package_sha256().to_owned(),
         parameters: format!(
             "{} {} fold(s), threshold {}, explanation {:?}, channels {}",
             m.architecture.name(),

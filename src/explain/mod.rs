@@ -70,16 +70,24 @@ pub fn model_map_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Resu
 }
 
 /// The hottest voxel of a heatmap: its index `[i, j, k]` (k = slice of the source series) and
-/// its LPS mm position. The first maximum wins on ties.
-pub fn hotspot(heatmap: &Volume) -> ([usize; 3], [f64; 3]) {
+/// its LPS mm position; the first maximum wins on ties. `None` for a flat map.
+pub fn hotspot(heatmap: &Volume) -> Option<([usize; 3], [f64; 3])> {
     let mut best = ([0usize; 3], f32::NEG_INFINITY);
+    let mut lowest = f32::INFINITY;
     for ((i, j, k), &v) in heatmap.data().indexed_iter() {
-        if v > best.1 {
-            best = ([i, j, k], v);
+        if v.is_finite() {
+            lowest = lowest.min(v);
+            if v > best.1 {
+                best = ([i, j, k], v);
+            }
         }
     }
+    // A flat (or empty, or all-zero) map points nowhere: its "maximum" would be voxel [0, 0, 0].
+    if !(best.1 > 0.0 && best.1 > lowest) {
+        return None;
+    }
     let idx = best.0;
-    (idx, heatmap.voxel_to_world(idx.map(|x| x as f64)))
+    Some((idx, heatmap.voxel_to_world(idx.map(|x| x as f64))))
 }
 
 /// Min-max normalisation to [0, 1]. A constant map becomes all zeros (no signal), never an
@@ -205,7 +213,7 @@ mod tests {
         for plane in [Plane::Axial, Plane::Sagittal, Plane::Oblique] {
             let source = acquisition_grid(plane, [1.0, 1.0, 1.5], [90.0, 100.0, 70.0], [5.0, -10.0, 20.0]).unwrap();
             let heat = heatmap_on(&map, &model_grid, [8, 8, 8], &source).unwrap();
-            let (idx, lps) = hotspot(&heat);
+            let (idx, lps) = hotspot(&heat).expect("a map with one hot voxel has a hotspot");
             let dist = (0..3).map(|a| (lps[a] - expected[a]).powi(2)).sum::<f64>().sqrt();
             assert!(dist < 2.0, "{plane:?}: hotspot {lps:?} vs {expected:?} ({dist} mm)");
             assert_eq!(heat.data()[idx], 1.0);

@@ -58,6 +58,7 @@ struct Fold {
 /// A loaded model package: manifest and one ONNX Runtime session per fold.
 pub struct Ensemble {
     manifest: Manifest,
+    package_sha256: String,
     folds: Vec<Fold>,
     device: Device,
 }
@@ -95,9 +96,15 @@ impl Ensemble {
         }
         Ok(Self {
             manifest: package.manifest.clone(),
+            package_sha256: package.sha256.clone(),
             folds,
             device: used,
         })
+    }
+
+    /// SHA-256 of the loaded package (see [`ModelPackage::sha256`]).
+    pub fn package_sha256(&self) -> &str {
+        &self.package_sha256
     }
 
     /// The manifest of the loaded package.

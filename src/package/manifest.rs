@@ -162,6 +162,9 @@ pub struct ModelPackage {
     pub manifest: Manifest,
     /// One ONNX file per fold, existing.
     pub graphs: Vec<PathBuf>,
+    /// SHA-256 (lowercase hex) of `manifest.toml` followed by every fold graph in manifest
+    /// order: names the exact model in every result it produces.
+    pub sha256: String,
 }
 
 impl ModelPackage {
@@ -190,12 +193,37 @@ impl ModelPackage {
             }
             graphs.push(graph);
         }
+        let sha256 = package_digest(&path, &graphs)?;
         Ok(Self {
             dir: dir.to_owned(),
             manifest,
             graphs,
+            sha256,
         })
     }
+}
+
+/// SHA-256 of the manifest and the graphs, read in 1 MiB blocks (graphs can be hundreds of MB).
+fn package_digest(manifest: &Path, graphs: &[PathBuf]) -> Result<String, PackageError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in std::iter::once(manifest).chain(graphs.iter().map(PathBuf::as_path)) {
+        let read_err = |source| PackageError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        loop {
+            let n = file.read(&mut buf).map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Manifest {

@@ -69,6 +69,10 @@ pub const SUSPECTED: Code = code("FCD2-SUSP", PRIVATE_SCHEME, LABEL_SUSPECTED);
 pub const NOT_SUSPECTED: Code = code("FCD2-NOSUSP", PRIVATE_SCHEME, LABEL_NOT_SUSPECTED);
 pub const DECISION_THRESHOLD: Code = code("FCD2-THRESH", PRIVATE_SCHEME, "Decision threshold");
 pub const HEATMAP_OVERLAY: Code = code("FCD2-HEATMAP", PRIVATE_SCHEME, "Heatmap overlay");
+pub const FCD_PROBABILITY: Code = code("FCD2-PROB", PRIVATE_SCHEME, "Model probability of FCD type II");
+pub const NO_HOTSPOT: Code = code("FCD2-NOHOT", PRIVATE_SCHEME, "Hotspot not reported");
+/// TID 1500's container for evaluations that are not measurements (a negative assessment).
+pub const QUALITATIVE_EVALUATIONS: Code = code("C0034375", "UMLS", "Qualitative Evaluations");
 // Contributing Equipment (CID 7005) and image derivation (CID 7202).
 pub const PROCESSING_EQUIPMENT: Code = code("109102", "DCM", "Processing Equipment");
 pub const SOURCE_IMAGE_FOR_PROCESSING: Code = code("121322", "DCM", "Source image for image processing operation");

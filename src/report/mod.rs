@@ -50,10 +50,34 @@ pub struct Finding {
     pub suspected: bool,
     /// Per-fold probabilities, each in [0, 1].
     pub fold_probabilities: Vec<f64>,
-    /// Heatmap maximum in LPS mm.
-    pub hotspot_lps: [f64; 3],
-    /// Source slice index k (0-based) holding the hotspot.
-    pub hotspot_slice: usize,
+    /// Where the heatmap peaks; `None` when the map is flat or empty (nothing to point at).
+    pub peak: Option<Hotspot>,
+}
+
+/// A point of the heatmap on the source grid.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Hotspot {
+    /// Position in LPS mm.
+    pub lps: [f64; 3],
+    /// Source slice index k (0-based) holding it.
+    pub slice: usize,
+}
+
+impl Finding {
+    /// The hotspot the outputs report: the map's peak, for a suspected study only. A study below
+    /// the threshold names no FCD location anywhere.
+    pub fn hotspot(&self) -> Option<Hotspot> {
+        self.peak.filter(|_| self.suspected)
+    }
+
+    /// Why no hotspot is reported, when none is.
+    pub fn no_hotspot_reason(&self) -> Option<&'static str> {
+        match (self.suspected, self.peak) {
+            (true, Some(_)) => None,
+            (false, _) => Some("not suspected: no location is reported"),
+            (true, None) => Some("the heatmap is flat: the model points at no region"),
+        }
+    }
 }
 
 /// The algorithm's identity (TID 4019 Algorithm Identification).
@@ -65,6 +89,8 @@ pub struct Algorithm {
     pub version: String,
     /// Algorithm Parameters (111002, DCM): free text (explanation method, folds, threshold…).
     pub parameters: String,
+    /// SHA-256 of the model package (a second Algorithm Parameters item in the SR).
+    pub sha256: String,
 }
 
 /// The equipment that made the outputs: General Equipment, SC Equipment, Contributing
@@ -237,9 +263,10 @@ pub struct WrittenOutputs {
     pub objects: Vec<DicomFile>,
 }
 
-/// Makes SC, SR and preview and writes them into `dir` (`sc/SC_NNNN.dcm`, `sr/SR.dcm`,
-/// `preview.png`); the caller writes the returned summary as `result.json` once its own
-/// timings are in. `timings_ms.sc`/`sr` are filled
+/// Makes SC, SR, preview and `result.json` and writes them into `dir` (`sc/SC_NNNN.dcm`,
+/// `sr/SR.dcm`, `preview.png`, `result.json`). `timings_ms.sc`/`sr` are filled here and the
+/// time spent here is added to `timings.total` (the caller's time so far), so `result.json`
+/// is written once, complete. `timings_ms.sc`/`sr` are filled
 /// here; the other stages' times are taken from `timings`.
 pub fn write_outputs(
     inputs: &ReportInputs<'_>,
@@ -270,7 +297,7 @@ pub fn write_outputs(
     let preview = preview_png(inputs.source, heatmap, inputs.finding, inputs.options)?;
     let preview_path = dir.join("preview.png");
     write_png(&preview, &preview_path)?;
-    let summary = result_json(
+    let mut summary = result_json(
         inputs.source,
         inputs.finding,
         inputs.algorithm,
@@ -279,6 +306,8 @@ pub fn write_outputs(
         Some("preview.png".into()),
         timings,
     );
+    summary.timings_ms.total += t0.elapsed().as_secs_f64() * 1e3;
+    summary.write(&dir.join("result.json"))?;
     let mut objects = sc;
     objects.push(sr);
     Ok(WrittenOutputs {
@@ -340,19 +369,17 @@ fn check_inputs(source: &Assembled, finding: &Finding) -> Result<(), ReportError
             "every fold probability must be in [0, 1]",
         ));
     }
-    if finding.hotspot_lps.iter().any(|v| !v.is_finite()) {
-        return Err(bad(
-            "hotspot_lps",
-            format!("{:?}", finding.hotspot_lps),
-            "must be finite LPS mm",
-        ));
-    }
-    if finding.hotspot_slice >= shape[2] {
-        return Err(bad(
-            "hotspot_slice",
-            finding.hotspot_slice.to_string(),
-            "must be a slice index of the source series",
-        ));
+    if let Some(peak) = finding.peak {
+        if peak.lps.iter().any(|v| !v.is_finite()) {
+            return Err(bad("peak", format!("{:?}", peak.lps), "must be finite LPS mm"));
+        }
+        if peak.slice >= shape[2] {
+            return Err(bad(
+                "peak",
+                peak.slice.to_string(),
+                "must be a slice index of the source series",
+            ));
+        }
     }
     Ok(())
 }

@@ -242,9 +242,9 @@ fn glyph(ch: char) -> [u8; 7] {
     }
 }
 
-/// Montage of up to five slices around the hotspot (hotspot in the middle), heatmap blended as
-/// in the SC, each panel resampled to square millimetres and at least 192 pixels high, with the
-/// legend on the hotspot panel.
+/// Montage of up to five slices around the hotspot (hotspot in the middle; the middle slice
+/// when no hotspot is reported), heatmap blended as in the SC, each panel resampled to square
+/// millimetres and at least 192 pixels high, with the legend on the centre panel.
 pub fn preview_png(
     source: &Assembled,
     heatmap: &Volume,
@@ -259,8 +259,10 @@ pub fn preview_png(
     let depth = data.shape()[2];
     let window = Window::robust(data, options.window_percentiles);
     let step = (depth / 12).max(1) as isize;
+    // Around the reported hotspot; a study without one is shown around its middle slice.
+    let centre = finding.hotspot().map_or(depth / 2, |h| h.slice);
     let mut ks: Vec<usize> = (-2..=2)
-        .map(|d| finding.hotspot_slice as isize + d * step)
+        .map(|d| centre as isize + d * step)
         .filter(|&k| k >= 0 && (k as usize) < depth)
         .map(|k| k as usize)
         .collect();
@@ -277,7 +279,7 @@ pub fn preview_png(
     for (n, &k) in ks.iter().enumerate() {
         let panel = render_slice(data, heat, k, window, options);
         let mut panel = image::imageops::resize(&panel, pw, ph, image::imageops::FilterType::Triangle);
-        if k == finding.hotspot_slice {
+        if k == centre {
             draw_legend(
                 &mut panel,
                 &[

@@ -196,16 +196,47 @@ pub fn structured_report(
     let library_entries = source_refs.iter().map(|r| image("CONTAINS", None, r, None)).collect();
     let group = container("CONTAINS", &codes::IMAGE_LIBRARY_GROUP, library_entries);
     content.push(container("CONTAINS", &codes::IMAGE_LIBRARY, vec![group]));
-    // Imaging Measurements → one measurement group.
-    let group = measurement_group(inputs, &frame_of_reference, &tracking_uid, &source_series_uid, sc);
-    let mut group = container("CONTAINS", &codes::MEASUREMENT_GROUP, group);
-    put_seq(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template("1410")]);
-    content.push(container("CONTAINS", &codes::IMAGING_MEASUREMENTS, vec![group]));
+    if inputs.finding.suspected {
+        // Imaging Measurements → one measurement group: the FCD finding and where it is.
+        let group = measurement_group(inputs, &frame_of_reference, &tracking_uid, &source_series_uid, sc);
+        let mut group = container("CONTAINS", &codes::MEASUREMENT_GROUP, group);
+        put_seq(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template("1410")]);
+        content.push(container("CONTAINS", &codes::IMAGING_MEASUREMENTS, vec![group]));
+    } else {
+        // Not suspected: the assessment alone, with no finding and no location.
+        content.push(container(
+            "CONTAINS",
+            &codes::QUALITATIVE_EVALUATIONS,
+            negative_assessment(inputs),
+        ));
+    }
     put_seq(&mut obj, tags::CONTENT_SEQUENCE, content);
     finish(obj, &sop_uid)
 }
 
-/// The TID 1410 group: finding, hotspot point, probability and decision.
+/// Algorithm Identification (TID 4019): name, version, parameters and the package's SHA-256.
+fn algorithm_identification(inputs: &ReportInputs<'_>) -> Vec<Option<InMemDicomObject>> {
+    let algorithm = inputs.algorithm;
+    vec![
+        text("HAS CONCEPT MOD", &codes::ALGORITHM_NAME, &algorithm.name),
+        text("HAS CONCEPT MOD", &codes::ALGORITHM_VERSION, &algorithm.version),
+        text("HAS CONCEPT MOD", &codes::ALGORITHM_PARAMETERS, &algorithm.parameters),
+        text(
+            "HAS CONCEPT MOD",
+            &codes::ALGORITHM_PARAMETERS,
+            &format!("model package SHA-256 {}", algorithm.sha256),
+        )
+        .filter(|_| !algorithm.sha256.is_empty()),
+    ]
+}
+
+/// Probability and threshold in percent, rounded to 0.1 % (more digits would claim a precision
+/// the model does not have).
+fn percent(p: f64) -> f64 {
+    (p * 1000.0).round() / 10.0
+}
+
+/// The TID 1410 group of a suspected study: finding, hotspot point, probability and decision.
 fn measurement_group(
     inputs: &ReportInputs<'_>,
     frame_of_reference: &str,
@@ -214,67 +245,102 @@ fn measurement_group(
     sc: &[InstanceRef],
 ) -> Vec<InMemDicomObject> {
     let finding = inputs.finding;
-    let algorithm = inputs.algorithm;
     let mut items: Vec<Option<InMemDicomObject>> = vec![
         text("CONTAINS", &codes::TRACKING_IDENTIFIER, "FCD type II hotspot"),
         uidref("CONTAINS", &codes::TRACKING_UID, tracking_uid),
         code_content("CONTAINS", &codes::FINDING, &codes::FCD_TYPE_II),
         code_content("HAS CONCEPT MOD", &codes::FINDING_SITE, &codes::BRAIN),
-        text("HAS CONCEPT MOD", &codes::ALGORITHM_NAME, &algorithm.name),
-        text("HAS CONCEPT MOD", &codes::ALGORITHM_VERSION, &algorithm.version),
-        text("HAS CONCEPT MOD", &codes::ALGORITHM_PARAMETERS, &algorithm.parameters),
     ];
-    // The hotspot point, and the source slice it lies on.
-    let mut point = content_item("CONTAINS", "SCOORD3D", &codes::IMAGE_REGION);
-    put_str(&mut point, tags::GRAPHIC_TYPE, VR::CS, "POINT");
-    let xyz = finding.hotspot_lps.map(|v| v as f32);
-    put_f32s(&mut point, tags::GRAPHIC_DATA, &xyz);
-    put_str(
-        &mut point,
-        tags::REFERENCED_FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        frame_of_reference,
-    );
-    items.push(Some(point));
-    let slice = &inputs.source.slices[finding.hotspot_slice];
-    let multiframe_source = super::dicom::is_multiframe_source(inputs, &slice.sop_instance_uid);
-    let slice_ref = InstanceRef {
-        sop_class_uid: slice.sop_class_uid.clone(),
-        sop_instance_uid: slice.sop_instance_uid.clone(),
-        series_uid: source_series_uid.to_owned(),
-        frames: 1,
-    };
-    items.push(Some(image(
-        "CONTAINS",
-        Some(&codes::SOURCE_OF_MEASUREMENT),
-        &slice_ref,
-        multiframe_source.then_some(slice.frame + 1),
-    )));
+    items.extend(algorithm_identification(inputs));
+    match finding.hotspot() {
+        Some(hotspot) => {
+            // The hotspot point, and the source slice it lies on.
+            let mut point = content_item("CONTAINS", "SCOORD3D", &codes::IMAGE_REGION);
+            put_str(&mut point, tags::GRAPHIC_TYPE, VR::CS, "POINT");
+            let xyz = hotspot.lps.map(|v| v as f32);
+            put_f32s(&mut point, tags::GRAPHIC_DATA, &xyz);
+            put_str(
+                &mut point,
+                tags::REFERENCED_FRAME_OF_REFERENCE_UID,
+                VR::UI,
+                frame_of_reference,
+            );
+            items.push(Some(point));
+            let slice = &inputs.source.slices[hotspot.slice];
+            let multiframe_source = super::dicom::is_multiframe_source(inputs, &slice.sop_instance_uid);
+            let slice_ref = InstanceRef {
+                sop_class_uid: slice.sop_class_uid.clone(),
+                sop_instance_uid: slice.sop_instance_uid.clone(),
+                series_uid: source_series_uid.to_owned(),
+                frames: 1,
+            };
+            items.push(Some(image(
+                "CONTAINS",
+                Some(&codes::SOURCE_OF_MEASUREMENT),
+                &slice_ref,
+                multiframe_source.then_some(slice.frame + 1),
+            )));
+        }
+        None => items.push(text(
+            "CONTAINS",
+            &codes::NO_HOTSPOT,
+            finding.no_hotspot_reason().unwrap_or_default(),
+        )),
+    }
     items.push(Some(num(
         &codes::CERTAINTY_OF_FINDING,
-        finding.probability * 100.0,
+        percent(finding.probability),
         &codes::PERCENT,
     )));
     items.push(Some(num(
         &codes::DECISION_THRESHOLD,
-        finding.threshold * 100.0,
+        percent(finding.threshold),
         &codes::PERCENT,
     )));
-    let decision = if finding.suspected {
-        &codes::SUSPECTED
-    } else {
-        &codes::NOT_SUSPECTED
-    };
-    items.push(code_content("CONTAINS", &codes::FCD_ASSESSMENT, decision));
+    items.push(code_content("CONTAINS", &codes::FCD_ASSESSMENT, &codes::SUSPECTED));
     // The SC showing the hotspot: the frame of a multi-frame SC, or the single-frame instance.
-    let overlay = match sc {
-        [one] if one.frames > 1 => Some((one, Some(finding.hotspot_slice as u32 + 1))),
-        many => many.get(finding.hotspot_slice).map(|r| (r, None)),
-    };
-    if let Some((r, frame)) = overlay {
-        items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_OVERLAY), r, frame)));
+    if let Some(hotspot) = finding.hotspot() {
+        let overlay = match sc {
+            [one] if one.frames > 1 => Some((one, Some(hotspot.slice as u32 + 1))),
+            many => many.get(hotspot.slice).map(|r| (r, None)),
+        };
+        if let Some((r, frame)) = overlay {
+            items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_OVERLAY), r, frame)));
+        }
     }
     items.into_iter().flatten().collect()
+}
+
+/// The evaluation of a study below the threshold: the assessment "not suspected" with the
+/// algorithm that made it, the model probability and the threshold. No finding, no location.
+fn negative_assessment(inputs: &ReportInputs<'_>) -> Vec<InMemDicomObject> {
+    let finding = inputs.finding;
+    let mut assessment = content_item("CONTAINS", "CODE", &codes::FCD_ASSESSMENT);
+    put_seq(
+        &mut assessment,
+        tags::CONCEPT_CODE_SEQUENCE,
+        vec![code_item(&codes::NOT_SUSPECTED)],
+    );
+    let mut children: Vec<InMemDicomObject> = algorithm_identification(inputs).into_iter().flatten().collect();
+    children.push(num(
+        &codes::FCD_PROBABILITY,
+        percent(finding.probability),
+        &codes::PERCENT,
+    ));
+    children.push(num(
+        &codes::DECISION_THRESHOLD,
+        percent(finding.threshold),
+        &codes::PERCENT,
+    ));
+    // The measurements qualify the assessment: HAS PROPERTIES, as TID 1500's evaluations do.
+    for child in children
+        .iter_mut()
+        .filter(|c| get_str(c, tags::VALUE_TYPE).as_deref() == Some("NUM"))
+    {
+        put_str(child, tags::RELATIONSHIP_TYPE, VR::CS, "HAS PROPERTIES");
+    }
+    put_seq(&mut assessment, tags::CONTENT_SEQUENCE, children);
+    vec![assessment]
 }
 
 /// Hierarchical SOP Instance Reference items: one per study (here one), grouped by series.

@@ -26,6 +26,9 @@ pub struct ModelSummary {
     pub name: String,
     /// Model version.
     pub version: String,
+    /// SHA-256 of the model package (manifest and graphs): the exact model.
+    #[serde(default)]
+    pub sha256: String,
 }
 
 /// `result.json`: the decision, where it points and what was written.
@@ -41,10 +44,13 @@ pub struct ResultSummary {
     pub threshold: f64,
     /// Per-fold probabilities.
     pub fold_probabilities: Vec<f64>,
-    /// Hotspot in LPS mm.
-    pub hotspot_lps: [f64; 3],
-    /// Hotspot slice index k in the source series (0-based).
-    pub hotspot_slice: usize,
+    /// Hotspot in LPS mm: suspected studies with a non-flat map only.
+    pub hotspot_lps: Option<[f64; 3]>,
+    /// Hotspot slice index k in the source series (0-based), with `hotspot_lps`.
+    pub hotspot_slice: Option<usize>,
+    /// Why there is no hotspot, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_hotspot: Option<String>,
     /// Source series and study.
     pub series_uid: String,
     pub study_uid: String,
@@ -85,13 +91,15 @@ pub fn result_json(
         suspected: finding.suspected,
         threshold: finding.threshold,
         fold_probabilities: finding.fold_probabilities.clone(),
-        hotspot_lps: finding.hotspot_lps,
-        hotspot_slice: finding.hotspot_slice,
+        hotspot_lps: finding.hotspot().map(|h| h.lps),
+        hotspot_slice: finding.hotspot().map(|h| h.slice),
+        no_hotspot: finding.no_hotspot_reason().map(str::to_owned),
         series_uid: source.meta.series_uid.clone(),
         study_uid: source.meta.study_uid.clone(),
         model: ModelSummary {
             name: algorithm.name.clone(),
             version: algorithm.version.clone(),
+            sha256: algorithm.sha256.clone(),
         },
         sc_files,
         sr_file,

@@ -22,7 +22,9 @@ use fcdnode::assemble::assemble_paths;
 use fcdnode::deliver::{
     DeliveryFault, Destination, FaultKind, FaultReason, FileOutcome, IMPLICIT_VR_LE, RetryPolicy, TlsSettings, send,
 };
-use fcdnode::report::{Algorithm, Device, Finding, ReportInputs, ReportOptions, Timings, UidGenerator, write_outputs};
+use fcdnode::report::{
+    Algorithm, Device, Finding, Hotspot, ReportInputs, ReportOptions, Timings, UidGenerator, write_outputs,
+};
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use fcdnode::volume::Volume;
 use fcdnode::volume::{Plane, acquisition_grid};
@@ -80,13 +82,16 @@ fn fixture() -> Fixture {
         threshold: 0.5,
         suspected: true,
         fold_probabilities: vec![0.8, 0.82],
-        hotspot_lps: source.volume.voxel_to_world([8.0, 8.0, 3.0]),
-        hotspot_slice: 3,
+        peak: Some(Hotspot {
+            lps: source.volume.voxel_to_world([8.0, 8.0, 3.0]),
+            slice: 3,
+        }),
     };
     let algorithm = Algorithm {
         name: "fcd-test".into(),
         version: "0.0.1".into(),
         parameters: "deliver test".into(),
+        sha256: String::new(),
     };
     let device = Device::default();
     let options = ReportOptions::new();

@@ -140,18 +140,15 @@ fn hotspot_lands_on_the_bright_blob_for_every_plane() {
         write_series(&volume, &SeriesInfo::new(3), &DicomOptions::default(), &series).unwrap();
         let out = tmp.path().join(format!("out-{label}"));
         let summary = infer(&series, &model, &out, &["--explain", "gradcam"]);
-        let error = distance(summary.hotspot_lps, blob);
+        let hotspot = summary.hotspot_lps.expect("a suspected study reports a hotspot");
+        let error = distance(hotspot, blob);
         assert!(
             error <= 1.5 * 3f64.sqrt(),
-            "{label}: hotspot {:?}, blob {blob:?}: {error:.2} mm",
-            summary.hotspot_lps
+            "{label}: hotspot {hotspot:?}, blob {blob:?}: {error:.2} mm"
         );
         let expected_slice = volume.world_to_voxel(blob)[2].round() as usize;
-        assert!(
-            summary.hotspot_slice.abs_diff(expected_slice) <= 1,
-            "{label}: slice {}",
-            summary.hotspot_slice
-        );
+        let slice = summary.hotspot_slice.expect("hotspot slice");
+        assert!(slice.abs_diff(expected_slice) <= 1, "{label}: slice {slice}");
         assert!(summary.suspected && summary.probability > 0.5, "{label}: {summary:?}");
         assert_eq!(summary.sc_files.len(), 1, "{label}: one multi-frame SC");
         assert!(out.join("preview.png").is_file());
@@ -198,11 +195,11 @@ fn other_explanations_find_the_blob() {
         let out = tmp.path().join(method);
         let extra = ["--explain", method, "--occlusion-patch", "8", "--occlusion-stride", "4"];
         let summary = infer(&series, &model, &out, &extra);
-        let error = distance(summary.hotspot_lps, blob);
+        let hotspot = summary.hotspot_lps.expect("a suspected study reports a hotspot");
+        let error = distance(hotspot, blob);
         assert!(
             error <= tolerance_mm,
-            "{method}: hotspot {:?}, blob {blob:?}: {error:.2} mm",
-            summary.hotspot_lps
+            "{method}: hotspot {hotspot:?}, blob {blob:?}: {error:.2} mm"
         );
     }
 }
@@ -220,12 +217,9 @@ fn nifti_input_gives_json_and_preview_only() {
     nifti::write(&path, &phantom(&grid, Some(blob)), DataType::I16).unwrap();
     let out = tmp.path().join("out");
     let summary = infer(&path, &model, &out, &[]);
-    let error = distance(summary.hotspot_lps, blob);
-    assert!(
-        error <= 1.5 * 3f64.sqrt(),
-        "hotspot {:?}, blob {blob:?}",
-        summary.hotspot_lps
-    );
+    let hotspot = summary.hotspot_lps.expect("a suspected study reports a hotspot");
+    let error = distance(hotspot, blob);
+    assert!(error <= 1.5 * 3f64.sqrt(), "hotspot {hotspot:?}, blob {blob:?}");
     assert!(summary.sc_files.is_empty() && summary.sr_file.is_none());
     assert!(out.join("preview.png").is_file() && !out.join("sr").exists());
 }

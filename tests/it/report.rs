@@ -9,8 +9,9 @@ use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, open_file};
 use fcdnode::assemble::{Assembled, assemble_paths};
 use fcdnode::report::{
-    Algorithm, Device, DicomFile, Finding, InstanceRef, ReportError, ReportInputs, ReportOptions, Timestamp, Timings,
-    UidGenerator, is_own_output, preview_png, secondary_capture, structured_report, write_dicom, write_outputs,
+    Algorithm, Device, DicomFile, Finding, Hotspot, InstanceRef, ReportError, ReportInputs, ReportOptions, Timestamp,
+    Timings, UidGenerator, is_own_output, preview_png, secondary_capture, structured_report, write_dicom,
+    write_outputs,
 };
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use fcdnode::volume::Volume;
@@ -66,8 +67,10 @@ fn fixture(plane: Plane, enhanced: bool) -> Fixture {
         threshold: 0.5,
         suspected: true,
         fold_probabilities: vec![0.8, 0.9, 0.92],
-        hotspot_lps: source.volume.voxel_to_world(PEAK.map(|v| v as f64)),
-        hotspot_slice: PEAK[2],
+        peak: Some(Hotspot {
+            lps: source.volume.voxel_to_world(PEAK.map(|v| v as f64)),
+            slice: PEAK[2],
+        }),
     };
     let dir = tmp.path().join("out");
     Fixture {
@@ -85,6 +88,7 @@ fn algorithm() -> Algorithm {
         name: "fcd-resnet18-demo".into(),
         version: "1.2.0".into(),
         parameters: "explain=gradcam; folds=3; threshold=0.50".into(),
+        sha256: "0f".repeat(32),
     }
 }
 
@@ -215,7 +219,7 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     assert_eq!(counts.len(), 24, "{label}");
     assert_eq!(
         argmax(&counts),
-        f.finding.hotspot_slice,
+        PEAK[2],
         "{label}: coloured pixels per frame {counts:?}"
     );
 
@@ -243,7 +247,9 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     let dump = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "fcd-resnet18-demo",
-        "87.34",
+        // 0.8734 rounded to 0.1 %: more digits would claim a precision the model lacks.
+        "\"87.3\"",
+        "model package SHA-256 0f0f",
         "FCD type II suspected",
         "SCOORD3D",
         "POINT",
@@ -252,7 +258,7 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     ] {
         assert!(dump.contains(needle), "{label}: dsrdump lacks {needle:?}:\n{dump}");
     }
-    let lps = f.finding.hotspot_lps;
+    let lps = f.finding.hotspot().expect("the fixture is suspected with a peak").lps;
     let x = format!("{}", lps[0] as f32);
     assert!(
         dump.contains(&x[..x.len().min(5)]),
@@ -281,6 +287,98 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     assert_eq!(json["hotspot_slice"], PEAK[2]);
     let preview = image::open(&written.preview_path).unwrap().to_rgb8();
     assert!(preview.width() > preview.height(), "{label}: montage of several panels");
+}
+
+/// Writes the outputs for `finding` on the axial fixture; returns the dsrdump text and result.json.
+fn outputs_for(finding: Finding, label: &str) -> (String, serde_json::Value) {
+    let f = fixture(Plane::Axial, false);
+    let algorithm = algorithm();
+    let device = Device::default();
+    let options = options(true);
+    let inputs = ReportInputs {
+        source_header: &f.header,
+        source: &f.source,
+        finding: &finding,
+        algorithm: &algorithm,
+        device: &device,
+        options: &options,
+    };
+    let written = write_outputs(
+        &inputs,
+        &f.heatmap,
+        &mut UidGenerator::seeded(4),
+        Timings::default(),
+        &f.dir,
+    )
+    .unwrap_or_else(|e| panic!("{label}: {e}"));
+    for path in written.sc_paths.iter().chain([&written.sr_path]) {
+        for warning in dciodvfy(path) {
+            eprintln!("{label}: dciodvfy {}: {warning}", path.display());
+        }
+    }
+    let out = run_ok(Command::new(tool("dsrdump")).arg(&written.sr_path));
+    let json = serde_json::from_str(&std::fs::read_to_string(f.dir.join("result.json")).unwrap()).unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), json)
+}
+
+#[test]
+fn a_negative_study_names_no_fcd_finding_and_no_location() {
+    let f = fixture(Plane::Axial, false);
+    let negative = Finding {
+        probability: 0.2163,
+        suspected: false,
+        ..f.finding.clone()
+    };
+    let (dump, json) = outputs_for(negative, "negative");
+    for needle in [
+        "FCD type II not suspected",
+        "\"21.6\"",
+        "\"50\"",
+        "Qualitative Evaluations",
+    ] {
+        assert!(dump.contains(needle), "negative: dsrdump lacks {needle:?}:\n{dump}");
+    }
+    for absent in [
+        "Focal cortical dysplasia type II",
+        "FCD type II hotspot",
+        "SCOORD3D",
+        "Certainty of Finding",
+        "Finding",
+    ] {
+        assert!(!dump.contains(absent), "negative: dsrdump has {absent:?}:\n{dump}");
+    }
+    assert!(
+        json["hotspot_lps"].is_null() && json["hotspot_slice"].is_null(),
+        "{json}"
+    );
+    assert!(json["no_hotspot"].as_str().unwrap().contains("not suspected"), "{json}");
+    assert_eq!(json["model"]["sha256"], "0f".repeat(32));
+}
+
+#[test]
+fn a_flat_map_points_nowhere() {
+    let f = fixture(Plane::Axial, false);
+    let mut flat = f.heatmap.clone();
+    flat.data_mut().fill(0.0);
+    assert_eq!(fcdnode::explain::hotspot(&flat), None, "an all-zero map has no hotspot");
+    flat.data_mut().fill(0.7);
+    assert_eq!(fcdnode::explain::hotspot(&flat), None, "a constant map has no hotspot");
+    assert!(fcdnode::explain::hotspot(&f.heatmap).is_some());
+    let suspected_without_peak = Finding {
+        peak: None,
+        ..f.finding.clone()
+    };
+    let (dump, json) = outputs_for(suspected_without_peak, "flat map");
+    assert!(
+        dump.contains("Hotspot not reported") && dump.contains("heatmap is flat"),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains("SCOORD3D"),
+        "a flat map must not put a point anywhere:\n{dump}"
+    );
+    assert!(json["hotspot_lps"].is_null(), "{json}");
+    assert!(json["no_hotspot"].as_str().unwrap().contains("flat"), "{json}");
 }
 
 #[test]
@@ -359,11 +457,17 @@ fn bad_input_is_an_error() {
             ..f.finding.clone()
         },
         Finding {
-            hotspot_slice: 24,
+            peak: Some(Hotspot {
+                lps: [0.0; 3],
+                slice: 24,
+            }),
             ..f.finding.clone()
         },
         Finding {
-            hotspot_lps: [f64::INFINITY, 0.0, 0.0],
+            peak: Some(Hotspot {
+                lps: [f64::INFINITY, 0.0, 0.0],
+                slice: 3,
+            }),
             ..f.finding.clone()
         },
     ] {
