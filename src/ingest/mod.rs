@@ -3,10 +3,22 @@
 //! answering the peer with the status the sink returns. The sink decides durability: the
 //! success response is sent only after it returns.
 //!
-//! Public surface: [`ScpConfig`] (the `[scp]` section), [`serve`] (the accept loop on a bound
-//! listener, until the shutdown flag turns true), [`IngestStats`] (counters for the metrics
-//! layer) and [`check_element_lengths`] (the bounded pre-parse every data set passes before
-//! anything in the node parses it).
+//! Public surface: [`ScpConfig`] (the `[scp]` section), [`bind`] and [`serve`] (the accept loop
+//! on a bound listener, until the shutdown flag turns true), [`IngestStats`] (counters for the
+//! metrics layer) and [`check_element_lengths`] (the bounded pre-parse every data set passes
+//! before anything in the node parses it).
+//!
+//! Modules, by concern:
+//! - `config`: the `[scp]` section, checked once into [`ScpSettings`];
+//! - `listener`: the accept loop: binding, the association cap and the transient rejection of
+//!   peers over it, shutdown and its grace period;
+//! - `association`: one association: AE checks, presentation contexts, C-ECHO and C-STORE
+//!   answers, release and abort; its `reassembly` turns P-DATA fragments into DIMSE messages
+//!   within the caps;
+//! - `stats`: the counters both of them keep;
+//! - `dimse`: the request fields and responses of the SCP's side of DIMSE;
+//! - `limits`: the length-checked pre-parse of data sets;
+//! - `syntax`: the SOP classes and transfer syntaxes negotiated.
 //!
 //! Hostile input is bounded before anything is allocated: PDUs longer than the negotiated
 //! maximum abort the association (dicom-ul's `receive` in strict mode checks the 6-byte header
@@ -56,13 +68,16 @@ pub trait InstanceSink: Send + Sync + 'static {
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome;
 }
 
+mod association;
 mod config;
 mod dimse;
 mod limits;
-mod scp;
+mod listener;
+mod stats;
 mod syntax;
 
 pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError, ScpSettings};
 pub use limits::{MalformedDataSet, check_element_lengths, check_element_lengths_limited};
-pub use scp::{IngestError, IngestStats, IngestStatsSnapshot, bind, serve};
+pub use listener::{IngestError, bind, serve};
+pub use stats::{IngestStats, IngestStatsSnapshot};
 pub use syntax::{ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage};

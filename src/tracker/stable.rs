@@ -242,3 +242,6 @@ impl Tracker {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests;

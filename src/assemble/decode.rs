@@ -1,0 +1,345 @@
+//! Pixel data → values: the supported pixel formats, decoding one frame ([`decode_frame`]) or
+//! a located frame straight into a slice buffer, and whole slices → `[i, j, k]` voxels.
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_pixeldata::{PixelDecoder, PixelRepresentation};
+use ndarray::{Array2, Array3};
+use rayon::prelude::*;
+
+use super::plan::{Frame, frame_rescale, text};
+use super::{AssembleError, Source};
+
+/// Whole slices (slice-major, each row-major: `slices[(k * rows + r) * cols + c]`) → voxels
+/// `[i = c, j = r, k]` in standard (C) layout, in parallel over blocks of columns.
+///
+/// A plain loop is slow here: slice and column strides are multiples of 4 KiB, so every line
+/// it keeps open maps to the same cache set. Instead each (column block, row) gathers its
+/// `TILE × slices` values into a small local buffer (one full cache line read per slice) and
+/// writes them out as `TILE` contiguous runs.
+pub(super) fn slices_to_ijk(
+    slices: Vec<f32>,
+    [cols, rows, n_slices]: [usize; 3],
+) -> Result<Array3<f32>, ndarray::ShapeError> {
+    const TILE: usize = 16;
+    let mut out = vec![0f32; slices.len()];
+    let per_column = rows * n_slices;
+    out.par_chunks_mut(TILE * per_column)
+        .enumerate()
+        .for_each(|(tile, block)| {
+            let c0 = tile * TILE;
+            let width = block.len() / per_column;
+            let mut local = vec![0f32; TILE * n_slices];
+            for r in 0..rows {
+                for k in 0..n_slices {
+                    let start = (k * rows + r) * cols + c0;
+                    for (dc, &v) in slices[start..start + width].iter().enumerate() {
+                        local[dc * n_slices + k] = v;
+                    }
+                }
+                for dc in 0..width {
+                    let at = (dc * rows + r) * n_slices;
+                    block[at..at + n_slices].copy_from_slice(&local[dc * n_slices..(dc + 1) * n_slices]);
+                }
+            }
+        });
+    drop(slices);
+    Array3::from_shape_vec((cols, rows, n_slices), out)
+}
+
+/// How stored samples sit in their bits: the formats the assembler turns into one scalar per
+/// voxel (greyscale, 8 or 16 bits allocated, any stored width, signed or unsigned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PixelFormat {
+    allocated: u16,
+    stored: u16,
+    high_bit: u16,
+    signed: bool,
+}
+
+impl PixelFormat {
+    /// Reads and checks the Image Pixel attributes; the error is (attribute, value, rule).
+    pub(super) fn of(obj: &InMemDicomObject) -> Result<Self, (&'static str, String, &'static str)> {
+        let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        if samples != 1 {
+            return Err((
+                "Samples per Pixel (0028,0002)",
+                samples.to_string(),
+                "only greyscale (1 sample) images form volumes",
+            ));
+        }
+        if let Some(pi) = text(obj, tags::PHOTOMETRIC_INTERPRETATION)
+            && pi != "MONOCHROME1"
+            && pi != "MONOCHROME2"
+        {
+            return Err((
+                "Photometric Interpretation (0028,0004)",
+                pi,
+                "only MONOCHROME1 or MONOCHROME2 images form volumes",
+            ));
+        }
+        let allocated = int(obj, tags::BITS_ALLOCATED).unwrap_or(0);
+        let stored = int(obj, tags::BITS_STORED).unwrap_or(allocated);
+        let high_bit = int(obj, tags::HIGH_BIT).unwrap_or(stored - 1);
+        if !matches!(allocated, 8 | 16)
+            || !(1..=allocated).contains(&stored)
+            || !(stored - 1..allocated).contains(&high_bit)
+        {
+            return Err((
+                "Bits Allocated/Bits Stored/High Bit (0028,0100-0102)",
+                format!("{allocated}/{stored}/{high_bit}"),
+                "unsupported bit depth: 8 or 16 bits allocated, 1..=allocated stored, stored - 1 <= high bit < allocated",
+            ));
+        }
+        let signed = match int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) {
+            0 => false,
+            1 => true,
+            other => {
+                return Err((
+                    "Pixel Representation (0028,0103)",
+                    other.to_string(),
+                    "must be 0 (unsigned) or 1 (signed)",
+                ));
+            }
+        };
+        Ok(Self {
+            allocated: allocated as u16,
+            stored: stored as u16,
+            high_bit: high_bit as u16,
+            signed,
+        })
+    }
+
+    /// Stored samples (little-endian words of `allocated` bits) → `slope * value + intercept`.
+    /// Bits outside the stored ones (overlays, padding) are dropped; signed values are
+    /// sign-extended from bit `high_bit`.
+    fn convert(&self, bytes: &[u8], slope: f64, intercept: f64, out: &mut [f32]) {
+        let shift = u32::from(self.high_bit + 1 - self.stored);
+        let stored = u32::from(self.stored);
+        let mask = if stored >= 32 { u32::MAX } else { (1u32 << stored) - 1 };
+        let sign = 1u32 << (stored - 1);
+        let signed = self.signed;
+        let value = move |raw: u32| -> i32 {
+            let v = (raw >> shift) & mask;
+            if signed && v & sign != 0 {
+                v as i32 - (1i32 << stored)
+            } else {
+                v as i32
+            }
+        };
+        let identity = slope == 1.0 && intercept == 0.0;
+        let scale = move |v: i32| -> f32 {
+            if identity {
+                v as f32
+            } else {
+                (f64::from(v) * slope + intercept) as f32
+            }
+        };
+        if self.allocated == 8 {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = scale(value(u32::from(b)));
+            }
+        } else {
+            for (o, w) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = scale(value(u32::from(u16::from_le_bytes([w[0], w[1]]))));
+            }
+        }
+    }
+
+    fn bytes_per_sample(&self) -> usize {
+        usize::from(self.allocated / 8)
+    }
+}
+
+/// One frame of an instance, decoded (any transfer syntax dicom-pixeldata decodes, JPEG 2000
+/// and JPEG-LS included) and rescaled with that frame's Rescale Slope and Intercept (Pixel
+/// Value Transformation for Enhanced images), as `[row, column]` (voxel index space of one
+/// slice: row r = j, column c = i).
+///
+/// This is the decode step of [`assemble_series`](super::assemble_series), usable on its own
+/// (e.g. for single images, which cannot form a volume). `frame` is 0-based.
+pub fn decode_frame(source: &Source, frame: u32) -> Result<Array2<f32>, AssembleError> {
+    let obj = &source.object;
+    let uid = text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_else(|| "?".into());
+    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
+        series_uid: uid.clone(),
+        source_label: source.label.clone(),
+        attribute,
+        value,
+        rule,
+    };
+    let missing = |attribute: &'static str| AssembleError::MissingAttribute {
+        series_uid: uid.clone(),
+        source_label: source.label.clone(),
+        attribute,
+    };
+    let rows = int(obj, tags::ROWS).ok_or_else(|| missing("Rows (0028,0010)"))?;
+    let cols = int(obj, tags::COLUMNS).ok_or_else(|| missing("Columns (0028,0011)"))?;
+    if !(1..=i64::from(u16::MAX)).contains(&rows) || !(1..=i64::from(u16::MAX)).contains(&cols) {
+        return Err(bad("Rows/Columns", format!("{rows}×{cols}"), "must be 1..=65535 each"));
+    }
+    let n_frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    if i64::from(frame) >= n_frames {
+        return Err(bad(
+            "Number of Frames (0028,0008)",
+            n_frames.to_string(),
+            "the requested frame does not exist",
+        ));
+    }
+    let (slope, intercept) = frame_rescale(obj, frame).map_err(|v| {
+        bad(
+            "Rescale Slope/Intercept (0028,1053/0028,1052)",
+            format!("{v:?}"),
+            "slope must be finite and non-zero, intercept finite",
+        )
+    })?;
+    let (rows, cols) = (rows as usize, cols as usize);
+    let mut out = vec![0f32; rows * cols];
+    decode_pixels(source, frame, &uid, [rows, cols], slope, intercept, &mut out)?;
+    Array2::from_shape_vec((rows, cols), out).map_err(|_| bad("Rows/Columns", format!("{rows}×{cols}"), "shape"))
+}
+
+/// Decodes one located frame into `out` (row-major, `rows × columns` values).
+pub(super) fn decode_into(
+    s: &Source,
+    f: &Frame,
+    uid: &str,
+    shape: [usize; 2],
+    out: &mut [f32],
+) -> Result<(), AssembleError> {
+    decode_pixels(s, f.frame, uid, shape, f.slope, f.intercept, out)
+}
+
+fn decode_pixels(
+    s: &Source,
+    frame: u32,
+    uid: &str,
+    [rows, cols]: [usize; 2],
+    slope: f64,
+    intercept: f64,
+    out: &mut [f32],
+) -> Result<(), AssembleError> {
+    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
+        series_uid: uid.to_string(),
+        source_label: s.label.clone(),
+        attribute,
+        value,
+        rule,
+    };
+    let format = PixelFormat::of(&s.object).map_err(|(attribute, value, rule)| bad(attribute, value, rule))?;
+    if s.object.get(tags::PIXEL_DATA).is_none() {
+        return Err(AssembleError::MissingAttribute {
+            series_uid: uid.to_string(),
+            source_label: s.label.clone(),
+            attribute: "Pixel Data (7FE0,0010)",
+        });
+    }
+    let decoded = s
+        .object
+        .decode_pixel_data_frame(frame)
+        .map_err(|source| AssembleError::Decode {
+            series_uid: uid.to_string(),
+            source_label: s.label.clone(),
+            source: Box::new(source),
+        })?;
+    let bytes = decoded.data();
+    let needed = rows * cols * format.bytes_per_sample();
+    // A decoder may report its own layout: it must match the header the geometry came from.
+    let layout = (
+        decoded.rows() as usize,
+        decoded.columns() as usize,
+        decoded.bits_allocated(),
+        decoded.samples_per_pixel(),
+        decoded.pixel_representation() == PixelRepresentation::Signed,
+    );
+    if layout != (rows, cols, format.allocated, 1, format.signed) || bytes.len() < needed {
+        return Err(bad(
+            "Pixel Data (7FE0,0010)",
+            format!(
+                "{} bytes decoded as {}×{}, {} bits, {} sample(s)",
+                bytes.len(),
+                layout.0,
+                layout.1,
+                layout.2,
+                layout.3
+            ),
+            "a frame must hold Rows × Columns samples of Bits Allocated bits",
+        ));
+    }
+    format.convert(&bytes[..needed], slope, intercept, out);
+    Ok(())
+}
+
+pub(super) fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    obj.get(tag).and_then(|e| e.to_int::<i64>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_to_ijk_matches_the_plain_loop() {
+        // 37 columns: two full 16-column tiles and a partial one.
+        let [cols, rows, n] = [37, 5, 3];
+        let slices: Vec<f32> = (0..cols * rows * n).map(|v| v as f32).collect();
+        let data = slices_to_ijk(slices.clone(), [cols, rows, n]).unwrap();
+        assert!(data.is_standard_layout());
+        for k in 0..n {
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(data[[c, r, k]], slices[(k * rows + r) * cols + c], "({c}, {r}, {k})");
+                }
+            }
+        }
+    }
+
+    fn format(allocated: u16, stored: u16, high_bit: u16, signed: bool) -> PixelFormat {
+        PixelFormat {
+            allocated,
+            stored,
+            high_bit,
+            signed,
+        }
+    }
+
+    fn convert(f: PixelFormat, words: &[u16], slope: f64, intercept: f64) -> Vec<f32> {
+        let bytes: Vec<u8> = if f.allocated == 8 {
+            words.iter().map(|&w| w as u8).collect()
+        } else {
+            words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        };
+        let mut out = vec![0.0; words.len()];
+        f.convert(&bytes, slope, intercept, &mut out);
+        out
+    }
+
+    #[test]
+    fn samples_are_masked_sign_extended_and_rescaled() {
+        // 12 bits stored: bits above are overlay/padding and must not leak into values.
+        assert_eq!(
+            convert(format(16, 12, 11, false), &[0xF00F, 0x0FFF], 1.0, 0.0),
+            [15.0, 4095.0]
+        );
+        // Signed 12-bit, stored without sign extension (0x0FFF = −1) and with it (0xF800 = −2048).
+        assert_eq!(
+            convert(format(16, 12, 11, true), &[0x0FFF, 0xF800, 0x07FF], 1.0, 0.0),
+            [-1.0, -2048.0, 2047.0]
+        );
+        // High bit 15 with 12 bits stored: the sample sits in the top bits.
+        assert_eq!(
+            convert(format(16, 12, 15, false), &[0x0010, 0xFFF0], 1.0, 0.0),
+            [1.0, 4095.0]
+        );
+        assert_eq!(
+            convert(format(8, 8, 7, true), &[0xFF, 0x80, 0x7F], 1.0, 0.0),
+            [-1.0, -128.0, 127.0]
+        );
+        assert_eq!(convert(format(8, 8, 7, false), &[0xFF], 1.0, 0.0), [255.0]);
+        assert_eq!(
+            convert(format(16, 16, 15, true), &[0xFFFF, 10], 2.0, -1000.0),
+            [-1002.0, -980.0]
+        );
+    }
+}
