@@ -457,7 +457,9 @@ fn inspect_command(paths: &[PathBuf], config: Option<&std::path::Path>, json: bo
             error: None,
             routing: None,
         };
-        match assemble::plan_series(sources, &Tolerances::default()) {
+        match assemble::InstanceHeader::of_sources(sources)
+            .and_then(|headers| assemble::plan_series(&headers, &Tolerances::default()))
+        {
             Ok(plan) => {
                 let facts = SeriesFacts {
                     meta: &plan.meta,

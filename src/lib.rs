@@ -59,6 +59,22 @@ pub mod volume;
 
 pub use volume::{Affine, Grid, Interp, Orientation, Volume, VolumeError};
 
+/// An error and its sources joined by `: ` for one log line or job record; a source whose
+/// text the message already holds (thiserror messages often embed theirs) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let inner = s.to_string();
+        if !text.contains(&inner) {
+            text.push_str(": ");
+            text.push_str(&inner);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Logging for both binaries: `tracing` to stderr, level from `RUST_LOG` (default `warn`).
 pub fn init_logging() {
     tracing_subscriber::fmt()

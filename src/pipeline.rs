@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use dicom_object::InMemDicomObject;
 
-use crate::assemble::{self, AssembleError, Assembled, SeriesMeta, SliceSource, StackSummary, Tolerances};
+use crate::assemble::{
+    self, AssembleError, Assembled, InstanceHeader, Plan, SeriesMeta, SliceSource, StackSummary, Tolerances,
+};
 use crate::explain;
 use crate::infer::{CamMethod, Ensemble, InferError};
 use crate::nifti::{self, NiftiError};
@@ -200,7 +202,11 @@ fn run_chosen(
                 });
             }
         };
-        assembled.push((assemble::assemble_series(&sources, &Tolerances::default())?, header));
+        let volume = match &series.plan {
+            Some(plan) => assemble::assemble_planned(plan.clone(), &sources)?,
+            None => assemble::assemble_series(&sources, &Tolerances::default())?,
+        };
+        assembled.push((volume, header));
     }
     timings.assemble = ms(start);
     on_stage(Stage::Assembled);
@@ -386,24 +392,26 @@ fn choose_series(
         }
         .into());
     }
-    let mut candidates: BTreeMap<Modality, Vec<Candidate<Vec<PathBuf>>>> = BTreeMap::new();
+    let mut candidates: BTreeMap<Modality, Vec<Candidate<Option<Plan>>>> = BTreeMap::new();
     let mut reasons = Vec::new();
     for (uid, sources) in &scan.series {
-        let files: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(&s.label)).collect();
+        let planned =
+            InstanceHeader::of_sources(sources).and_then(|h| assemble::plan_series(&h, &Tolerances::default()));
         if series == Some(uid.as_str()) {
-            // The user's choice: it feeds the first channel, whatever competes with it.
+            // The user's choice: it feeds the first channel, whatever competes with it; a plan
+            // error is reported when it is assembled.
             candidates.insert(
                 channels[0],
                 vec![Candidate {
                     series_uid: uid.clone(),
                     slices: usize::MAX,
                     received_at: 0.0,
-                    item: files,
+                    item: planned.ok(),
                 }],
             );
             continue;
         }
-        match assemble::plan_series(sources, &Tolerances::default()) {
+        match planned {
             Ok(plan) => {
                 let decision = router.route(&SeriesFacts {
                     meta: &plan.meta,
@@ -417,7 +425,7 @@ fn choose_series(
                             series_uid: uid.clone(),
                             slices: plan.shape()[2],
                             received_at: 0.0,
-                            item: files,
+                            item: Some(plan),
                         })
                     }
                     Some(_) => {}
@@ -433,8 +441,14 @@ fn choose_series(
             routing::pick(candidates.remove(&channel).unwrap_or_default())
                 .map(|c| ChannelSeries {
                     channel,
+                    files: match &c.item {
+                        Some(plan) => plan.files(),
+                        None => scan.series.get(&c.series_uid).map_or_else(Vec::new, |sources| {
+                            sources.iter().map(|s| PathBuf::from(&s.label)).collect()
+                        }),
+                    },
                     series_uid: c.series_uid,
-                    files: c.item,
+                    plan: c.item,
                 })
                 .ok_or_else(|| PipelineError::Channel {
                     channel,

@@ -9,7 +9,7 @@ use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 
 use super::plan::{Frame, frame_rescale, text};
-use super::{AssembleError, Source};
+use super::{AssembleError, Blame, Source};
 
 /// Whole slices (slice-major, each row-major: `slices[(k * rows + r) * cols + c]`) → voxels
 /// `[i = c, j = r, k]` in standard (C) layout, in parallel over blocks of columns.
@@ -162,23 +162,9 @@ impl PixelFormat {
 pub fn decode_frame(source: &Source, frame: u32) -> Result<Array2<f32>, AssembleError> {
     let obj = &source.object;
     let uid = text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_else(|| "?".into());
-    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
-        series_uid: uid.clone(),
-        source_label: source.label.clone(),
-        attribute,
-        value,
-        rule,
-    };
-    let missing = |attribute: &'static str| AssembleError::MissingAttribute {
-        series_uid: uid.clone(),
-        source_label: source.label.clone(),
-        attribute,
-    };
-    let rows = int(obj, tags::ROWS).ok_or_else(|| missing("Rows (0028,0010)"))?;
-    let cols = int(obj, tags::COLUMNS).ok_or_else(|| missing("Columns (0028,0011)"))?;
-    if !(1..=i64::from(u16::MAX)).contains(&rows) || !(1..=i64::from(u16::MAX)).contains(&cols) {
-        return Err(bad("Rows/Columns", format!("{rows}×{cols}"), "must be 1..=65535 each"));
-    }
+    let blame = Blame::new(&uid, &source.label);
+    let bad = |attribute, value, rule| blame.bad(attribute, value, rule);
+    let (rows, cols) = matrix(obj, blame)?;
     let n_frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
     if i64::from(frame) >= n_frames {
         return Err(bad(
@@ -194,7 +180,6 @@ pub fn decode_frame(source: &Source, frame: u32) -> Result<Array2<f32>, Assemble
             "slope must be finite and non-zero, intercept finite",
         )
     })?;
-    let (rows, cols) = (rows as usize, cols as usize);
     let mut out = vec![0f32; rows * cols];
     decode_pixels(source, frame, &uid, [rows, cols], slope, intercept, &mut out)?;
     Array2::from_shape_vec((rows, cols), out).map_err(|_| bad("Rows/Columns", format!("{rows}×{cols}"), "shape"))
@@ -208,7 +193,8 @@ pub(super) fn decode_into(
     shape: [usize; 2],
     out: &mut [f32],
 ) -> Result<(), AssembleError> {
-    decode_pixels(s, f.frame, uid, shape, f.slope, f.intercept, out)
+    let h = &f.header;
+    decode_pixels(s, h.frame, uid, shape, h.slope, h.intercept, out)
 }
 
 fn decode_pixels(
@@ -220,20 +206,11 @@ fn decode_pixels(
     intercept: f64,
     out: &mut [f32],
 ) -> Result<(), AssembleError> {
-    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
-        series_uid: uid.to_string(),
-        source_label: s.label.clone(),
-        attribute,
-        value,
-        rule,
-    };
+    let blame = Blame::new(uid, &s.label);
+    let bad = |attribute, value, rule| blame.bad(attribute, value, rule);
     let format = PixelFormat::of(&s.object).map_err(|(attribute, value, rule)| bad(attribute, value, rule))?;
     if s.object.get(tags::PIXEL_DATA).is_none() {
-        return Err(AssembleError::MissingAttribute {
-            series_uid: uid.to_string(),
-            source_label: s.label.clone(),
-            attribute: "Pixel Data (7FE0,0010)",
-        });
+        return Err(blame.missing("Pixel Data (7FE0,0010)"));
     }
     let decoded = s
         .object
@@ -269,6 +246,17 @@ fn decode_pixels(
     }
     format.convert(&bytes[..needed], slope, intercept, out);
     Ok(())
+}
+
+/// Rows and Columns, present and within 1..=65535 (what a u16 can state; also bounds the
+/// buffers a header can make us allocate per frame).
+pub(super) fn matrix(obj: &InMemDicomObject, blame: Blame<'_>) -> Result<(usize, usize), AssembleError> {
+    let rows = int(obj, tags::ROWS).ok_or_else(|| blame.missing("Rows (0028,0010)"))?;
+    let cols = int(obj, tags::COLUMNS).ok_or_else(|| blame.missing("Columns (0028,0011)"))?;
+    if !(1..=i64::from(u16::MAX)).contains(&rows) || !(1..=i64::from(u16::MAX)).contains(&cols) {
+        return Err(blame.bad("Rows/Columns", format!("{rows}×{cols}"), "must be 1..=65535 each"));
+    }
+    Ok((rows as usize, cols as usize))
 }
 
 pub(super) fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {

@@ -35,7 +35,7 @@ use crate::volume::Volume;
 pub use decode::decode_frame;
 use decode::{decode_into, slices_to_ijk};
 pub(crate) use plan::text;
-pub use plan::{Plan, plan_series, series_meta};
+pub use plan::{FrameHeader, InstanceHeader, Plan, PlannedInstance, plan_series, series_meta};
 pub use scan::{Scan, group_by_series, is_dicom_file, list_files, read_files, scan};
 pub use sort::{FrameGeometry, StackError, Tolerances};
 
@@ -127,6 +127,37 @@ impl AssembleError {
     }
 }
 
+/// The series and instance an error is about: builds the errors every attribute check raises.
+#[derive(Clone, Copy)]
+pub(crate) struct Blame<'a> {
+    series_uid: &'a str,
+    label: &'a str,
+}
+
+impl<'a> Blame<'a> {
+    pub(crate) fn new(series_uid: &'a str, label: &'a str) -> Self {
+        Self { series_uid, label }
+    }
+
+    pub(crate) fn missing(self, attribute: &'static str) -> AssembleError {
+        AssembleError::MissingAttribute {
+            series_uid: self.series_uid.to_string(),
+            source_label: self.label.to_string(),
+            attribute,
+        }
+    }
+
+    pub(crate) fn bad(self, attribute: &'static str, value: String, rule: &'static str) -> AssembleError {
+        AssembleError::BadAttribute {
+            series_uid: self.series_uid.to_string(),
+            source_label: self.label.to_string(),
+            attribute,
+            value,
+            rule,
+        }
+    }
+}
+
 /// One DICOM instance to assemble and the name errors should use for it (its path, or its SOP
 /// Instance UID for objects received over the network).
 pub struct Source {
@@ -148,7 +179,7 @@ pub struct SliceSource {
 }
 
 /// A stack found in the series, as reported by [`assemble`] and `fcdnode inspect`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StackSummary {
     /// Frames in the stack.
     pub frames: usize,
@@ -163,7 +194,7 @@ pub struct StackSummary {
 }
 
 /// Descriptive attributes of the series, taken from its first instance.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SeriesMeta {
     /// Series Instance UID.
     pub series_uid: String,
@@ -247,8 +278,36 @@ pub fn assemble(sources: Vec<Source>, series_uid: Option<&str>, tol: &Tolerances
 
 /// Assembles the instances of one series: plan, then decode every frame in slice order.
 pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled, AssembleError> {
-    let plan = plan_series(sources, tol)?;
+    let plan = plan_series(&InstanceHeader::of_sources(sources)?, tol)?;
+    assemble_planned(plan, sources)
+}
+
+/// Decodes a series by a plan made earlier (by the tracker, from the headers ingest stored):
+/// `sources` are the plan's instances, in its order, now read whole. An instance that is not
+/// the one planned (a file replaced in between) is an error, not a silent mix.
+pub fn assemble_planned(plan: Plan, sources: &[Source]) -> Result<Assembled, AssembleError> {
     let uid = plan.meta.series_uid.clone();
+    if sources.len() != plan.instances.len() {
+        return Err(AssembleError::BadAttribute {
+            series_uid: uid,
+            source_label: sources.first().map(|s| s.label.clone()).unwrap_or_default(),
+            attribute: "instances",
+            value: format!("{} read, {} planned", sources.len(), plan.instances.len()),
+            rule: "the pixels must come from the instances the series was planned from",
+        });
+    }
+    for (source, planned) in sources.iter().zip(&plan.instances) {
+        let found = text(&source.object, tags::SOP_INSTANCE_UID).unwrap_or_default();
+        if found != planned.sop_instance_uid {
+            return Err(AssembleError::BadAttribute {
+                series_uid: uid,
+                source_label: source.label.clone(),
+                attribute: "SOP Instance UID (0008,0018)",
+                value: found,
+                rule: "the file no longer holds the instance the series was planned from",
+            });
+        }
+    }
     let [cols, rows, n_slices] = plan.shape();
     let frames = &plan.frames;
     let order = &plan.ordered.order;
@@ -272,11 +331,11 @@ pub fn assemble_series(sources: &[Source], tol: &Tolerances) -> Result<Assembled
     let slices = order
         .iter()
         .map(|&f| {
-            let obj = &sources[frames[f].source].object;
+            let instance = &plan.instances[frames[f].source];
             SliceSource {
-                sop_instance_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
-                sop_class_uid: text(obj, tags::SOP_CLASS_UID).unwrap_or_default(),
-                frame: frames[f].frame,
+                sop_instance_uid: instance.sop_instance_uid.clone(),
+                sop_class_uid: instance.sop_class_uid.clone(),
+                frame: frames[f].header.frame,
             }
         })
         .collect();

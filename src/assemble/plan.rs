@@ -1,28 +1,107 @@
-//! Instances → a checked plan: the frames of each instance with their geometry and rescale,
-//! stacks, the choice of the main stack ([`Plan`], [`plan_series`]), series attributes and
-//! stack summaries. No pixel data is read here.
+//! Instance headers → a checked plan: the frames of each instance with their geometry and
+//! rescale ([`InstanceHeader`], read once where the instance is parsed), stacks, the choice of
+//! the main stack ([`Plan`], [`plan_series`]), series attributes and stack summaries. No pixel
+//! data is read here.
+
+use std::path::PathBuf;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::InMemDicomObject;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
 
-use super::decode::{PixelFormat, int};
+use super::decode::{PixelFormat, int, matrix};
 use super::sort::{self, FrameGeometry, StackError, Tolerances};
-use super::{AssembleError, SeriesMeta, Source, StackSummary};
+use super::{AssembleError, Blame, SeriesMeta, Source, StackSummary};
 
-/// One frame, located: which source, which frame, its geometry and its rescale.
-pub(super) struct Frame {
-    pub(super) source: usize,
-    pub(super) frame: u32,
-    geometry: FrameGeometry,
-    pub(super) slope: f64,
-    pub(super) intercept: f64,
-    echo: Option<String>,
-    temporal: Option<String>,
+/// What planning needs from one instance: its identity, the series attributes and each frame's
+/// geometry and rescale. Ingest reads it from the header it has parsed anyway and stores it, so
+/// the tracker plans without opening the file again.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceHeader {
+    /// File path or other label, for messages and for reading the pixels later.
+    pub label: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Series attributes as this instance states them.
+    pub meta: SeriesMeta,
+    /// Its frames (one for a single-frame instance).
+    pub frames: Vec<FrameHeader>,
 }
 
-/// A series whose geometry has been checked: everything but the pixel values. `fcdnode
-/// inspect` stops here, so it can read headers only.
+/// One frame of an instance: geometry, rescale, echo and temporal position.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FrameHeader {
+    /// Frame number within the instance, 0-based.
+    pub frame: u32,
+    /// Where the frame lies.
+    pub geometry: FrameGeometry,
+    /// Rescale Slope.
+    pub slope: f64,
+    /// Rescale Intercept.
+    pub intercept: f64,
+    /// Echo number or effective echo time.
+    pub echo: Option<String>,
+    /// Temporal position.
+    pub temporal: Option<String>,
+}
+
+impl InstanceHeader {
+    /// Reads the planning facts from a parsed instance (header only is enough); the error names
+    /// the attribute and the rule it breaks.
+    pub fn read(obj: &InMemDicomObject, label: &str) -> Result<Self, AssembleError> {
+        let meta = series_meta(obj);
+        let frames = frames_of(obj, label, &meta.series_uid)?;
+        Ok(Self {
+            label: label.to_string(),
+            sop_instance_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+            sop_class_uid: meta.sop_class_uid.clone(),
+            meta,
+            frames,
+        })
+    }
+
+    /// Reads the header of a DICOM file (stops before Pixel Data).
+    pub fn read_file(path: &std::path::Path) -> Result<Self, AssembleError> {
+        let object = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(path)
+            .map_err(|source| AssembleError::Read {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
+        Self::read(&object, &path.display().to_string())
+    }
+
+    /// The headers of parsed sources, in order.
+    pub fn of_sources(sources: &[Source]) -> Result<Vec<Self>, AssembleError> {
+        sources.iter().map(|s| Self::read(&s.object, &s.label)).collect()
+    }
+}
+
+/// One frame of the plan: which instance (index into [`Plan::instances`]) and its header.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Frame {
+    pub(super) source: usize,
+    #[serde(flatten)]
+    pub(super) header: FrameHeader,
+}
+
+/// An instance the plan reads pixels from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedInstance {
+    /// File path or other label.
+    pub label: String,
+    /// SOP Instance UID: checked again when the pixels are read.
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+}
+
+/// A series whose geometry has been checked: everything but the pixel values. The tracker
+/// stores it with the job and the pipeline decodes by it; `fcdnode inspect` stops here.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     /// Series attributes.
     pub meta: SeriesMeta,
@@ -32,14 +111,21 @@ pub struct Plan {
     pub other_stacks: Vec<StackSummary>,
     /// Slice order and affine of the chosen stack.
     pub ordered: sort::OrderedStack,
+    /// The instances planned from, in the order given.
+    pub instances: Vec<PlannedInstance>,
     pub(super) frames: Vec<Frame>,
 }
 
 impl Plan {
     /// Volume shape `[columns, rows, slices]` (i, j, k).
     pub fn shape(&self) -> [usize; 3] {
-        let g = &self.frames[0].geometry;
+        let g = &self.frames[0].header.geometry;
         [g.columns as usize, g.rows as usize, self.frames.len()]
+    }
+
+    /// The instances as file paths (labels are paths for files), in plan order.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.instances.iter().map(|i| PathBuf::from(&i.label)).collect()
     }
 }
 
@@ -54,16 +140,22 @@ impl Plan {
 ///   volume);
 /// - stacks in other planes, echoes or temporal positions (localizers, second echoes, dynamics)
 ///   are left out and reported in [`Plan::other_stacks`].
-pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, AssembleError> {
-    let first = sources.first().ok_or_else(|| AssembleError::Empty {
+pub fn plan_series(headers: &[InstanceHeader], tol: &Tolerances) -> Result<Plan, AssembleError> {
+    let first = headers.first().ok_or_else(|| AssembleError::Empty {
         what: "the series".into(),
     })?;
-    let meta = series_meta(&first.object);
+    let meta = first.meta.clone();
     let uid = meta.series_uid.clone();
-    let mut frames = Vec::new();
-    for (index, s) in sources.iter().enumerate() {
-        frames.extend(frames_of(index, s, &uid)?);
-    }
+    let frames = headers
+        .iter()
+        .enumerate()
+        .flat_map(|(source, h)| {
+            h.frames.iter().map(move |f| Frame {
+                source,
+                header: f.clone(),
+            })
+        })
+        .collect();
     let mut stacks = split_stacks(frames, tol);
     let largest = stacks.iter().map(Vec::len).max().unwrap_or(0);
     let tied: Vec<usize> = (0..stacks.len()).filter(|&i| stacks[i].len() == largest).collect();
@@ -85,9 +177,9 @@ pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, Assembl
         });
     };
     let frames = stacks.swap_remove(main);
-    let head = &frames[0];
+    let head = &frames[0].header;
     for other in &stacks {
-        let o = &other[0];
+        let o = &other[0].header;
         let same_plane = sort::same_orientation(&head.geometry, &o.geometry, tol);
         if same_plane && head.echo == o.echo && head.temporal == o.temporal {
             let (a, b) = (&head.geometry, &o.geometry);
@@ -112,16 +204,25 @@ pub fn plan_series(sources: &[Source], tol: &Tolerances) -> Result<Plan, Assembl
     }
     let stack = summarise(&frames);
     let other_stacks = stacks.iter().map(|s| summarise(s)).collect();
-    let geometries: Vec<FrameGeometry> = frames.iter().map(|f| f.geometry).collect();
+    let geometries: Vec<FrameGeometry> = frames.iter().map(|f| f.header.geometry).collect();
     let ordered = sort::order_stack(&geometries, tol).map_err(|source| AssembleError::Stack {
         series_uid: uid.clone(),
         source,
     })?;
+    let instances = headers
+        .iter()
+        .map(|h| PlannedInstance {
+            label: h.label.clone(),
+            sop_instance_uid: h.sop_instance_uid.clone(),
+            sop_class_uid: h.sop_class_uid.clone(),
+        })
+        .collect();
     Ok(Plan {
         meta,
         stack,
         other_stacks,
         ordered,
+        instances,
         frames,
     })
 }
@@ -160,29 +261,11 @@ pub fn series_meta(obj: &InMemDicomObject) -> SeriesMeta {
 
 /// The frames of one instance with their geometry; Enhanced (multi-frame) instances take
 /// geometry from per-frame, then shared functional groups.
-fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, AssembleError> {
-    let obj = &s.object;
-    let missing = |attribute: &'static str| AssembleError::MissingAttribute {
-        series_uid: uid.to_string(),
-        source_label: s.label.clone(),
-        attribute,
-    };
-    let bad = |attribute: &'static str, value: String, rule: &'static str| AssembleError::BadAttribute {
-        series_uid: uid.to_string(),
-        source_label: s.label.clone(),
-        attribute,
-        value,
-        rule,
-    };
-    let rows = int(obj, tags::ROWS).ok_or_else(|| missing("Rows (0028,0010)"))?;
-    let columns = int(obj, tags::COLUMNS).ok_or_else(|| missing("Columns (0028,0011)"))?;
-    if !(1..=i64::from(u16::MAX)).contains(&rows) || !(1..=i64::from(u16::MAX)).contains(&columns) {
-        return Err(bad(
-            "Rows/Columns",
-            format!("{rows}×{columns}"),
-            "must be 1..=65535 each",
-        ));
-    }
+fn frames_of(obj: &InMemDicomObject, label: &str, uid: &str) -> Result<Vec<FrameHeader>, AssembleError> {
+    let blame = Blame::new(uid, label);
+    let missing = |attribute| blame.missing(attribute);
+    let bad = |attribute, value, rule| blame.bad(attribute, value, rule);
+    let (rows, columns) = matrix(obj, blame)?;
     PixelFormat::of(obj).map_err(|(attribute, value, rule)| bad(attribute, value, rule))?;
     let per_frame = obj
         .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
@@ -244,8 +327,7 @@ fn frames_of(index: usize, s: &Source, uid: &str) -> Result<Vec<Frame>, Assemble
             .and_then(|g| first_item(g, tags::FRAME_CONTENT_SEQUENCE))
             .and_then(|i| text(i, tags::TEMPORAL_POSITION_INDEX))
             .or_else(|| text(obj, tags::TEMPORAL_POSITION_IDENTIFIER));
-        frames.push(Frame {
-            source: index,
+        frames.push(FrameHeader {
             frame: f,
             geometry: FrameGeometry {
                 position: [position[0], position[1], position[2]],
@@ -301,7 +383,7 @@ fn split_stacks(frames: Vec<Frame>, tol: &Tolerances) -> Vec<Vec<Frame>> {
     let mut stacks: Vec<Vec<Frame>> = Vec::new();
     for f in frames {
         let same = |s: &&mut Vec<Frame>| {
-            let (a, b) = (&s[0], &f);
+            let (a, b) = (&s[0].header, &f.header);
             sort::same_orientation(&a.geometry, &b.geometry, tol)
                 && (a.geometry.rows, a.geometry.columns) == (b.geometry.rows, b.geometry.columns)
                 && sort::same_pixel_spacing(&a.geometry, &b.geometry)
@@ -329,7 +411,8 @@ fn describe_stack(s: &StackSummary) -> String {
 }
 
 fn summarise(stack: &[Frame]) -> StackSummary {
-    let g = &stack[0].geometry;
+    let head = &stack[0].header;
+    let g = &head.geometry;
     let round = |v: f64| (v * 1e4).round() / 1e4 + 0.0;
     StackSummary {
         frames: stack.len(),
@@ -342,8 +425,8 @@ fn summarise(stack: &[Frame]) -> StackSummary {
             round(g.column_direction[1]),
             round(g.column_direction[2]),
         ],
-        echo: stack[0].echo.clone(),
-        temporal: stack[0].temporal.clone(),
+        echo: head.echo.clone(),
+        temporal: head.temporal.clone(),
     }
 }
 

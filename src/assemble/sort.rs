@@ -6,7 +6,7 @@ use nalgebra::Vector3;
 use crate::volume::Affine;
 
 /// Geometry of one frame in LPS mm, as DICOM states it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FrameGeometry {
     /// Image Position (Patient): centre of the first transmitted pixel, LPS mm.
     pub position: [f64; 3],
@@ -110,7 +110,7 @@ pub enum StackError {
 }
 
 /// A stack in slice order with its affine.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OrderedStack {
     /// Indices into the input frames, from the first slice (voxel k = 0) to the last.
     pub order: Vec<usize>,

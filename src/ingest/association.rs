@@ -41,6 +41,7 @@ use super::syntax::{
 };
 use super::{InstanceSink, ReceivedInstance, StoreOutcome};
 use crate::dimse::pdu_name;
+use crate::error_chain;
 
 mod reassembly;
 #[cfg(test)]
@@ -198,7 +199,7 @@ pub(super) async fn handle_association(
         }
         Err(e) => {
             bump(&stats.associations_rejected);
-            warn!(%peer, error = %chain(&e), "association not established");
+            warn!(%peer, error = %error_chain(&e), "association not established");
             return;
         }
     };
@@ -466,7 +467,7 @@ impl Session {
                         warn!(peer = %self.peer, calling_ae = %self.calling_ae, "release requested in the middle of a message");
                     }
                     if let Err(e) = self.association.send(&Pdu::ReleaseRP).await {
-                        warn!(peer = %self.peer, error = %chain(&e), "cannot send A-RELEASE-RP");
+                        warn!(peer = %self.peer, error = %error_chain(&e), "cannot send A-RELEASE-RP");
                     }
                     let _ = self.association.inner_stream().shutdown().await;
                     info!(peer = %self.peer, calling_ae = %self.calling_ae, "association released");
@@ -518,11 +519,11 @@ impl Session {
             }
             UlError::ReceivePdu { .. } => (
                 AbortRQServiceProviderReason::InvalidPduParameter,
-                format!("unreadable PDU: {}", chain(&e)),
+                format!("unreadable PDU: {}", error_chain(&e)),
             ),
             _ => (
                 AbortRQServiceProviderReason::ReasonNotSpecified,
-                format!("receive failed: {}", chain(&e)),
+                format!("receive failed: {}", error_chain(&e)),
             ),
         };
         self.abort(abort(reason, why)).await;
@@ -536,7 +537,7 @@ impl Session {
             source: AbortRQSource::ServiceProvider(a.reason),
         };
         if let Err(e) = self.association.send(&pdu).await {
-            debug!(peer = %self.peer, error = %chain(&e), "cannot send A-ABORT");
+            debug!(peer = %self.peer, error = %error_chain(&e), "cannot send A-ABORT");
         }
         let _ = self.association.inner_stream().shutdown().await;
     }
@@ -698,7 +699,7 @@ impl Session {
                 // The connection is gone; nothing more can be said to the peer.
                 return Err(abort(
                     AbortRQServiceProviderReason::ReasonNotSpecified,
-                    format!("cannot send the response: {}", chain(&e)),
+                    format!("cannot send the response: {}", error_chain(&e)),
                 ));
             }
         }
@@ -716,16 +717,4 @@ async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
             return;
         }
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

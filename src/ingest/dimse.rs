@@ -6,7 +6,7 @@ pub(crate) use crate::dimse::{
     STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
     STATUS_UNRECOGNIZED_OPERATION,
 };
-use crate::dimse::{CommandWriter, NO_DATA_SET, elements, us};
+use crate::dimse::{CommandWriter, DimseError, NO_DATA_SET, elements, us};
 
 /// The fields of a request command set the SCP uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,40 +23,35 @@ pub(crate) struct Command {
     pub has_data_set: bool,
 }
 
-/// A command set that cannot be used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("malformed command set: {0}")]
-pub(crate) struct CommandError(pub String);
-
 /// Parses an Implicit VR LE command set, checking each length against the bytes present.
-pub(crate) fn parse_command(bytes: &[u8]) -> Result<Command, CommandError> {
+pub(crate) fn parse_command(bytes: &[u8]) -> Result<Command, DimseError> {
     let mut command = Command::default();
     let (mut field, mut data_set_type) = (None, None);
-    for (group, element, value) in elements(bytes).map_err(|e| CommandError(e.0))? {
+    for (group, element, value) in elements(bytes)? {
         if group == 0x0000 {
             match element {
                 0x0002 => command.affected_sop_class = uid(value, element)?,
-                0x0100 => field = Some(us(element, value).map_err(|e| CommandError(e.0))?),
-                0x0110 => command.message_id = us(element, value).map_err(|e| CommandError(e.0))?,
-                0x0800 => data_set_type = Some(us(element, value).map_err(|e| CommandError(e.0))?),
+                0x0100 => field = Some(us(element, value)?),
+                0x0110 => command.message_id = us(element, value)?,
+                0x0800 => data_set_type = Some(us(element, value)?),
                 0x1000 => command.affected_sop_instance = uid(value, element)?,
                 _ => {}
             }
         }
     }
-    command.field = field.ok_or_else(|| CommandError("no Command Field (0000,0100)".into()))?;
-    let data_set_type = data_set_type.ok_or_else(|| CommandError("no Command Data Set Type (0000,0800)".into()))?;
+    command.field = field.ok_or_else(|| DimseError("no Command Field (0000,0100)".into()))?;
+    let data_set_type = data_set_type.ok_or_else(|| DimseError("no Command Data Set Type (0000,0800)".into()))?;
     command.has_data_set = data_set_type != NO_DATA_SET;
     Ok(command)
 }
 
-fn uid(value: &[u8], element: u16) -> Result<String, CommandError> {
+fn uid(value: &[u8], element: u16) -> Result<String, DimseError> {
     let text = std::str::from_utf8(value)
-        .map_err(|_| CommandError(format!("(0000,{element:04X}) is not a UID")))?
+        .map_err(|_| DimseError(format!("(0000,{element:04X}) is not a UID")))?
         .trim_end_matches(['\0', ' '])
         .trim_start_matches(' ');
     if text.len() > 64 || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(CommandError(format!("(0000,{element:04X}) {text:?} is not a UID")));
+        return Err(DimseError(format!("(0000,{element:04X}) {text:?} is not a UID")));
     }
     Ok(text.to_owned())
 }

@@ -223,20 +223,10 @@ impl JobError {
 
     /// What the job database stores: stage, series and the whole error chain.
     pub fn failure(&self) -> JobFailure {
-        let mut message = self.kind.to_string();
-        let mut cause = std::error::Error::source(&self.kind);
-        while let Some(e) = cause {
-            let text = e.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            cause = e.source();
-        }
         JobFailure {
             stage: self.stage().into(),
             series_uid: self.series_uid.clone(),
-            message,
+            message: crate::error_chain(&self.kind),
         }
     }
 }

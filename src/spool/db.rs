@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::assemble::{InstanceHeader, Plan};
 use crate::tracker::routing::ChannelSeries;
 
 /// Why the job database failed.
@@ -225,6 +226,32 @@ pub struct InstanceRecord<'a> {
     pub calling_ae: &'a str,
     /// File size in bytes.
     pub size: u64,
+    /// What its header says for planning, read once here.
+    pub header: &'a StoredHeader,
+}
+
+/// What ingest read from an instance's header for planning the series, or why it could not:
+/// stored with the instance so the tracker never parses the file again.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredHeader {
+    /// The planning facts.
+    Usable(Box<InstanceHeader>),
+    /// Why the header cannot be planned from (the series will be reported not usable).
+    Unusable {
+        /// The error, naming the attribute and the rule.
+        reason: String,
+    },
+}
+
+/// A stored instance of a series: its file and the header facts ingest recorded (`None` for
+/// instances stored before the node recorded them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesInstance {
+    /// The stored file.
+    pub path: PathBuf,
+    /// The header facts, when recorded.
+    pub header: Option<StoredHeader>,
 }
 
 const SCHEMA: &str = "
@@ -284,6 +311,8 @@ impl JobDb {
             ("series", "routing", "TEXT"),
             ("jobs", "inputs", "TEXT"),
             ("jobs", "failure", "TEXT"),
+            ("instances", "header", "TEXT"),
+            ("series", "plan", "TEXT"),
         ] {
             let present: bool = conn
                 .query_row(
@@ -333,8 +362,9 @@ impl JobDb {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let inserted = tx
             .execute(
-                "INSERT OR IGNORE INTO instances (sop_uid, series_uid, study_uid, path, calling_ae, size, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO instances (sop_uid, series_uid, study_uid, path, calling_ae, size, received_at,
+                                                  header)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     rec.sop_uid,
                     rec.series_uid,
@@ -342,7 +372,8 @@ impl JobDb {
                     rec.path.to_string_lossy(),
                     rec.calling_ae,
                     rec.size as i64,
-                    now
+                    now,
+                    serde_json::to_string(rec.header).unwrap_or_default()
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -410,6 +441,34 @@ impl JobDb {
             .map_err(|e| self.err(e))
     }
 
+    /// The stored instances of a series with their header facts, in path order.
+    pub fn series_instances(&self, series_uid: &str) -> Result<Vec<SeriesInstance>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT path, header FROM instances WHERE series_uid = ?1 ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([series_uid], |r| {
+            Ok(SeriesInstance {
+                path: PathBuf::from(r.get::<_, String>(0)?),
+                header: json_column(r, 1)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    /// The plan the tracker stored when it routed the series to a channel (`None`: not routed,
+    /// or routed before plans were stored).
+    pub fn series_plan(&self, series_uid: &str) -> Result<Option<Plan>, DbError> {
+        self.conn()
+            .query_row("SELECT plan FROM series WHERE series_uid = ?1", [series_uid], |r| {
+                json_column(r, 0)
+            })
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
+    }
+
     /// One series.
     pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRow>, DbError> {
         Ok(self
@@ -444,21 +503,28 @@ impl JobDb {
         .map_err(|e| self.err(e))
     }
 
-    /// Marks a series generation handled with routing's verdict: the channel and the slices of
+    /// Marks a series generation handled with routing's verdict: the channel and the plan of
     /// its main stack (`None`: ignored), and why.
     pub fn mark_handled(
         &self,
         series_uid: &str,
         generation: i64,
-        routed: Option<(String, usize)>,
+        routed: Option<(String, &Plan)>,
         reason: &str,
     ) -> Result<(), DbError> {
-        let (channel, slices) = routed.map_or((None, None), |(c, n)| (Some(c), Some(n as i64)));
+        let (channel, slices, plan) = match routed {
+            Some((c, plan)) => (
+                Some(c),
+                Some(plan.shape()[2] as i64),
+                Some(serde_json::to_string(plan).unwrap_or_default()),
+            ),
+            None => (None, None, None),
+        };
         self.conn()
             .execute(
-                "UPDATE series SET handled_generation = ?2, channel = ?3, slices = ?4, routing = ?5
+                "UPDATE series SET handled_generation = ?2, channel = ?3, slices = ?4, routing = ?5, plan = ?6
                  WHERE series_uid = ?1",
-                params![series_uid, generation, channel, slices, reason],
+                params![series_uid, generation, channel, slices, reason, plan],
             )
             .map(drop)
             .map_err(|e| self.err(e))

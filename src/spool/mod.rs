@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 
+use crate::assemble::InstanceHeader;
 use crate::dicom_build::{get_str, is_own_output, is_uid};
 pub use crate::dimse::{STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES};
 use crate::ingest::{InstanceSink, ReceivedInstance, StoreOutcome};
-use db::{InstanceRecord, JobDb, Recorded};
+use db::{InstanceRecord, JobDb, Recorded, StoredHeader};
 
 /// The spool directory and its job database.
 pub struct Spool {
@@ -124,6 +125,12 @@ impl Spool {
         fs::rename(tmp, &path).map_err(|e| Refusal::io(&path, e))?;
         sync_dir(&series_dir)?;
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        // Read once here, where the header is parsed anyway; a header that cannot be planned
+        // from is still stored (acknowledged) and the tracker reports the series not usable.
+        let planning = match InstanceHeader::read(&header, &path.display().to_string()) {
+            Ok(h) => StoredHeader::Usable(Box::new(h)),
+            Err(e) => StoredHeader::Unusable { reason: e.to_string() },
+        };
         let recorded = self
             .db
             .record_instance(&InstanceRecord {
@@ -134,6 +141,7 @@ impl Spool {
                 series_dir: &series_dir,
                 calling_ae: &inst.calling_ae,
                 size,
+                header: &planning,
             })
             .map_err(Refusal::resources)?;
         Ok(match recorded {

@@ -117,8 +117,15 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
         db.stable_series(db::now() - 3600.0).unwrap().is_empty(),
         "not stable an hour ago"
     );
-    db.mark_handled(series, 0, Some(("FLAIR".into(), 2)), "FLAIR by rule \"test\"")
-        .unwrap();
+    // The header facts are read once, at ingest: these test instances have no geometry, so
+    // they are stored with the reason the series cannot be planned.
+    let stored = db.series_instances(series).unwrap();
+    assert_eq!(stored.len(), 2);
+    match &stored[0].header {
+        Some(db::StoredHeader::Unusable { reason }) => assert!(reason.contains("Rows (0028,0010)"), "{reason}"),
+        other => panic!("expected an unusable header, got {other:?}"),
+    }
+    db.mark_handled(series, 0, None, "not usable").unwrap();
     assert!(db.stable_series(db::now() + 1.0).unwrap().is_empty());
     assert_eq!(
         spool.store(instance("1.5.3", dataset("1.5.3", None))),
@@ -131,6 +138,7 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
         channel: Modality::Flair,
         series_uid: series.to_string(),
         files: db.series_files(series).unwrap(),
+        plan: None,
     }];
     assert_eq!(inputs[0].files.len(), 3, "every stored instance is listed");
     let first = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();

@@ -3,7 +3,7 @@
 
 use regex::Regex;
 
-use crate::assemble::SeriesMeta;
+use crate::assemble::{Plan, SeriesMeta};
 pub use crate::package::manifest::Modality as Channel;
 
 /// One routing rule as written in TOML. Every condition present must hold.
@@ -150,8 +150,12 @@ pub struct ChannelSeries {
     pub channel: Channel,
     /// Series Instance UID.
     pub series_uid: String,
-    /// Its instance files.
+    /// Its instance files (in the plan's order when there is a plan).
     pub files: Vec<std::path::PathBuf>,
+    /// The plan routing made from the stored headers, so the pipeline decodes by it instead of
+    /// planning again (`None` only for jobs stored before plans were kept).
+    #[serde(default)]
+    pub plan: Option<Plan>,
 }
 
 /// Routing rules, checked and compiled once.

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::assemble::{self, Tolerances};
+use crate::assemble::{self, AssembleError, InstanceHeader, Plan, Tolerances};
 use crate::package::manifest::Modality;
-use crate::spool::db::{DbError, JobDb, JobFailure, SeriesRow};
+use crate::spool::db::{DbError, JobDb, JobFailure, SeriesRow, StoredHeader};
 use crate::tracker::routing::{self, Candidate, ChannelSeries, Router, SeriesFacts};
 
 /// `[tracker]`: when a series counts as complete.
@@ -129,11 +129,10 @@ impl Tracker {
             self.db.mark_handled(
                 &series.series_uid,
                 series.generation,
-                routed.map(|(c, slices)| (c.to_string(), slices)),
+                routed.as_ref().map(|(c, plan)| (c.to_string(), plan)),
                 &reason,
             )?;
-            let channel = routed.map(|(c, _)| c);
-            if channel.is_some() {
+            if routed.is_some() {
                 self.waiting
                     .entry(series.study_uid.clone())
                     .or_insert(now + self.config.channel_wait_s);
@@ -150,11 +149,20 @@ impl Tracker {
         Ok(Tick { completed, jobs })
     }
 
-    /// The channel a series feeds and its slice count, or `None`; and why (also logged).
-    fn route(&self, series: &SeriesRow) -> Result<(Option<(Modality, usize)>, String), TrackerError> {
-        let files = self.db.series_files(&series.series_uid)?;
-        let decided = assemble::read_files(&files, true)
-            .and_then(|sources| assemble::plan_series(&sources, &Tolerances::default()));
+    /// The channel a series feeds and its plan, or `None`; and why (also logged). Plans from the
+    /// header facts ingest stored; only instances stored before those were recorded are read.
+    fn route(&self, series: &SeriesRow) -> Result<(Option<(Modality, Plan)>, String), TrackerError> {
+        let instances = self.db.series_instances(&series.series_uid)?;
+        let headers: Result<Vec<InstanceHeader>, String> = instances
+            .into_iter()
+            .map(|i| match i.header {
+                Some(StoredHeader::Usable(h)) => Ok(*h),
+                Some(StoredHeader::Unusable { reason }) => Err(reason),
+                None => InstanceHeader::read_file(&i.path).map_err(|e| e.to_string()),
+            })
+            .collect();
+        let decided = headers
+            .and_then(|h| assemble::plan_series(&h, &Tolerances::default()).map_err(|e: AssembleError| e.to_string()));
         Ok(match decided {
             Ok(plan) => {
                 let decision = self.router.route(&SeriesFacts {
@@ -169,7 +177,7 @@ impl Tracker {
                     "series complete: {}", decision.reason
                 );
                 match decision.channel {
-                    Some(c) if self.channels.contains(&c) => (Some((c, plan.shape()[2])), decision.reason),
+                    Some(c) if self.channels.contains(&c) => (Some((c, plan)), decision.reason),
                     Some(c) => (None, format!("{}; the model does not take {c}", decision.reason)),
                     None => (None, decision.reason),
                 }
@@ -202,11 +210,17 @@ impl Tracker {
                 .collect();
             match routing::pick(candidates) {
                 Some(c) => {
-                    let files = self.db.series_files(&c.series_uid)?;
+                    // Series routed before plans were stored have none: the pipeline plans them.
+                    let plan = self.db.series_plan(&c.series_uid)?;
+                    let files = match &plan {
+                        Some(plan) => plan.files(),
+                        None => self.db.series_files(&c.series_uid)?,
+                    };
                     chosen.push(ChannelSeries {
                         channel,
                         series_uid: c.series_uid,
                         files,
+                        plan,
                     });
                     calling_ae = c.item;
                 }

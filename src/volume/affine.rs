@@ -9,8 +9,25 @@ use super::VolumeError;
 ///
 /// LPS is DICOM's patient system: +x towards the patient's left, +y posterior, +z superior.
 /// NIfTI's world is RAS; [`Affine::to_ras`] and [`Affine::from_ras`] convert.
-#[derive(Clone, Copy, Debug, PartialEq)]
+///
+/// Stored (serde) as its four rows; reading one back checks it again.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "[[f64; 4]; 4]", try_from = "[[f64; 4]; 4]")]
 pub struct Affine(Matrix4<f64>);
+
+impl From<Affine> for [[f64; 4]; 4] {
+    fn from(a: Affine) -> Self {
+        std::array::from_fn(|r| std::array::from_fn(|c| a.0[(r, c)]))
+    }
+}
+
+impl TryFrom<[[f64; 4]; 4]> for Affine {
+    type Error = VolumeError;
+
+    fn try_from(rows: [[f64; 4]; 4]) -> Result<Self, VolumeError> {
+        Self::new(Matrix4::from_fn(|r, c| rows[r][c]))
+    }
+}
 
 impl Affine {
     /// Checks that the matrix is finite, affine (last row 0 0 0 1) and invertible.

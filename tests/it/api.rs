@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use fcdnode::api::{self, ApiState, DeliveryOutcome, Metrics};
 use fcdnode::package::manifest::Modality;
 use fcdnode::report::{ModelSummary, ResultSummary};
-use fcdnode::spool::db::{DeliveryState, InstanceRecord, JobDb, JobFailure, JobState, Recorded};
+use fcdnode::spool::db::{DeliveryState, InstanceRecord, JobDb, JobFailure, JobState, Recorded, StoredHeader};
 use fcdnode::tracker::routing::ChannelSeries;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
@@ -93,6 +93,9 @@ fn record(db: &JobDb, root: &Path, sop: &str, series: &str, study: &str) {
         series_dir: root,
         calling_ae: "SCANNER",
         size: 1234,
+        header: &StoredHeader::Unusable {
+            reason: "not read in this test".into(),
+        },
     };
     assert_eq!(db.record_instance(&rec).unwrap(), Recorded::New);
 }
@@ -137,6 +140,7 @@ fn flair(series_uid: &str) -> Vec<ChannelSeries> {
         channel: Modality::Flair,
         series_uid: series_uid.into(),
         files: Vec::new(),
+        plan: None,
     }]
 }
 

@@ -298,6 +298,15 @@ fn state_of(job: &Value) -> &str {
     job["state"].as_str().unwrap_or("?")
 }
 
+/// Waits until the node has `count` jobs, all delivered: only then has the PACS answered every
+/// C-STORE, so its files are whole (storescp writes in place while receiving).
+fn wait_all_delivered(node: &NodeProc, count: usize, timeout: Duration) {
+    wait_until(&format!("{count} delivered jobs"), timeout, || {
+        let jobs = node.jobs();
+        jobs.len() == count && jobs.iter().all(|j| state_of(j) == "delivered")
+    });
+}
+
 fn sop_class(path: &Path) -> String {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
@@ -344,10 +353,7 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
         "storescu: {}",
         String::from_utf8_lossy(&sent.stderr)
     );
-    wait_until("SC and SR at the PACS", Duration::from_secs(180), || {
-        pacs.files().len() >= 2
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_all_delivered(&node, 1, Duration::from_secs(180));
     let received = pacs.files();
     assert_eq!(classes(&received), vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]);
     for f in &received {
@@ -528,11 +534,12 @@ fn a_late_instance_reopens_the_series_and_the_new_sr_supersedes_the_old() {
     let files = flair_files();
     let (first, late) = files.split_at(files.len() - 2);
     assert!(node.storescu(first).status.success());
-    wait_until("first results", Duration::from_secs(180), || pacs.files().len() >= 2);
+    wait_all_delivered(&node, 1, Duration::from_secs(180));
     let first_sr = pacs.files().into_iter().find(|f| sop_class(f) == SR_3D).unwrap();
     let first_sr_uid = sop_instance(&first_sr);
     assert!(node.storescu(late).status.success());
-    wait_until("second results", Duration::from_secs(180), || pacs.files().len() >= 4);
+    wait_all_delivered(&node, 2, Duration::from_secs(180));
+    assert_eq!(pacs.files().len(), 4, "{:?}", pacs.files());
     let jobs = node.jobs();
     assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert_eq!(jobs[0]["supersedes"], jobs[1]["id"], "{jobs:?}");

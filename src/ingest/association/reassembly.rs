@@ -170,8 +170,12 @@ impl Reassembly {
             self.state = State::Command { pc, bytes };
             return Ok(Fed::default());
         }
-        let command = parse_command(&bytes)
-            .map_err(|e| abort(AbortRQServiceProviderReason::InvalidPduParameter, e.to_string()))?;
+        let command = parse_command(&bytes).map_err(|e| {
+            abort(
+                AbortRQServiceProviderReason::InvalidPduParameter,
+                format!("malformed command set: {e}"),
+            )
+        })?;
         if command.field & RESPONSE_BIT != 0 {
             return Err(abort(
                 AbortRQServiceProviderReason::UnexpectedPduParameter,

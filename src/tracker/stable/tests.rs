@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::spool::db::{InstanceRecord, JobState, now};
+use crate::assemble::InstanceHeader;
+use crate::spool::db::{InstanceRecord, JobState, StoredHeader, now};
 use crate::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use crate::tracker::routing::{RoutingConfig, RuleConfig};
 use crate::volume::{Plane, Volume, acquisition_grid};
@@ -57,6 +58,7 @@ fn receive(db: &JobDb, dir: &Path, seed: u64, description: &str, slices: usize) 
             series_dir: &series_dir,
             calling_ae: "MRI",
             size: 1,
+            header: &StoredHeader::Usable(Box::new(InstanceHeader::read_file(path).unwrap())),
         })
         .unwrap();
     }
@@ -76,6 +78,10 @@ fn a_series_becomes_a_job_once_stable_with_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(JobDb::open(&dir.path().join("jobs.sqlite")).unwrap());
     let (series, files) = receive(&db, dir.path(), 1, "FLAIR 3D", 6);
+    // Routing plans from the header facts stored at ingest: it never opens the files.
+    for f in &files {
+        std::fs::rename(f, f.with_extension("away")).unwrap();
+    }
     let t0 = now();
     let mut tracker = Tracker::new(db.clone(), router(), vec![Modality::Flair], config(), t0).unwrap();
     let early = tracker.tick(t0 + 30.0).unwrap();
@@ -87,6 +93,9 @@ fn a_series_becomes_a_job_once_stable_with_its_files() {
     assert_eq!(job.series, vec![series.clone()]);
     assert_eq!(job.inputs.len(), 1);
     assert_eq!(job.inputs[0].files, files, "the job carries the series' instance files");
+    let plan = job.inputs[0].plan.as_ref().expect("the job carries the tracker's plan");
+    assert_eq!(plan.shape(), [8, 8, 6]);
+    assert_eq!(plan.files(), files);
     let row = db.series(&series).unwrap().unwrap();
     assert_eq!(row.slices, Some(6));
     assert!(row.routing.unwrap().contains("flair"), "the routing reason is kept");
@@ -129,4 +138,49 @@ fn a_missing_channel_fails_the_study_after_the_channel_wait() {
     assert_eq!(failure.stage, "route");
     assert_eq!(failure.series_uid, Some(flair));
     assert!(failure.message.contains("T1w"), "{}", failure.message);
+}
+
+#[test]
+fn instances_stored_before_header_facts_were_kept_are_read_from_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobs.sqlite");
+    let db = Arc::new(JobDb::open(&db_path).unwrap());
+    let (series, _) = receive(&db, dir.path(), 6, "FLAIR 3D", 5);
+    rusqlite::Connection::open(&db_path)
+        .unwrap()
+        .execute("UPDATE instances SET header = NULL", [])
+        .unwrap();
+    assert!(db.series_instances(&series).unwrap().iter().all(|i| i.header.is_none()));
+    let t0 = now();
+    let mut tracker = Tracker::new(db.clone(), router(), vec![Modality::Flair], config(), t0).unwrap();
+    let tick = tracker.tick(t0 + 61.0).unwrap();
+    assert_eq!(tick.jobs.len(), 1);
+    let job = db.job(tick.jobs[0]).unwrap().unwrap();
+    assert_eq!(job.inputs[0].plan.as_ref().map(|p| p.shape()[2]), Some(5));
+}
+
+#[test]
+fn an_unusable_header_makes_the_series_not_usable_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(JobDb::open(&dir.path().join("jobs.sqlite")).unwrap());
+    let path = dir.path().join("x.dcm");
+    db.record_instance(&InstanceRecord {
+        sop_uid: "1.2.3.1",
+        series_uid: "1.2.3",
+        study_uid: STUDY,
+        path: &path,
+        series_dir: dir.path(),
+        calling_ae: "MRI",
+        size: 1,
+        header: &StoredHeader::Unusable {
+            reason: "missing Rows (0028,0010)".into(),
+        },
+    })
+    .unwrap();
+    let t0 = now();
+    let mut tracker = Tracker::new(db.clone(), router(), vec![Modality::Flair], config(), t0).unwrap();
+    assert_eq!(tracker.tick(t0 + 61.0).unwrap().jobs.len(), 0);
+    let row = db.series("1.2.3").unwrap().unwrap();
+    assert_eq!(row.channel, None);
+    assert!(row.routing.unwrap().contains("not usable: missing Rows"));
 }
