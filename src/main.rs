@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // SAFETY: first statement of main, no other thread exists yet.
+    unsafe { fcdnode::infer::runtime::switch_off_telemetry() };
     let cli = cli::Cli::parse();
     fcdnode::init_logging();
     match cli::run(cli) {

@@ -39,6 +39,22 @@ const INSTALL_HINT: &str = "run scripts/setup.sh, or `pip install onnxruntime==1
      and point `[runtime] onnxruntime = \"...\"` in the config or ORT_DYLIB_PATH at its \
      onnxruntime/capi/libonnxruntime.so.1.31.1";
 
+/// The variable that stops ONNX Runtime's telemetry. Its Linux builds start a 1DS uploader
+/// that looks up `mobile.events.data.microsoft.com` seconds after the library loads;
+/// `DisableTelemetryEvents` (ort's `with_telemetry(false)`) comes too late to stop it, this
+/// variable, read by the library itself, does. `tests/it/node.rs` watches the node under strace.
+pub const TELEMETRY_SWITCH: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Sets [`TELEMETRY_SWITCH`] to `1` for this process, so that [`init`] may load the library.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread exists (the binaries do
+/// so on the first line of `main`), as [`std::env::set_var`] requires.
+pub unsafe fn switch_off_telemetry() {
+    // SAFETY: the caller guarantees that no other thread reads or writes the environment.
+    unsafe { std::env::set_var(TELEMETRY_SWITCH, "1") };
+}
+
 /// Why ONNX Runtime could not be found, loaded or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -49,6 +65,13 @@ pub enum RuntimeError {
     /// A library path that was given (config, `ORT_DYLIB_PATH`, or to [`init`]) does not exist.
     #[error("ONNX Runtime library {path} (from {origin}) does not exist: {INSTALL_HINT}")]
     LibraryMissing { path: PathBuf, origin: &'static str },
+    /// [`TELEMETRY_SWITCH`] is not `1`: loading the library would let it phone home.
+    #[error(
+        "refusing to load ONNX Runtime: {TELEMETRY_SWITCH} is not set to 1, and without it the \
+         library sends telemetry to Microsoft (set it in the environment, or call \
+         runtime::switch_off_telemetry first)"
+    )]
+    TelemetryNotOff,
     /// The library exists but could not be loaded (not a library, wrong version, …).
     #[error("cannot load ONNX Runtime library {path}")]
     Load {
@@ -197,12 +220,17 @@ pub fn init(library: &Path) -> Result<(), RuntimeError> {
             })
         };
     }
+    if std::env::var_os(TELEMETRY_SWITCH).is_none_or(|v| v != "1") {
+        return Err(RuntimeError::TelemetryNotOff);
+    }
     let builder = ort::init_from(&canonical).map_err(|source| RuntimeError::Load {
         path: library.to_path_buf(),
         source,
     })?;
+    // Belt and braces: the ETW/1DS event switch too.
     let env = builder
         .with_name("fcdnode")
+        .with_telemetry(false)
         .build()
         .map_err(|source| RuntimeError::Environment { source })?;
     tracing::info!(library = %canonical.display(), "ONNX Runtime loaded");

@@ -135,6 +135,8 @@ pub struct Destination<'a> {
 /// A running `fcdnode serve`.
 pub struct NodeProc {
     child: Option<Child>,
+    /// A command the node runs under (e.g. strace and its options), empty for none.
+    wrapper: Vec<String>,
     config: PathBuf,
     pub dicom_port: u16,
     pub api_port: u16,
@@ -211,6 +213,7 @@ bind = "127.0.0.1:{api_port}"
         std::fs::write(&config, text).unwrap();
         let mut node = Self {
             child: None,
+            wrapper: Vec::new(),
             config,
             dicom_port,
             api_port,
@@ -227,7 +230,15 @@ bind = "127.0.0.1:{api_port}"
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = fcdnode()
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_fcdnode"));
+                c
+            }
+            None => fcdnode(),
+        };
+        let child = command
             .env("RUST_LOG", "info")
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -243,6 +254,13 @@ bind = "127.0.0.1:{api_port}"
             }
             reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
         });
+    }
+
+    /// Restarts the node under `wrapper` (a program and its arguments before the node's).
+    pub fn restart_under(&mut self, wrapper: &[&str]) {
+        self.kill();
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self.restart();
     }
 
     /// kill -9.
@@ -655,4 +673,75 @@ fn demo_command_runs_the_whole_loop_on_one_machine() {
         let path = line.rsplit(' ').next().unwrap();
         assert!(Path::new(path).is_file(), "{path}");
     }
+}
+
+/// Connections and datagrams a strace log shows going anywhere but loopback: the node may only
+/// talk to its configured peers (all on 127.0.0.1 here), never to a resolver or a telemetry
+/// endpoint.
+fn outbound_beyond_loopback(trace: &str) -> Vec<String> {
+    trace
+        .lines()
+        .filter(|l| {
+            ["connect(", "sendto(", "sendmsg(", "sendmmsg("]
+                .iter()
+                .any(|c| l.contains(c))
+        })
+        .filter(|l| {
+            let inet_elsewhere = (l.contains("AF_INET") && !l.contains("inet_addr(\"127.0.0.1\")"))
+                && !l.contains("inet_pton(AF_INET6, \"::1\"");
+            // A name lookup goes through nscd or systemd-resolved over a Unix socket, or UDP 53.
+            let resolver = l.contains("AF_UNIX") && (l.contains("nscd") || l.contains("resolve"));
+            inet_elsewhere || resolver || l.contains("htons(53)")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_node_talks_to_nobody_but_its_configured_peers() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    let trace = dir.path().join("strace.log");
+    let trace_arg = trace.display().to_string();
+    let started = Instant::now();
+    node.restart_under(&[
+        // cargo sets the switch for tests (.cargo/config.toml); the binary must set it itself.
+        "env",
+        "-u",
+        "ORT_DISABLE_TELEMETRY",
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect,sendto,sendmsg,sendmmsg",
+        "-o",
+        &trace_arg,
+    ]);
+    assert!(node.storescu(&flair_files()).status.success());
+    wait_all_delivered(&node, 1, Duration::from_secs(240));
+    assert_eq!(pacs.files().len(), 2);
+    // ONNX Runtime's telemetry used to look up its endpoint about 9 s after start.
+    if let Some(rest) = Duration::from_secs(20).checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    node.kill();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.contains(&format!("htons({pacs_port})")),
+        "the trace must show the delivery to the PACS, or it proves nothing:\n{text}"
+    );
+    let dns = r#"1234 connect(7, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.0.0.2")}, 16) = 0"#;
+    assert_eq!(
+        outbound_beyond_loopback(dns).len(),
+        1,
+        "the filter must catch a DNS query"
+    );
+    let outbound = outbound_beyond_loopback(&text);
+    assert!(
+        outbound.is_empty(),
+        "traffic beyond the configured peers:\n{}",
+        outbound.join("\n")
+    );
 }
