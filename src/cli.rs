@@ -298,7 +298,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 occlusion_patch,
                 occlusion_stride,
                 series,
-                report: fcdnode::report::ReportOptions::new().with_multiframe(!single_frame),
+                report: fcdnode::report::ReportOptions::new()
+                    .with_multiframe(!single_frame)
+                    .with_overlay(settings.overlay.clone()),
                 ..pipeline::Options::default()
             };
             let is_nifti = |p: &PathBuf| {

@@ -10,7 +10,7 @@ use crate::dicom_build::is_uid;
 use crate::infer::runtime::Device;
 use crate::ingest::{ScpConfig, ScpSettings};
 use crate::pipeline::Explain;
-use crate::report::DEFAULT_DEVICE_UID;
+use crate::report::{DEFAULT_DEVICE_UID, OverlayOptions};
 use crate::tracker::TrackerConfig;
 use crate::tracker::routing::{Router, RoutingConfig, RoutingError};
 
@@ -27,6 +27,8 @@ pub struct Config {
     pub tracker: TrackerConfig,
     /// `[pipeline]`: how results are made.
     pub pipeline: PipelineConfig,
+    /// `[overlay]`: how the heatmap overlay looks (colour map, threshold, negatives).
+    pub overlay: OverlayOptions,
     /// `[outbox]`: where results go and how delivery is retried.
     pub outbox: OutboxConfig,
     /// `[[destinations]]`: DICOM peers results can be sent to.
@@ -187,6 +189,8 @@ pub struct Settings {
     pub router: Router,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
+    /// `[overlay]`, ranges checked.
+    pub overlay: OverlayOptions,
     /// `[outbox]`.
     pub outbox: OutboxConfig,
     /// `[[destinations]]`, names unique, every `send_to` defined.
@@ -264,6 +268,7 @@ impl Config {
         self.tracker.validate().map_err(|e| invalid(e.to_string()))?;
         self.outbox.retry.validate().map_err(|e| invalid(e.to_string()))?;
         self.api.validate().map_err(|e| invalid(format!("[api] {e}")))?;
+        self.overlay.validate().map_err(|e| invalid(format!("[overlay] {e}")))?;
         for (i, d) in self.destinations.iter().enumerate() {
             d.validate()
                 .map_err(|e| invalid(format!("[[destinations]] #{} ({:?}): {e}", i + 1, d.name)))?;
@@ -315,6 +320,7 @@ impl Config {
             tracker: self.tracker.clone(),
             router,
             pipeline: self.pipeline.clone(),
+            overlay: self.overlay.clone(),
             outbox: self.outbox.clone(),
             destinations: self.destinations.clone(),
             retention: self.retention.clone(),
@@ -360,6 +366,12 @@ mod tests {
         std::fs::write(&path, "[[routing.rules]]\nname = \"r\"\nnames = \"[\"\n").unwrap();
         let err = Config::load(&path).unwrap().validate(&path).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains("rule \"r\""), "{err}");
+        std::fs::write(&path, "[overlay]\nthreshold = 1.5\n").unwrap();
+        let err = Config::load(&path).unwrap().validate(&path).unwrap_err().to_string();
+        assert!(err.contains("[overlay] threshold = 1.5"), "{err}");
+        std::fs::write(&path, "[overlay]\ncolour_map = \"rainbow\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("rainbow") && err.contains("inferno"), "{err}");
         let err = Config::load(&dir.path().join("absent.toml")).unwrap_err().to_string();
         assert!(err.contains("absent.toml"), "{err}");
         std::fs::write(

@@ -29,6 +29,7 @@
 #[cfg(feature = "node")]
 pub mod api;
 pub mod assemble;
+pub mod baseline;
 #[cfg(feature = "node")]
 pub mod config;
 #[cfg(feature = "node")]

@@ -14,13 +14,13 @@ use crate::assemble::{
 use crate::explain;
 use crate::infer::{CamMethod, Ensemble, InferError};
 use crate::nifti::{self, NiftiError};
-use crate::package::manifest::Modality;
+use crate::package::manifest::{Manifest, Modality};
 use crate::preprocess::PreprocessError;
 use crate::report::{
     self, Algorithm, Finding, Hotspot, ReportError, ReportInputs, ReportOptions, ResultSummary, Timings, UidGenerator,
 };
 use crate::tracker::routing::{self, Candidate, ChannelSeries, Router, SeriesFacts};
-use crate::volume::VolumeError;
+use crate::volume::{Volume, VolumeError};
 
 /// Why a study could not be processed; variants say which stage and what.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,19 @@ pub enum Explain {
     Gradcampp,
     /// Occlusion sensitivity (one ensemble run per patch position; slower).
     Occlusion,
+}
+
+impl Explain {
+    /// The package's reference level for this method's maps (`[heatmap]` in its manifest):
+    /// 1.0 on the display scale. `None` for occlusion and for packages without one.
+    pub fn reference_level(self, manifest: &Manifest) -> Option<f64> {
+        let levels = manifest.heatmap.as_ref()?;
+        match self {
+            Explain::Gradcampp => levels.gradcampp,
+            Explain::Gradcam => levels.gradcam,
+            Explain::Occlusion => None,
+        }
+    }
 }
 
 /// Knobs of one run.
@@ -215,16 +228,17 @@ fn run_chosen(
         channel: channels.first().copied().unwrap_or(Modality::Flair),
         reason: "the model lists no channel".into(),
     })?;
-    let (finding, heatmap) = predict(ensemble, &volumes, source, options, &mut timings)?;
+    let (finding, heatmap) = predict(ensemble, &volumes, options, &mut timings)?;
     on_stage(Stage::Inferred);
     let algorithm = algorithm(ensemble, options);
+    let report_options = report_options(ensemble, options);
     let inputs = ReportInputs {
         source_header: header,
         source,
         finding: &finding,
         algorithm: &algorithm,
         device: &options.device,
-        options: &options.report,
+        options: &report_options,
     };
     let mut uids = options.uid_seed.map_or_else(UidGenerator::random, UidGenerator::seeded);
     if let Some(root) = &options.uid_root {
@@ -254,44 +268,14 @@ pub fn run_nifti(
     }
     let volumes = paths.iter().map(|p| nifti::read(p)).collect::<Result<Vec<_>, _>>()?;
     timings.assemble = ms(start);
-    let depth = volumes[0].shape()[2];
-    let label = paths[0].display().to_string();
-    // A NIfTI file has no DICOM provenance: the slice list only carries the file name.
-    let source = Assembled {
-        volume: volumes[0].clone(),
-        meta: SeriesMeta {
-            series_uid: label.clone(),
-            ..SeriesMeta::default()
-        },
-        slices: (0..depth)
-            .map(|k| SliceSource {
-                sop_instance_uid: format!("{label}#{k}"),
-                sop_class_uid: String::new(),
-                frame: 0,
-            })
-            .collect(),
-        stack: StackSummary {
-            frames: depth,
-            matrix: [volumes[0].shape()[1] as u32, volumes[0].shape()[0] as u32],
-            orientation: [0.0; 6],
-            echo: None,
-            temporal: None,
-        },
-        other_stacks: Vec::new(),
-    };
-    let (finding, heatmap) = predict(
-        ensemble,
-        &volumes.iter().collect::<Vec<_>>(),
-        &source,
-        options,
-        &mut timings,
-    )?;
+    let source = nifti_source(&volumes[0], &paths[0].display().to_string());
+    let (finding, heatmap) = predict(ensemble, &volumes.iter().collect::<Vec<_>>(), options, &mut timings)?;
     let algorithm = algorithm(ensemble, options);
     std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
         path: out.to_owned(),
         source,
     })?;
-    let preview = report::preview_png(&source, &heatmap, &finding, &options.report)?;
+    let preview = report::preview_png(&source, &heatmap, &finding, &report_options(ensemble, options))?;
     report::write_png(&preview, &out.join("preview.png"))?;
     timings.total = ms(start);
     let summary = report::result_json(
@@ -307,14 +291,54 @@ pub fn run_nifti(
     Ok(summary)
 }
 
-/// Preprocess → infer → explain: the decision and the heatmap on the first channel's grid.
-fn predict(
+/// A NIfTI volume as the report stage's source series: it has no DICOM provenance, so the
+/// slice list only carries `label` (the file name).
+pub fn nifti_source(volume: &Volume, label: &str) -> Assembled {
+    let depth = volume.shape()[2];
+    Assembled {
+        volume: volume.clone(),
+        meta: SeriesMeta {
+            series_uid: label.to_owned(),
+            ..SeriesMeta::default()
+        },
+        slices: (0..depth)
+            .map(|k| SliceSource {
+                sop_instance_uid: format!("{label}#{k}"),
+                sop_class_uid: String::new(),
+                frame: 0,
+            })
+            .collect(),
+        stack: StackSummary {
+            frames: depth,
+            matrix: [volume.shape()[1] as u32, volume.shape()[0] as u32],
+            orientation: [0.0; 6],
+            echo: None,
+            temporal: None,
+        },
+        other_stacks: Vec::new(),
+    }
+}
+
+/// The report options of a run, with the package's heat reference level for its method.
+fn report_options(ensemble: &Ensemble, options: &Options) -> ReportOptions {
+    let level = options.explain.reference_level(ensemble.manifest());
+    options.report.clone().with_heat_reference(level)
+}
+
+/// Preprocess → infer → explain, the node's path (the trainer's `evaluate` takes it too): the
+/// decision, and the heatmap (map units, NaN outside the model's grid) on the first channel's
+/// grid. `volumes` are the model's channels in its manifest's order.
+pub fn predict(
     ensemble: &mut Ensemble,
-    volumes: &[&crate::volume::Volume],
-    source: &Assembled,
+    volumes: &[&Volume],
     options: &Options,
     timings: &mut Timings,
-) -> Result<(Finding, crate::volume::Volume), PipelineError> {
+) -> Result<(Finding, Volume), PipelineError> {
+    let first = volumes.first().ok_or_else(|| PipelineError::Channel {
+        channel: Modality::Flair,
+        reason: "no volume given".into(),
+    })?;
+    let source_grid = first.grid();
     let t = Instant::now();
     let input = ensemble.manifest().preprocess.apply(volumes)?;
     timings.preprocess = ms(t);
@@ -323,7 +347,6 @@ fn predict(
     timings.infer = ms(t);
     let t = Instant::now();
     let stride = ensemble.manifest().architecture.stride();
-    let source_grid = source.volume.grid();
     let heatmap = match options.explain {
         Explain::Gradcam => explain::heatmap_on(
             &ensemble.cam(&prediction, CamMethod::Gradcam)?,

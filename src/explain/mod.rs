@@ -1,6 +1,7 @@
 //! Heatmap maths shared by node and trainer: CAMs from forward outputs ([`cam`]), their cubic
-//! B-spline upsampling ([`spline`]), min-max normalisation that never inverts a map, and the
-//! Heat-Score of Lasagni et al.
+//! B-spline upsampling ([`spline`]), the map on the source grid (NaN where the model did not
+//! look), its display scale (absolute against the package's reference level, [`scale_heat`]),
+//! min-max normalisation that never inverts a map, and the Heat-Score of Lasagni et al.
 
 pub mod cam;
 pub mod spline;
@@ -43,9 +44,11 @@ pub fn feature_map_volume(map: &Array3<f32>, model_grid: &Grid, stride: [usize; 
     Volume::new(data, affine)
 }
 
-/// A heatmap on a source series grid: the feature-grid map upsampled onto the model spacing
-/// ([`feature_map_volume`]), resampled (trilinear, through LPS mm) onto `source`, then min-max
-/// normalised to [0, 1].
+/// A heatmap on a source series grid, in the map's own units: the feature-grid map upsampled onto
+/// the model spacing ([`feature_map_volume`]) and resampled (trilinear, through LPS mm) onto
+/// `source`. Voxels outside the model grid are NaN: the model never saw them, so the map says
+/// nothing there (the spline's clamped extension must not be shown as heat). Scale it for display
+/// with [`scale_heat`].
 pub fn heatmap_on(
     map: &Array3<f32>,
     model_grid: &Grid,
@@ -53,20 +56,69 @@ pub fn heatmap_on(
     source: &Grid,
 ) -> Result<Volume, VolumeError> {
     let feature = feature_map_volume(map, model_grid, stride)?;
-    let mut on_source = feature.resample(source, Interp::Linear, 0.0)?;
-    let normalised = normalise(on_source.data());
-    *on_source.data_mut() = normalised;
+    let mut on_source = feature.resample(source, Interp::Linear, f32::NAN)?;
+    blank_outside(&mut on_source, model_grid);
     Ok(on_source)
 }
 
 /// A heatmap computed on the model grid (`[depth, height, width]`, e.g. occlusion) resampled
-/// onto `source` and min-max normalised.
+/// onto `source`, in its own units, NaN outside the model grid as in [`heatmap_on`].
 pub fn model_map_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Result<Volume, VolumeError> {
     let on_model = crate::preprocess::tensor_to_volume(map, model_grid)?;
-    let mut on_source = on_model.resample(source, Interp::Linear, 0.0)?;
-    let normalised = normalise(on_source.data());
-    *on_source.data_mut() = normalised;
+    let mut on_source = on_model.resample(source, Interp::Linear, f32::NAN)?;
+    blank_outside(&mut on_source, model_grid);
     Ok(on_source)
+}
+
+/// Sets every voxel of `volume` whose centre lies outside the model grid's voxels (more than
+/// half a voxel beyond its first or last centre) to NaN.
+fn blank_outside(volume: &mut Volume, model_grid: &Grid) {
+    let affine = *volume.affine();
+    let shape = model_grid.shape;
+    for ((i, j, k), v) in volume.data_mut().indexed_iter_mut() {
+        let lps = affine.apply([i as f64, j as f64, k as f64]);
+        let m = model_grid.affine.world_to_voxel(lps);
+        if (0..3).any(|a| !(m[a] >= -0.5 && m[a] <= shape[a] as f64 - 0.5)) {
+            *v = f32::NAN;
+        }
+    }
+}
+
+/// A heatmap in its own units → the display scale, on which 1.0 is the reference level.
+///
+/// With the package's `reference` (`[heatmap]` in the manifest: the median peak of its
+/// training positives' maps) the scale is absolute: the same map value gets the same number,
+/// hence the same colour, in every study, and a quiet control stays low. Without one (older
+/// packages) the study's own peak is used: a relative scale on which every study reaches 1.0,
+/// which the outputs must say. NaN (not seen by the model) stays NaN; negative values become 0.
+pub fn scale_heat(map: &Array3<f32>, reference: Option<f64>) -> Array3<f32> {
+    let level = match reference {
+        Some(r) if r.is_finite() && r > 0.0 => r as f32,
+        _ => map.iter().filter(|v| v.is_finite()).fold(0.0f32, |m, &v| m.max(v)),
+    };
+    if !(level.is_finite() && level > 0.0) {
+        return map.mapv(|v| if v.is_finite() { 0.0 } else { f32::NAN });
+    }
+    map.mapv(|v| if v.is_finite() { v.max(0.0) / level } else { f32::NAN })
+}
+
+/// The reference level of a package's maps, 1.0 on the display scale ([`scale_heat`]): the
+/// median, over its training positives, of the peak of each one's ensemble map (map units, on
+/// the feature grid). The median rather than the maximum so that one outlier does not wash out
+/// every later study; a positive whose map is empty counts as 0. `None` when no map peaks above 0.
+pub fn reference_level<'a>(maps: impl IntoIterator<Item = &'a Array3<f32>>) -> Option<f64> {
+    let mut peaks: Vec<f64> = maps
+        .into_iter()
+        .map(|m| f64::from(m.iter().filter(|v| v.is_finite()).fold(0.0f32, |a, &v| a.max(v))))
+        .collect();
+    peaks.sort_unstable_by(f64::total_cmp);
+    let n = peaks.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => peaks[n / 2],
+        _ => (peaks[n / 2 - 1] + peaks[n / 2]) / 2.0,
+    };
+    (median > 0.0).then_some(median)
 }
 
 /// The hottest voxel of a heatmap: its index `[i, j, k]` (k = slice of the source series) and
@@ -216,9 +268,52 @@ mod tests {
             let (idx, lps) = hotspot(&heat).expect("a map with one hot voxel has a hotspot");
             let dist = (0..3).map(|a| (lps[a] - expected[a]).powi(2)).sum::<f64>().sqrt();
             assert!(dist < 2.0, "{plane:?}: hotspot {lps:?} vs {expected:?} ({dist} mm)");
-            assert_eq!(heat.data()[idx], 1.0);
-            assert!(heat.data().iter().all(|v| (0.0..=1.0).contains(v)));
+            let peak = heat.data()[idx];
+            assert!(peak > 0.9 && peak < 1.2, "{plane:?}: raw units kept, peak {peak}");
         }
+    }
+
+    /// What lies outside the model grid is NaN (not seen), what lies inside is finite, and the
+    /// display scale is absolute with a reference and relative to the peak without one.
+    #[test]
+    fn outside_the_field_of_view_is_not_seen_and_scales() {
+        let recipe = Recipe {
+            voxel_mm: [2.0; 3],
+            shape: [16, 16, 16],
+            normalisation: Normalisation::ZscoreForeground,
+        };
+        let model_grid = recipe.grid([0.0; 3]).unwrap();
+        let map = Array3::from_elem((2, 2, 2), 0.5f32);
+        // A source grid 60 mm wide around the 32 mm model box.
+        let source = acquisition_grid(Plane::Axial, [2.0; 3], [60.0, 60.0, 60.0], [0.0; 3]).unwrap();
+        let heat = heatmap_on(&map, &model_grid, [8, 8, 8], &source).unwrap();
+        let centre = heat.world_to_voxel([0.0; 3]).map(|x| x.round() as usize);
+        assert!((heat.data()[centre] - 0.5).abs() < 1e-4);
+        assert!(heat.data()[[0, 0, 0]].is_nan(), "a corner 30 mm out was not seen");
+        let seen = heat.data().iter().filter(|v| v.is_finite()).count();
+        assert_eq!(seen, 16 * 16 * 16, "the model grid's voxels, no more");
+        let absolute = scale_heat(heat.data(), Some(0.25));
+        assert!((absolute[centre] - 2.0).abs() < 1e-3, "0.5 / 0.25");
+        assert!(absolute[[0, 0, 0]].is_nan());
+        let relative = scale_heat(heat.data(), None);
+        assert!((relative[centre] - 1.0).abs() < 1e-3, "relative to the study peak");
+        let zero = scale_heat(&Array3::zeros((2, 2, 2)), None);
+        assert!(zero.iter().all(|&v| v == 0.0), "an empty map stays empty, not NaN");
+    }
+
+    #[test]
+    fn reference_level_is_the_median_peak() {
+        let map = |peak: f32| Array3::from_shape_vec((1, 1, 3), vec![0.0, peak, f32::NAN]).unwrap();
+        let maps = [map(1.0), map(3.0), map(2.0)];
+        assert_eq!(reference_level(&maps), Some(2.0));
+        let maps = [map(1.0), map(3.0), map(2.0), map(10.0)];
+        assert_eq!(
+            reference_level(&maps),
+            Some(2.5),
+            "even count: the mean of the middle two"
+        );
+        assert_eq!(reference_level(&[map(0.0)]), None, "empty maps give no scale");
+        assert_eq!(reference_level(&Vec::<Array3<f32>>::new()), None);
     }
 
     #[test]

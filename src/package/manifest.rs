@@ -69,6 +69,27 @@ pub struct Provenance {
     pub notes: String,
 }
 
+/// `[heatmap]`: the map level the node's colour scale calls 1.0, so the same value gets the same
+/// colour in every study (a per-study min-max scale makes every control look hot). Taken at
+/// export from the package's own ensemble maps of its training positives; absent in packages
+/// exported before it existed, which the node then shows on a relative, uncalibrated scale.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeatmapReference {
+    /// Reference level of the Grad-CAM++ ensemble map (feature grid, raw units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradcampp: Option<f64>,
+    /// Reference level of the Grad-CAM ensemble map (feature grid, raw units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradcam: Option<f64>,
+    /// Number of training positives the levels were taken from.
+    #[serde(default)]
+    pub positives: usize,
+    /// How the levels were computed (statistic, data), for people.
+    #[serde(default)]
+    pub method: String,
+}
+
 /// `manifest.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +123,9 @@ pub struct Manifest {
     /// Training data, code version, metrics.
     #[serde(default)]
     pub provenance: Provenance,
+    /// Calibration of the heatmap colour scale; `None` in older packages (relative scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heatmap: Option<HeatmapReference>,
 }
 
 /// Why a package cannot be used; every variant names the package path.
@@ -251,6 +275,7 @@ impl Manifest {
             outputs: Outputs::default(),
             folds,
             provenance: Provenance::default(),
+            heatmap: None,
         }
     }
 
@@ -312,6 +337,15 @@ impl Manifest {
                 self.threshold.to_string(),
                 "must be within (0, 1)".into(),
             ));
+        }
+        if let Some(h) = &self.heatmap {
+            for (field, value) in [("heatmap.gradcampp", h.gradcampp), ("heatmap.gradcam", h.gradcam)] {
+                if let Some(v) = value
+                    && !(v.is_finite() && v > 0.0)
+                {
+                    return Err(invalid(field, v.to_string(), "must be a positive map level".into()));
+                }
+            }
         }
         if self.folds.is_empty() {
             return Err(invalid(
@@ -379,6 +413,33 @@ mod tests {
         let p = ModelPackage::load(dir.path()).unwrap();
         assert_eq!(p.manifest, m);
         assert_eq!(p.graphs, vec![dir.path().join("fold0.onnx")]);
+        // A calibrated package round-trips its reference levels.
+        let calibrated = Manifest {
+            heatmap: Some(HeatmapReference {
+                gradcampp: Some(0.25),
+                gradcam: None,
+                positives: 20,
+                method: "median peak".into(),
+            }),
+            ..m
+        };
+        calibrated.save(dir.path()).unwrap();
+        assert_eq!(ModelPackage::load(dir.path()).unwrap().manifest, calibrated);
+    }
+
+    /// Packages exported before `[heatmap]` existed still load, uncalibrated.
+    #[test]
+    fn old_manifests_without_a_heatmap_reference_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest();
+        m.save(dir.path()).unwrap();
+        std::fs::write(dir.path().join("fold0.onnx"), b"x").unwrap();
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(!text.contains("[heatmap]"), "{text}");
+        let loaded = ModelPackage::load(dir.path()).unwrap().manifest;
+        assert_eq!(loaded.heatmap, None);
+        m.heatmap = None;
+        assert_eq!(loaded, m);
     }
 
     #[test]
@@ -401,6 +462,15 @@ mod tests {
         check(&|m| m.folds = vec!["absent.onnx".into()], "does not exist");
         check(&|m| m.architecture.depth = 11, "depth");
         check(&|m| m.preprocess.shape = [0, 1, 1], "shape");
+        check(
+            &|m| {
+                m.heatmap = Some(HeatmapReference {
+                    gradcampp: Some(0.0),
+                    ..HeatmapReference::default()
+                })
+            },
+            "heatmap.gradcampp",
+        );
         manifest().save(dir.path()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("surprise = 1\n{text}")).unwrap();

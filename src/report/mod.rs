@@ -1,9 +1,12 @@
 //! Everything above → DICOM objects and a summary; owns the Secondary Capture overlay, the
 //! Structured Report, `result.json` and the PNG preview.
 //!
-//! - [`secondary_capture`]: the heatmap (values in [0, 1] on the source grid) blended over the
-//!   windowed source slices, as one Multi-frame True Color Secondary Capture instance (default) or
-//!   one Secondary Capture instance per slice, with a burnt-in legend.
+//! - [`secondary_capture`]: the heatmap (in the map's own units on the source grid, NaN where the
+//!   model did not look) on an absolute colour scale ([`crate::explain::scale_heat`]), coloured
+//!   only inside the head and above a threshold, blended over the windowed source slices, as one
+//!   Multi-frame True Color Secondary Capture instance (default) or one Secondary Capture instance
+//!   per slice; orientation letters, result, colour bar and legend sit in margins and a band
+//!   outside the image, never over the anatomy.
 //! - [`structured_report`]: a Comprehensive 3D SR following TID 1500 (the IHE AI Results
 //!   pattern): device observer, algorithm identification (TID 4019), the finding, the
 //!   probability as a numeric measurement and the hotspot as an SCOORD3D point (LPS mm).
@@ -34,7 +37,7 @@ pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
 pub use identity::{Timestamp, UidGenerator};
-pub use render::preview_png;
+pub use render::{ColourMap, glyph, preview_png};
 pub use sc::secondary_capture;
 pub use sr::{InstanceRef, structured_report};
 pub use summary::{ModelSummary, ResultSummary, Timings, label, result_json};
@@ -138,10 +141,12 @@ pub struct ReportOptions {
     pub series_number_sr: u32,
     /// Series Description of the SR series.
     pub series_description_sr: String,
-    /// Heat at or below this value is not drawn, in [0, 1).
-    pub overlay_floor: f32,
-    /// Opacity of the colour overlay, in (0, 1].
-    pub alpha: f32,
+    /// Colour scale, threshold and visibility of the heatmap overlay (`[overlay]` in the config).
+    pub overlay: OverlayOptions,
+    /// The model package's reference level for the explanation method in use (`[heatmap]` in its
+    /// manifest): 1.0 on the colour scale. `None`: the scale is relative to the study's peak and
+    /// the outputs say it is uncalibrated.
+    pub heat_reference: Option<f64>,
     /// Lower and upper percentile (0–100) of the source intensities mapped to black and white.
     pub window_percentiles: [f64; 2],
     /// Content date/time; `None` uses the current UTC time.
@@ -159,8 +164,8 @@ impl Default for ReportOptions {
             series_description_sc: "FCD-II heatmap (AI, unverified)".into(),
             series_number_sr: 9902,
             series_description_sr: "FCD-II AI report (unverified)".into(),
-            overlay_floor: 0.2,
-            alpha: 0.5,
+            overlay: OverlayOptions::default(),
+            heat_reference: None,
             window_percentiles: [0.5, 99.5],
             timestamp: None,
             predecessor: None,
@@ -190,10 +195,14 @@ impl ReportOptions {
         self.series_description_sr = description.into();
         self
     }
-    /// Overlay floor and opacity.
-    pub fn with_overlay(mut self, floor: f32, alpha: f32) -> Self {
-        self.overlay_floor = floor;
-        self.alpha = alpha;
+    /// Overlay colour scale, threshold and visibility.
+    pub fn with_overlay(mut self, overlay: OverlayOptions) -> Self {
+        self.overlay = overlay;
+        self
+    }
+    /// The model's reference heat level (absolute colour scale); `None`: relative, uncalibrated.
+    pub fn with_heat_reference(mut self, reference: Option<f64>) -> Self {
+        self.heat_reference = reference;
         self
     }
     /// Fixed content date and time (reproducible files).
@@ -201,6 +210,72 @@ impl ReportOptions {
         self.timestamp = Some(timestamp);
         self
     }
+}
+
+/// How the heatmap overlay looks (`[overlay]` in the node's configuration).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayOptions {
+    /// Colour map: "inferno" (default, perceptually ordered), "hot" or "turbo".
+    pub colour_map: ColourMap,
+    /// Heat below this value on the display scale (1.0 = the model's reference level) is not
+    /// coloured, so only the top region shows; in [0, 1). The default 0.6 lies between the demo
+    /// model's training controls (peaks 0.28–0.36) and positives (0.70–1.20).
+    pub threshold: f32,
+    /// Opacity of the colour, in (0, 1].
+    pub alpha: f32,
+    /// The overlay of a study below the decision threshold: "off" (default: a negative study
+    /// shows no colour), "faint" (a third of `alpha`) or "same" (as a suspected study).
+    pub negative: NegativeOverlay,
+}
+
+impl Default for OverlayOptions {
+    fn default() -> Self {
+        Self {
+            colour_map: ColourMap::default(),
+            threshold: 0.6,
+            alpha: 0.6,
+            negative: NegativeOverlay::default(),
+        }
+    }
+}
+
+impl OverlayOptions {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), OverlayError> {
+        if !(self.threshold.is_finite() && (0.0..1.0).contains(&self.threshold)) {
+            return Err(OverlayError::Threshold(self.threshold));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0 && self.alpha <= 1.0) {
+            return Err(OverlayError::Alpha(self.alpha));
+        }
+        Ok(())
+    }
+}
+
+/// An overlay option out of range; the message names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverlayError {
+    /// `threshold` outside [0, 1).
+    #[error("threshold = {0}: must be in [0, 1)")]
+    Threshold(f32),
+    /// `alpha` outside (0, 1].
+    #[error("alpha = {0}: must be in (0, 1]")]
+    Alpha(f32),
+}
+
+/// What a study below the decision threshold shows of its heatmap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NegativeOverlay {
+    /// No colour: nothing on a negative study looks like a finding.
+    #[default]
+    Off,
+    /// Colour at a third of the opacity.
+    Faint,
+    /// Colour as for a suspected study.
+    Same,
 }
 
 /// Everything the SC and SR are made from, shared by both.
@@ -392,15 +467,13 @@ fn check_options(series_uid: &str, options: &ReportOptions) -> Result<(), Report
         value,
         rule,
     };
-    if !(options.overlay_floor.is_finite() && (0.0..1.0).contains(&options.overlay_floor)) {
-        return Err(bad(
-            "overlay_floor",
-            options.overlay_floor.to_string(),
-            "must be in [0, 1)",
-        ));
+    if let Err(e) = options.overlay.validate() {
+        return Err(bad("overlay", e.to_string(), "overlay options out of range"));
     }
-    if !(options.alpha.is_finite() && options.alpha > 0.0 && options.alpha <= 1.0) {
-        return Err(bad("alpha", options.alpha.to_string(), "must be in (0, 1]"));
+    if let Some(r) = options.heat_reference
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(bad("heat_reference", r.to_string(), "must be a positive map level"));
     }
     let [lo, hi] = options.window_percentiles;
     if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi && hi <= 100.0) {

@@ -1,12 +1,16 @@
-//! Source slice + heatmap → RGB pixels: robust grey window, colour map, alpha blend above a
-//! floor, a burnt-in legend drawn with a built-in 5×7 bitmap font, and the PNG montage.
+//! Source slice + heatmap → RGB frames a reader can trust: a robust grey window; colour only
+//! inside the head, where the model looked, and above a threshold on the absolute scale
+//! ([`crate::explain::scale_heat`]); a crosshair on the hotspot; and, outside the image, margins
+//! with orientation letters and a band below with the result, the colour bar, its ticks and
+//! what the scale means (built-in 5×7 bitmap font). Nothing is ever drawn over the anatomy
+//! except the overlay and the crosshair.
 //!
 //! Slice k is drawn as the source image: row r, column c is voxel `[c, r, k]` (voxel index).
 
 use image::{Rgb, RgbImage};
 use ndarray::Array3;
 
-use super::{Algorithm, Finding, ReportError, ReportOptions, label};
+use super::{Algorithm, Finding, NegativeOverlay, ReportError, ReportOptions, label};
 use crate::assemble::Assembled;
 use crate::volume::Volume;
 
@@ -50,8 +54,63 @@ impl Window {
     }
 }
 
+/// The overlay's colour map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColourMap {
+    /// Perceptually ordered, black → purple → orange → yellow (the default: brighter means more).
+    #[default]
+    Inferno,
+    /// Black → red → yellow, perceptually ordered too (its white end is left out: white is text).
+    Hot,
+    /// Rainbow-like, high contrast but not perceptually ordered.
+    Turbo,
+}
+
+impl ColourMap {
+    /// Colour of t in [0, 1] over the part of the map used: the darkest end is skipped so that
+    /// heat just above the threshold still reads as colour over grey anatomy.
+    pub(crate) fn colour(self, t: f32) -> [f32; 3] {
+        let t = t.clamp(0.0, 1.0);
+        match self {
+            ColourMap::Inferno => inferno(0.3 + 0.7 * t),
+            ColourMap::Hot => hot(0.3 + 0.55 * t),
+            ColourMap::Turbo => turbo(0.12 + 0.88 * t),
+        }
+    }
+}
+
+/// Matplotlib's "inferno" (polynomial fit), t in [0, 1] → RGB in [0, 1].
+fn inferno(t: f32) -> [f32; 3] {
+    const C: [[f64; 3]; 7] = [
+        [
+            0.000_218_940_369_119_226_5,
+            0.001_651_004_631_001_012,
+            -0.019_480_898_437_091_84,
+        ],
+        [0.106_513_419_485_611_6, 0.563_956_436_788_409_1, 3.932_712_388_889_277],
+        [11.602_493_082_471_87, -3.972_853_965_665_698, -15.942_394_106_291_4],
+        [-41.703_996_131_394_59, 17.436_398_882_053_13, 44.354_145_198_728_13],
+        [77.162_935_699_427, -33.402_358_942_100_92, -81.807_309_257_389_93],
+        [-71.319_428_244_992_14, 32.626_064_263_977_23, 73.209_519_858_032_02],
+        [25.131_126_224_773_41, -12.242_668_952_385_67, -23.070_325_002_871_72],
+    ];
+    let t = f64::from(t.clamp(0.0, 1.0));
+    std::array::from_fn(|c| C.iter().rev().fold(0.0, |acc, k| acc * t + k[c]).clamp(0.0, 1.0) as f32)
+}
+
+/// The classic "hot" map: red rises first, then green, then blue.
+fn hot(t: f32) -> [f32; 3] {
+    let t = t.clamp(0.0, 1.0);
+    [
+        (t / 0.375).min(1.0),
+        ((t - 0.375) / 0.375).clamp(0.0, 1.0),
+        ((t - 0.75) / 0.25).clamp(0.0, 1.0),
+    ]
+}
+
 /// The "turbo" colour map (polynomial approximation), t in [0, 1] → RGB in [0, 1].
-pub(crate) fn turbo(t: f32) -> [f32; 3] {
+fn turbo(t: f32) -> [f32; 3] {
     let t = f64::from(t.clamp(0.0, 1.0));
     let poly = |c: [f64; 6]| c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * (c[4] + t * c[5]))));
     let r = poly([
@@ -74,91 +133,382 @@ pub(crate) fn turbo(t: f32) -> [f32; 3] {
     [r, g, b].map(|x| x.clamp(0.0, 1.0) as f32)
 }
 
-/// Start of the used part of turbo: its darkest, nearly grey blues are skipped so that heat just
-/// above the floor still reads as colour over grey.
-const TURBO_START: f32 = 0.12;
-
-/// Overlay colour of a heat value above the floor (the map spans floor → 1).
-fn heat_colour(heat: f32, floor: f32) -> [f32; 3] {
-    let t = ((heat - floor) / (1.0 - floor)).clamp(0.0, 1.0);
-    turbo(TURBO_START + (1.0 - TURBO_START) * t)
+/// The heatmap of one study as it is drawn: on the display scale, limited to the head, with the
+/// opacity its decision allows.
+pub(crate) struct Overlay {
+    /// Heat on the display scale (1.0 = reference level), NaN where the model did not look.
+    heat: Array3<f32>,
+    /// Head foreground of the source (the recipe's Otsu + hole-filling mask): colour stays inside.
+    head: Array3<bool>,
+    /// Opacity; `None` when nothing is coloured (flat map, or a negative study with the
+    /// overlay off).
+    alpha: Option<f32>,
+    colour_map: ColourMap,
+    threshold: f32,
+    /// Whether the scale comes from the model's reference level (absolute) or the study's peak.
+    calibrated: bool,
+    /// The reported hotspot as a voxel index `[i, j, k]`.
+    hotspot: Option<[usize; 3]>,
+    /// Why nothing is coloured, when nothing is.
+    off_reason: Option<&'static str>,
 }
 
-/// Renders slice `k`: grey source, colour where heat > floor. Pixels are RGB, row-major.
-pub(crate) fn render_slice(
-    source: &Array3<f32>,
-    heat: &Array3<f32>,
-    k: usize,
-    window: Window,
-    options: &ReportOptions,
-) -> RgbImage {
-    let [n_i, n_j, _] = [source.shape()[0], source.shape()[1], source.shape()[2]];
+impl Overlay {
+    /// The overlay of `heatmap` (map units, same grid as the source) for `finding`.
+    pub fn new(source: &Assembled, heatmap: &Volume, finding: &Finding, options: &ReportOptions) -> Self {
+        let o = &options.overlay;
+        let (alpha, off_reason) = match (finding.peak, finding.suspected, o.negative) {
+            (None, _, _) => (None, Some("NO OVERLAY: HEATMAP FLAT")),
+            (Some(_), true, _) | (Some(_), false, NegativeOverlay::Same) => (Some(o.alpha), None),
+            (Some(_), false, NegativeOverlay::Faint) => (Some(o.alpha / 3.0), None),
+            (Some(_), false, NegativeOverlay::Off) => (None, Some("NO OVERLAY: NOT SUSPECTED")),
+        };
+        let shape = source.volume.shape();
+        let hotspot = finding.hotspot().and_then(|h| {
+            let v = source.volume.world_to_voxel(h.lps);
+            let idx: [usize; 3] = std::array::from_fn(|a| v[a].round().max(0.0) as usize);
+            (0..3).all(|a| idx[a] < shape[a]).then_some([idx[0], idx[1], h.slice])
+        });
+        Self {
+            heat: crate::explain::scale_heat(heatmap.data(), options.heat_reference),
+            head: source.volume.foreground_mask(),
+            alpha,
+            colour_map: o.colour_map,
+            threshold: o.threshold,
+            calibrated: options.heat_reference.is_some(),
+            hotspot,
+            off_reason,
+        }
+    }
+
+    /// Colour of a display-scale heat value at or above the threshold.
+    fn colour(&self, heat: f32) -> [f32; 3] {
+        self.colour_map
+            .colour((heat - self.threshold) / (1.0 - self.threshold).max(f32::EPSILON))
+    }
+
+    /// The legend band's content for this study.
+    pub fn legend(&self, finding: &Finding, algorithm: Option<&Algorithm>) -> Legend {
+        let mut lines = vec![format!(
+            "{} P={:.1}% T={:.0}%",
+            label(finding.suspected).to_uppercase(),
+            finding.probability * 100.0,
+            finding.threshold * 100.0
+        )];
+        let bar = self.alpha.map(|_| Bar {
+            colour_map: self.colour_map,
+            threshold: self.threshold,
+        });
+        let mut after = Vec::new();
+        match self.off_reason {
+            Some(reason) => lines.push(reason.into()),
+            None => {
+                lines.push(format!(
+                    "MODEL ATTENTION, {} SCALE:",
+                    if self.calibrated { "ABSOLUTE" } else { "RELATIVE" }
+                ));
+                after.push(if self.calibrated {
+                    "1.0 = MEDIAN PEAK OF TRAINING LESIONS".to_owned()
+                } else {
+                    "UNCALIBRATED: 1.0 = PEAK OF THIS STUDY".to_owned()
+                });
+                after.push(format!(
+                    "{}NO COLOUR BELOW {:.2}",
+                    if self.hotspot.is_some() { "+ = HOTSPOT, " } else { "" },
+                    self.threshold,
+                ));
+            }
+        }
+        if let Some(a) = algorithm {
+            after.push(truncate_chars(&format!("{} {}", a.name, a.version), LEGEND_CHARS));
+        }
+        after.push("AI RESULT - UNVERIFIED".into());
+        Legend { lines, bar, after }
+    }
+}
+
+/// Renders slice `k`: grey source; colour where the model looked, inside the head, above the
+/// threshold; a crosshair on the hotspot when it lies on this slice. Pixels are RGB, row-major.
+pub(crate) fn render_slice(source: &Array3<f32>, overlay: &Overlay, k: usize, window: Window) -> RgbImage {
+    let [n_i, n_j] = [source.shape()[0], source.shape()[1]];
     let mut img = RgbImage::new(n_i as u32, n_j as u32);
     for r in 0..n_j {
         for c in 0..n_i {
             let g = f32::from(window.grey(source[[c, r, k]]));
-            let h = heat[[c, r, k]];
-            let px = if h.is_finite() && h > options.overlay_floor {
-                let col = heat_colour(h.min(1.0), options.overlay_floor);
-                let a = options.alpha;
-                col.map(|x| ((1.0 - a) * g + a * x * 255.0).round().clamp(0.0, 255.0) as u8)
-            } else {
-                [g as u8; 3]
+            let h = overlay.heat[[c, r, k]];
+            let px = match overlay.alpha {
+                Some(a) if overlay.head[[c, r, k]] && h.is_finite() && h > overlay.threshold => {
+                    let col = overlay.colour(h);
+                    col.map(|x| ((1.0 - a) * g + a * x * 255.0).round().clamp(0.0, 255.0) as u8)
+                }
+                _ => [g as u8; 3],
             };
             img.put_pixel(c as u32, r as u32, Rgb(px));
         }
     }
+    if let Some([i, j, hk]) = overlay.hotspot
+        && hk == k
+    {
+        draw_crosshair(&mut img, i as f64 + 0.5, j as f64 + 0.5, 1.0);
+    }
     img
 }
 
-/// Legend lines burnt into every frame of a slice `width` pixels wide: the decision,
-/// probability, model and a warning; only the probability on slices narrower than 160 pixels.
-pub(crate) fn legend_lines(finding: &Finding, algorithm: &Algorithm, width: usize) -> Vec<String> {
-    if width < 160 {
-        return vec![format!("P={:.2}", finding.probability)];
+/// A white crosshair centred on (x, y) pixels (fractional, image coordinates): four arms with
+/// a gap in the middle so the hotspot itself stays visible. `unit` = pixels per source voxel.
+fn draw_crosshair(img: &mut RgbImage, x: f64, y: f64, unit: f64) {
+    let (gap, arm) = ((3.0 * unit).max(3.0), (9.0 * unit).max(8.0));
+    let (cx, cy) = (x.floor() as i64, y.floor() as i64);
+    let mut put = |px: i64, py: i64| {
+        if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
+            img.put_pixel(px as u32, py as u32, Rgb([255, 255, 255]));
+        }
+    };
+    for d in gap.round() as i64..=arm.round() as i64 {
+        put(cx - d, cy);
+        put(cx + d, cy);
+        put(cx, cy - d);
+        put(cx, cy + d);
     }
-    vec![
-        label(finding.suspected).to_uppercase(),
-        format!("P={:.3} T={:.2}", finding.probability, finding.threshold),
-        format!("{} {}", algorithm.name, algorithm.version),
-        "AI RESULT - UNVERIFIED".into(),
-    ]
 }
 
-/// Draws the legend (text on a dark box, then a colour bar floor → 1) in the top-left corner,
-/// clipped to the image. Scale 2 for slices at least 384 pixels wide.
-pub(crate) fn draw_legend(img: &mut RgbImage, lines: &[String], options: &ReportOptions) {
-    let scale = if img.width() >= 384 { 2 } else { 1 };
-    let line_h = 9 * scale;
-    let text_w = lines.iter().map(|l| l.chars().count() as u32).max().unwrap_or(0) * 6 * scale;
-    let bar_h = 4 * scale;
-    let box_w = (text_w + 2 * scale).min(img.width());
-    let box_h = (lines.len() as u32 * line_h + bar_h + 3 * scale).min(img.height());
-    for y in 0..box_h {
-        for x in 0..box_w {
-            let p = img.get_pixel_mut(x, y);
-            p.0 = p.0.map(|v| v / 4);
+/// Characters per legend line at most: the band is at least this wide.
+const LEGEND_CHARS: usize = 40;
+
+fn truncate_chars(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// The colour bar: threshold → 1.0 of the display scale.
+pub(crate) struct Bar {
+    colour_map: ColourMap,
+    threshold: f32,
+}
+
+/// What the band below the image says: text lines, the colour bar (when colour is shown) with
+/// its ticks, then more lines.
+pub(crate) struct Legend {
+    lines: Vec<String>,
+    bar: Option<Bar>,
+    after: Vec<String>,
+}
+
+impl Legend {
+    /// Height of the band in pixels at font `scale`.
+    fn height(&self, scale: u32) -> u32 {
+        let text = (self.lines.len() + self.after.len()) as u32 * 9 * scale;
+        let bar = if self.bar.is_some() { 20 * scale } else { 0 };
+        text + bar + 4 * scale
+    }
+
+    /// Draws the band into `img` from row `y0`, `x0` pixels from the left, `width` wide.
+    fn draw(&self, img: &mut RgbImage, x0: u32, y0: u32, width: u32, scale: u32) {
+        let pad = 2 * scale;
+        let mut y = y0 + pad;
+        for line in &self.lines {
+            draw_text(img, line, x0 + pad, y, scale, [255, 255, 255]);
+            y += 9 * scale;
         }
-    }
-    for (n, line) in lines.iter().enumerate() {
-        draw_text(img, line, scale, 1 + n as u32 * line_h, scale, [255, 255, 255]);
-    }
-    let bar_y = lines.len() as u32 * line_h + scale;
-    let bar_w = text_w.saturating_sub(2 * scale).max(1);
-    for x in 0..bar_w {
-        let t = x as f32 / (bar_w.max(2) - 1) as f32;
-        let col = heat_colour(
-            options.overlay_floor + t * (1.0 - options.overlay_floor),
-            options.overlay_floor,
-        );
-        let px = col.map(|v| (v * 255.0).round() as u8);
-        for y in 0..bar_h {
-            let (xx, yy) = (scale + x, bar_y + y);
-            if xx < img.width() && yy < img.height() {
-                img.put_pixel(xx, yy, Rgb(px));
+        if let Some(bar) = &self.bar {
+            let bar_w = (width.saturating_sub(2 * pad + 12 * scale)).min(LEGEND_CHARS as u32 * 6 * scale);
+            let bar_x = x0 + pad + 6 * scale;
+            let bar_h = 6 * scale;
+            for x in 0..bar_w {
+                let t = x as f32 / (bar_w.max(2) - 1) as f32;
+                let px = bar.colour_map.colour(t).map(|v| (v * 255.0).round() as u8);
+                for dy in 0..bar_h {
+                    put(img, bar_x + x, y + dy, px);
+                }
             }
+            // Ticks at the threshold, half-way and 1.0, with their values below.
+            let ticks = [bar.threshold, (bar.threshold + 1.0) / 2.0, 1.0];
+            for (n, value) in ticks.iter().enumerate() {
+                let x = bar_x + (n as u32 * (bar_w.max(2) - 1)) / 2;
+                for dy in 0..2 * scale {
+                    put(img, x, y + bar_h + dy, [255, 255, 255]);
+                }
+                let text = if n == 2 {
+                    "1.0+".to_owned()
+                } else {
+                    format!("{value:.2}")
+                };
+                let text_w = text.chars().count() as u32 * 6 * scale;
+                let tx = x
+                    .saturating_sub(text_w / 2)
+                    .min((x0 + width).saturating_sub(text_w + pad))
+                    .max(x0);
+                draw_text(img, &text, tx, y + bar_h + 3 * scale, scale, [255, 255, 255]);
+            }
+            y += 20 * scale;
+        }
+        for line in &self.after {
+            draw_text(img, line, x0 + pad, y, scale, [255, 255, 255]);
+            y += 9 * scale;
         }
     }
+}
+
+fn put(img: &mut RgbImage, x: u32, y: u32, px: [u8; 3]) {
+    if x < img.width() && y < img.height() {
+        img.put_pixel(x, y, Rgb(px));
+    }
+}
+
+/// Orientation letters at the four edges of an image: the patient direction each edge faces.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Letters {
+    left: char,
+    right: char,
+    top: char,
+    bottom: char,
+}
+
+impl Letters {
+    /// From the volume's row (i) and column (j) directions in LPS; the dominant axis of each.
+    pub fn of(volume: &Volume) -> Self {
+        let [row, col, _] = volume.directions();
+        let letter = |d: [f64; 3]| {
+            let a = (0..3).max_by(|&a, &b| d[a].abs().total_cmp(&d[b].abs())).unwrap_or(0);
+            let positive = d[a] >= 0.0;
+            match (a, positive) {
+                (0, true) => 'L',
+                (0, false) => 'R',
+                (1, true) => 'P',
+                (1, false) => 'A',
+                (_, true) => 'S',
+                (_, false) => 'I',
+            }
+        };
+        let neg = |d: [f64; 3]| d.map(|x| -x);
+        Self {
+            left: letter(neg(row)),
+            right: letter(row),
+            top: letter(neg(col)),
+            bottom: letter(col),
+        }
+    }
+}
+
+/// Where the image sits in a frame: margins for the orientation letters on every side, the
+/// legend band below, the frame at least as wide as a legend line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Layout {
+    /// Font scale (pixels per font dot).
+    pub scale: u32,
+    /// Image offset in the frame (columns, rows).
+    pub left: u32,
+    pub top: u32,
+    /// Image size.
+    pub image: (u32, u32),
+    /// Frame size.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Layout {
+    /// The layout of an `image`-sized picture with `legend` below.
+    pub fn new(image: (u32, u32), legend: &Legend) -> Self {
+        let scale = if image.0 >= 384 { 2 } else { 1 };
+        let margin = 10 * scale;
+        let min_w = LEGEND_CHARS as u32 * 6 * scale + 4 * scale;
+        let width = (image.0 + 2 * margin).max(min_w);
+        let left = (width - image.0) / 2;
+        let height = margin + image.1 + margin + legend.height(scale);
+        Self {
+            scale,
+            left,
+            top: margin,
+            image,
+            width,
+            height,
+        }
+    }
+}
+
+/// The frame: black margins with the orientation letters, `image` at its place, the legend
+/// band below. `caption` (e.g. the slice number) goes in the top-left margin.
+pub(crate) fn compose(
+    image: &RgbImage,
+    layout: &Layout,
+    letters: &Letters,
+    legend: Option<&Legend>,
+    caption: Option<&str>,
+) -> RgbImage {
+    let s = layout.scale;
+    let mut frame = RgbImage::new(layout.width, layout.height);
+    image::imageops::replace(&mut frame, image, i64::from(layout.left), i64::from(layout.top));
+    let (iw, ih) = layout.image;
+    let white = [255, 255, 255];
+    let half_glyph = (3 * s, 4 * s);
+    let mid_x = layout.left + iw / 2;
+    let mid_y = layout.top + ih / 2;
+    let margin = 10 * s;
+    draw_text(
+        &mut frame,
+        &letters.top.to_string(),
+        mid_x.saturating_sub(half_glyph.0),
+        (margin - 7 * s) / 2,
+        s,
+        white,
+    );
+    draw_text(
+        &mut frame,
+        &letters.bottom.to_string(),
+        mid_x.saturating_sub(half_glyph.0),
+        layout.top + ih + (margin - 7 * s) / 2,
+        s,
+        white,
+    );
+    draw_text(
+        &mut frame,
+        &letters.left.to_string(),
+        layout.left.saturating_sub(margin / 2 + half_glyph.0),
+        mid_y.saturating_sub(half_glyph.1),
+        s,
+        white,
+    );
+    draw_text(
+        &mut frame,
+        &letters.right.to_string(),
+        layout.left + iw + margin / 2 - half_glyph.0 + s,
+        mid_y.saturating_sub(half_glyph.1),
+        s,
+        white,
+    );
+    if let Some(caption) = caption {
+        draw_text(&mut frame, caption, 2 * s, (margin - 7 * s) / 2, s, white);
+    }
+    if let Some(legend) = legend {
+        legend.draw(&mut frame, 0, layout.top + ih + margin, layout.width, s);
+    }
+    frame
+}
+
+/// Renders every slice of the study as an SC frame (image + margins + band), and the layout.
+pub(crate) fn frames(
+    source: &Assembled,
+    overlay: &Overlay,
+    legend: &Legend,
+    window: Window,
+) -> (Vec<RgbImage>, Layout) {
+    use rayon::prelude::*;
+    let data = source.volume.data();
+    let [n_i, n_j, depth] = source.volume.shape();
+    let layout = Layout::new((n_i as u32, n_j as u32), legend);
+    let letters = Letters::of(&source.volume);
+    let frames = (0..depth)
+        .into_par_iter()
+        .map(|k| {
+            compose(
+                &render_slice(data, overlay, k, window),
+                &layout,
+                &letters,
+                Some(legend),
+                None,
+            )
+        })
+        .collect();
+    (frames, layout)
 }
 
 /// Draws `text` with the 5×7 font at (x, y) (top-left), clipped to the image.
@@ -185,8 +535,9 @@ fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32, scale: u32, colour:
 }
 
 /// 5×7 glyph rows (bit 4 = leftmost column); lower case is drawn as upper case, unknown
-/// characters as `?`.
-fn glyph(ch: char) -> [u8; 7] {
+/// characters as `?`. Hand-written so that labels burnt into DICOM frames need no font file;
+/// the trainer's figures use it too.
+pub fn glyph(ch: char) -> [u8; 7] {
     match ch.to_ascii_uppercase() {
         '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
         '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
@@ -243,8 +594,9 @@ fn glyph(ch: char) -> [u8; 7] {
 }
 
 /// Montage of up to five slices around the hotspot (hotspot in the middle; the middle slice
-/// when no hotspot is reported), heatmap blended as in the SC, each panel resampled to square
-/// millimetres and at least 192 pixels high, with the legend on the centre panel.
+/// when no hotspot is reported), drawn as the SC frames are, each panel resampled to square
+/// millimetres and at least 192 pixels high with its orientation letters and slice number in
+/// margins, and one legend band below the whole montage.
 pub fn preview_png(
     source: &Assembled,
     heatmap: &Volume,
@@ -255,9 +607,12 @@ pub fn preview_png(
     super::check_options(&source.meta.series_uid, options)?;
     super::check_heatmap(source, heatmap)?;
     let data = source.volume.data();
-    let heat = heatmap.data();
     let depth = data.shape()[2];
     let window = Window::robust(data, options.window_percentiles);
+    let mut overlay = Overlay::new(source, heatmap, finding, options);
+    let legend = overlay.legend(finding, None);
+    // The crosshair is drawn after resampling, at the panel's resolution.
+    let hotspot = overlay.hotspot.take();
     let step = (depth / 12).max(1) as isize;
     // Around the reported hotspot; a study without one is shown around its middle slice.
     let centre = finding.hotspot().map_or(depth / 2, |h| h.slice);
@@ -274,26 +629,42 @@ pub fn preview_png(
         .min(4096.0 / w_mm.max(h_mm));
     let pw = ((w_mm * scale).round() as u32).max(1);
     let ph = ((h_mm * scale).round() as u32).max(1);
+    let letters = Letters::of(&source.volume);
+    let empty = Legend {
+        lines: Vec::new(),
+        bar: None,
+        after: Vec::new(),
+    };
+    let mut panel_layout = Layout::new((pw, ph), &empty);
+    // Panels only need room for their letters; the legend band spans the montage.
+    let s = panel_layout.scale;
+    panel_layout.width = pw + 20 * s;
+    panel_layout.left = 10 * s;
+    panel_layout.height = ph + 20 * s;
+    let panels: Vec<RgbImage> = ks
+        .iter()
+        .map(|&k| {
+            let slice = render_slice(data, &overlay, k, window);
+            let mut panel = image::imageops::resize(&slice, pw, ph, image::imageops::FilterType::Triangle);
+            if let Some([i, j, hk]) = hotspot
+                && hk == k
+            {
+                let (ux, uy) = (
+                    f64::from(pw) / data.shape()[0] as f64,
+                    f64::from(ph) / data.shape()[1] as f64,
+                );
+                draw_crosshair(&mut panel, (i as f64 + 0.5) * ux, (j as f64 + 0.5) * uy, ux.min(uy));
+            }
+            compose(&panel, &panel_layout, &letters, None, Some(&format!("SLICE {}", k + 1)))
+        })
+        .collect();
     let gap = 4;
-    let mut montage = RgbImage::new(ks.len() as u32 * (pw + gap) - gap, ph);
-    for (n, &k) in ks.iter().enumerate() {
-        let panel = render_slice(data, heat, k, window, options);
-        let mut panel = image::imageops::resize(&panel, pw, ph, image::imageops::FilterType::Triangle);
-        if k == centre {
-            draw_legend(
-                &mut panel,
-                &[
-                    label(finding.suspected).to_uppercase(),
-                    format!("P={:.3}", finding.probability),
-                    format!("SLICE {}", k + 1),
-                ],
-                options,
-            );
-        } else {
-            draw_text(&mut panel, &format!("SLICE {}", k + 1), 2, 2, 1, [255, 255, 255]);
-        }
-        image::imageops::overlay(&mut montage, &panel, i64::from(n as u32 * (pw + gap)), 0);
+    let montage_w = (ks.len() as u32 * (panel_layout.width + gap) - gap).max(LEGEND_CHARS as u32 * 6 * s + 4 * s);
+    let mut montage = RgbImage::new(montage_w, panel_layout.height + legend.height(s));
+    for (n, panel) in panels.iter().enumerate() {
+        image::imageops::replace(&mut montage, panel, i64::from(n as u32 * (panel_layout.width + gap)), 0);
     }
+    legend.draw(&mut montage, 0, panel_layout.height, montage_w, s);
     Ok(montage)
 }
 
@@ -301,14 +672,34 @@ pub fn preview_png(
 mod tests {
     use super::*;
 
+    /// Relative luminance (Rec. 709 weights) of a colour.
+    fn luminance(c: [f32; 3]) -> f32 {
+        0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+    }
+
     #[test]
-    fn turbo_is_coloured_and_bounded() {
-        for n in 0..=100 {
-            let c = heat_colour(0.2 + 0.8 * n as f32 / 100.0, 0.2);
-            assert!(c.iter().all(|v| (0.0..=1.0).contains(v)));
-            let spread = c.iter().fold(0f32, |m, v| m.max(*v)) - c.iter().fold(1f32, |m, v| m.min(*v));
-            assert!(spread > 0.05, "t={n}%: {c:?} is nearly grey");
+    fn colour_maps_are_coloured_and_bounded_and_the_default_is_ordered() {
+        for map in [ColourMap::Inferno, ColourMap::Hot, ColourMap::Turbo] {
+            for n in 0..=100 {
+                let c = map.colour(n as f32 / 100.0);
+                assert!(c.iter().all(|v| (0.0..=1.0).contains(v)));
+                let spread = c.iter().fold(0f32, |m, v| m.max(*v)) - c.iter().fold(1f32, |m, v| m.min(*v));
+                assert!(spread > 0.05, "{map:?} t={n}%: {c:?} is nearly grey");
+            }
         }
+        // Perceptually ordered: brightness rises with the value (turbo's does not).
+        for map in [ColourMap::Inferno, ColourMap::Hot] {
+            let l: Vec<f32> = (0..=50).map(|n| luminance(map.colour(n as f32 / 50.0))).collect();
+            assert!(l.windows(2).all(|w| w[1] > w[0]), "{map:?}: {l:?}");
+        }
+        let l: Vec<f32> = (0..=50)
+            .map(|n| luminance(ColourMap::Turbo.colour(n as f32 / 50.0)))
+            .collect();
+        assert!(l.windows(2).any(|w| w[1] < w[0]), "turbo is the non-monotone option");
+        assert_eq!(ColourMap::default(), ColourMap::Inferno);
+        // Inferno's published end points.
+        let end = inferno(1.0);
+        assert!((end[0] - 0.988).abs() < 0.02 && (end[1] - 0.998).abs() < 0.02 && (end[2] - 0.645).abs() < 0.03);
     }
 
     #[test]
@@ -323,19 +714,142 @@ mod tests {
         assert!(w.hi > w.lo);
     }
 
+    fn overlay(heat: Array3<f32>, head: Array3<bool>, alpha: Option<f32>) -> Overlay {
+        Overlay {
+            heat,
+            head,
+            alpha,
+            colour_map: ColourMap::Inferno,
+            threshold: 0.5,
+            calibrated: true,
+            hotspot: None,
+            off_reason: None,
+        }
+    }
+
     #[test]
-    fn overlay_only_above_floor() {
-        let source = Array3::<f32>::from_elem((4, 3, 1), 50.0);
-        let mut heat = Array3::<f32>::zeros((4, 3, 1));
-        heat[[2, 1, 0]] = 1.0;
-        heat[[1, 1, 0]] = 0.1;
-        let options = ReportOptions::default();
-        let img = render_slice(&source, &heat, 0, Window { lo: 0.0, hi: 100.0 }, &options);
-        let grey = img.get_pixel(1, 1).0;
-        assert!(grey[0] == grey[1] && grey[1] == grey[2]);
-        let hot = img.get_pixel(2, 1).0;
-        assert!(hot[0] != hot[1] || hot[1] != hot[2]);
-        assert_eq!(img.dimensions(), (4, 3));
+    fn colour_only_above_threshold_inside_the_head_where_seen() {
+        let source = Array3::<f32>::from_elem((5, 3, 1), 50.0);
+        let mut heat = Array3::<f32>::zeros((5, 3, 1));
+        heat[[2, 1, 0]] = 1.0; // hot, inside the head
+        heat[[1, 1, 0]] = 0.4; // below the threshold
+        heat[[3, 1, 0]] = 1.0; // hot, but outside the head
+        heat[[4, 1, 0]] = f32::NAN; // not seen
+        let mut head = Array3::from_elem((5, 3, 1), true);
+        head[[3, 1, 0]] = false;
+        let window = Window { lo: 0.0, hi: 100.0 };
+        let grey = |p: [u8; 3]| p[0] == p[1] && p[1] == p[2];
+        let img = render_slice(&source, &overlay(heat.clone(), head.clone(), Some(0.6)), 0, window);
+        assert!(!grey(img.get_pixel(2, 1).0), "hot inside the head is coloured");
+        for x in [1, 3, 4] {
+            assert!(grey(img.get_pixel(x, 1).0), "pixel {x} must stay grey");
+        }
+        assert_eq!(img.dimensions(), (5, 3));
+        let off = render_slice(&source, &overlay(heat, head, None), 0, window);
+        assert!(off.pixels().all(|p| grey(p.0)), "overlay off: no colour at all");
+    }
+
+    /// The frame's image region is the rendered slice, pixel for pixel: letters and legend are
+    /// only ever drawn in the margins and the band.
+    #[test]
+    fn letters_and_legend_never_touch_the_image() {
+        let mut slice = RgbImage::new(60, 50);
+        for (x, y, p) in slice.enumerate_pixels_mut() {
+            *p = Rgb([(x * 3) as u8, (y * 5) as u8, 77]);
+        }
+        let legend = Legend {
+            lines: vec!["FCD TYPE II SUSPECTED P=84.6% T=50%".into()],
+            bar: Some(Bar {
+                colour_map: ColourMap::Inferno,
+                threshold: 0.5,
+            }),
+            after: vec!["A VERY LONG LEGEND LINE THAT DOES NOT FIT IN SIXTY PIXELS".into()],
+        };
+        let layout = Layout::new((60, 50), &legend);
+        let letters = Letters {
+            left: 'R',
+            right: 'L',
+            top: 'A',
+            bottom: 'P',
+        };
+        let frame = compose(&slice, &layout, &letters, Some(&legend), Some("SLICE 1"));
+        assert_eq!((frame.width(), frame.height()), (layout.width, layout.height));
+        for (x, y, p) in slice.enumerate_pixels() {
+            assert_eq!(frame.get_pixel(x + layout.left, y + layout.top), p, "({x}, {y})");
+        }
+        // Something was written outside: the letters and the legend.
+        let outside = frame
+            .enumerate_pixels()
+            .filter(|(x, y, p)| {
+                let inside = (layout.left..layout.left + 60).contains(x) && (layout.top..layout.top + 50).contains(y);
+                !inside && p.0 != [0, 0, 0]
+            })
+            .count();
+        assert!(outside > 200, "{outside} legend pixels");
+        // The left margin holds the R, the right margin the L (white pixels on either side).
+        let white_in = |x0: u32, x1: u32| {
+            (x0..x1).any(|x| (layout.top..layout.top + 50).any(|y| frame.get_pixel(x, y).0 == [255, 255, 255]))
+        };
+        assert!(white_in(0, layout.left) && white_in(layout.left + 60, layout.width));
+    }
+
+    #[test]
+    fn letters_follow_the_patient_directions() {
+        use crate::volume::{Plane, acquisition_grid};
+        let axial = Volume::filled(
+            &acquisition_grid(Plane::Axial, [1.0; 3], [10.0; 3], [0.0; 3]).unwrap(),
+            0.0,
+        )
+        .unwrap();
+        let l = Letters::of(&axial);
+        // DICOM axial: rows run to the patient's left, columns to posterior.
+        assert_eq!((l.left, l.right, l.top, l.bottom), ('R', 'L', 'A', 'P'));
+        let sagittal = Volume::filled(
+            &acquisition_grid(Plane::Sagittal, [1.0; 3], [10.0; 3], [0.0; 3]).unwrap(),
+            0.0,
+        )
+        .unwrap();
+        let l = Letters::of(&sagittal);
+        assert_eq!((l.top, l.bottom), ('S', 'I'));
+        assert!(matches!((l.left, l.right), ('A', 'P') | ('P', 'A')));
+    }
+
+    #[test]
+    fn the_legend_says_what_the_scale_means() {
+        let finding = Finding {
+            probability: 0.8461,
+            threshold: 0.5,
+            suspected: true,
+            fold_probabilities: vec![0.8461],
+            peak: Some(super::super::Hotspot {
+                lps: [0.0; 3],
+                slice: 0,
+            }),
+        };
+        let text = |l: &Legend| l.lines.iter().chain(&l.after).cloned().collect::<Vec<_>>().join("\n");
+        let zeros = || Array3::<f32>::zeros((2, 2, 1));
+        let mut o = overlay(zeros(), Array3::from_elem((2, 2, 1), true), Some(0.6));
+        let legend = o.legend(&finding, None);
+        let t = text(&legend);
+        assert!(legend.bar.is_some());
+        for needle in [
+            "P=84.6% T=50%",
+            "ABSOLUTE SCALE",
+            "1.0 = MEDIAN PEAK OF TRAINING LESIONS",
+            "BELOW 0.50",
+        ] {
+            assert!(t.contains(needle), "{needle}: {t}");
+        }
+        assert!(!t.contains("UNCALIBRATED"));
+        o.calibrated = false;
+        let t = text(&o.legend(&finding, None));
+        assert!(t.contains("RELATIVE SCALE") && t.contains("UNCALIBRATED"), "{t}");
+        o.alpha = None;
+        o.off_reason = Some("NO OVERLAY: NOT SUSPECTED");
+        let legend = o.legend(&finding, None);
+        assert!(legend.bar.is_none(), "no colour, no colour bar");
+        assert!(text(&legend).contains("NO OVERLAY: NOT SUSPECTED"));
+        assert!(text(&legend).lines().all(|l| l.chars().count() <= LEGEND_CHARS));
     }
 
     #[test]
@@ -343,7 +857,5 @@ mod tests {
         let mut img = RgbImage::new(20, 5);
         draw_text(&mut img, "P=0.9", 0, 0, 1, [255, 255, 255]);
         assert!(img.pixels().any(|p| p.0 == [255, 255, 255]));
-        let lines = vec!["A VERY LONG LEGEND LINE".to_owned()];
-        draw_legend(&mut img, &lines, &ReportOptions::default());
     }
 }

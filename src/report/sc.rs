@@ -3,9 +3,12 @@
 //! single-frame SC per slice.
 //!
 //! Frame n shows source slice k = n (voxel index), rows = j and columns = i exactly as the source
-//! image, so the multi-frame instance also carries the plane geometry (Pixel Measures, Plane
-//! Orientation, Plane Position per frame, in LPS mm) in its functional groups. The single-frame
-//! SC IOD has no plane modules; those instances rely on their Source Image Sequence.
+//! image, one frame pixel per voxel, inside black margins (orientation letters) and above a
+//! legend band. The multi-frame instance carries the plane geometry (Pixel Measures, Plane
+//! Orientation, Plane Position per frame, in LPS mm) in its functional groups; the position is
+//! that of the frame's first pixel, in the margin, so the image region lands exactly on the
+//! source slice. The single-frame SC IOD has no plane modules; those instances rely on their
+//! Source Image Sequence.
 
 use dicom_core::DataElement;
 use dicom_core::VR;
@@ -13,13 +16,12 @@ use dicom_core::value::PrimitiveValue;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use image::RgbImage;
-use rayon::prelude::*;
 
 use super::dicom::{
     NewSeries, common_base, ds, ds_multi, finish, frame_of_reference, get_str, orientation_letters, put_seq, put_str,
     put_tag, put_u16, source_image_item, source_image_items,
 };
-use super::render::{Window, draw_legend, legend_lines, render_slice};
+use super::render::{Layout, Overlay, Window, frames};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
 use crate::volume::Volume;
 
@@ -41,22 +43,13 @@ pub fn secondary_capture(
     super::check_options(&source.meta.series_uid, inputs.options)?;
     super::check_heatmap(source, heatmap)?;
     let options = inputs.options;
-    let data = source.volume.data();
-    let heat = heatmap.data();
-    let window = Window::robust(data, options.window_percentiles);
-    let legend = legend_lines(inputs.finding, inputs.algorithm, data.shape()[0]);
-    let depth = data.shape()[2];
-    let frames: Vec<RgbImage> = (0..depth)
-        .into_par_iter()
-        .map(|k| {
-            let mut img = render_slice(data, heat, k, window, options);
-            draw_legend(&mut img, &legend, options);
-            img
-        })
-        .collect();
+    let window = Window::robust(source.volume.data(), options.window_percentiles);
+    let overlay = Overlay::new(source, heatmap, inputs.finding, options);
+    let legend = overlay.legend(inputs.finding, Some(inputs.algorithm));
+    let (frames, layout) = frames(source, &overlay, &legend, window);
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
     let series_uid = uids.next_uid();
-    let geometry = Geometry::new(&source.volume);
+    let geometry = Geometry::new(&source.volume, &layout);
     let ctx = Context {
         inputs,
         geometry: &geometry,
@@ -79,7 +72,7 @@ pub fn secondary_capture(
     }
 }
 
-/// Plane geometry of the source grid (LPS mm).
+/// Plane geometry of the frames (LPS mm): the source grid, widened by the margins.
 struct Geometry {
     rows: usize,
     columns: usize,
@@ -88,15 +81,16 @@ struct Geometry {
     /// Pixel Spacing: between rows (along j), between columns (along i).
     pixel_spacing: [f64; 2],
     slice_spacing: f64,
-    /// Position of voxel (0, 0, k) for every k.
+    /// Position of the frame's first pixel (the margin's corner) on slice k, for every k.
     positions: Vec<[f64; 3]>,
     /// Position of slice k along the normal row × column.
     locations: Vec<f64>,
 }
 
 impl Geometry {
-    fn new(volume: &Volume) -> Self {
-        let [n_i, n_j, n_k] = volume.shape();
+    fn new(volume: &Volume, layout: &Layout) -> Self {
+        let [_, _, n_k] = volume.shape();
+        let (left, top) = (f64::from(layout.left), f64::from(layout.top));
         let [row_dir, col_dir, _] = volume.directions();
         let spacing = volume.spacing();
         let normal = [
@@ -104,14 +98,16 @@ impl Geometry {
             row_dir[2] * col_dir[0] - row_dir[0] * col_dir[2],
             row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0],
         ];
-        let positions: Vec<[f64; 3]> = (0..n_k).map(|k| volume.voxel_to_world([0.0, 0.0, k as f64])).collect();
+        let positions: Vec<[f64; 3]> = (0..n_k)
+            .map(|k| volume.voxel_to_world([-left, -top, k as f64]))
+            .collect();
         let locations = positions
             .iter()
             .map(|p| p.iter().zip(normal).map(|(a, b)| a * b).sum())
             .collect();
         Self {
-            rows: n_j,
-            columns: n_i,
+            rows: layout.height as usize,
+            columns: layout.width as usize,
             row_dir,
             col_dir,
             pixel_spacing: [spacing[1], spacing[0]],
@@ -201,13 +197,19 @@ impl Context<'_> {
             tags::DERIVATION_DESCRIPTION,
             VR::ST,
             &format!(
-                "{} heatmap (floor {:.2}, alpha {:.2}) over source intensities windowed {}..{}; {}",
+                "{} heatmap over source intensities windowed {}..{}; {}; colour ({:?}) only inside the \
+                 head and the model's field of view, above {:.2} of {}; overlay of negatives {:?}",
                 inputs.algorithm.name,
-                options.overlay_floor,
-                options.alpha,
                 self.window.lo,
                 self.window.hi,
                 super::label(inputs.finding.suspected),
+                options.overlay.colour_map,
+                options.overlay.threshold,
+                match options.heat_reference {
+                    Some(r) => format!("the model's reference level {r} (absolute scale)"),
+                    None => "the study's peak (relative scale: the model has no reference, uncalibrated)".into(),
+                },
+                options.overlay.negative,
             ),
         );
         put_str(

@@ -239,6 +239,7 @@ fn options(config: &Settings) -> Options {
             multiframe: config.pipeline.multiframe_sc,
             series_number_sc: config.pipeline.sc_series_number,
             series_number_sr: config.pipeline.sr_series_number,
+            overlay: config.overlay.clone(),
             ..ReportOptions::default()
         },
         device: report::Device {

@@ -1,6 +1,9 @@
 //! Report stage against real peers: SC and SR from a synthetic series and heatmap must pass
 //! dciodvfy, dsrdump must read the SR tree, dcm2pnm must render an SC frame with colour at the
 //! heat peak and grey elsewhere; the geometry and references must point back at the source.
+//! The overlay a reader sees: colour only inside the head and above the threshold, on an
+//! absolute scale, none on a negative study by default, no text over the anatomy — on the
+//! fixture and on the demo model's synthetic patient and control rendered by dcmj2pnm.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +22,12 @@ use fcdnode::volume::{Plane, acquisition_grid};
 
 use crate::util::{dciodvfy, run_ok, tempdir, tool};
 
-/// Heat peak in voxel index `[i, j, k]`: away from the legend in the top-left corner.
+/// Heat peak in voxel index `[i, j, k]`, inside the head.
 const PEAK: [usize; 3] = [28, 32, 15];
-/// A pixel far from the peak and outside the legend: (column i, row j).
-const FAR: [usize; 2] = [4, 44];
+/// A second heat peak as hot, in the air outside the head: must never be coloured.
+const AIR_PEAK: [usize; 3] = [2, 3, 15];
+/// A pixel inside the head far from the peak: (column i, row j).
+const FAR: [usize; 2] = [12, 20];
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -33,8 +38,14 @@ struct Fixture {
     finding: Finding,
 }
 
-/// A 40×48×24 integer series (1.0 × 1.0 × 1.5 mm) on `plane`, assembled, with a Gaussian
-/// heatmap peaking at [`PEAK`].
+/// Whether voxel `[i, j, k]` of the fixture lies in its ellipsoidal "head".
+fn in_head(i: usize, j: usize, k: usize) -> bool {
+    let d = |x: usize, c: f64, r: f64| ((x as f64 - c) / r).powi(2);
+    d(i, 19.5, 17.0) + d(j, 23.5, 21.0) + d(k, 11.5, 13.0) <= 1.0
+}
+
+/// A 40×48×24 integer series (1.0 × 1.0 × 1.5 mm) on `plane`, assembled: a textured ellipsoid
+/// "head" in air, with a Gaussian heatmap peaking at [`PEAK`] and as hot at [`AIR_PEAK`].
 fn fixture(plane: Plane, enhanced: bool) -> Fixture {
     let tmp = tempdir();
     let grid = acquisition_grid(plane, [1.0, 1.0, 1.5], [40.0, 48.0, 36.0], [2.0, -10.0, 15.0])
@@ -42,7 +53,11 @@ fn fixture(plane: Plane, enhanced: bool) -> Fixture {
     assert_eq!(grid.shape, [40, 48, 24]);
     let mut volume = Volume::filled(&grid, 0.0).unwrap();
     for ((i, j, k), v) in volume.data_mut().indexed_iter_mut() {
-        *v = (200 + (i * 7 + j * 3 + k * 11) % 400) as f32;
+        *v = if in_head(i, j, k) {
+            (200 + (i * 7 + j * 3 + k * 11) % 400) as f32
+        } else {
+            ((i + j + k) % 3) as f32
+        };
     }
     let series_dir = tmp.path().join("source");
     let options = DicomOptions {
@@ -55,12 +70,15 @@ fn fixture(plane: Plane, enhanced: bool) -> Fixture {
     let header = open_file(&files[0]).unwrap();
     let mut heatmap = Volume::filled(&source.volume.grid(), 0.0).unwrap();
     for ((i, j, k), v) in heatmap.data_mut().indexed_iter_mut() {
-        let d2 = [i, j, k]
-            .iter()
-            .zip(PEAK)
-            .map(|(a, b)| (*a as f64 - b as f64).powi(2))
-            .sum::<f64>();
-        *v = (-d2 / (2.0 * 2.5f64.powi(2))).exp() as f32;
+        let blob = |peak: [usize; 3]| {
+            let d2 = [i, j, k]
+                .iter()
+                .zip(peak)
+                .map(|(a, b)| (*a as f64 - b as f64).powi(2))
+                .sum::<f64>();
+            (-d2 / (2.0 * 2.5f64.powi(2))).exp() as f32
+        };
+        *v = blob(PEAK).max(blob(AIR_PEAK));
     }
     let finding = Finding {
         probability: 0.8734,
@@ -108,17 +126,138 @@ fn str_of(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
         .unwrap_or_default()
 }
 
-/// Coloured pixels (R≠G or G≠B) per frame of an RGB SC instance.
-fn coloured_per_frame(obj: &InMemDicomObject) -> Vec<usize> {
-    let rows = usize::from(obj.get(tags::ROWS).unwrap().to_int::<u16>().unwrap());
-    let cols = usize::from(obj.get(tags::COLUMNS).unwrap().to_int::<u16>().unwrap());
+/// The frames of an RGB SC instance as images.
+fn frames_of(obj: &InMemDicomObject) -> Vec<image::RgbImage> {
+    let rows = u32::from(obj.get(tags::ROWS).unwrap().to_int::<u16>().unwrap());
+    let cols = u32::from(obj.get(tags::COLUMNS).unwrap().to_int::<u16>().unwrap());
     let bytes = obj.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
-    let frame_len = rows * cols * 3;
+    let frame_len = (rows * cols * 3) as usize;
     bytes
         .chunks(frame_len)
         .filter(|c| c.len() == frame_len)
-        .map(|frame| frame.chunks(3).filter(|p| p[0] != p[1] || p[1] != p[2]).count())
+        .map(|frame| image::RgbImage::from_raw(cols, rows, frame.to_vec()).unwrap())
         .collect()
+}
+
+fn is_coloured(p: &image::Rgb<u8>) -> bool {
+    p.0[0] != p.0[1] || p.0[1] != p.0[2]
+}
+
+/// Coloured pixels per frame inside the source image region of the axial fixture's frames
+/// (the band's colour bar left out).
+fn image_colour_per_frame(obj: &InMemDicomObject, offset: (u32, u32)) -> Vec<usize> {
+    frames_of(obj)
+        .iter()
+        .map(|f| {
+            f.enumerate_pixels()
+                .filter(|(x, y, p)| {
+                    (offset.0..offset.0 + 40).contains(x) && (offset.1..offset.1 + 48).contains(y) && is_coloured(p)
+                })
+                .count()
+        })
+        .collect()
+}
+
+/// Coloured pixels (R≠G or G≠B) per frame of an RGB SC instance.
+fn coloured_per_frame(obj: &InMemDicomObject) -> Vec<usize> {
+    frames_of(obj)
+        .iter()
+        .map(|f| f.pixels().filter(|p| is_coloured(p)).count())
+        .collect()
+}
+
+/// Where the source image sits in the frames of a multi-frame SC: (columns, rows) from the
+/// frame's first pixel to voxel (0, 0), read from frame 1's Plane Position and the source.
+fn image_offset(sc: &InMemDicomObject, source: &Volume) -> (u32, u32) {
+    let item = &sc
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let position = &item.get(tags::PLANE_POSITION_SEQUENCE).unwrap().items().unwrap()[0];
+    let ipp: Vec<f64> = str_of(position, tags::IMAGE_POSITION_PATIENT)
+        .split('\\')
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    let v = source.world_to_voxel([ipp[0], ipp[1], ipp[2]]);
+    assert!(v[2].abs() < 1e-3, "frame 1 lies on slice 0: {v:?}");
+    let (c, r) = (-v[0], -v[1]);
+    assert!(
+        (c - c.round()).abs() < 1e-3 && (r - r.round()).abs() < 1e-3 && c >= 0.0 && r >= 0.0,
+        "whole-pixel margins: {c}, {r}"
+    );
+    (c.round() as u32, r.round() as u32)
+}
+
+/// What the frames of one SC are checked against.
+#[derive(Clone, Copy)]
+struct Study<'a> {
+    /// The source series' volume.
+    source: &'a Volume,
+    /// Its head mask (the recipe's foreground).
+    head: &'a ndarray::Array3<bool>,
+    /// Where the image starts in the frame (columns, rows).
+    offset: (u32, u32),
+    /// The grey window the SC states.
+    window: (f32, f32),
+}
+
+/// Checks one SC frame against slice `k` of `source` whose image starts at `offset`: no colour
+/// outside the head mask (the source's foreground) nor outside the image, and inside the head
+/// every grey pixel is the source's windowed grey (no text, no legend over the anatomy) except
+/// on the crosshair's lines through `crosshair` (i, j). Returns the coloured pixels inside.
+fn check_frame(
+    label: &str,
+    frame: &image::RgbImage,
+    study: &Study<'_>,
+    k: usize,
+    crosshair: Option<(u32, u32)>,
+) -> usize {
+    let Study {
+        source,
+        head,
+        offset,
+        window,
+    } = *study;
+    let [n_i, n_j, _] = source.shape();
+    let mut inside = 0;
+    for (x, y, p) in frame.enumerate_pixels() {
+        let (i, j) = (i64::from(x) - i64::from(offset.0), i64::from(y) - i64::from(offset.1));
+        let in_image = i >= 0 && j >= 0 && (i as usize) < n_i && (j as usize) < n_j;
+        let in_head = in_image && head[[i as usize, j as usize, k]];
+        if !in_head {
+            // The band below the image holds the colour bar; the image and its margins hold no
+            // colour outside the head.
+            let above_band = y < offset.1 + n_j as u32;
+            assert!(
+                !(above_band && is_coloured(p)),
+                "{label}: slice {k} pixel ({x}, {y}) {p:?} coloured outside the head"
+            );
+            continue;
+        }
+        if is_coloured(p) {
+            inside += 1;
+            continue;
+        }
+        let on_cross = crosshair.is_some_and(|(ci, cj)| i as u32 == ci || j as u32 == cj);
+        let v = source.data()[[i as usize, j as usize, k]];
+        let grey = ((v - window.0) / (window.1 - window.0)).clamp(0.0, 1.0) * 255.0;
+        assert!(
+            on_cross || (f32::from(p.0[0]) - grey).abs() <= 1.0,
+            "{label}: slice {k} pixel ({x}, {y}) = {p:?} in the head is not the source grey {grey}: text or \
+             legend over the anatomy"
+        );
+    }
+    inside
+}
+
+/// The grey window the SC states in its Derivation Description ("windowed LO..HI").
+fn window_of(sc: &InMemDicomObject) -> (f32, f32) {
+    let text = str_of(sc, tags::DERIVATION_DESCRIPTION);
+    let after = text.split("windowed ").nth(1).unwrap_or_else(|| panic!("{text}"));
+    let range = after.split(';').next().unwrap();
+    let (lo, hi) = range.split_once("..").unwrap();
+    (lo.trim().parse().unwrap(), hi.trim().parse().unwrap())
 }
 
 fn argmax(v: &[usize]) -> usize {
@@ -214,12 +353,13 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
         }
     }
 
-    // The frame with the most overlay is the hotspot slice.
+    // The frame with the most overlay is the hotspot slice (its white crosshair covers at most
+    // 4 × 7 coloured pixels).
     let counts: Vec<usize> = sc.iter().flat_map(|obj| coloured_per_frame(obj)).collect();
     assert_eq!(counts.len(), 24, "{label}");
-    assert_eq!(
-        argmax(&counts),
-        PEAK[2],
+    let most = counts[argmax(&counts)];
+    assert!(
+        counts[PEAK[2]] + 28 >= most && counts[PEAK[2]] > counts[0],
         "{label}: coloured pixels per frame {counts:?}"
     );
 
@@ -230,17 +370,57 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
         (&written.sc_paths[PEAK[2]], 1)
     };
     let png = dcm2pnm(path, frame, &f.dir.join("frame.png"));
-    assert_eq!(png.dimensions(), (40, 48), "{label}");
-    let peak = png.get_pixel(PEAK[0] as u32, PEAK[1] as u32).0;
+    let (off_x, off_y) = if multiframe {
+        image_offset(&sc[0], &f.source.volume)
+    } else {
+        // Single-frame SC has no plane geometry: the margins are those of the multi-frame layout.
+        let mf = secondary_capture(
+            &ReportInputs {
+                options: &options.clone().with_multiframe(true),
+                ..inputs
+            },
+            &f.heatmap,
+            &mut UidGenerator::seeded(9),
+        )
+        .unwrap();
+        image_offset(&mf[0], &f.source.volume)
+    };
+    assert!(
+        png.width() >= 40 + 2 * off_x && png.height() > 48 + off_y + 20,
+        "{label}: {:?}",
+        png.dimensions()
+    );
+    let peak = png.get_pixel(PEAK[0] as u32 + off_x, PEAK[1] as u32 + off_y).0;
     assert!(
         peak[0] != peak[1] || peak[1] != peak[2],
         "{label}: peak pixel {peak:?} is grey"
     );
-    let far = png.get_pixel(FAR[0] as u32, FAR[1] as u32).0;
+    let far = png.get_pixel(FAR[0] as u32 + off_x, FAR[1] as u32 + off_y).0;
     assert!(
         far[0] == far[1] && far[1] == far[2],
         "{label}: far pixel {far:?} is coloured"
     );
+    let air = png.get_pixel(AIR_PEAK[0] as u32 + off_x, AIR_PEAK[1] as u32 + off_y).0;
+    assert!(
+        air[0] == air[1] && air[1] == air[2],
+        "{label}: as hot as the peak but in the air: {air:?} must stay grey"
+    );
+    // Every frame: colour only inside the head, no text over it.
+    let head = f.source.volume.foreground_mask();
+    assert!(!head[AIR_PEAK] && head[PEAK], "{label}: the mask is the fixture's head");
+    let study = Study {
+        source: &f.source.volume,
+        head: &head,
+        offset: (off_x, off_y),
+        window: window_of(&sc[0]),
+    };
+    let all: Vec<image::RgbImage> = sc.iter().flat_map(|o| frames_of(o)).collect();
+    for (k, frame) in all.iter().enumerate() {
+        let cross = (k == PEAK[2]).then_some((PEAK[0] as u32, PEAK[1] as u32));
+        check_frame(&label, frame, &study, k, cross);
+    }
+    let rendered = check_frame(&label, &png, &study, PEAK[2], Some((PEAK[0] as u32, PEAK[1] as u32)));
+    assert!(rendered > 10, "{label}: only {rendered} coloured pixels at the hotspot");
 
     // dsrdump reads the SR tree.
     let out = run_ok(Command::new(tool("dsrdump")).arg(&written.sr_path));
@@ -482,7 +662,10 @@ fn bad_input_is_an_error() {
     }
 
     // Bad overlay options.
-    let bad_options = options.clone().with_overlay(1.0, 0.5);
+    let bad_options = options.clone().with_overlay(fcdnode::report::OverlayOptions {
+        threshold: 1.0,
+        ..Default::default()
+    });
     let bad = ReportInputs {
         options: &bad_options,
         ..inputs
@@ -548,4 +731,328 @@ fn same_seed_same_objects() {
         write_dicom(b, &pb).unwrap();
         assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap(), "object {n}");
     }
+}
+
+/// The SC of the axial fixture for `finding` with `options` (multi-frame).
+fn sc_for(f: &Fixture, finding: &Finding, heatmap: &Volume, options: &ReportOptions) -> DicomFile {
+    let algorithm = algorithm();
+    let device = Device::default();
+    let inputs = ReportInputs {
+        source_header: &f.header,
+        source: &f.source,
+        finding,
+        algorithm: &algorithm,
+        device: &device,
+        options,
+    };
+    secondary_capture(&inputs, heatmap, &mut UidGenerator::seeded(5))
+        .unwrap()
+        .remove(0)
+}
+
+/// A study below the threshold shows no colour by default (nothing looks like a finding), a
+/// faint overlay when asked, the full one with "same"; a flat map shows none even when suspected.
+#[test]
+fn negatives_show_no_colour_by_default() {
+    use fcdnode::report::{NegativeOverlay, OverlayOptions};
+    let f = fixture(Plane::Axial, false);
+    let negative = Finding {
+        probability: 0.2163,
+        suspected: false,
+        ..f.finding.clone()
+    };
+    let coloured = |finding: &Finding, negative: NegativeOverlay| {
+        let options = options(true).with_overlay(OverlayOptions {
+            negative,
+            ..OverlayOptions::default()
+        });
+        let sc = sc_for(&f, finding, &f.heatmap, &options);
+        let path = f.dir.join(format!("neg-{negative:?}.dcm"));
+        write_dicom(&sc, &path).unwrap();
+        for warning in dciodvfy(&path) {
+            eprintln!("negative overlay {negative:?}: dciodvfy: {warning}");
+        }
+        coloured_per_frame(&sc)
+    };
+    let off = coloured(&negative, NegativeOverlay::default());
+    assert!(
+        off.iter().all(|&n| n == 0),
+        "default: no colour on a negative study: {off:?}"
+    );
+    let faint = coloured(&negative, NegativeOverlay::Faint);
+    let same = coloured(&negative, NegativeOverlay::Same);
+    let positive = coloured(&f.finding, NegativeOverlay::Off);
+    assert!(
+        faint[PEAK[2]] > 0 && same[PEAK[2]] > 0,
+        "faint {faint:?}, same {same:?}"
+    );
+    // "same" colours the negative exactly like a positive; its colour bar is there too.
+    assert_eq!(same, positive);
+    let flat = Finding {
+        peak: None,
+        ..f.finding.clone()
+    };
+    let none = coloured(&flat, NegativeOverlay::Same);
+    assert!(none.iter().all(|&n| n == 0), "a flat map points nowhere: {none:?}");
+}
+
+/// The colour scale is absolute when the model has a reference level: a voxel with the same map
+/// value gets the same colour in two studies whose peaks differ; on the relative fallback it
+/// does not. Colour only above the threshold, and the legend says which scale it is.
+#[test]
+fn same_map_value_same_colour_in_every_study() {
+    let f = fixture(Plane::Axial, false);
+    // Study B: the same map, plus a hotter spot elsewhere in the head (its peak is 2, not 1).
+    let mut hotter = f.heatmap.clone();
+    hotter.data_mut()[[12, 20, 15]] = 2.0;
+    let (off_x, off_y) = image_offset(&sc_for(&f, &f.finding, &f.heatmap, &options(true)), &f.source.volume);
+    let pixel_at_peak = |heatmap: &Volume, options: &ReportOptions| {
+        let sc = sc_for(&f, &f.finding, heatmap, options);
+        frames_of(&sc)
+            .swap_remove(PEAK[2])
+            .get_pixel(PEAK[0] as u32 + off_x, PEAK[1] as u32 + off_y)
+            .0
+    };
+    let absolute = options(true).with_heat_reference(Some(1.0));
+    let (a, b) = (pixel_at_peak(&f.heatmap, &absolute), pixel_at_peak(&hotter, &absolute));
+    assert!(a[0] != a[1] || a[1] != a[2], "{a:?}");
+    assert_eq!(a, b, "absolute scale: the same value, the same colour");
+    let relative = options(true);
+    let (a, b) = (pixel_at_peak(&f.heatmap, &relative), pixel_at_peak(&hotter, &relative));
+    assert_ne!(a, b, "relative scale: a hotter spot elsewhere changes the colour");
+    // Below the threshold on the absolute scale: a map at 0.4 of the reference shows no colour.
+    let low = options(true).with_heat_reference(Some(2.5));
+    let sc = sc_for(&f, &f.finding, &f.heatmap, &low);
+    let image_colour = image_colour_per_frame(&sc, (off_x, off_y));
+    assert!(
+        image_colour.iter().all(|&n| n == 0),
+        "peak 1.0 / reference 2.5 = 0.4 < threshold 0.6: {image_colour:?}"
+    );
+    // What the scale means is said in the SC's description.
+    assert!(str_of(&sc, tags::DERIVATION_DESCRIPTION).contains("absolute scale"));
+    let relative_sc = sc_for(&f, &f.finding, &f.heatmap, &relative);
+    assert!(str_of(&relative_sc, tags::DERIVATION_DESCRIPTION).contains("uncalibrated"));
+}
+
+/// ONNX Runtime loaded once in this process (the project-local library from setup).
+fn ort() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let library = fcdnode::infer::runtime::find_library(None).unwrap_or_else(|e| panic!("{e}"));
+        fcdnode::infer::runtime::init(&library).unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
+fn demo_package() -> fcdnode::package::manifest::ModelPackage {
+    fcdnode::package::manifest::ModelPackage::load(&crate::util::repo().join("models/demo"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `fcdnode synth` with the demo model's lesion knobs (models/demo/README.md).
+fn synth_demo_style(out: &Path, subjects: usize, seed: u64, extra: &[&str]) -> Vec<(String, String)> {
+    run_ok(
+        crate::util::fcdnode()
+            .args([
+                "synth",
+                "--subjects",
+                &subjects.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--no-preview",
+            ])
+            .args(["--lesion-radius", "12", "--lesion-contrast", "1.5", "--confound", "1"])
+            .args(extra)
+            .arg("--out")
+            .arg(out),
+    );
+    std::fs::read_to_string(out.join("participants.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols[0].to_owned(), cols[1].to_owned())
+        })
+        .collect()
+}
+
+/// `models/demo`'s `[heatmap]` reference levels are what `fcdtrain export` computes
+/// ([`fcdnode::explain::reference_level`]): the median peak of the ensemble maps of the
+/// training positives, here regenerated byte for byte from the training recipe's seed.
+#[test]
+fn demo_reference_level_is_the_median_peak_of_its_training_positives() {
+    use fcdnode::infer::{CamMethod, Device, Ensemble};
+    ort();
+    let dir = tempdir();
+    let cohort = dir.path().join("bids");
+    let subjects = synth_demo_style(&cohort, 40, 42, &["--voxel-mm", "2"]);
+    let package = demo_package();
+    let mut ensemble = Ensemble::load(&package, Device::Cpu, 0).unwrap();
+    let (mut pp, mut cam, mut controls) = (Vec::new(), Vec::new(), Vec::new());
+    for (subject, group) in &subjects {
+        let anat = cohort.join(subject).join("anat");
+        let flair = std::fs::read_dir(&anat)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with("_FLAIR.nii.gz"))
+            .unwrap();
+        let volume = fcdnode::nifti::read(&flair).unwrap();
+        let input = package.manifest.preprocess.apply(&[&volume]).unwrap();
+        let prediction = ensemble.predict(&input).unwrap();
+        let map = ensemble.cam(&prediction, CamMethod::Gradcampp).unwrap();
+        if group == "fcd" {
+            pp.push(map);
+            cam.push(ensemble.cam(&prediction, CamMethod::Gradcam).unwrap());
+        } else {
+            controls.push(map);
+        }
+    }
+    let (level_pp, level_cam) = (
+        fcdnode::explain::reference_level(&pp).unwrap(),
+        fcdnode::explain::reference_level(&cam).unwrap(),
+    );
+    eprintln!("{} positives: gradcampp {level_pp}, gradcam {level_cam}", pp.len());
+    let peaks = |maps: &[ndarray::Array3<f32>]| {
+        let mut p: Vec<f64> = maps
+            .iter()
+            .map(|m| f64::from(m.iter().fold(0.0f32, |a, &v| a.max(v))) / level_pp)
+            .collect();
+        p.sort_by(f64::total_cmp);
+        p.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" ")
+    };
+    eprintln!(
+        "peaks / reference: positives {}; controls {}",
+        peaks(&pp),
+        peaks(&controls)
+    );
+    let reference = package
+        .manifest
+        .heatmap
+        .clone()
+        .expect("models/demo has a [heatmap] reference");
+    assert_eq!(reference.positives, pp.len());
+    for (name, stored, level) in [
+        ("gradcampp", reference.gradcampp, level_pp),
+        ("gradcam", reference.gradcam, level_cam),
+    ] {
+        let stored = stored.unwrap_or_else(|| panic!("no {name} level"));
+        assert!(
+            (stored - level).abs() <= 1e-3 * level,
+            "{name}: manifest {stored} vs recomputed {level}"
+        );
+    }
+}
+
+/// The acceptance check on real model output: the demo model on a synthetic FCD patient and a
+/// control (1 mm DICOM, seed 2027), through the pipeline with the package's reference level,
+/// the SC frames rendered by dcmj2pnm. Patient: colour at the hotspot, only inside the head;
+/// control: no colour at all with the default settings; in both, the pixels inside the head
+/// are the source's grey wherever they are not coloured (no text or legend over the anatomy).
+/// `FCDNODE_KEEP_OUTPUTS=DIR` keeps the rendered frames and previews.
+#[test]
+fn demo_patient_and_control_overlays() {
+    use fcdnode::infer::{Device, Ensemble};
+    use fcdnode::pipeline::{Options, run_dicom};
+    use fcdnode::tracker::routing::{Router, RoutingConfig};
+    ort();
+    let dir = tempdir();
+    let cohort = dir.path().join("cohort");
+    let subjects = synth_demo_style(&cohort, 2, 2027, &["--dicom"]);
+    let package = demo_package();
+    let reference = package.manifest.heatmap.as_ref().and_then(|h| h.gradcampp);
+    assert!(reference.is_some(), "models/demo is calibrated");
+    let mut ensemble = Ensemble::load(&package, Device::Cpu, 0).unwrap();
+    let router = Router::new(&RoutingConfig::default()).unwrap();
+    let keep = std::env::var_os("FCDNODE_KEEP_OUTPUTS").map(PathBuf::from);
+    let mut seen = Vec::new();
+    for (subject, group) in &subjects {
+        let out = dir.path().join("out").join(subject);
+        let options = Options {
+            report: ReportOptions::new().with_heat_reference(reference),
+            uid_seed: Some(7),
+            ..Options::default()
+        };
+        let study = cohort.join("dicom").join(subject);
+        let summary = run_dicom(std::slice::from_ref(&study), &mut ensemble, &router, &out, &options)
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        let label = format!("{subject} ({group}, p = {:.3})", summary.probability);
+        let suspected = summary.probability >= package.manifest.threshold;
+        assert_eq!(
+            suspected,
+            group == "fcd",
+            "{label}: the demo model gets this pair right"
+        );
+        let source = assemble_paths(&[study.join("FLAIR")], None).unwrap();
+        let head = source.volume.foreground_mask();
+        // The map's peak on the absolute scale, for the record.
+        let input = package.manifest.preprocess.apply(&[&source.volume]).unwrap();
+        let prediction = ensemble.predict(&input).unwrap();
+        let map = ensemble.cam(&prediction, fcdnode::infer::CamMethod::Gradcampp).unwrap();
+        let peak = map.iter().fold(0.0f32, |m, &v| m.max(v));
+        eprintln!(
+            "{subject} ({group}): map peak {peak} = {:.2} of the reference",
+            f64::from(peak) / reference.unwrap_or(1.0)
+        );
+        let sc_path = out.join("sc/SC_0001.dcm");
+        for warning in dciodvfy(&sc_path) {
+            eprintln!("{label}: dciodvfy: {warning}");
+        }
+        let sc = open_file(&sc_path).unwrap();
+        let study = Study {
+            source: &source.volume,
+            head: &head,
+            offset: image_offset(&sc, &source.volume),
+            window: window_of(&sc),
+        };
+        let hotspot = summary.hotspot_slice;
+        let cross = summary.hotspot_lps.map(|lps| {
+            let v = source.volume.world_to_voxel(lps);
+            (v[0].round() as u32, v[1].round() as u32)
+        });
+        let frames = frames_of(&sc);
+        let mut coloured = 0;
+        for (k, frame) in frames.iter().enumerate() {
+            let c = if Some(k) == hotspot { cross } else { None };
+            coloured += check_frame(&label, frame, &study, k, c);
+        }
+        // The viewer's rendering of the slice a reader opens first.
+        let k = hotspot.unwrap_or(frames.len() / 2);
+        let png_path = out.join(format!("{subject}-frame{}.png", k + 1));
+        run_ok(
+            Command::new(tool("dcmj2pnm"))
+                .args(["+on", "-il", "+F", &(k + 1).to_string()])
+                .arg(&sc_path)
+                .arg(&png_path),
+        );
+        let png = image::open(&png_path).unwrap().to_rgb8();
+        let rendered = check_frame(&label, &png, &study, k, cross);
+        if suspected {
+            assert!(
+                rendered > 20,
+                "{label}: the hotspot slice shows {rendered} coloured pixels"
+            );
+            assert!(hotspot.is_some(), "{label}: a suspected study with a map has a hotspot");
+        } else {
+            let all: usize = coloured_per_frame(&sc).iter().sum();
+            assert_eq!(all, 0, "{label}: a control shows no colour, not even a colour bar");
+            assert_eq!(coloured, 0);
+        }
+        eprintln!(
+            "{label}: {coloured} coloured pixels over {} frames, {rendered} on frame {}",
+            frames.len(),
+            k + 1
+        );
+        if let Some(keep) = &keep {
+            std::fs::create_dir_all(keep).unwrap();
+            std::fs::copy(&png_path, keep.join(format!("{subject}-{group}-frame{}.png", k + 1))).unwrap();
+            std::fs::copy(
+                out.join("preview.png"),
+                keep.join(format!("{subject}-{group}-preview.png")),
+            )
+            .unwrap();
+        }
+        seen.push(group.clone());
+    }
+    seen.sort();
+    assert_eq!(seen, ["fcd", "hc"]);
 }

@@ -49,9 +49,47 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// External validation: run a model package on a BIDS dataset exactly as the node does
+    /// (recipe, ONNX Runtime fold ensemble, the node's heatmap) beside the non-learned max-z
+    /// FLAIR baseline, and write DIR/report.md, metrics.json, subjects.csv, roc.png,
+    /// reliability.png, montage.png and previews/.
+    #[cfg(feature = "onnx")]
+    Evaluate(Box<EvaluateArgs>),
     /// Benchmarks (print figures, no files).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[cfg(feature = "onnx")]
+#[derive(Debug, clap::Args)]
+struct EvaluateArgs {
+    /// Model package directory (holds manifest.toml), e.g. models/demo.
+    #[arg(long)]
+    model: PathBuf,
+    /// BIDS dataset root (holds participants.tsv); patients' FLAIR_roi masks give the lesion.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Heatmap method (the node's default: Grad-CAM++).
+    #[arg(long, value_enum, default_value_t = fcdnode::pipeline::Explain::default())]
+    explain: fcdnode::pipeline::Explain,
+    /// ONNX Runtime device: auto (CUDA when present), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: fcdnode::infer::runtime::Device,
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .tools/libonnxruntime.so).
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
+    /// Bootstrap replicates of the ROC-AUC 95 % confidence interval.
+    #[arg(long, default_value_t = 2000)]
+    bootstrap: usize,
+    /// Random moved-ROI placements per patient for the Heat-Score null.
+    #[arg(long, default_value_t = 10)]
+    null_draws: usize,
+    /// Seed of the bootstrap and of the moved ROIs.
+    #[arg(long, default_value_t = 20_260_101)]
+    seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +294,74 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     exp.name, mean.accuracy, std.accuracy, mean.roc_auc, std.roc_auc, mean.heat_score, std.heat_score
                 );
             }
+            Ok(())
+        }
+        #[cfg(feature = "onnx")]
+        Command::Evaluate(args) => {
+            let EvaluateArgs {
+                model,
+                data,
+                out,
+                explain,
+                device,
+                onnxruntime,
+                bootstrap,
+                null_draws,
+                seed,
+            } = *args;
+            let options = fcdnode_trainer::evaluate::EvaluateOptions {
+                explain,
+                device,
+                onnxruntime,
+                bootstrap,
+                null_draws,
+                seed,
+                ..fcdnode_trainer::evaluate::EvaluateOptions::new(model, data, out.clone())
+            };
+            let e = fcdnode_trainer::evaluate::evaluate(&options)
+                .with_context(|| format!("evaluating {}", options.model.display()))?;
+            let o = &e.overall;
+            let n = |v: f64| if v.is_finite() { format!("{v:.3}") } else { "n/a".into() };
+            println!(
+                "{}: {} subjects ({} fcd, {} hc), {} skipped; report {}",
+                out.display(),
+                o.n,
+                o.fcd,
+                o.hc,
+                e.skipped.len(),
+                out.join("report.md").display()
+            );
+            println!(
+                "  model:    accuracy {}, sensitivity {}, specificity {}, ROC-AUC {} [{}, {}], Brier {}, ECE {}",
+                n(o.accuracy),
+                n(o.sensitivity),
+                n(o.specificity),
+                n(o.roc_auc),
+                n(o.roc_auc_ci95[0]),
+                n(o.roc_auc_ci95[1]),
+                n(o.brier),
+                n(o.ece)
+            );
+            println!(
+                "            Heat-Score {} (null {}), hotspot within 2 mm {}, within 10 mm {}, flat maps {}",
+                n(o.heat_score),
+                n(o.heat_score_null),
+                n(o.hit_2mm),
+                n(o.hit_10mm),
+                o.flat_maps
+            );
+            let b = &o.baseline;
+            println!(
+                "  baseline: ROC-AUC {} [{}, {}], sensitivity {} / specificity {} at Youden threshold {}, within 2 mm {}, within 10 mm {}",
+                n(b.roc_auc),
+                n(b.roc_auc_ci95[0]),
+                n(b.roc_auc_ci95[1]),
+                n(b.sensitivity),
+                n(b.specificity),
+                n(b.youden_threshold),
+                n(b.hit_2mm),
+                n(b.hit_10mm)
+            );
             Ok(())
         }
         Command::Bench(BenchCommand::Step { bench, device }) => {

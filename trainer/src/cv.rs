@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use burn::tensor::Device;
-use fcdnode::explain::{Background, feature_map_volume, heat_score};
+use fcdnode::explain::{Background, HeatScoreError, feature_map_volume, heat_score};
 use fcdnode::volume::Interp;
 use ndarray::Array3;
 use rand::SeedableRng;
@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, CvConfig, Experiment};
-use crate::data::batcher::{PrepareError, Sample, Skip, batch, chain, prepare};
+use crate::data::batcher::{PrepareError, Sample, Skip, batch, prepare};
 use crate::data::bids::{BidsError, Dataset};
 use crate::figures::{PngError, write_cam_panel};
 use crate::finetune::{FinetuneError, InitPackage};
@@ -186,9 +186,12 @@ pub struct Prediction {
     pub label: bool,
     /// Probability of `fcd`.
     pub probability: f64,
-    /// Heat-Score of the Grad-CAM (lesion subjects with a ROI).
+    /// Heat-Score of the Grad-CAM (lesion subjects with a ROI; `None` also when the map is flat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heat_score: Option<f64>,
+    /// What was odd about this subject (e.g. a flat map), for the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// `RUN/<experiment>/fold-K/result.json`: written last, so its presence marks the fold done.
@@ -560,14 +563,20 @@ fn evaluate_test(
     let mut predictions = Vec::new();
     let mut heat_scores = Vec::new();
     for (s, &p) in test.iter().zip(&probs) {
+        let mut note = None;
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
                 let (hs, heat) = heat_of(model, s, roi, device)?;
                 if let Some(dir) = cam_dir {
                     write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
                 }
-                heat_scores.push(hs);
-                Some(hs)
+                // A flat map has no Heat-Score: noted for this subject, the run goes on.
+                if hs.is_none() {
+                    tracing::warn!(subject = %s.id, "flat Grad-CAM: Heat-Score undefined, left out of the mean");
+                    note = Some("flat Grad-CAM (no spread over the background): no Heat-Score".to_string());
+                }
+                heat_scores.extend(hs);
+                hs
             }
             _ => None,
         };
@@ -577,6 +586,7 @@ fn evaluate_test(
             label: s.label,
             probability: p,
             heat_score: heat,
+            note,
         });
     }
     let c = Confusion::at(&labels, &probs, 0.5);
@@ -591,15 +601,17 @@ fn evaluate_test(
     Ok((predictions, metrics))
 }
 
-/// Grad-CAM of class `fcd` at the last block, upsampled (trilinear) onto the model grid, and its
-/// Heat-Score against the head foreground outside the ROI. Returns (score, heatmap
-/// `[depth, height, width]` on the model grid).
+/// Grad-CAM of class `fcd` at the last block, upsampled onto the model grid by cubic B-spline
+/// interpolation ([`feature_map_volume`]: through every feature value, peaks may fall between
+/// feature centres), and its Heat-Score against the head foreground outside the ROI. Returns
+/// (score, heatmap `[depth, height, width]` on the model grid); the score is `None` when the map
+/// is flat over the background ([`HeatScoreError::FlatBackground`]): undefined, not an error.
 pub fn heat_of(
     model: &ResNet3d,
     s: &Sample,
     roi: &Array3<bool>,
     device: &Device,
-) -> Result<(f64, Array3<f32>), CvError> {
+) -> Result<(Option<f64>, Array3<f32>), CvError> {
     let heat_err = |rule: String| CvError::Heat {
         subject: s.id.clone(),
         rule,
@@ -614,10 +626,14 @@ pub fn heat_of(
     let map = Array3::from_shape_vec((d, h, w), values).map_err(|e| heat_err(e.to_string()))?;
     let on_model = feature_map_volume(&map, &s.grid, model.arch().stride())
         .and_then(|v| v.resample(&s.grid, Interp::Linear, 0.0))
-        .map_err(|e| heat_err(chain(&e)))?;
+        .map_err(|e| heat_err(fcdnode::error_chain(&e)))?;
     let heat = on_model.data().view().reversed_axes().as_standard_layout().into_owned();
     let fg = s.foreground();
-    let hs = heat_score(&heat, roi, Background::ForegroundOutsideRoi(&fg)).map_err(|e| heat_err(e.to_string()))?;
+    let hs = match heat_score(&heat, roi, Background::ForegroundOutsideRoi(&fg)) {
+        Ok(hs) => Some(hs),
+        Err(HeatScoreError::FlatBackground) => None,
+        Err(e) => return Err(heat_err(e.to_string())),
+    };
     Ok((hs, heat))
 }
 

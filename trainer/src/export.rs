@@ -1,15 +1,24 @@
 //! A finished cross-validation run → a model package the node loads: one ONNX graph per fold
 //! (the root library's writer, from the architecture spec and the fold's trained weights) and
-//! `manifest.toml` with the run's exact preprocessing recipe, channels, classes, threshold and
-//! provenance (dataset, code version, cross-validated metrics).
+//! `manifest.toml` with the run's exact preprocessing recipe, channels, classes, threshold,
+//! provenance (dataset, code version, cross-validated metrics) and the heatmap reference level
+//! that makes the node's colour scale absolute (`[heatmap]`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use fcdnode::package::manifest::{Manifest, PackageError};
+use fcdnode::explain::cam::{CamError, grad_cam, grad_cam_pp};
+use fcdnode::explain::reference_level;
+use fcdnode::package::manifest::{HeatmapReference, Manifest, PackageError};
 use fcdnode::package::onnx::{OnnxError, write_onnx};
+use fcdnode::package::weights::Weights;
+use ndarray::{Array2, Array3, Array4, Ix2};
 
 use crate::config::{CvConfig, Experiment};
 use crate::cv::{FoldResult, weights_path};
+use crate::data::batcher::{batch, prepare};
+use crate::data::bids::Dataset;
+use crate::model::{ModelError, ResNet3d, device_from_name};
 use crate::report::summary;
 use crate::train::{TrainError, load_weights};
 
@@ -35,6 +44,15 @@ pub enum ExportError {
     /// Writing the manifest failed.
     #[error("manifest")]
     Manifest(#[from] PackageError),
+    /// A fold network could not be built for the heatmap reference.
+    #[error("heatmap reference")]
+    Model(#[from] ModelError),
+    /// A heatmap for the reference could not be computed.
+    #[error("heatmap reference")]
+    Cam(#[from] CamError),
+    /// A fold's outputs do not have the shape the heatmap reference needs.
+    #[error("heatmap reference: {rule}")]
+    Heatmap { rule: String },
     /// The output directory could not be made.
     #[error("{path}")]
     Io {
@@ -138,7 +156,7 @@ pub fn export(run: &Path, name: Option<&str>, out: &Path) -> Result<Exported, Ex
         exp.train_layers,
         exp.modality_label()
     );
-    let results: Vec<FoldResult> = folds.into_iter().map(|(_, r)| r).collect();
+    let (folds_dirs, results): (Vec<PathBuf>, Vec<FoldResult>) = folds.into_iter().unzip();
     let (mean, _) = summary(&results);
     manifest.provenance.dataset = config.data.display().to_string();
     manifest.provenance.code_version = format!("fcdnode-trainer {}", env!("CARGO_PKG_VERSION"));
@@ -153,7 +171,119 @@ pub fn export(run: &Path, name: Option<&str>, out: &Path) -> Result<Exported, Ex
         crate::report::background_description(),
         config.seed
     );
+    match heatmap_reference(&config, exp, run, &folds_dirs, &results, manifest.positive_class)? {
+        Ok(reference) => manifest.heatmap = Some(reference),
+        Err(reason) => {
+            // The package still works; the node then shows a relative scale and says so.
+            tracing::warn!("no heatmap reference level: {reason}");
+            manifest.provenance.notes += &format!("; no heatmap reference level: {reason}");
+        }
+    }
     manifest.validate(&out.join(fcdnode::package::manifest::MANIFEST_FILE))?;
     manifest.save(out)?;
     Ok(Exported { manifest, graphs })
+}
+
+/// Why a package is exported without a heatmap reference level (it still works; the node then
+/// shows a relative scale and says so).
+#[derive(Debug, thiserror::Error)]
+enum NoReference {
+    /// The run's training data cannot be read or prepared any more.
+    #[error("training data unusable: {0}")]
+    Data(String),
+    /// No fold trained on a lesion subject.
+    #[error("no lesion subject in the folds' training sets")]
+    NoPositive,
+}
+
+/// The `[heatmap]` reference levels: over the training positives (every lesion subject in some
+/// fold's training set), the median peak of each one's fold-ensemble map, for Grad-CAM++ and
+/// Grad-CAM in the closed forms the node computes ([`fcdnode::explain::cam`]) from the same
+/// forward features. The inner `Err` is why no level could be taken (the training data is
+/// gone, no positive).
+fn heatmap_reference(
+    config: &CvConfig,
+    exp: &Experiment,
+    run: &Path,
+    fold_dirs: &[PathBuf],
+    results: &[FoldResult],
+    class: usize,
+) -> Result<Result<HeatmapReference, NoReference>, ExportError> {
+    let dataset = match Dataset::open(&config.data) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(NoReference::Data(fcdnode::error_chain(&e)))),
+    };
+    let prepared = match prepare(&dataset, &exp.modalities, &config.recipe(), &run.join("cache")) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(NoReference::Data(fcdnode::error_chain(&e)))),
+    };
+    let trained: BTreeSet<&str> = results
+        .iter()
+        .flat_map(|r| r.train.iter().map(String::as_str))
+        .collect();
+    let positives: Vec<_> = prepared
+        .samples
+        .iter()
+        .filter(|s| s.label && trained.contains(s.id.as_str()))
+        .collect();
+    if positives.is_empty() {
+        return Ok(Err(NoReference::NoPositive));
+    }
+    let device = device_from_name(&config.device)?;
+    let mut models = Vec::new();
+    for dir in fold_dirs {
+        let weights = load_weights(&weights_path(dir))?;
+        let fc = fc_weight(&weights)?;
+        models.push((ResNet3d::new(&exp.arch, &device)?.load_weights(&weights)?, fc));
+    }
+    let (mut pp, mut cam) = (Vec::new(), Vec::new());
+    for sample in &positives {
+        let (mut sum_pp, mut sum_cam): (Option<Array3<f32>>, Option<Array3<f32>>) = (None, None);
+        for (model, fc) in &models {
+            let (_, features) = model.forward(batch(&[&sample.tensor], &device));
+            let [_, c, d, h, w] = features.dims();
+            let values = features
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| ExportError::Heatmap { rule: format!("{e:?}") })?;
+            let a = Array4::from_shape_vec((c, d, h, w), values)
+                .map_err(|e| ExportError::Heatmap { rule: e.to_string() })?;
+            let add = |sum: Option<Array3<f32>>, map: Array3<f32>| {
+                Some(match sum {
+                    Some(s) => s + &map,
+                    None => map,
+                })
+            };
+            sum_pp = add(sum_pp, grad_cam_pp(a.view(), fc, class)?);
+            sum_cam = add(sum_cam, grad_cam(a.view(), fc, class)?);
+        }
+        let n = models.len() as f32;
+        pp.extend(sum_pp.map(|s| s / n));
+        cam.extend(sum_cam.map(|s| s / n));
+    }
+    Ok(Ok(HeatmapReference {
+        gradcampp: reference_level(&pp),
+        gradcam: reference_level(&cam),
+        positives: positives.len(),
+        method: format!(
+            "median over the {} training positives of the peak of each one's {}-fold ensemble map (feature grid)",
+            positives.len(),
+            models.len()
+        ),
+    }))
+}
+
+/// The classifier weight `[classes, features]` of a fold.
+fn fc_weight(weights: &Weights) -> Result<Array2<f32>, ExportError> {
+    weights
+        .0
+        .get("fc.weight")
+        .ok_or_else(|| ExportError::Heatmap {
+            rule: "the fold has no fc.weight".into(),
+        })?
+        .clone()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| ExportError::Heatmap {
+            rule: format!("fc.weight: {e}"),
+        })
 }

@@ -13,12 +13,16 @@
 //! - [`figures`]: PNG drawing (ROC curve, per-subject Grad-CAM panel, montage), used by both.
 //! - [`finetune`]: `--init-from`: a model package's weights as each fold's start.
 //! - [`export`]: a run → model package (ONNX per fold + manifest.toml).
+//! - [`evaluate`] (feature `onnx`, on by default): a package on a BIDS dataset through the node's
+//!   own ONNX Runtime path, beside the non-learned baseline → report, metrics, figures.
 //!
 //! The `fcdtrain` binary adds the command line and `fcdtrain bench step` (timing, not library).
 
 pub mod config;
 pub mod cv;
 pub mod data;
+#[cfg(feature = "onnx")]
+pub mod evaluate;
 pub mod export;
 pub mod figures;
 pub mod finetune;

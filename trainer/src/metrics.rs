@@ -1,6 +1,9 @@
-//! Classification metrics (accuracy, ROC-AUC, sensitivity, specificity, macro-F1), summaries
-//! over folds, and the paired t-test between experiments.
+//! Classification metrics (accuracy, ROC-AUC with a bootstrap interval, sensitivity,
+//! specificity, macro-F1, Youden's threshold), calibration (Brier score, reliability bins,
+//! expected calibration error), summaries over folds, and the paired t-test between experiments.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 /// Counts at one decision threshold; the positive class is the lesion class.
@@ -108,6 +111,128 @@ pub fn roc_curve(labels: &[bool], scores: &[f64]) -> Vec<(f64, f64)> {
     points
 }
 
+/// Percentile 95 % interval of the ROC-AUC over `replicates` stratified bootstrap resamples
+/// (positives and negatives resampled separately, so every replicate has both classes), seeded
+/// so a report is reproducible; NaN when a class is absent or `replicates` is 0.
+pub fn auc_bootstrap_ci(labels: &[bool], scores: &[f64], replicates: usize, seed: u64) -> [f64; 2] {
+    let pos: Vec<f64> = labels
+        .iter()
+        .zip(scores)
+        .filter(|(y, _)| **y)
+        .map(|(_, s)| *s)
+        .collect();
+    let neg: Vec<f64> = labels
+        .iter()
+        .zip(scores)
+        .filter(|(y, _)| !**y)
+        .map(|(_, s)| *s)
+        .collect();
+    if pos.is_empty() || neg.is_empty() || replicates == 0 {
+        return [f64::NAN; 2];
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut aucs: Vec<f64> = (0..replicates)
+        .map(|_| {
+            let p: Vec<f64> = (0..pos.len()).map(|_| pos[rng.random_range(0..pos.len())]).collect();
+            let n: Vec<f64> = (0..neg.len()).map(|_| neg[rng.random_range(0..neg.len())]).collect();
+            let y: Vec<bool> = p.iter().map(|_| true).chain(n.iter().map(|_| false)).collect();
+            roc_auc(&y, &[p, n].concat())
+        })
+        .collect();
+    aucs.sort_by(f64::total_cmp);
+    let at = |q: f64| aucs[((q * (aucs.len() - 1) as f64).round() as usize).min(aucs.len() - 1)];
+    [at(0.025), at(0.975)]
+}
+
+/// The score threshold maximising Youden's J = sensitivity + specificity − 1 (decision
+/// `score ≥ threshold`); ties keep the higher threshold. NaN when a class is absent.
+pub fn youden_threshold(labels: &[bool], scores: &[f64]) -> f64 {
+    if !labels.iter().any(|&y| y) || labels.iter().all(|&y| y) {
+        return f64::NAN;
+    }
+    let mut candidates: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
+    candidates.sort_by(|a, b| b.total_cmp(a));
+    candidates.dedup();
+    let mut best = (f64::NEG_INFINITY, f64::NAN);
+    for t in candidates {
+        let c = Confusion::at(labels, scores, t);
+        let j = c.sensitivity() + c.specificity() - 1.0;
+        if j > best.0 {
+            best = (j, t);
+        }
+    }
+    best.1
+}
+
+/// Mean squared difference between probability and outcome (1 for a positive); NaN when empty.
+pub fn brier_score(labels: &[bool], probabilities: &[f64]) -> f64 {
+    if labels.is_empty() {
+        return f64::NAN;
+    }
+    labels
+        .iter()
+        .zip(probabilities)
+        .map(|(&y, &p)| (p - if y { 1.0 } else { 0.0 }).powi(2))
+        .sum::<f64>()
+        / labels.len() as f64
+}
+
+/// One bin of a reliability diagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CalibrationBin {
+    /// Bin edges on the probability axis (`lower ≤ p < upper`; the last bin includes 1).
+    pub lower: f64,
+    pub upper: f64,
+    /// Subjects in the bin.
+    pub n: usize,
+    /// Their mean predicted probability (NaN when empty).
+    pub mean_probability: f64,
+    /// The fraction of them that are positive (NaN when empty).
+    pub fraction_positive: f64,
+}
+
+/// Reliability bins (`bins` of equal width over [0, 1]) and the expected calibration error
+/// Σ_b (n_b / n) · |mean probability_b − fraction positive_b| (NaN when empty).
+pub fn calibration(labels: &[bool], probabilities: &[f64], bins: usize) -> (Vec<CalibrationBin>, f64) {
+    let bins = bins.max(1);
+    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
+    for (&y, &p) in labels.iter().zip(probabilities) {
+        if !p.is_finite() {
+            continue;
+        }
+        let b = ((p.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        sums[b].0 += 1;
+        sums[b].1 += p;
+        sums[b].2 += usize::from(y);
+    }
+    let total: usize = sums.iter().map(|s| s.0).sum();
+    let table: Vec<CalibrationBin> = sums
+        .iter()
+        .enumerate()
+        .map(|(b, &(n, sum, pos))| CalibrationBin {
+            lower: b as f64 / bins as f64,
+            upper: (b + 1) as f64 / bins as f64,
+            n,
+            mean_probability: ratio_f(sum, n),
+            fraction_positive: ratio_f(pos as f64, n),
+        })
+        .collect();
+    let ece = if total == 0 {
+        f64::NAN
+    } else {
+        table
+            .iter()
+            .filter(|b| b.n > 0)
+            .map(|b| b.n as f64 / total as f64 * (b.mean_probability - b.fraction_positive).abs())
+            .sum()
+    };
+    (table, ece)
+}
+
+fn ratio_f(a: f64, n: usize) -> f64 {
+    if n == 0 { f64::NAN } else { a / n as f64 }
+}
+
 /// Mean and sample standard deviation of the finite values (NaN when none; std 0 for one).
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -209,5 +334,45 @@ mod tests {
         assert!((r.p - 0.013_24).abs() < 1e-4, "{r:?}");
         assert!(paired_t_test(&[1.0], &[0.0]).is_none());
         assert!(paired_t_test(&[1.0, 2.0], &[0.0, 1.0]).is_none(), "zero variance");
+    }
+    #[test]
+    fn brier_calibration_and_ece() {
+        let y = [true, true, false, false];
+        let p = [0.9, 0.6, 0.2, 0.7];
+        // (0.01 + 0.16 + 0.04 + 0.49) / 4
+        assert!((brier_score(&y, &p) - 0.175).abs() < 1e-12);
+        let (bins, ece) = calibration(&y, &p, 10);
+        assert_eq!(bins.len(), 10);
+        assert_eq!(bins[2].n, 1);
+        assert_eq!(bins[6].n, 1);
+        assert_eq!(bins[7].n, 1);
+        assert_eq!(bins[9].n, 1);
+        // |0.9−1| + |0.6−1| + |0.2−0| + |0.7−0|, each weighted 1/4.
+        assert!((ece - (0.1 + 0.4 + 0.2 + 0.7) / 4.0).abs() < 1e-12, "{ece}");
+        // Probability 1.0 falls in the last bin.
+        assert_eq!(calibration(&[true], &[1.0], 4).0[3].n, 1);
+        assert!(brier_score(&[], &[]).is_nan());
+    }
+
+    #[test]
+    fn youden_and_bootstrap() {
+        let y = [true, true, true, false, false, false];
+        let s = [0.9, 0.8, 0.35, 0.4, 0.3, 0.1];
+        // t = 0.8: sens 2/3, spec 1 → J 0.667; t = 0.35: sens 1, spec 2/3 → 0.667 (tie: higher wins).
+        assert_eq!(youden_threshold(&y, &s), 0.8);
+        assert!(youden_threshold(&[true], &[0.2]).is_nan());
+        // Perfect separation: every replicate is 1.
+        assert_eq!(
+            auc_bootstrap_ci(&y, &[0.9, 0.8, 0.7, 0.3, 0.2, 0.1], 200, 1),
+            [1.0, 1.0]
+        );
+        let ci = auc_bootstrap_ci(&y, &s, 500, 1);
+        let auc = roc_auc(&y, &s);
+        assert!(
+            ci[0] < auc && auc <= ci[1] && ci[0] >= 0.0 && ci[1] <= 1.0,
+            "{ci:?} around {auc}"
+        );
+        assert_eq!(ci, auc_bootstrap_ci(&y, &s, 500, 1), "same seed, same interval");
+        assert!(auc_bootstrap_ci(&[true, true], &[0.1, 0.2], 10, 1)[0].is_nan());
     }
 }

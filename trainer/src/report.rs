@@ -105,7 +105,7 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
     );
     let _ = writeln!(
         md,
-        "- Heat-Score: Grad-CAM (autodiff, output of the last block, class fcd) upsampled trilinearly onto the model grid; background = **{}** (Lasagni et al.: min-max normalised map, (mean in ROI − mean in background) / std of background), mean over the lesion subjects of each test fold.",
+        "- Heat-Score: Grad-CAM (autodiff, output of the last block, class fcd) upsampled onto the model grid by cubic B-spline interpolation (the spline passes through every feature value; its peak may fall between feature centres); a flat map has no Heat-Score and is left out of the mean (the run goes on); background = **{}** (Lasagni et al.: min-max normalised map, (mean in ROI − mean in background) / std of background), mean over the lesion subjects of each test fold.",
         background_description()
     );
     if run.resumed > 0 {
@@ -298,6 +298,26 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
         }
     }
 
+    let _ = writeln!(md, "\n## Notes per test subject\n");
+    let notes: Vec<String> = run
+        .experiments
+        .iter()
+        .flat_map(|(exp, folds)| {
+            folds.iter().flat_map(move |f| {
+                f.predictions.iter().filter_map(move |p| {
+                    p.note
+                        .as_ref()
+                        .map(|n| format!("- {} {}: {}: {n}", exp.name, f.name, p.subject))
+                })
+            })
+        })
+        .collect();
+    if notes.is_empty() {
+        let _ = writeln!(md, "None.");
+    }
+    for n in notes {
+        let _ = writeln!(md, "{n}");
+    }
     let _ = writeln!(md, "\n## Skipped subjects\n");
     if run.skipped.is_empty() {
         let _ = writeln!(md, "None.");

@@ -139,10 +139,10 @@ pub fn prepare(
             Ok(sample) => out.samples.push(sample),
             Err(e @ PrepareError::Cache { .. }) => return Err(e),
             Err(e) => {
-                tracing::warn!(subject = %subject.id, "skipped: {}", chain(&e));
+                tracing::warn!(subject = %subject.id, "skipped: {}", fcdnode::error_chain(&e));
                 out.skipped.push(Skip {
                     subject: subject.id.clone(),
-                    reason: chain(&e),
+                    reason: fcdnode::error_chain(&e),
                 });
             }
         }
@@ -150,23 +150,36 @@ pub fn prepare(
     Ok(out)
 }
 
-/// The error and its sources joined by `: `.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 fn kind_of(m: Modality) -> ImageKind {
     match m {
         Modality::Flair => ImageKind::Flair,
         Modality::T1w => ImageKind::T1w,
     }
+}
+
+/// The image a model channel reads for `subject` (see [`choose`]); `fcdtrain evaluate` picks
+/// images the same way as training did.
+pub fn choose_image(subject: &Subject, modality: Modality) -> Option<&Image> {
+    choose(subject, kind_of(modality))
+}
+
+/// The lesion mask of `flair`: the one with the same `acq-` label, else any mask of the subject
+/// (a known glitch of the real dataset), with a note saying so.
+pub fn lesion_mask_of<'a>(subject: &'a Subject, flair: &Image) -> (Option<&'a Image>, Option<String>) {
+    let masks: Vec<&Image> = subject.images_of(ImageKind::FlairRoi).collect();
+    let same = masks.iter().find(|m| m.acq == flair.acq).copied();
+    let note = match (same, masks.first()) {
+        (None, Some(m)) => Some(format!(
+            "{}: mask {} has acq {:?}, its FLAIR {} has {:?}; used anyway",
+            subject.id,
+            m.path.display(),
+            m.acq,
+            flair.path.display(),
+            flair.acq
+        )),
+        _ => None,
+    };
+    (same.or(masks.first().copied()), note)
 }
 
 /// The image of a kind: a 3D acquisition when there are several (label containing `3d`), else
@@ -189,7 +202,8 @@ struct CacheMeta {
     has_roi: bool,
 }
 
-fn read_checked(path: &Path) -> Result<Volume, PrepareError> {
+/// Reads a NIfTI file and refuses NaN or infinite voxels.
+pub fn read_checked(path: &Path) -> Result<Volume, PrepareError> {
     let v = fcdnode::nifti::read(path).map_err(|source| PrepareError::Read {
         path: path.to_owned(),
         source,
@@ -232,21 +246,9 @@ fn prepare_subject(
     // The mask of the chosen FLAIR (same acq label), else any mask (a known glitch).
     let roi_image = match (label, flair) {
         (true, Some(flair)) => {
-            let masks: Vec<&Image> = subject.images_of(ImageKind::FlairRoi).collect();
-            let same = masks.iter().find(|m| m.acq == flair.acq).copied();
-            if same.is_none()
-                && let Some(m) = masks.first()
-            {
-                notes.push(format!(
-                    "{}: mask {} has acq {:?}, its FLAIR {} has {:?}; used anyway",
-                    subject.id,
-                    m.path.display(),
-                    m.acq,
-                    flair.path.display(),
-                    flair.acq
-                ));
-            }
-            same.or(masks.first().copied())
+            let (mask, note) = lesion_mask_of(subject, flair);
+            notes.extend(note);
+            mask
         }
         _ => None,
     };

@@ -231,7 +231,7 @@ fn logits_of_the_exported_graph_equal_burn() {
 
 fn run_err(config: &CvConfig, out: &Path) -> String {
     let err = cv::run(config, out, &AtomicBool::new(false)).unwrap_err();
-    fcdnode_trainer::data::batcher::chain(&err)
+    fcdnode::error_chain(&err)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod cv;
 mod dataset;
+mod evaluate;
 mod finetune;
 mod learns;
 mod model;
