@@ -1,15 +1,16 @@
 //! Spool: the durable store behind the SCP. An instance is written to a temporary file, fsynced,
-//! renamed into `spool/<study>/<series>/<sop>.dcm`, the directory fsynced, and recorded in the
-//! job database — all before the SCP answers success. Our own SC/SR coming back (a PACS that
-//! forwards whole studies) is recognised and discarded: the loop guard.
+//! renamed into `spool/<study>/<series>/<sop>.dcm`, the directory fsynced (and every directory
+//! created on the way, with its parent), and recorded in the job database — all before the SCP
+//! answers success. Our own SC/SR coming back (a PACS that forwards whole studies) is
+//! recognised and discarded: the loop guard.
 
 pub mod db;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
@@ -26,6 +27,9 @@ pub struct Spool {
     db: Arc<JobDb>,
     device_uid: String,
     tmp_counter: AtomicU64,
+    /// Held while creating study/series directories: a directory another association finds
+    /// already there has then been fsynced (with its parent) by whoever created it.
+    dir_lock: Mutex<()>,
 }
 
 /// Why the spool could not be opened.
@@ -48,15 +52,16 @@ impl Spool {
     /// Opens the spool under `root` (created if missing) with its database `root/jobs.sqlite`.
     /// `device_uid` is this node's Device UID, for the loop guard.
     pub fn open(root: &Path, device_uid: &str) -> Result<Self, SpoolError> {
-        for dir in [root.to_owned(), root.join("spool"), root.join("spool/tmp")] {
-            fs::create_dir_all(&dir).map_err(|source| SpoolError::Dir { path: dir, source })?;
-        }
+        let dir_error = |(path, source)| SpoolError::Dir { path, source };
+        create_dirs_durably(Path::new(""), root).map_err(dir_error)?;
+        create_dirs_durably(root, Path::new("spool/tmp")).map_err(dir_error)?;
         let db = Arc::new(JobDb::open(&root.join("jobs.sqlite"))?);
         Ok(Self {
             root: root.to_owned(),
             db,
             device_uid: device_uid.to_owned(),
             tmp_counter: AtomicU64::new(0),
+            dir_lock: Mutex::new(()),
         })
     }
 
@@ -119,8 +124,14 @@ impl Spool {
         let series = text(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
         check_uid("Study Instance UID", &study)?;
         check_uid("Series Instance UID", &series)?;
-        let series_dir = self.root.join("spool").join(&study).join(&series);
-        fs::create_dir_all(&series_dir).map_err(|e| Refusal::io(&series_dir, e))?;
+        let spool_dir = self.root.join("spool");
+        let series_dir = spool_dir.join(&study).join(&series);
+        {
+            // A poisoned lock guards nothing inconsistent: the directories are on disk or not.
+            let _held = self.dir_lock.lock().unwrap_or_else(|p| p.into_inner());
+            create_dirs_durably(&spool_dir, &Path::new(&study).join(&series))
+                .map_err(|(path, e)| Refusal::io(&path, e))?;
+        }
         let path = series_dir.join(format!("{sop_uid}.dcm"));
         fs::rename(tmp, &path).map_err(|e| Refusal::io(&path, e))?;
         sync_dir(&series_dir)?;
@@ -284,9 +295,40 @@ fn write_part_file(inst: &ReceivedInstance, tmp: &Path) -> Result<(), Refusal> {
 
 /// Makes a rename durable: fsync of the directory that holds the new name.
 fn sync_dir(dir: &Path) -> Result<(), Refusal> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Refusal::io(dir, e))
+    fsync_dir(dir).map_err(|e| Refusal::io(dir, e))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Creates `base/rel` level by level. A file's name survives a crash only if every directory
+/// above it is on disk too, so each level created here is fsynced, and then its parent, which
+/// holds its name. Levels that exist already are left alone. Returns the failing path.
+fn create_dirs_durably(base: &Path, rel: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    let mut dir = base.to_path_buf();
+    for part in rel.components() {
+        let parent = dir.clone();
+        dir.push(part);
+        if dir.is_dir() {
+            continue;
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            // Made in the meantime by another process, which syncs what it made.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => continue,
+            Err(e) => return Err((dir, e)),
+        }
+        fsync_dir(&dir).map_err(|e| (dir.clone(), e))?;
+        // The first level of a relative path: its parent is the working directory.
+        let parent = if parent.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            parent
+        };
+        fsync_dir(&parent).map_err(|e| (parent.clone(), e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -166,6 +166,34 @@ impl NodeProc {
         scp: &str,
         pipeline: &str,
     ) -> Self {
+        let mut node = Self::configure(dir, model, dicom_port, destination, scp, pipeline);
+        node.restart();
+        node
+    }
+
+    /// Like [`NodeProc::start`], but the first start already runs under `wrapper`: a trace
+    /// then covers the node's whole life and the model loads once.
+    pub fn start_under(dir: &Path, model: &Path, pacs_port: u16, wrapper: &[&str]) -> Self {
+        let pacs = Destination {
+            name: "pacs",
+            ae_title: "PACS",
+            port: pacs_port,
+        };
+        let mut node = Self::configure(dir, model, free_port(), &pacs, "", "");
+        node.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        node.restart();
+        node
+    }
+
+    /// Writes the config into `dir`; starts nothing.
+    fn configure(
+        dir: &Path,
+        model: &Path,
+        dicom_port: u16,
+        destination: &Destination<'_>,
+        scp: &str,
+        pipeline: &str,
+    ) -> Self {
         let api_port = free_port();
         let config = dir.join("fcdnode.toml");
         let text = format!(
@@ -211,16 +239,14 @@ bind = "127.0.0.1:{api_port}"
             port = destination.port,
         );
         std::fs::write(&config, text).unwrap();
-        let mut node = Self {
+        Self {
             child: None,
             wrapper: Vec::new(),
             config,
             dicom_port,
             api_port,
             log: dir.join("node.log"),
-        };
-        node.restart();
-        node
+        }
     }
 
     /// Starts the process (again) and waits for `/readyz`.
@@ -263,9 +289,19 @@ bind = "127.0.0.1:{api_port}"
         self.restart();
     }
 
-    /// kill -9.
+    /// kill -9 (of the node, also when it runs under a wrapper such as strace, which then
+    /// exits by itself with its output written).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if !self.wrapper.is_empty() {
+                for pid in descendants(child.id()) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -304,6 +340,21 @@ bind = "127.0.0.1:{api_port}"
             .output()
             .unwrap_or_else(|e| panic!("cannot run storescu: {e}"))
     }
+}
+
+/// The processes below `pid` (children first, then theirs), from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
+    for task in tasks.unwrap_or_default() {
+        let children = std::fs::read_to_string(task.join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            out.push(child);
+            out.extend(descendants(child));
+        }
+    }
+    out
 }
 
 impl Drop for NodeProc {
@@ -743,5 +794,138 @@ fn the_node_talks_to_nobody_but_its_configured_peers() {
         outbound.is_empty(),
         "traffic beyond the configured peers:\n{}",
         outbound.join("\n")
+    );
+}
+
+/// A `strace -f` log as whole calls in the order they returned: a call that another thread's
+/// line interrupted (`<unfinished ...>`, then `<... name resumed>`) is joined and placed where
+/// it returned, which is what ordering claims need.
+fn strace_calls(trace: &str) -> Vec<String> {
+    let mut pending: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(start) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, start);
+        } else if let Some(resumed) = rest.strip_prefix("<... ") {
+            let tail = resumed.split_once(" resumed>").map_or("", |(_, t)| t);
+            calls.push(format!("{}{tail}", pending.remove(pid).unwrap_or("?(")));
+        } else {
+            calls.push(rest.to_string());
+        }
+    }
+    calls
+}
+
+fn header_uid(path: &Path, tag: dicom_core::Tag) -> String {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    obj.element(tag)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches('\0').to_string())
+        .unwrap_or_else(|| panic!("{}: no {tag}", path.display()))
+}
+
+#[test]
+fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_is_synced() {
+    let dir = tempdir();
+    let trace = dir.path().join("strace.log");
+    let trace_arg = trace.display().to_string();
+    let mut node = NodeProc::start_under(
+        dir.path(),
+        &model(dir.path()),
+        free_port(),
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            // Stops only at the traced calls: the node runs at nearly full speed.
+            "--seccomp-bpf",
+            // File descriptors with their paths, sockets with their addresses.
+            "-yy",
+            // Binary buffers (the PDUs) in hex.
+            "-x",
+            "-e",
+            "trace=mkdir,mkdirat,fsync,fdatasync,rename,renameat,renameat2,sendto,write",
+            "-o",
+            &trace_arg,
+        ],
+    );
+    let file = flair_files()[0].clone();
+    let sent = node.storescu(std::slice::from_ref(&file));
+    assert!(
+        sent.status.success(),
+        "storescu: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    node.kill();
+    let calls = strace_calls(&std::fs::read_to_string(&trace).unwrap());
+    let show = || calls.join("\n");
+
+    let spool = dir.path().join("data/spool");
+    let study = spool.join(header_uid(&file, tags::STUDY_INSTANCE_UID));
+    let series = study.join(header_uid(&file, tags::SERIES_INSTANCE_UID));
+    let stored = series.join(format!("{}.dcm", header_uid(&file, tags::SOP_INSTANCE_UID)));
+    assert!(stored.is_file(), "{} not in the spool", stored.display());
+
+    let first = |what: &str, from: usize, f: &dyn Fn(&str) -> bool| -> usize {
+        calls
+            .iter()
+            .skip(from)
+            .position(|c| f(c))
+            .map(|i| i + from)
+            .unwrap_or_else(|| panic!("no {what} after call {from} in the trace:\n{}", show()))
+    };
+    let ok = |c: &str| c.ends_with(" = 0");
+    let mkdir = |dir: &Path| {
+        let quoted = format!("\"{}\"", dir.display());
+        first(&format!("mkdir {}", dir.display()), 0, &|c| {
+            (c.starts_with("mkdir(") || c.starts_with("mkdirat(")) && c.contains(&quoted) && ok(c)
+        })
+    };
+    let is_fsync_of = |c: &str, path: &Path| {
+        (c.starts_with("fsync(") || c.starts_with("fdatasync("))
+            && c.contains(&format!("<{}>)", path.display()))
+            && ok(c)
+    };
+    // The C-STORE-RSP: the first P-DATA-TF (PDU type 04) the node writes on the association.
+    let socket = format!("127.0.0.1:{}->", node.dicom_port);
+    let rsp = first("C-STORE-RSP (P-DATA-TF on the association)", 0, &|c| {
+        (c.starts_with("sendto(") || c.starts_with("write("))
+            && c.contains(&socket)
+            && (c.contains(">, \"\\x04") || c.contains(">, \"\\4"))
+    });
+    let study_made = mkdir(&study);
+    let series_made = mkdir(&series);
+    assert!(study_made < series_made && series_made < rsp, "{}", show());
+    let renamed = first("the rename into the series directory", series_made, &|c| {
+        c.starts_with("rename") && c.contains(&format!("\"{}\"", stored.display())) && ok(c)
+    });
+    assert!(renamed < rsp, "acknowledged before the file had its name:\n{}", show());
+    let synced_between = |path: &Path, from: usize| calls[from..rsp].iter().any(|c| is_fsync_of(c, path));
+    for (path, after, why) in [
+        (&spool, study_made, "the spool directory (holds the new study's name)"),
+        (&study, study_made, "the new study directory"),
+        (&study, series_made, "the study directory (holds the new series' name)"),
+        (&series, renamed, "the series directory (holds the file's name)"),
+    ] {
+        assert!(
+            synced_between(path, after),
+            "{why} not fsynced between call {after} and the C-STORE-RSP (call {rsp}):\n{}",
+            show()
+        );
+    }
+    // The job database records the instance (WAL, synchronous=FULL) before the answer too.
+    let wal = dir.path().join("data/jobs.sqlite-wal");
+    assert!(
+        synced_between(&wal, renamed),
+        "the instance's record was not synced before the C-STORE-RSP:\n{}",
+        show()
     );
 }
