@@ -50,11 +50,17 @@ pub enum SpoolError {
 
 impl Spool {
     /// Opens the spool under `root` (created if missing) with its database `root/jobs.sqlite`.
-    /// `device_uid` is this node's Device UID, for the loop guard.
+    /// `device_uid` is this node's Device UID, for the loop guard. Partial files in
+    /// `spool/tmp` are removed: nothing was acknowledged for them, and nothing else would.
+    /// Only one node may use `root` at a time.
     pub fn open(root: &Path, device_uid: &str) -> Result<Self, SpoolError> {
         let dir_error = |(path, source)| SpoolError::Dir { path, source };
         create_dirs_durably(Path::new(""), root).map_err(dir_error)?;
         create_dirs_durably(root, Path::new("spool/tmp")).map_err(dir_error)?;
+        let removed = remove_stale_parts(&root.join("spool/tmp")).map_err(dir_error)?;
+        if removed > 0 {
+            tracing::warn!("{removed} stale partial file(s) removed from spool/tmp (writes cut short by a crash)");
+        }
         let db = Arc::new(JobDb::open(&root.join("jobs.sqlite"))?);
         Ok(Self {
             root: root.to_owned(),
@@ -300,6 +306,20 @@ fn sync_dir(dir: &Path) -> Result<(), Refusal> {
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Removes the `*.part` files in `tmp`, left by a write that a kill or crash cut short (the
+/// instance was never acknowledged, so the modality sends it again); returns how many.
+fn remove_stale_parts(tmp: &Path) -> Result<usize, (PathBuf, std::io::Error)> {
+    let mut removed = 0;
+    for entry in fs::read_dir(tmp).map_err(|e| (tmp.to_owned(), e))? {
+        let path = entry.map_err(|e| (tmp.to_owned(), e))?.path();
+        if path.extension().is_some_and(|e| e == "part") {
+            fs::remove_file(&path).map_err(|e| (path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Creates `base/rel` level by level. A file's name survives a crash only if every directory

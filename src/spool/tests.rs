@@ -222,3 +222,19 @@ fn a_database_from_before_the_job_plan_gains_its_columns() {
     assert!(old.inputs.is_empty() && old.failure.is_none());
     assert!(db.series("1.2.3.4").unwrap().is_none());
 }
+
+#[test]
+fn partial_files_of_an_interrupted_write_are_removed_when_the_spool_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Spool::open(dir.path(), OURS).unwrap());
+    let tmp = dir.path().join("spool/tmp");
+    let stale = tmp.join("4242-7.part");
+    std::fs::write(&stale, b"half an instance").unwrap();
+    let other = tmp.join("notes.txt");
+    std::fs::write(&other, b"not ours").unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    assert!(!stale.exists(), "stale .part kept");
+    assert!(other.exists(), "only .part files are ours to remove");
+    let sop = "1.2.826.0.1.1.2.9";
+    assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
+}

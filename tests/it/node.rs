@@ -556,6 +556,32 @@ fn kill_9_while_receiving_and_while_inferring_loses_nothing_and_delivers_once() 
 }
 
 #[test]
+fn partial_files_left_by_a_kill_are_removed_at_start_and_the_next_series_is_delivered() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    node.kill();
+    // What a kill -9 in the middle of writing an instance leaves behind.
+    let stale = dir.path().join("data/spool/tmp/4242-0.part");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    node.restart();
+    assert!(!stale.exists(), "{} survived the start", stale.display());
+    assert!(
+        node.log_text()
+            .contains("1 stale partial file(s) removed from spool/tmp"),
+        "{}",
+        node.log_text()
+    );
+    assert!(node.storescu(&flair_files()).status.success());
+    wait_all_delivered(&node, 1, Duration::from_secs(180));
+    assert_eq!(
+        classes(&pacs.files()),
+        vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]
+    );
+}
+
+#[test]
 fn results_wait_for_a_pacs_that_is_down_and_arrive_once() {
     let dir = tempdir();
     let pacs_port = free_port();
