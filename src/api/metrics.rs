@@ -13,7 +13,10 @@ use crate::spool::db::JobState;
 /// Content type of [`Metrics::encode`]'s output (OpenMetrics text exposition).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Stages timed by `fcdnode_stage_seconds`; `turnaround` is last instance received → delivered.
+/// Stages timed by `fcdnode_stage_seconds`. `turnaround` is the series turnaround of
+/// `fcdnode bench node`, seen from inside: the last instance of a job's series stored (its
+/// C-STORE-RSP) → the job's last result (the SR) acknowledged by the destination(s); recorded
+/// once per delivered job, so it includes the stable age, queueing and delivery retries.
 pub const STAGES: [&str; 7] = [
     "assemble",
     "preprocess",
@@ -148,7 +151,8 @@ impl Metrics {
         );
         registry.register(
             "fcdnode_stage_seconds",
-            "Duration of pipeline stages in seconds (turnaround: last instance to delivered)",
+            "Duration of pipeline stages in seconds; turnaround: last C-STORE-RSP of a job's series \
+             to its last result acknowledged by the destination (per delivered job, as fcdnode bench node)",
             stages.clone(),
         );
         registry.register(

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::api::{DeliveryOutcome, Metrics};
 use crate::config::Settings;
 use crate::deliver::{self, FaultKind};
-use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb};
+use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb, JobState};
 
 pub(super) async fn run(db: Arc<JobDb>, config: Settings, metrics: Arc<Metrics>, mut rx: watch::Receiver<bool>) {
     let poll = Duration::from_secs_f64(config.outbox.poll_s);
@@ -112,7 +112,15 @@ async fn settle(
     let id = row.id;
     let error = error.map(str::to_owned);
     match tokio::task::spawn_blocking(move || db.settle_delivery(id, state, next, error.as_deref())).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(Some(settled))) => {
+            if settled.state == JobState::Delivered
+                && let Some(seconds) = settled.turnaround_s
+            {
+                metrics.observe_stage("turnaround", seconds);
+                tracing::info!(job = settled.job_id, turnaround_s = seconds, "job delivered");
+            }
+        }
+        Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::error!("outbox: {e}"),
         Err(e) => tracing::error!("outbox: {e}"),
     }

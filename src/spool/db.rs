@@ -201,6 +201,19 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
 }
 
+/// A job whose last pending delivery was just settled: it is now final.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSettled {
+    /// The job.
+    pub job_id: i64,
+    /// `Delivered` or `Undeliverable`.
+    pub state: JobState,
+    /// Seconds from the last instance of the job's series stored (its C-STORE-RSP) to this
+    /// settlement, as `fcdnode bench node` measures turnaround from outside; `None` when those
+    /// instances are gone (retention).
+    pub turnaround_s: Option<f64>,
+}
+
 /// Result of recording an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -781,14 +794,15 @@ impl JobDb {
     }
 
     /// Records the outcome of one delivery attempt; when every delivery of the job is settled,
-    /// the job becomes `delivered` (all acknowledged) or `undeliverable` (some dead).
+    /// the job becomes `delivered` (all acknowledged) or `undeliverable` (some dead), and that
+    /// is returned.
     pub fn settle_delivery(
         &self,
         id: i64,
         state: DeliveryState,
         next_attempt_at: f64,
         error: Option<&str>,
-    ) -> Result<(), DbError> {
+    ) -> Result<Option<JobSettled>, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
@@ -807,6 +821,7 @@ impl JobDb {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| self.err(e))?;
+        let mut settled = None;
         if pending == 0 {
             let (job_state, reason) = if dead > 0 {
                 (
@@ -816,13 +831,31 @@ impl JobDb {
             } else {
                 (JobState::Delivered, None)
             };
+            let now = now();
             tx.execute(
                 "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
-                params![job_id, job_state.as_str(), reason, now()],
+                params![job_id, job_state.as_str(), reason, now],
             )
             .map_err(|e| self.err(e))?;
+            // The job's input: its series' instances stored before it was created (a late
+            // instance belongs to the next job).
+            let last_received: Option<f64> = tx
+                .query_row(
+                    "SELECT MAX(i.received_at) FROM jobs j, json_each(j.series) s
+                     JOIN instances i ON i.series_uid = s.value
+                     WHERE j.id = ?1 AND i.received_at <= j.created_at",
+                    [job_id],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            settled = Some(JobSettled {
+                job_id,
+                state: job_state,
+                turnaround_s: last_received.map(|t| now - t),
+            });
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(settled)
     }
 
     /// Instances received in total (for readiness and metrics after a restart).

@@ -160,7 +160,11 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
     let due = db.due_deliveries(db::now()).unwrap();
     assert_eq!(due.len(), 4);
     for d in &due[..3] {
-        db.settle_delivery(d.id, DeliveryState::Delivered, 0.0, None).unwrap();
+        assert_eq!(
+            db.settle_delivery(d.id, DeliveryState::Delivered, 0.0, None).unwrap(),
+            None,
+            "the job is not final while a delivery is pending"
+        );
     }
     assert_eq!(
         db.job(first).unwrap().unwrap().state,
@@ -173,8 +177,13 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
         db.due_deliveries(db::now()).unwrap().is_empty(),
         "backoff defers the retry"
     );
-    db.settle_delivery(due[3].id, DeliveryState::Dead, 0.0, Some("gave up"))
-        .unwrap();
+    let settled = db
+        .settle_delivery(due[3].id, DeliveryState::Dead, 0.0, Some("gave up"))
+        .unwrap()
+        .expect("the last delivery settles the job");
+    assert_eq!((settled.job_id, settled.state), (first, JobState::Undeliverable));
+    let turnaround = settled.turnaround_s.expect("the job's instances are known");
+    assert!((0.0..60.0).contains(&turnaround), "{turnaround}");
     let job = db.job(first).unwrap().unwrap();
     assert_eq!(job.state, JobState::Undeliverable);
     assert_eq!(db.deliveries_in(DeliveryState::Dead).unwrap().len(), 1);

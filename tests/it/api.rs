@@ -358,7 +358,7 @@ fn dead_letters_are_listed() {
 }
 
 /// The sample value of the exposition line `name{labels}` (exact match on the series).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.parse().unwrap_or_else(|e| panic!("{series}: value {v:?}: {e}")))

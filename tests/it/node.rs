@@ -12,6 +12,7 @@ use dicom_object::OpenFileOptions;
 use fcdnode::package::manifest::Modality;
 use serde_json::Value;
 
+use crate::api::sample;
 use crate::util::{dciodvfy, fcdnode, repo, run_ok, tempdir, tool};
 
 /// A free TCP port on loopback (bound, then released).
@@ -447,6 +448,16 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
         "{metrics}"
     );
     assert!(metrics.contains("fcdnode_jobs{state=\"delivered\"} 1"), "{metrics}");
+    // Turnaround (last C-STORE-RSP → SR acknowledged) is recorded as the job's last delivery
+    // settles, just after the job reads delivered.
+    let count = r#"fcdnode_stage_seconds_count{stage="turnaround"}"#;
+    wait_until("a turnaround sample", Duration::from_secs(10), || {
+        sample(&node.metrics(), count).is_some_and(|n| n >= 1.0)
+    });
+    let metrics = node.metrics();
+    let sum = sample(&metrics, r#"fcdnode_stage_seconds_sum{stage="turnaround"}"#);
+    // No job starts before its series has been quiet for the stable age (1 s here).
+    assert!(sum.is_some_and(|s| s >= 1.0), "{metrics}");
 
     // Loop guard: the PACS forwards our own SC/SR back; they are acknowledged, not analysed.
     let back = node.storescu(&received);
