@@ -3,6 +3,7 @@
 //! Command sets are always Implicit VR Little Endian in group 0000 (PS3.7 6.3.1); every length
 //! a peer declares is checked against the bytes present before it is used.
 
+use dicom_ul::association::Error as UlError;
 use dicom_ul::pdu::Pdu;
 
 /// Smallest max PDU length the node advertises or proposes (DCMTK's lower bound; dicom-ul
@@ -168,6 +169,47 @@ pub(crate) fn text(value: &[u8]) -> String {
     String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_owned()
 }
 
+/// A PDU as logs may show it: name, type and length (the length field, after the 6-byte
+/// header). Never its content: a P-DATA-TF carries data set bytes, and dicom-ul's `Debug`
+/// prints them all.
+pub(crate) fn pdu_summary(pdu: &Pdu) -> String {
+    let pdu_type = match pdu {
+        Pdu::AssociationRQ(_) => 0x01,
+        Pdu::AssociationAC(_) => 0x02,
+        Pdu::AssociationRJ(_) => 0x03,
+        Pdu::PData { .. } => 0x04,
+        Pdu::ReleaseRQ => 0x05,
+        Pdu::ReleaseRP => 0x06,
+        Pdu::AbortRQ { .. } => 0x07,
+        Pdu::Unknown { pdu_type, .. } => *pdu_type,
+    };
+    let length = match pdu {
+        // Each PDV item: 4-byte length, context ID, control header, then the fragment.
+        Pdu::PData { data } => Some(data.iter().map(|pdv| 6 + pdv.data.len()).sum()),
+        Pdu::Unknown { data, .. } => Some(data.len()),
+        other => {
+            let mut bytes = Vec::new();
+            dicom_ul::write_pdu(&mut bytes, other)
+                .ok()
+                .map(|()| bytes.len().saturating_sub(6))
+        }
+    };
+    match length {
+        Some(n) => format!("{} (type 0x{pdu_type:02X}, {n} bytes)", pdu_name(pdu)),
+        None => format!("{} (type 0x{pdu_type:02X})", pdu_name(pdu)),
+    }
+}
+
+/// A dicom-ul error as logs and stored faults may show it: [`crate::error_chain`], except that
+/// a PDU the error carries is summarised by [`pdu_summary`] instead of `Debug`-printed.
+pub(crate) fn ul_error_text(e: &UlError) -> String {
+    match e {
+        UlError::UnexpectedPdu { pdu, .. } => format!("unexpected {}", pdu_summary(pdu)),
+        UlError::UnknownPdu { pdu, .. } => format!("unknown PDU: {}", pdu_summary(pdu)),
+        other => crate::error_chain(other),
+    }
+}
+
 /// The PDU's name, for messages about unexpected PDUs.
 pub(crate) fn pdu_name(pdu: &Pdu) -> &'static str {
     match pdu {
@@ -179,5 +221,32 @@ pub(crate) fn pdu_name(pdu: &Pdu) -> &'static str {
         Pdu::ReleaseRP => "A-RELEASE-RP",
         Pdu::AbortRQ { .. } => "A-ABORT",
         Pdu::Unknown { .. } => "unknown PDU",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom_ul::pdu::{PDataValue, PDataValueType};
+
+    use super::*;
+
+    #[test]
+    fn a_pdu_summary_gives_type_and_length_and_no_content() {
+        let data = b"CANARY^PATIENT".repeat(4);
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: 1,
+                value_type: PDataValueType::Data,
+                is_last: true,
+                data: data.clone(),
+            }],
+        };
+        let mut bytes = Vec::new();
+        dicom_ul::write_pdu(&mut bytes, &pdu).unwrap();
+        let summary = pdu_summary(&pdu);
+        assert_eq!(summary, format!("P-DATA-TF (type 0x04, {} bytes)", bytes.len() - 6));
+        assert_eq!(pdu_summary(&Pdu::ReleaseRQ), "A-RELEASE-RQ (type 0x05, 4 bytes)");
+        let unknown = Pdu::Unknown { pdu_type: 0x42, data };
+        assert_eq!(pdu_summary(&unknown), "unknown PDU (type 0x42, 56 bytes)");
     }
 }

@@ -15,7 +15,8 @@ use super::fault::{DeliveryFault, FaultReason, StatusClass, status_class};
 use super::files::{EXPLICIT_VR_LE, FileError, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
 use super::settings::{Destination, check_ae_title};
 use super::tls::{Relay, TlsClient};
-use crate::dimse::{MAX_COMMAND_SET, pdu_name};
+use crate::dicom_build::is_uid;
+use crate::dimse::{MAX_COMMAND_SET, pdu_name, ul_error_text};
 
 /// Presentation contexts one association can carry (odd IDs 1..=255).
 const MAX_CONTEXTS: usize = 128;
@@ -297,7 +298,7 @@ fn reason_of(e: UlError, during: &str, keys: &[&(String, String)]) -> FaultReaso
         }
         other => FaultReason::Protocol {
             during,
-            detail: other.to_string(),
+            detail: ul_error_text(&other),
         },
     }
 }
@@ -486,7 +487,13 @@ async fn store_one(
     if let Some(uid) = &rsp.sop_instance
         && *uid != info.sop_instance
     {
-        warn!(file = %path.display(), sent = %info.sop_instance, answered = %uid, "C-STORE-RSP names another SOP instance");
+        // The peer's text is shown only when it is a UID.
+        let answered = if is_uid(uid) {
+            uid.clone()
+        } else {
+            format!("{} bytes, not a UID", uid.len())
+        };
+        warn!(file = %path.display(), sent = %info.sop_instance, %answered, "C-STORE-RSP names another SOP instance");
     }
     match status_class(rsp.status) {
         StatusClass::Success => Ok(Stored {

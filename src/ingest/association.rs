@@ -40,8 +40,7 @@ use super::syntax::{
     ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage, trim_uid,
 };
 use super::{InstanceSink, ReceivedInstance, StoreOutcome};
-use crate::dimse::pdu_name;
-use crate::error_chain;
+use crate::dimse::{pdu_name, ul_error_text};
 
 mod reassembly;
 #[cfg(test)]
@@ -199,7 +198,7 @@ pub(super) async fn handle_association(
         }
         Err(e) => {
             bump(&stats.associations_rejected);
-            warn!(%peer, error = %error_chain(&e), "association not established");
+            warn!(%peer, error = %ul_error_text(&e), "association not established");
             return;
         }
     };
@@ -467,7 +466,7 @@ impl Session {
                         warn!(peer = %self.peer, calling_ae = %self.calling_ae, "release requested in the middle of a message");
                     }
                     if let Err(e) = self.association.send(&Pdu::ReleaseRP).await {
-                        warn!(peer = %self.peer, error = %error_chain(&e), "cannot send A-RELEASE-RP");
+                        warn!(peer = %self.peer, error = %ul_error_text(&e), "cannot send A-RELEASE-RP");
                     }
                     let _ = self.association.inner_stream().shutdown().await;
                     info!(peer = %self.peer, calling_ae = %self.calling_ae, "association released");
@@ -519,11 +518,11 @@ impl Session {
             }
             UlError::ReceivePdu { .. } => (
                 AbortRQServiceProviderReason::InvalidPduParameter,
-                format!("unreadable PDU: {}", error_chain(&e)),
+                format!("unreadable PDU: {}", ul_error_text(&e)),
             ),
             _ => (
                 AbortRQServiceProviderReason::ReasonNotSpecified,
-                format!("receive failed: {}", error_chain(&e)),
+                format!("receive failed: {}", ul_error_text(&e)),
             ),
         };
         self.abort(abort(reason, why)).await;
@@ -537,7 +536,7 @@ impl Session {
             source: AbortRQSource::ServiceProvider(a.reason),
         };
         if let Err(e) = self.association.send(&pdu).await {
-            debug!(peer = %self.peer, error = %error_chain(&e), "cannot send A-ABORT");
+            debug!(peer = %self.peer, error = %ul_error_text(&e), "cannot send A-ABORT");
         }
         let _ = self.association.inner_stream().shutdown().await;
     }
@@ -699,7 +698,7 @@ impl Session {
                 // The connection is gone; nothing more can be said to the peer.
                 return Err(abort(
                     AbortRQServiceProviderReason::ReasonNotSpecified,
-                    format!("cannot send the response: {}", error_chain(&e)),
+                    format!("cannot send the response: {}", ul_error_text(&e)),
                 ));
             }
         }

@@ -51,7 +51,11 @@ fn uid(value: &[u8], element: u16) -> Result<String, DimseError> {
         .trim_end_matches(['\0', ' '])
         .trim_start_matches(' ');
     if text.len() > 64 || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(DimseError(format!("(0000,{element:04X}) {text:?} is not a UID")));
+        // Its length only: the text is whatever the peer sent.
+        return Err(DimseError(format!(
+            "(0000,{element:04X}) is not a UID ({} bytes, not only digits and dots, at most 64)",
+            text.len()
+        )));
     }
     Ok(text.to_owned())
 }

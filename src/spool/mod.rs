@@ -244,8 +244,10 @@ fn check_uid(name: &str, uid: &str) -> Result<(), Refusal> {
     if is_uid(uid) {
         Ok(())
     } else {
+        // Its length only: a value that is not a UID may be anything the data set holds.
         Err(Refusal::understand(format!(
-            "{name} {uid:?} is not a valid UID (digits and dots, at most 64 characters)"
+            "{name} is not a valid UID ({} characters; digits and dots, at most 64)",
+            uid.len()
         )))
     }
 }

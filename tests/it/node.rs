@@ -138,6 +138,8 @@ pub struct NodeProc {
     child: Option<Child>,
     /// A command the node runs under (e.g. strace and its options), empty for none.
     wrapper: Vec<String>,
+    /// `RUST_LOG` for the node.
+    rust_log: String,
     config: PathBuf,
     pub dicom_port: u16,
     pub api_port: u16,
@@ -175,6 +177,15 @@ impl NodeProc {
     /// Like [`NodeProc::start`], but the first start already runs under `wrapper`: a trace
     /// then covers the node's whole life and the model loads once.
     pub fn start_under(dir: &Path, model: &Path, pacs_port: u16, wrapper: &[&str]) -> Self {
+        Self::launch(dir, model, pacs_port, wrapper, "info")
+    }
+
+    /// Like [`NodeProc::start`], logging at `rust_log` (a `RUST_LOG` value).
+    pub fn start_logging(dir: &Path, model: &Path, pacs_port: u16, rust_log: &str) -> Self {
+        Self::launch(dir, model, pacs_port, &[], rust_log)
+    }
+
+    fn launch(dir: &Path, model: &Path, pacs_port: u16, wrapper: &[&str], rust_log: &str) -> Self {
         let pacs = Destination {
             name: "pacs",
             ae_title: "PACS",
@@ -182,6 +193,7 @@ impl NodeProc {
         };
         let mut node = Self::configure(dir, model, free_port(), &pacs, "", "");
         node.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        node.rust_log = rust_log.to_owned();
         node.restart();
         node
     }
@@ -243,6 +255,7 @@ bind = "127.0.0.1:{api_port}"
         Self {
             child: None,
             wrapper: Vec::new(),
+            rust_log: "info".into(),
             config,
             dicom_port,
             api_port,
@@ -266,7 +279,7 @@ bind = "127.0.0.1:{api_port}"
             None => fcdnode(),
         };
         let child = command
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .args(["serve", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -965,4 +978,68 @@ fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_i
         "the instance's record was not synced before the C-STORE-RSP:\n{}",
         show()
     );
+}
+
+#[test]
+fn a_pdu_out_of_turn_is_logged_by_type_and_length_never_by_content() {
+    use std::io::{Read, Write};
+
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+
+    let dir = tempdir();
+    // Everything the node and its libraries log, down to trace.
+    let node = NodeProc::start_logging(dir.path(), &model(dir.path()), free_port(), "trace");
+    const CANARY: &str = "CANARY^PATIENT";
+    // Patient's Name (0010,0010), explicit VR LE, as a data set fragment carries it.
+    let mut data = Vec::new();
+    for _ in 0..16 {
+        data.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 14, 0]);
+        data.extend_from_slice(CANARY.as_bytes());
+    }
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: 1,
+            value_type: PDataValueType::Data,
+            is_last: true,
+            data,
+        }],
+    };
+    let mut bytes = Vec::new();
+    dicom_ul::write_pdu(&mut bytes, &pdu).unwrap();
+    let pdu_length = bytes.len() - 6;
+
+    // A P-DATA-TF before any A-ASSOCIATE-RQ.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.dicom_port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let client = stream.local_addr().unwrap().to_string();
+    stream.write_all(&bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&0x07), "expected an A-ABORT, got {answer:02X?}");
+
+    // The node still serves.
+    run_ok(
+        Command::new(tool("echoscu"))
+            .args(["-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+            .arg(node.dicom_port.to_string()),
+    );
+
+    let log = node.log_text();
+    let about_client: Vec<&str> = log.lines().filter(|l| l.contains(&client)).collect();
+    assert!(
+        about_client
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("P-DATA-TF") && l.contains(&pdu_length.to_string())),
+        "no WARN naming the PDU type and length {pdu_length} for {client}:\n{}",
+        about_client.join("\n")
+    );
+    for line in &about_client {
+        assert!(line.len() < 500, "{} bytes logged for one PDU:\n{line}", line.len());
+    }
+    // The canary as text, as Debug prints bytes (decimal) and as hex.
+    let decimal = CANARY.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+    let hex: String = CANARY.bytes().map(|b| format!("{b:02x}")).collect();
+    for needle in [CANARY, decimal.as_str(), hex.as_str()] {
+        assert!(!log.contains(needle), "data set bytes in the log ({needle}):\n{log}");
+    }
 }
