@@ -107,8 +107,8 @@ enum Command {
         config: PathBuf,
     },
     /// The whole loop on this machine: synthesise an FCD patient and a control as DICOM, start
-    /// the node, send the series by C-STORE, receive SC and SR in a built-in PACS, print the
-    /// triage.
+    /// the node, send the series by C-STORE, receive SC, PM, SEG and SR in a built-in PACS,
+    /// print the triage.
     Demo {
         /// Working directory (emptied first).
         #[arg(long, default_value = "out/demo")]

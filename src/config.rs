@@ -51,7 +51,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Model package directory (manifest.toml + ONNX graphs).
     pub model: PathBuf,
-    /// Device UID in the Contributing Equipment of our SC/SR: how the node recognises its own
+    /// Device UID in the Contributing Equipment of our outputs: how the node recognises its own
     /// output coming back. Keep it stable across restarts and unique per installation.
     pub device_uid: String,
     /// UID root for new instances; unset: `2.25.<random>` UUID-derived UIDs.
@@ -86,6 +86,10 @@ pub struct PipelineConfig {
     pub sc_series_number: u32,
     /// Series Number of the SR series.
     pub sr_series_number: u32,
+    /// Series Number of the heatmap Parametric Map series.
+    pub pm_series_number: u32,
+    /// Series Number of the hotspot Segmentation series.
+    pub seg_series_number: u32,
     /// Seconds between looks at the job queue when it is empty.
     pub poll_s: f64,
 }
@@ -97,6 +101,8 @@ impl Default for PipelineConfig {
             multiframe_sc: true,
             sc_series_number: 9901,
             sr_series_number: 9902,
+            pm_series_number: 9903,
+            seg_series_number: 9904,
             poll_s: 0.5,
         }
     }

@@ -1,6 +1,7 @@
 //! `fcdnode demo`: the whole loop on one machine. Synthesises an FCD patient and a control as
 //! DICOM, starts the node with a model package, sends the series by C-STORE as a scanner would,
-//! receives the SC and SR in a built-in receiver playing the PACS, and reports the triage.
+//! receives the SC, Parametric Map, Segmentation (suspected studies) and SR in a built-in receiver
+//! playing the PACS, and reports the triage.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,7 +178,7 @@ pub async fn run(options: &DemoOptions, base: &Config) -> Result<DemoReport, Dem
         }
     }
 
-    eprintln!("4/4 waiting for the SC and SR to come back (stable age 2 s, then inference)");
+    eprintln!("4/4 waiting for the SC, PM, SEG and SR to come back (stable age 2 s, then inference)");
     let db = node.db.clone();
     let deadline = Instant::now() + options.timeout;
     let jobs = loop {

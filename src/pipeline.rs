@@ -120,7 +120,7 @@ pub struct Options {
     pub occlusion_stride: usize,
     /// Series Instance UID to use for the model's first channel instead of routing.
     pub series: Option<String>,
-    /// SC/SR layout.
+    /// Layout and series of the outputs.
     pub report: ReportOptions,
     /// The node's identity in the outputs.
     pub device: report::Device,
@@ -282,9 +282,10 @@ pub fn run_nifti(
         &source,
         &finding,
         &algorithm,
-        Vec::new(),
-        None,
-        Some("preview.png".into()),
+        report::OutputFiles {
+            preview_png: Some("preview.png".into()),
+            ..report::OutputFiles::default()
+        },
         timings,
     );
     summary.write(&out.join("result.json"))?;
@@ -369,6 +370,11 @@ pub fn predict(
     timings.explain = ms(t);
     let finding = Finding {
         probability: prediction.probability,
+        probability_uncalibrated: ensemble
+            .manifest()
+            .calibration
+            .is_some()
+            .then_some(prediction.probability_uncalibrated),
         threshold: ensemble.manifest().threshold,
         suspected: prediction.suspected,
         fold_probabilities: prediction.fold_probabilities,
@@ -384,10 +390,14 @@ fn algorithm(ensemble: &Ensemble, options: &Options) -> Algorithm {
         version: m.version.clone(),
         sha256: ensemble.package_sha256().to_owned(),
         parameters: format!(
-            "{} {} fold(s), threshold {}, explanation {:?}, channels {}",
+            "{} {} fold(s), threshold {}{}, explanation {:?}, channels {}",
             m.architecture.name(),
             m.folds.len(),
             m.threshold,
+            m.calibration.as_ref().map_or_else(String::new, |c| format!(
+                " on the calibrated probability ({:?}: a {}, b {})",
+                c.method, c.a, c.b
+            )),
             options.explain,
             m.channels.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
         ),

@@ -229,7 +229,7 @@ async fn turnaround_runs(
         Arc::new(
             ScpConfig {
                 ae_title: PACS_AE.into(),
-                // SC and SR are not MR: hand them to the sink instead of discarding them.
+                // The outputs are not MR: hand them to the sink instead of discarding them.
                 other_storage: OtherStorage::Store,
                 ..ScpConfig::default()
             }

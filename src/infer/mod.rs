@@ -1,7 +1,7 @@
 //! ModelInput → Prediction: every fold graph of a model package runs in ONNX Runtime (sessions
-//! built once, CUDA when present); the probability is the mean of the fold softmaxes. The
-//! classifier weights are read from each graph so the CAM can be computed from `features`.
-//! [`runtime`] finds and loads ONNX Runtime.
+//! built once, CUDA when present); the probability is the mean of the fold softmaxes, through
+//! the package's `[calibration]` when it has one. The classifier weights are read from each
+//! graph so the CAM can be computed from `features`. [`runtime`] finds and loads ONNX Runtime.
 
 pub mod runtime;
 
@@ -66,13 +66,17 @@ pub struct Ensemble {
 /// What the ensemble says about one input.
 #[derive(Clone, Debug)]
 pub struct Prediction {
-    /// Mean over folds of the softmax probability of the positive class.
+    /// Probability of the positive class: the mean over folds of its softmax, through the
+    /// manifest's `[calibration]` when it has one (the threshold was chosen on that scale).
     pub probability: f64,
-    /// Each fold's probability.
+    /// The mean over folds of the softmax before calibration (equal to `probability` for a
+    /// package without `[calibration]`).
+    pub probability_uncalibrated: f64,
+    /// Each fold's softmax probability, uncalibrated.
     pub fold_probabilities: Vec<f64>,
     /// `probability ≥ threshold`.
     pub suspected: bool,
-    /// Folds whose own probability reached the threshold.
+    /// Folds whose own probability, calibrated like the ensemble's, reached the threshold.
     pub votes: usize,
     /// Per fold, `features` of the single input `[channel, depth, height, width]`.
     pub features: Vec<Array4<f32>>,
@@ -152,12 +156,17 @@ impl Ensemble {
             fold_probabilities.push(softmax(logits.as_slice().unwrap_or(&[]))[positive]);
             features.push(out.features.index_axis_move(Axis(0), 0));
         }
-        let probability = fold_probabilities.iter().sum::<f64>() / fold_probabilities.len().max(1) as f64;
+        let raw = fold_probabilities.iter().sum::<f64>() / fold_probabilities.len().max(1) as f64;
+        let probability = self.manifest.calibrate(raw);
         let threshold = self.manifest.threshold;
         Ok(Prediction {
             probability,
+            probability_uncalibrated: raw,
             suspected: probability >= threshold,
-            votes: fold_probabilities.iter().filter(|&&p| p >= threshold).count(),
+            votes: fold_probabilities
+                .iter()
+                .filter(|&&p| self.manifest.calibrate(p) >= threshold)
+                .count(),
             fold_probabilities,
             features,
         })

@@ -65,8 +65,101 @@ pub struct Provenance {
     pub validation: String,
     /// Mean cross-validated metrics (`accuracy`, `roc_auc`, `heat_score`, …).
     pub metrics: BTreeMap<String, f64>,
+    /// How `threshold` was chosen and what it gave on the data it was chosen on, for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub threshold_rule: String,
+    /// The held-out ROC-AUC a fold needed to be exported (`fcdtrain export --min-fold-auc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_fold_auc: Option<f64>,
     /// Free text.
     pub notes: String,
+}
+
+/// `[calibration]`: maps the ensemble's raw probability (mean of the folds' softmax) to a
+/// calibrated one before the threshold. A network's softmax is rarely a frequency (small
+/// cohorts, early stopping), and a triage threshold means something only on a calibrated
+/// scale. Absent in packages exported before it existed: their probability is the raw mean.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// The mapping.
+    pub method: CalibrationMethod,
+    /// Slope on logit(p).
+    pub a: f64,
+    /// Intercept.
+    pub b: f64,
+    /// The data it was fitted on (e.g. "out-of-fold predictions, 40 subjects"), for people.
+    #[serde(default)]
+    pub fitted_on: String,
+}
+
+/// How [`Calibration`] maps a probability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationMethod {
+    /// Platt scaling on the logit: σ(a·logit(p) + b).
+    Platt,
+}
+
+/// Probabilities are clamped this far from 0 and 1 before the logit: a softmax in f32 saturates
+/// at 1 − 6e-8, so the trainer (f32) and the node (f64) see the same logit for a sure fold.
+pub const LOGIT_CLAMP: f64 = 1e-7;
+
+/// logit(p) of `p` kept [`LOGIT_CLAMP`] away from 0 and 1: finite for any p in [0, 1].
+pub fn logit(p: f64) -> f64 {
+    let p = p.clamp(LOGIT_CLAMP, 1.0 - LOGIT_CLAMP);
+    (p / (1.0 - p)).ln()
+}
+
+/// The logistic function 1 / (1 + e^−z).
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Calibration {
+    /// The calibrated probability of a raw probability `p`.
+    pub fn apply(&self, p: f64) -> f64 {
+        match self.method {
+            CalibrationMethod::Platt => sigmoid(self.a * logit(p) + self.b),
+        }
+    }
+}
+
+/// How a fold's held-out ROC-AUC compared with the export floor, and what export did about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldStatus {
+    /// At or above the floor: exported.
+    Healthy,
+    /// Below the floor (or undefined), exported anyway (`--keep-weak-folds`).
+    WeakKept,
+    /// Below the floor (or undefined), left out of the package (`--drop-weak-folds`).
+    WeakDropped,
+}
+
+/// `[[fold_metrics]]`: one fold of the training run on its own held-out subjects, so a reader
+/// sees whether every graph of the ensemble discriminates, and which folds were left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldMetrics {
+    /// Fold name in the run (`fold-1`, or the held-out group).
+    pub fold: String,
+    /// Its graph in `folds`; absent when the fold was dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
+    /// Held-out subjects.
+    pub n: usize,
+    /// Of which positives.
+    pub positives: usize,
+    /// ROC-AUC on them; absent when undefined (one class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roc_auc: Option<f64>,
+    /// Accuracy on them at `threshold`, on the probabilities the package reports (calibrated by
+    /// `[calibration]` when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Healthy, or weak and kept / dropped.
+    pub status: FoldStatus,
 }
 
 /// `[heatmap]`: the map level the node's colour scale calls 1.0, so the same value gets the same
@@ -113,7 +206,8 @@ pub struct Manifest {
     pub classes: Vec<String>,
     /// Index of the class whose probability is reported (the lesion class).
     pub positive_class: usize,
-    /// Decision threshold on the mean fold probability of `positive_class`.
+    /// Decision threshold on the probability of `positive_class`: the mean of the folds' softmax,
+    /// mapped by `[calibration]` when present.
     pub threshold: f64,
     /// Graph output names.
     #[serde(default)]
@@ -126,6 +220,12 @@ pub struct Manifest {
     /// Calibration of the heatmap colour scale; `None` in older packages (relative scale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heatmap: Option<HeatmapReference>,
+    /// Calibration of the probability; `None` in older packages (the raw mean is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// Each training fold on its held-out subjects; empty in older packages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fold_metrics: Vec<FoldMetrics>,
 }
 
 /// Why a package cannot be used; every variant names the package path.
@@ -276,7 +376,15 @@ impl Manifest {
             folds,
             provenance: Provenance::default(),
             heatmap: None,
+            calibration: None,
+            fold_metrics: Vec::new(),
         }
+    }
+
+    /// The probability the node reports and thresholds: `raw` (mean of the folds' softmax)
+    /// through `[calibration]`, or `raw` itself without one.
+    pub fn calibrate(&self, raw: f64) -> f64 {
+        self.calibration.as_ref().map_or(raw, |c| c.apply(raw))
     }
 
     /// Checks every field; `path` names the manifest in errors.
@@ -345,6 +453,41 @@ impl Manifest {
                 {
                     return Err(invalid(field, v.to_string(), "must be a positive map level".into()));
                 }
+            }
+        }
+        if let Some(c) = &self.calibration {
+            for (field, v) in [("calibration.a", c.a), ("calibration.b", c.b)] {
+                if !v.is_finite() {
+                    return Err(invalid(field, v.to_string(), "must be a finite number".into()));
+                }
+            }
+            if c.a <= 0.0 {
+                return Err(invalid(
+                    "calibration.a",
+                    c.a.to_string(),
+                    "must be positive: a calibration may not reverse or flatten the model's ranking".into(),
+                ));
+            }
+        }
+        for m in &self.fold_metrics {
+            for (field, v) in [
+                ("fold_metrics.roc_auc", m.roc_auc),
+                ("fold_metrics.accuracy", m.accuracy),
+            ] {
+                if let Some(v) = v
+                    && !(0.0..=1.0).contains(&v)
+                {
+                    return Err(invalid(field, format!("{v} ({})", m.fold), "must be in [0, 1]".into()));
+                }
+            }
+            if let Some(g) = &m.graph
+                && !self.folds.contains(g)
+            {
+                return Err(invalid(
+                    "fold_metrics.graph",
+                    format!("{g} ({})", m.fold),
+                    "must be one of `folds`".into(),
+                ));
             }
         }
         if self.folds.is_empty() {
@@ -425,11 +568,59 @@ mod tests {
         };
         calibrated.save(dir.path()).unwrap();
         assert_eq!(ModelPackage::load(dir.path()).unwrap().manifest, calibrated);
+        // So does a package with a probability calibration and fold metrics.
+        let with_decision = Manifest {
+            calibration: Some(platt(1.5, -0.25)),
+            fold_metrics: vec![FoldMetrics {
+                fold: "fold-1".into(),
+                graph: Some("fold0.onnx".into()),
+                n: 8,
+                positives: 4,
+                roc_auc: Some(0.9375),
+                accuracy: Some(0.875),
+                status: FoldStatus::Healthy,
+            }],
+            ..calibrated
+        };
+        with_decision.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(
+            text.contains("[calibration]") && text.contains("method = \"platt\"") && text.contains("[[fold_metrics]]"),
+            "{text}"
+        );
+        assert_eq!(ModelPackage::load(dir.path()).unwrap().manifest, with_decision);
     }
 
-    /// Packages exported before `[heatmap]` existed still load, uncalibrated.
+    fn platt(a: f64, b: f64) -> Calibration {
+        Calibration {
+            method: CalibrationMethod::Platt,
+            a,
+            b,
+            fitted_on: "test".into(),
+        }
+    }
+
     #[test]
-    fn old_manifests_without_a_heatmap_reference_load() {
+    fn platt_calibration_maps_the_logit() {
+        let c = platt(2.0, -1.0);
+        // logit(0.5) = 0 → σ(−1).
+        assert!((c.apply(0.5) - 1.0 / (1.0 + 1f64.exp())).abs() < 1e-12);
+        // logit(σ(1.5)) = 1.5 → σ(2·1.5 − 1) = σ(2).
+        assert!((c.apply(sigmoid(1.5)) - sigmoid(2.0)).abs() < 1e-12);
+        // A saturated softmax stays finite and inside (0, 1).
+        let sure = c.apply(1.0);
+        assert!(sure.is_finite() && sure < 1.0 && (sure - sigmoid(2.0 * logit(1.0 - LOGIT_CLAMP) - 1.0)).abs() < 1e-12);
+        assert!(c.apply(0.0) > 0.0);
+        let mut m = manifest();
+        assert_eq!(m.calibrate(0.3), 0.3, "no [calibration]: identity");
+        m.calibration = Some(c);
+        assert_eq!(m.calibrate(0.5), sigmoid(-1.0));
+    }
+
+    /// Packages exported before `[heatmap]`, `[calibration]` and `[[fold_metrics]]` existed still
+    /// load: relative heatmap scale, raw probability.
+    #[test]
+    fn old_manifests_without_heatmap_or_calibration_load() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = manifest();
         m.save(dir.path()).unwrap();
@@ -438,6 +629,12 @@ mod tests {
         assert!(!text.contains("[heatmap]"), "{text}");
         let loaded = ModelPackage::load(dir.path()).unwrap().manifest;
         assert_eq!(loaded.heatmap, None);
+        assert!(
+            !text.contains("[calibration]") && !text.contains("fold_metrics"),
+            "{text}"
+        );
+        assert_eq!(loaded.calibration, None);
+        assert!(loaded.fold_metrics.is_empty());
         m.heatmap = None;
         assert_eq!(loaded, m);
     }
@@ -470,6 +667,26 @@ mod tests {
                 })
             },
             "heatmap.gradcampp",
+        );
+        check(&|m| m.calibration = Some(platt(f64::NAN, 0.0)), "`calibration.a` = NaN");
+        check(
+            &|m| m.calibration = Some(platt(1.0, f64::INFINITY)),
+            "`calibration.b` = inf",
+        );
+        check(&|m| m.calibration = Some(platt(-1.0, 0.0)), "`calibration.a` = -1");
+        check(
+            &|m| {
+                m.fold_metrics = vec![FoldMetrics {
+                    fold: "fold-2".into(),
+                    graph: Some("fold9.onnx".into()),
+                    n: 4,
+                    positives: 2,
+                    roc_auc: Some(0.5),
+                    accuracy: None,
+                    status: FoldStatus::WeakKept,
+                }]
+            },
+            "fold9.onnx (fold-2)",
         );
         manifest().save(dir.path()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -1,9 +1,11 @@
-//! Coded concepts written into the SC and SR, with their coding schemes.
+//! Coded concepts written into the outputs, with their coding schemes.
 //!
-//! DCM codes are from PS3.16 Annex D; SCT and UCUM codes are the ones PS3.16 templates name.
+//! DCM codes are from PS3.16 Annex D; SCT and UCUM codes are the ones PS3.16 templates and
+//! context groups name (checked against the CID tables pydicom 3.0.2 generates from PS3.16).
 //! No SNOMED CT concept for "focal cortical dysplasia type II" could be verified while this was
 //! written, so the finding and the decision use a private coding scheme (`99FCDNODE`), declared
-//! in the SR's Coding Scheme Identification Sequence.
+//! in the SR's Coding Scheme Identification Sequence; the Segmentation, whose segment codes must
+//! come from the standard's context groups, names the region with the nearest standard concepts.
 
 /// A coded concept (Code Value, Coding Scheme Designator, Code Meaning).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +73,23 @@ pub const DECISION_THRESHOLD: Code = code("FCD2-THRESH", PRIVATE_SCHEME, "Decisi
 pub const HEATMAP_OVERLAY: Code = code("FCD2-HEATMAP", PRIVATE_SCHEME, "Heatmap overlay");
 pub const FCD_PROBABILITY: Code = code("FCD2-PROB", PRIVATE_SCHEME, "Model probability of FCD type II");
 pub const NO_HOTSPOT: Code = code("FCD2-NOHOT", PRIVATE_SCHEME, "Hotspot not reported");
+pub const HEATMAP_VALUES: Code = code("FCD2-PMAP", PRIVATE_SCHEME, "Heatmap parametric map");
+/// An IMAGE item pointing at a segment of a Segmentation instance, as TID 1411 writes it.
+pub const REFERENCED_SEGMENT: Code = code("121191", "DCM", "Referenced Segment");
 /// TID 1500's container for evaluations that are not measurements (a negative assessment).
 pub const QUALITATIVE_EVALUATIONS: Code = code("C0034375", "UMLS", "Qualitative Evaluations");
 // Contributing Equipment (CID 7005) and image derivation (CID 7202).
 pub const PROCESSING_EQUIPMENT: Code = code("109102", "DCM", "Processing Equipment");
 pub const SOURCE_IMAGE_FOR_PROCESSING: Code = code("121322", "DCM", "Source image for image processing operation");
+/// Derivation of the Parametric Map's frames (CID 7203 has no entry for a model's attention).
+pub const UNSPECIFIED_CALCULATION: Code = code("112187", "DCM", "Unspecified method of calculation");
+/// Derivation of the Segmentation's frames (CID 7203).
+pub const SEGMENTATION: Code = code("113076", "DCM", "Segmentation");
+// Parametric Map: the values have no unit (CID 7181, UCUM "1").
+pub const NO_UNITS: Code = code("1", "UCUM", "no units");
+// Segmentation: the hotspot region's category (CID 7150) and type (CID 7194, "Morphologically
+// Abnormal Structure Segmentation Property Type", which names the brain itself, so no Anatomic
+// Region is needed), and the algorithm's family (CID 7162).
+pub const MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Code = code("49755003", "SCT", "Morphologically Abnormal Structure");
+pub const LESION_OF_BRAIN: Code = code("301766008", "SCT", "Lesion of Brain");
+pub const ARTIFICIAL_INTELLIGENCE: Code = code("123110", "DCM", "Artificial Intelligence");

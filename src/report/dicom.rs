@@ -1,4 +1,4 @@
-//! Data-set building blocks shared by the SC and SR writers: element helpers, the modules
+//! Data-set building blocks shared by the SC, PM, SEG and SR writers: element helpers, the modules
 //! copied from the source, equipment, file meta.
 
 use dicom_core::{Tag, VR};
@@ -8,9 +8,12 @@ use dicom_object::meta::FileMetaTableBuilder;
 
 use super::codes::{self, Code};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp};
+use crate::assemble::{Assembled, SliceSource};
 use crate::dicom_build::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
-pub(crate) use crate::dicom_build::{ds, ds_multi, get_str, put_f32s, put_seq, put_str, put_tag, put_u16, truncate};
+pub(crate) use crate::dicom_build::{
+    ds, ds_multi, get_str, put_f32s, put_fds, put_seq, put_str, put_tag, put_u16, put_u32s, truncate,
+};
 
 pub(crate) const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
@@ -322,6 +325,28 @@ pub(crate) fn finish(obj: InMemDicomObject, sop_instance_uid: &str) -> Result<Di
         sop_instance_uid: sop_instance_uid.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// The source instances in slice order, each once (an enhanced source is one instance).
+pub(crate) fn source_instances(source: &Assembled) -> Vec<&SliceSource> {
+    let mut seen = std::collections::HashSet::new();
+    source
+        .slices
+        .iter()
+        .filter(|s| seen.insert(s.sop_instance_uid.as_str()))
+        .collect()
+}
+
+/// Series Instance UID of the source series: from the header, else from the assembled series.
+pub(crate) fn source_series_uid(inputs: &ReportInputs<'_>) -> String {
+    get_str(inputs.source_header, tags::SERIES_INSTANCE_UID).unwrap_or_else(|| inputs.source.meta.series_uid.clone())
+}
+
+/// Modality of the source series (the image outputs' series take it), OT when unknown.
+pub(crate) fn source_modality(inputs: &ReportInputs<'_>) -> String {
+    get_str(inputs.source_header, tags::MODALITY)
+        .or_else(|| (!inputs.source.meta.modality.is_empty()).then(|| inputs.source.meta.modality.clone()))
+        .unwrap_or_else(|| "OT".into())
 }
 
 /// Frame of Reference UID from the header, else from the assembled series.

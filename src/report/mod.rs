@@ -10,19 +10,27 @@
 //! - [`structured_report`]: a Comprehensive 3D SR following TID 1500 (the IHE AI Results
 //!   pattern): device observer, algorithm identification (TID 4019), the finding, the
 //!   probability as a numeric measurement and the hotspot as an SCOORD3D point (LPS mm).
+//! - [`parametric_map`]: the heatmap itself as a Parametric Map (32-bit float frames on the
+//!   source grid, values on the display scale, 0 where the model did not look).
+//! - [`segmentation`]: for a suspected study, the region the overlay colours around the hotspot
+//!   as a binary Segmentation.
 //! - [`ResultSummary`]: the `result.json` written next to the objects; [`preview_png`]: a
 //!   montage of slices around the hotspot.
 //!
-//! Both DICOM outputs join the source study in new series, copy the patient and study modules
-//! from the source header and carry a Contributing Equipment Sequence naming this node, so a
-//! PACS, a viewer and the node itself can tell them from acquired images ([`is_own_output`]).
+//! Every DICOM output joins the source study in a new series, copies the patient and study
+//! modules from the source header and carries a Contributing Equipment Sequence naming this node,
+//! so a PACS, a viewer and the node itself can tell them from acquired images
+//! ([`is_own_output`]).
 
 mod codes;
 mod dicom;
+mod enhanced;
 mod error;
 mod identity;
+pub mod pm;
 mod render;
 pub mod sc;
+pub mod seg;
 pub mod sr;
 mod summary;
 
@@ -37,21 +45,25 @@ pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
 pub use identity::{Timestamp, UidGenerator};
+pub use pm::parametric_map;
 pub use render::{ColourMap, glyph, preview_png};
 pub use sc::secondary_capture;
-pub use sr::{InstanceRef, structured_report};
-pub use summary::{ModelSummary, ResultSummary, Timings, label, result_json};
+pub use seg::segmentation;
+pub use sr::{Derived, InstanceRef, structured_report};
+pub use summary::{ModelSummary, OutputFiles, ResultSummary, Timings, label, result_json};
 
 /// The decision for one study, in the source series' frame of reference.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Finding {
-    /// Ensemble probability of FCD type II, in [0, 1].
+    /// Ensemble probability of FCD type II, in [0, 1] (calibrated when the package calibrates).
     pub probability: f64,
+    /// The ensemble's raw mean before the package's calibration; `None` when it has none.
+    pub probability_uncalibrated: Option<f64>,
     /// Decision threshold on `probability`, in [0, 1].
     pub threshold: f64,
     /// `probability >= threshold`.
     pub suspected: bool,
-    /// Per-fold probabilities, each in [0, 1].
+    /// Per-fold softmax probabilities (uncalibrated), each in [0, 1].
     pub fold_probabilities: Vec<f64>,
     /// Where the heatmap peaks; `None` when the map is flat or empty (nothing to point at).
     pub peak: Option<Hotspot>,
@@ -141,6 +153,14 @@ pub struct ReportOptions {
     pub series_number_sr: u32,
     /// Series Description of the SR series.
     pub series_description_sr: String,
+    /// Series Number of the Parametric Map series.
+    pub series_number_pm: u32,
+    /// Series Description of the Parametric Map series.
+    pub series_description_pm: String,
+    /// Series Number of the Segmentation series.
+    pub series_number_seg: u32,
+    /// Series Description of the Segmentation series.
+    pub series_description_seg: String,
     /// Colour scale, threshold and visibility of the heatmap overlay (`[overlay]` in the config).
     pub overlay: OverlayOptions,
     /// The model package's reference level for the explanation method in use (`[heatmap]` in its
@@ -164,6 +184,10 @@ impl Default for ReportOptions {
             series_description_sc: "FCD-II heatmap (AI, unverified)".into(),
             series_number_sr: 9902,
             series_description_sr: "FCD-II AI report (unverified)".into(),
+            series_number_pm: 9903,
+            series_description_pm: "FCD-II heatmap values (AI, unverified)".into(),
+            series_number_seg: 9904,
+            series_description_seg: "FCD-II hotspot region (AI, unverified)".into(),
             overlay: OverlayOptions::default(),
             heat_reference: None,
             window_percentiles: [0.5, 99.5],
@@ -278,7 +302,7 @@ pub enum NegativeOverlay {
     Same,
 }
 
-/// Everything the SC and SR are made from, shared by both.
+/// Everything the outputs are made from, shared by all.
 #[derive(Clone, Copy)]
 pub struct ReportInputs<'a> {
     /// The first source instance's data set (pixel data not needed): patient and study modules
@@ -332,17 +356,22 @@ pub struct WrittenOutputs {
     pub sc_paths: Vec<PathBuf>,
     /// Absolute path of the SR file.
     pub sr_path: PathBuf,
+    /// Absolute path of the Parametric Map file.
+    pub pm_path: PathBuf,
+    /// Absolute path of the Segmentation file, when one was made (suspected studies).
+    pub seg_path: Option<PathBuf>,
     /// Absolute path of the PNG preview.
     pub preview_path: PathBuf,
     /// The objects, for sending.
     pub objects: Vec<DicomFile>,
 }
 
-/// Makes SC, SR, preview and `result.json` and writes them into `dir` (`sc/SC_NNNN.dcm`,
-/// `sr/SR.dcm`, `preview.png`, `result.json`). `timings_ms.sc`/`sr` are filled here and the
-/// time spent here is added to `timings.total` (the caller's time so far), so `result.json`
-/// is written once, complete. `timings_ms.sc`/`sr` are filled
-/// here; the other stages' times are taken from `timings`.
+/// Makes SC, Parametric Map, Segmentation (suspected studies), SR, preview and `result.json`
+/// and writes them into `dir` (`sc/SC_NNNN.dcm`, `pm/PM.dcm`, `seg/SEG.dcm`, `sr/SR.dcm`,
+/// `preview.png`, `result.json`). The SR is made last so that it can reference the others.
+/// `timings_ms.sc`/`pm`/`seg`/`sr` are filled here and the time spent here is added to
+/// `timings.total` (the caller's time so far), so `result.json` is written once, complete; the
+/// other stages' times are taken from `timings`.
 pub fn write_outputs(
     inputs: &ReportInputs<'_>,
     heatmap: &Volume,
@@ -351,50 +380,77 @@ pub fn write_outputs(
     dir: &Path,
 ) -> Result<WrittenOutputs, ReportError> {
     let t0 = std::time::Instant::now();
-    let sc = secondary_capture(inputs, heatmap, uids)?;
-    let mut sc_files = Vec::with_capacity(sc.len());
-    let mut sc_paths = Vec::with_capacity(sc.len());
-    for (n, obj) in sc.iter().enumerate() {
-        let rel = format!("sc/SC_{:04}.dcm", n + 1);
+    let write = |obj: &DicomFile, rel: String| -> Result<(String, PathBuf), ReportError> {
         let path = dir.join(&rel);
         write_dicom(obj, &path)?;
-        sc_files.push(rel);
-        sc_paths.push(path);
-    }
-    timings.sc = t0.elapsed().as_secs_f64() * 1e3;
-    let t1 = std::time::Instant::now();
-    let refs: Vec<InstanceRef> = sc.iter().map(|obj| InstanceRef::of(obj)).collect();
-    let sr = structured_report(inputs, &refs, uids)?;
-    let sr_rel = "sr/SR.dcm".to_owned();
-    let sr_path = dir.join(&sr_rel);
-    write_dicom(&sr, &sr_path)?;
-    timings.sr = t1.elapsed().as_secs_f64() * 1e3;
+        Ok((rel, path))
+    };
+    let sc = secondary_capture(inputs, heatmap, uids)?;
+    let (sc_files, sc_paths): (Vec<String>, Vec<PathBuf>) = sc
+        .iter()
+        .enumerate()
+        .map(|(n, obj)| write(obj, format!("sc/SC_{:04}.dcm", n + 1)))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    timings.sc = ms(t0);
+    let t = std::time::Instant::now();
+    let pm = parametric_map(inputs, heatmap, uids)?;
+    let (pm_file, pm_path) = write(&pm, "pm/PM.dcm".into())?;
+    timings.pm = ms(t);
+    let t = std::time::Instant::now();
+    let seg = segmentation(inputs, heatmap, uids)?;
+    let seg_written = seg.as_ref().map(|obj| write(obj, "seg/SEG.dcm".into())).transpose()?;
+    timings.seg = ms(t);
+    let t = std::time::Instant::now();
+    let derived = Derived {
+        sc: sc.iter().map(|obj| InstanceRef::of(obj)).collect(),
+        pm: Some(InstanceRef::of(&pm)),
+        seg: seg.as_ref().map(|obj| InstanceRef::of(obj)),
+    };
+    let sr = structured_report(inputs, &derived, uids)?;
+    let (sr_file, sr_path) = write(&sr, "sr/SR.dcm".into())?;
+    timings.sr = ms(t);
     let preview = preview_png(inputs.source, heatmap, inputs.finding, inputs.options)?;
     let preview_path = dir.join("preview.png");
     write_png(&preview, &preview_path)?;
+    let (seg_file, seg_path) = seg_written.unzip();
     let mut summary = result_json(
         inputs.source,
         inputs.finding,
         inputs.algorithm,
-        sc_files,
-        Some(sr_rel),
-        Some("preview.png".into()),
+        OutputFiles {
+            sc: sc_files,
+            pm: Some(pm_file),
+            seg: seg_file,
+            sr: Some(sr_file),
+            preview_png: Some("preview.png".into()),
+        },
         timings,
     );
-    summary.timings_ms.total += t0.elapsed().as_secs_f64() * 1e3;
+    summary.timings_ms.total += ms(t0);
     summary.write(&dir.join("result.json"))?;
     let mut objects = sc;
+    objects.push(pm);
+    objects.extend(seg);
     objects.push(sr);
     Ok(WrittenOutputs {
         summary,
         sc_paths,
         sr_path,
+        pm_path,
+        seg_path,
         preview_path,
         objects,
     })
 }
 
-/// Checks shared by SC, SR and preview: non-empty source, consistent provenance, sane finding.
+/// Milliseconds since `t`.
+fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Checks shared by every output: non-empty source, consistent provenance, sane finding.
 fn check_inputs(source: &Assembled, finding: &Finding) -> Result<(), ReportError> {
     let series_uid = &source.meta.series_uid;
     let shape = source.volume.shape();
@@ -433,6 +489,9 @@ fn check_inputs(source: &Assembled, finding: &Finding) -> Result<(), ReportError
     let unit = |p: f64| p.is_finite() && (0.0..=1.0).contains(&p);
     if !unit(finding.probability) {
         return Err(bad("probability", finding.probability.to_string(), "must be in [0, 1]"));
+    }
+    if let Some(p) = finding.probability_uncalibrated.filter(|p| !unit(*p)) {
+        return Err(bad("probability_uncalibrated", p.to_string(), "must be in [0, 1]"));
     }
     if !unit(finding.threshold) {
         return Err(bad("threshold", finding.threshold.to_string(), "must be in [0, 1]"));

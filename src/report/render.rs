@@ -181,6 +181,27 @@ impl Overlay {
         }
     }
 
+    /// Whether voxel `[i, j, k]` is coloured: the overlay is on, and the voxel lies inside the
+    /// head, where the model looked, above the threshold.
+    fn coloured(&self, idx: [usize; 3]) -> bool {
+        let h = self.heat[idx];
+        self.alpha.is_some() && self.head[idx] && h.is_finite() && h > self.threshold
+    }
+
+    /// The hotspot's region: coloured voxels at or above half the hotspot's own heat,
+    /// face-connected to it. Half maximum, not the colour threshold alone, because a coarse map
+    /// (16 mm feature cells) colours one blob across a lobe, whose extent and centroid say
+    /// nothing about where the peak is; the half-maximum region stays centred on it. `None` when
+    /// there is no hotspot or it is not coloured (below the threshold).
+    pub fn hotspot_region(&self) -> Option<Array3<bool>> {
+        let hotspot = self.hotspot.filter(|&h| self.coloured(h))?;
+        let level = self.heat[hotspot] / 2.0;
+        let inside = Array3::from_shape_fn(self.heat.raw_dim(), |(i, j, k)| {
+            self.coloured([i, j, k]) && self.heat[[i, j, k]] >= level
+        });
+        Some(crate::volume::connected_region(&inside, [hotspot]))
+    }
+
     /// Colour of a display-scale heat value at or above the threshold.
     fn colour(&self, heat: f32) -> [f32; 3] {
         self.colour_map
@@ -235,10 +256,9 @@ pub(crate) fn render_slice(source: &Array3<f32>, overlay: &Overlay, k: usize, wi
     for r in 0..n_j {
         for c in 0..n_i {
             let g = f32::from(window.grey(source[[c, r, k]]));
-            let h = overlay.heat[[c, r, k]];
             let px = match overlay.alpha {
-                Some(a) if overlay.head[[c, r, k]] && h.is_finite() && h > overlay.threshold => {
-                    let col = overlay.colour(h);
+                Some(a) if overlay.coloured([c, r, k]) => {
+                    let col = overlay.colour(overlay.heat[[c, r, k]]);
                     col.map(|x| ((1.0 - a) * g + a * x * 255.0).round().clamp(0.0, 255.0) as u8)
                 }
                 _ => [g as u8; 3],
@@ -818,6 +838,7 @@ mod tests {
     fn the_legend_says_what_the_scale_means() {
         let finding = Finding {
             probability: 0.8461,
+            probability_uncalibrated: None,
             threshold: 0.5,
             suspected: true,
             fold_probabilities: vec![0.8461],

@@ -18,10 +18,11 @@ use dicom_object::InMemDicomObject;
 use image::RgbImage;
 
 use super::dicom::{
-    NewSeries, common_base, ds, ds_multi, finish, frame_of_reference, get_str, orientation_letters, put_seq, put_str,
-    put_tag, put_u16, source_image_item, source_image_items,
+    NewSeries, common_base, ds_multi, finish, frame_of_reference, put_seq, put_str, put_tag, put_u16,
+    source_image_item, source_image_items, source_modality,
 };
-use super::render::{Layout, Overlay, Window, frames};
+use super::enhanced::{Geometry, put_frame_of_reference, put_pixel_bytes};
+use super::render::{Overlay, Window, frames};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
 use crate::volume::Volume;
 
@@ -49,7 +50,13 @@ pub fn secondary_capture(
     let (frames, layout) = frames(source, &overlay, &legend, window);
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
     let series_uid = uids.next_uid();
-    let geometry = Geometry::new(&source.volume, &layout);
+    // The source grid widened by the margins.
+    let geometry = Geometry::new(
+        &source.volume,
+        [f64::from(layout.left), f64::from(layout.top)],
+        layout.height as usize,
+        layout.width as usize,
+    );
     let ctx = Context {
         inputs,
         geometry: &geometry,
@@ -72,66 +79,6 @@ pub fn secondary_capture(
     }
 }
 
-/// Plane geometry of the frames (LPS mm): the source grid, widened by the margins.
-struct Geometry {
-    rows: usize,
-    columns: usize,
-    row_dir: [f64; 3],
-    col_dir: [f64; 3],
-    /// Pixel Spacing: between rows (along j), between columns (along i).
-    pixel_spacing: [f64; 2],
-    slice_spacing: f64,
-    /// Position of the frame's first pixel (the margin's corner) on slice k, for every k.
-    positions: Vec<[f64; 3]>,
-    /// Position of slice k along the normal row × column.
-    locations: Vec<f64>,
-}
-
-impl Geometry {
-    fn new(volume: &Volume, layout: &Layout) -> Self {
-        let [_, _, n_k] = volume.shape();
-        let (left, top) = (f64::from(layout.left), f64::from(layout.top));
-        let [row_dir, col_dir, _] = volume.directions();
-        let spacing = volume.spacing();
-        let normal = [
-            row_dir[1] * col_dir[2] - row_dir[2] * col_dir[1],
-            row_dir[2] * col_dir[0] - row_dir[0] * col_dir[2],
-            row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0],
-        ];
-        let positions: Vec<[f64; 3]> = (0..n_k)
-            .map(|k| volume.voxel_to_world([-left, -top, k as f64]))
-            .collect();
-        let locations = positions
-            .iter()
-            .map(|p| p.iter().zip(normal).map(|(a, b)| a * b).sum())
-            .collect();
-        Self {
-            rows: layout.height as usize,
-            columns: layout.width as usize,
-            row_dir,
-            col_dir,
-            pixel_spacing: [spacing[1], spacing[0]],
-            slice_spacing: spacing[2],
-            positions,
-            locations,
-        }
-    }
-
-    fn orientation_ds(&self) -> String {
-        let [a, b] = [self.row_dir, self.col_dir];
-        ds_multi(&[a[0], a[1], a[2], b[0], b[1], b[2]])
-    }
-
-    /// Patient Orientation: direction of the rows, then of the columns.
-    fn patient_orientation(&self) -> String {
-        format!(
-            "{}\\{}",
-            orientation_letters(self.row_dir),
-            orientation_letters(self.col_dir)
-        )
-    }
-}
-
 struct Context<'a> {
     inputs: &'a ReportInputs<'a>,
     geometry: &'a Geometry,
@@ -141,14 +88,6 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn modality(&self) -> String {
-        get_str(self.inputs.source_header, tags::MODALITY)
-            .or_else(|| {
-                (!self.inputs.source.meta.modality.is_empty()).then(|| self.inputs.source.meta.modality.clone())
-            })
-            .unwrap_or_else(|| "OT".into())
-    }
-
     /// Modules both SC flavours share: patient/study/series/equipment, SC Equipment, General
     /// Image, Image Pixel (less the data).
     fn base(&self, sop_class: &str, sop_uid: &str, instance: usize) -> Result<InMemDicomObject, ReportError> {
@@ -161,7 +100,7 @@ impl Context<'_> {
             sop_uid,
             &NewSeries {
                 uid: self.series_uid,
-                modality: &self.modality(),
+                modality: &source_modality(inputs),
                 number: options.series_number_sc,
                 description: &options.series_description_sc,
             },
@@ -258,38 +197,14 @@ impl Context<'_> {
         ));
         // Frame of Reference and plane geometry in functional groups.
         if let Some(for_uid) = frame_of_reference(self.inputs) {
-            put_str(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &for_uid);
-            put_str(
-                &mut obj,
-                tags::POSITION_REFERENCE_INDICATOR,
-                VR::LO,
-                &get_str(self.inputs.source_header, tags::POSITION_REFERENCE_INDICATOR).unwrap_or_default(),
-            );
+            put_frame_of_reference(&mut obj, self.inputs, &for_uid);
             let mut shared = InMemDicomObject::new_empty();
-            let mut measures = InMemDicomObject::new_empty();
-            put_str(&mut measures, tags::PIXEL_SPACING, VR::DS, &ds_multi(&g.pixel_spacing));
-            put_str(&mut measures, tags::SLICE_THICKNESS, VR::DS, &ds(g.slice_spacing));
-            put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
-            let mut orientation = InMemDicomObject::new_empty();
-            put_str(
-                &mut orientation,
-                tags::IMAGE_ORIENTATION_PATIENT,
-                VR::DS,
-                &g.orientation_ds(),
-            );
-            put_seq(&mut shared, tags::PLANE_ORIENTATION_SEQUENCE, vec![orientation]);
+            g.put_shared(&mut shared);
             put_seq(&mut obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
             let per_frame = (0..depth)
                 .map(|k| {
                     let mut item = InMemDicomObject::new_empty();
-                    let mut position = InMemDicomObject::new_empty();
-                    put_str(
-                        &mut position,
-                        tags::IMAGE_POSITION_PATIENT,
-                        VR::DS,
-                        &ds_multi(&g.positions[k]),
-                    );
-                    put_seq(&mut item, tags::PLANE_POSITION_SEQUENCE, vec![position]);
+                    g.put_position(&mut item, k);
                     item
                 })
                 .collect();
@@ -299,7 +214,7 @@ impl Context<'_> {
         for frame in frames {
             pixels.extend_from_slice(frame.as_raw());
         }
-        put_pixels(&mut obj, pixels);
+        put_pixel_bytes(&mut obj, pixels);
         finish(obj, sop_uid)
     }
 
@@ -316,19 +231,7 @@ impl Context<'_> {
         put_str(&mut obj, tags::DATE_OF_SECONDARY_CAPTURE, VR::DA, &self.timestamp.date);
         put_str(&mut obj, tags::TIME_OF_SECONDARY_CAPTURE, VR::TM, &self.timestamp.time);
         put_str(&mut obj, tags::PIXEL_SPACING, VR::DS, &ds_multi(&g.pixel_spacing));
-        put_pixels(&mut obj, frame.as_raw().clone());
+        put_pixel_bytes(&mut obj, frame.as_raw().clone());
         finish(obj, sop_uid)
     }
-}
-
-/// Native 8-bit pixel data, padded to an even length.
-fn put_pixels(obj: &mut InMemDicomObject, mut bytes: Vec<u8>) {
-    if bytes.len() % 2 == 1 {
-        bytes.push(0);
-    }
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PrimitiveValue::U8(bytes.into()),
-    ));
 }

@@ -18,12 +18,14 @@
 //!     ├ CONTAINS NUM Certainty of Finding = probability in %
 //!     ├ CONTAINS NUM Decision threshold in % (99FCDNODE)
 //!     ├ CONTAINS CODE FCD type II assessment = suspected / not suspected (99FCDNODE)
-//!     └ CONTAINS IMAGE Heatmap overlay = the SC instance (frame) at the hotspot
+//!     ├ CONTAINS IMAGE Heatmap overlay = the SC instance (frame) at the hotspot
+//!     ├ CONTAINS IMAGE Heatmap parametric map = the Parametric Map (99FCDNODE)
+//!     └ CONTAINS IMAGE Referenced Segment = segment 1 of the Segmentation (121191, DCM)
 //! ```
 //!
 //! Completion Flag COMPLETE and Verification Flag UNVERIFIED: a finished document no person has
-//! verified. Source instances go into the Current Requested Procedure Evidence Sequence, the SC
-//! instances into the Pertinent Other Evidence Sequence.
+//! verified. Source instances go into the Current Requested Procedure Evidence Sequence, the SC,
+//! Parametric Map and Segmentation instances into the Pertinent Other Evidence Sequence.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +35,8 @@ use dicom_object::InMemDicomObject;
 
 use super::codes::{self, Code};
 use super::dicom::{
-    NewSeries, code_item, common_base, ds, finish, frame_of_reference, get_str, put_f32s, put_seq, put_str,
+    NewSeries, code_item, common_base, ds, finish, frame_of_reference, get_str, put_f32s, put_seq, put_str, put_u16,
+    source_instances, source_series_uid,
 };
 use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
 
@@ -66,10 +69,28 @@ impl InstanceRef {
     }
 }
 
-/// Builds the SR for `inputs`, referencing the SC instances `sc` (empty when none were made).
+/// The objects made for the same study that the SR points at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Derived {
+    /// The SC instances: one multi-frame instance, or one per source slice in slice order.
+    pub sc: Vec<InstanceRef>,
+    /// The heatmap's Parametric Map.
+    pub pm: Option<InstanceRef>,
+    /// The hotspot's Segmentation (suspected studies whose hotspot the overlay colours).
+    pub seg: Option<InstanceRef>,
+}
+
+impl Derived {
+    /// Every referenced object: SC, PM, SEG.
+    fn all(&self) -> Vec<InstanceRef> {
+        self.sc.iter().chain(&self.pm).chain(&self.seg).cloned().collect()
+    }
+}
+
+/// Builds the SR for `inputs`, referencing the objects in `derived` (empty when none were made).
 pub fn structured_report(
     inputs: &ReportInputs<'_>,
-    sc: &[InstanceRef],
+    derived: &Derived,
     uids: &mut UidGenerator,
 ) -> Result<DicomFile, ReportError> {
     let source = inputs.source;
@@ -79,8 +100,7 @@ pub fn structured_report(
         series_uid: series_uid.clone(),
         attribute: "Frame of Reference UID (needed for the SCOORD3D hotspot)",
     })?;
-    let source_series_uid =
-        get_str(inputs.source_header, tags::SERIES_INSTANCE_UID).unwrap_or_else(|| series_uid.clone());
+    let source_series_uid = source_series_uid(inputs);
     let options = inputs.options;
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
     let sr_series_uid = uids.next_uid();
@@ -128,18 +148,11 @@ pub fn structured_report(
     put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
     put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
     put_seq(&mut obj, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, Vec::new());
-    // Source instances in slice order, each once (an enhanced source is one instance).
-    let mut source_instances: Vec<(String, String)> = Vec::new();
-    for s in &source.slices {
-        if !source_instances.iter().any(|(_, uid)| *uid == s.sop_instance_uid) {
-            source_instances.push((s.sop_class_uid.clone(), s.sop_instance_uid.clone()));
-        }
-    }
-    let source_refs: Vec<InstanceRef> = source_instances
-        .iter()
-        .map(|(class, uid)| InstanceRef {
-            sop_class_uid: class.clone(),
-            sop_instance_uid: uid.clone(),
+    let source_refs: Vec<InstanceRef> = source_instances(source)
+        .into_iter()
+        .map(|s| InstanceRef {
+            sop_class_uid: s.sop_class_uid.clone(),
+            sop_instance_uid: s.sop_instance_uid.clone(),
             series_uid: source_series_uid.clone(),
             frames: 1,
         })
@@ -156,11 +169,12 @@ pub fn structured_report(
             evidence(&study_uid, std::slice::from_ref(predecessor)),
         );
     }
-    if !sc.is_empty() {
+    let others = derived.all();
+    if !others.is_empty() {
         put_seq(
             &mut obj,
             tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
-            evidence(&study_uid, sc),
+            evidence(&study_uid, &others),
         );
     }
     // SR Document Content: the root container.
@@ -198,7 +212,7 @@ pub fn structured_report(
     content.push(container("CONTAINS", &codes::IMAGE_LIBRARY, vec![group]));
     if inputs.finding.suspected {
         // Imaging Measurements → one measurement group: the FCD finding and where it is.
-        let group = measurement_group(inputs, &frame_of_reference, &tracking_uid, &source_series_uid, sc);
+        let group = measurement_group(inputs, &frame_of_reference, &tracking_uid, &source_series_uid, derived);
         let mut group = container("CONTAINS", &codes::MEASUREMENT_GROUP, group);
         put_seq(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template("1410")]);
         content.push(container("CONTAINS", &codes::IMAGING_MEASUREMENTS, vec![group]));
@@ -242,7 +256,7 @@ fn measurement_group(
     frame_of_reference: &str,
     tracking_uid: &str,
     source_series_uid: &str,
-    sc: &[InstanceRef],
+    derived: &Derived,
 ) -> Vec<InMemDicomObject> {
     let finding = inputs.finding;
     let mut items: Vec<Option<InMemDicomObject>> = vec![
@@ -300,13 +314,22 @@ fn measurement_group(
     items.push(code_content("CONTAINS", &codes::FCD_ASSESSMENT, &codes::SUSPECTED));
     // The SC showing the hotspot: the frame of a multi-frame SC, or the single-frame instance.
     if let Some(hotspot) = finding.hotspot() {
-        let overlay = match sc {
+        let overlay = match derived.sc.as_slice() {
             [one] if one.frames > 1 => Some((one, Some(hotspot.slice as u32 + 1))),
             many => many.get(hotspot.slice).map(|r| (r, None)),
         };
         if let Some((r, frame)) = overlay {
             items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_OVERLAY), r, frame)));
         }
+    }
+    if let Some(pm) = &derived.pm {
+        items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_VALUES), pm, None)));
+    }
+    if let Some(seg) = &derived.seg {
+        // Its one segment (Image Reference Macro: Referenced Segment Number in the SOP item).
+        let mut sop = sop_ref(seg, None);
+        put_u16(&mut sop, tags::REFERENCED_SEGMENT_NUMBER, 1);
+        items.push(Some(image_of("CONTAINS", Some(&codes::REFERENCED_SEGMENT), sop)));
     }
     items.into_iter().flatten().collect()
 }
@@ -443,12 +466,17 @@ fn num(concept: &Code, value: f64, unit: &Code) -> InMemDicomObject {
 
 /// An IMAGE item (no concept name in the image library).
 fn image(relationship: &str, concept: Option<&Code>, r: &InstanceRef, frame: Option<u32>) -> InMemDicomObject {
+    image_of(relationship, concept, sop_ref(r, frame))
+}
+
+/// An IMAGE item referencing the Referenced SOP Sequence item `sop`.
+fn image_of(relationship: &str, concept: Option<&Code>, sop: InMemDicomObject) -> InMemDicomObject {
     let mut item = InMemDicomObject::new_empty();
     put_str(&mut item, tags::RELATIONSHIP_TYPE, VR::CS, relationship);
     put_str(&mut item, tags::VALUE_TYPE, VR::CS, "IMAGE");
     if let Some(concept) = concept {
         put_seq(&mut item, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(concept)]);
     }
-    put_seq(&mut item, tags::REFERENCED_SOP_SEQUENCE, vec![sop_ref(r, frame)]);
+    put_seq(&mut item, tags::REFERENCED_SOP_SEQUENCE, vec![sop]);
     item
 }

@@ -15,6 +15,8 @@ pub struct Timings {
     pub infer: f64,
     pub explain: f64,
     pub sc: f64,
+    pub pm: f64,
+    pub seg: f64,
     pub sr: f64,
     pub total: f64,
 }
@@ -34,15 +36,19 @@ pub struct ModelSummary {
 /// `result.json`: the decision, where it points and what was written.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResultSummary {
-    /// Ensemble probability of FCD type II, in [0, 1].
+    /// Ensemble probability of FCD type II, in [0, 1]: calibrated when the model package has a
+    /// `[calibration]` (the threshold is on this scale).
     pub probability: f64,
+    /// The fold softmaxes' mean before calibration; absent when the package has no calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability_uncalibrated: Option<f64>,
     /// `"FCD type II suspected"` or `"FCD type II not suspected"`.
     pub label: String,
     /// Whether the probability reached the threshold.
     pub suspected: bool,
     /// Decision threshold.
     pub threshold: f64,
-    /// Per-fold probabilities.
+    /// Per-fold softmax probabilities (uncalibrated).
     pub fold_probabilities: Vec<f64>,
     /// Hotspot in LPS mm: suspected studies with a non-flat map only.
     pub hotspot_lps: Option<[f64; 3]>,
@@ -60,6 +66,13 @@ pub struct ResultSummary {
     pub sc_files: Vec<String>,
     /// Structured Report file written (relative to the output directory), if any.
     pub sr_file: Option<String>,
+    /// Parametric Map file written (relative to the output directory), if any.
+    #[serde(default)]
+    pub pm_file: Option<String>,
+    /// Segmentation file written (relative to the output directory): suspected studies whose
+    /// hotspot the overlay colours only.
+    #[serde(default)]
+    pub seg_file: Option<String>,
     /// PNG preview written (relative to the output directory), if any.
     pub preview_png: Option<String>,
     /// Stage timings.
@@ -75,18 +88,32 @@ pub fn label(suspected: bool) -> &'static str {
     }
 }
 
-/// Builds the `result.json` summary (file lists relative to the output directory).
+/// The files one run wrote, relative to its output directory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutputFiles {
+    /// Secondary Capture files.
+    pub sc: Vec<String>,
+    /// Parametric Map file.
+    pub pm: Option<String>,
+    /// Segmentation file.
+    pub seg: Option<String>,
+    /// Structured Report file.
+    pub sr: Option<String>,
+    /// PNG preview.
+    pub preview_png: Option<String>,
+}
+
+/// Builds the `result.json` summary.
 pub fn result_json(
     source: &Assembled,
     finding: &Finding,
     algorithm: &Algorithm,
-    sc_files: Vec<String>,
-    sr_file: Option<String>,
-    preview_png: Option<String>,
+    files: OutputFiles,
     timings_ms: Timings,
 ) -> ResultSummary {
     ResultSummary {
         probability: finding.probability,
+        probability_uncalibrated: finding.probability_uncalibrated,
         label: label(finding.suspected).into(),
         suspected: finding.suspected,
         threshold: finding.threshold,
@@ -101,14 +128,27 @@ pub fn result_json(
             version: algorithm.version.clone(),
             sha256: algorithm.sha256.clone(),
         },
-        sc_files,
-        sr_file,
-        preview_png,
+        sc_files: files.sc,
+        sr_file: files.sr,
+        pm_file: files.pm,
+        seg_file: files.seg,
+        preview_png: files.preview_png,
         timings_ms,
     }
 }
 
 impl ResultSummary {
+    /// The DICOM files to send, relative to the output directory, in sending order: SC, PM,
+    /// SEG, then the SR that references them.
+    pub fn dicom_files(&self) -> impl Iterator<Item = &str> {
+        self.sc_files
+            .iter()
+            .chain(&self.pm_file)
+            .chain(&self.seg_file)
+            .chain(&self.sr_file)
+            .map(String::as_str)
+    }
+
     /// Reads a `result.json` written by [`ResultSummary::write`].
     pub fn read(path: &Path) -> Result<Self, ReportError> {
         let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {

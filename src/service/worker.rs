@@ -67,8 +67,7 @@ impl Worker {
         tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
         match self.run_job(job, &out) {
             Ok(summary) => {
-                let mut files: Vec<PathBuf> = summary.sc_files.iter().map(|f| out.join(f)).collect();
-                files.extend(summary.sr_file.iter().map(|f| out.join(f)));
+                let files: Vec<PathBuf> = summary.dicom_files().map(|f| out.join(f)).collect();
                 let destinations = self.settings.destinations_for(&job.calling_ae);
                 if let Err(e) = self.db.report_job(job.id, &out, &files, &destinations) {
                     tracing::error!(job = job.id, "cannot record the job's results: {e}");
@@ -80,7 +79,7 @@ impl Worker {
                     ("preprocess", t.preprocess),
                     ("infer", t.infer),
                     ("explain", t.explain),
-                    ("report", t.sc + t.sr),
+                    ("report", t.sc + t.pm + t.seg + t.sr),
                 ] {
                     self.metrics.observe_stage(stage, ms / 1000.0);
                 }
@@ -239,6 +238,8 @@ fn options(config: &Settings) -> Options {
             multiframe: config.pipeline.multiframe_sc,
             series_number_sc: config.pipeline.sc_series_number,
             series_number_sr: config.pipeline.sr_series_number,
+            series_number_pm: config.pipeline.pm_series_number,
+            series_number_seg: config.pipeline.seg_series_number,
             overlay: config.overlay.clone(),
             ..ReportOptions::default()
         },

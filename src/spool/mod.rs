@@ -1,7 +1,7 @@
 //! Spool: the durable store behind the SCP. An instance is written to a temporary file, fsynced,
 //! renamed into `spool/<study>/<series>/<sop>.dcm`, the directory fsynced (and every directory
 //! created on the way, with its parent), and recorded in the job database — all before the SCP
-//! answers success. Our own SC/SR coming back (a PACS that forwards whole studies) is
+//! answers success. Our own outputs coming back (a PACS that forwards whole studies) is
 //! recognised and discarded: the loop guard.
 
 pub mod db;

@@ -255,40 +255,43 @@ fn otsu_threshold(data: &Array3<f32>) -> f32 {
 /// (6-connectivity).
 fn fill_holes(mask: &Array3<bool>) -> Array3<bool> {
     let [ni, nj, nk] = dim3(mask);
-    let mut outside = Array3::from_elem((ni, nj, nk), false);
+    let border = ndarray::indices((ni, nj, nk))
+        .into_iter()
+        .filter(|&(i, j, k)| i == 0 || j == 0 || k == 0 || i == ni - 1 || j == nj - 1 || k == nk - 1)
+        .map(|(i, j, k)| [i, j, k]);
+    connected_region(&mask.mapv(|m| !m), border).mapv(|outside| !outside)
+}
+
+/// The voxels of `mask` 6-connected (through faces) to any of `seeds` inside it; seeds outside
+/// the mask or the grid start nothing. Face connectivity is the strictest: a region never leaks
+/// through a corner.
+pub fn connected_region(mask: &Array3<bool>, seeds: impl IntoIterator<Item = [usize; 3]>) -> Array3<bool> {
+    let [ni, nj, nk] = dim3(mask);
+    let mut region = Array3::from_elem((ni, nj, nk), false);
     let mut stack = Vec::new();
-    let seed = |i: usize, j: usize, k: usize, outside: &mut Array3<bool>, stack: &mut Vec<[usize; 3]>| {
-        if !mask[[i, j, k]] && !outside[[i, j, k]] {
-            outside[[i, j, k]] = true;
+    let visit = |[i, j, k]: [usize; 3], region: &mut Array3<bool>, stack: &mut Vec<[usize; 3]>| {
+        if i < ni && j < nj && k < nk && mask[[i, j, k]] && !region[[i, j, k]] {
+            region[[i, j, k]] = true;
             stack.push([i, j, k]);
         }
     };
-    for i in 0..ni {
-        for j in 0..nj {
-            for k in 0..nk {
-                let on_border = i == 0 || j == 0 || k == 0 || i == ni - 1 || j == nj - 1 || k == nk - 1;
-                if on_border {
-                    seed(i, j, k, &mut outside, &mut stack);
-                }
-            }
-        }
+    for seed in seeds {
+        visit(seed, &mut region, &mut stack);
     }
     while let Some([i, j, k]) = stack.pop() {
-        let neighbours = [
-            (i.wrapping_sub(1), j, k),
-            (i + 1, j, k),
-            (i, j.wrapping_sub(1), k),
-            (i, j + 1, k),
-            (i, j, k.wrapping_sub(1)),
-            (i, j, k + 1),
-        ];
-        for (a, b, c) in neighbours {
-            if a < ni && b < nj && c < nk {
-                seed(a, b, c, &mut outside, &mut stack);
-            }
+        // wrapping_sub turns -1 into usize::MAX, which the bounds check drops.
+        for n in [
+            [i.wrapping_sub(1), j, k],
+            [i + 1, j, k],
+            [i, j.wrapping_sub(1), k],
+            [i, j + 1, k],
+            [i, j, k.wrapping_sub(1)],
+            [i, j, k + 1],
+        ] {
+            visit(n, &mut region, &mut stack);
         }
     }
-    outside.mapv(|o| !o)
+    region
 }
 
 #[cfg(test)]

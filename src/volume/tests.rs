@@ -229,6 +229,27 @@ fn foreground_mask_fills_internal_holes() {
 }
 
 #[test]
+fn connected_region_follows_faces_from_the_seed() {
+    let mut mask = Array3::from_elem((6, 5, 4), false);
+    // Two blobs: an L through faces around the seed, and one touching it only at a corner.
+    for idx in [[1, 1, 1], [2, 1, 1], [2, 2, 1], [2, 2, 2]] {
+        mask[idx] = true;
+    }
+    mask[[3, 3, 3]] = true;
+    mask[[5, 4, 0]] = true;
+    let region = connected_region(&mask, [[1, 1, 1]]);
+    let got: Vec<[usize; 3]> = region
+        .indexed_iter()
+        .filter(|(_, r)| **r)
+        .map(|((i, j, k), _)| [i, j, k])
+        .collect();
+    assert_eq!(got, vec![[1, 1, 1], [2, 1, 1], [2, 2, 1], [2, 2, 2]]);
+    assert!(
+        connected_region(&mask, [[0, 0, 0], [9, 9, 9]]).iter().all(|r| !r),
+        "seeds outside the mask or the grid start nothing"
+    );
+}
+#[test]
 fn zscore_inside_mask() {
     let shape = [10, 10, 10];
     let mut v = noise_volume(shape, axial_lps(shape, [1.0, 1.0, 1.0]));

@@ -40,14 +40,17 @@ struct Fixture {
     mr: Vec<PathBuf>,
     mr_jls: Vec<PathBuf>,
     sc: Vec<PathBuf>,
+    /// Parametric Map (32-bit float pixels) and Segmentation (1-bit pixels).
+    pm_seg: Vec<PathBuf>,
     sr: PathBuf,
 }
 
 impl Fixture {
-    /// MR + SC + SR, all uncompressed.
+    /// MR + SC + PM + SEG + SR, all uncompressed.
     fn uncompressed(&self) -> Vec<PathBuf> {
         let mut all = self.mr.clone();
         all.extend(self.sc.iter().cloned());
+        all.extend(self.pm_seg.iter().cloned());
         all.push(self.sr.clone());
         all
     }
@@ -79,6 +82,7 @@ fn fixture() -> Fixture {
     }
     let finding = Finding {
         probability: 0.81,
+        probability_uncalibrated: None,
         threshold: 0.5,
         suspected: true,
         fold_probabilities: vec![0.8, 0.82],
@@ -111,11 +115,13 @@ fn fixture() -> Fixture {
         &tmp.path().join("out"),
     )
     .unwrap();
+    let seg = written.seg_path.expect("the fixture's hotspot is coloured: a SEG");
     Fixture {
         tmp,
         mr,
         mr_jls,
         sc: written.sc_paths,
+        pm_seg: vec![written.pm_path, seg],
         sr: written.sr_path,
     }
 }

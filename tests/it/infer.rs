@@ -6,7 +6,7 @@ use std::path::Path;
 
 use fcdnode::nifti::{self, DataType};
 use fcdnode::package::arch::ArchSpec;
-use fcdnode::package::manifest::{Manifest, Modality};
+use fcdnode::package::manifest::{Calibration, CalibrationMethod, Manifest, Modality};
 use fcdnode::package::onnx::write_onnx;
 use fcdnode::package::weights::{Weights, parameter_shapes};
 use fcdnode::preprocess::{Normalisation, Recipe};
@@ -222,6 +222,91 @@ fn nifti_input_gives_json_and_preview_only() {
     assert!(error <= 1.5 * 3f64.sqrt(), "hotspot {hotspot:?}, blob {blob:?}");
     assert!(summary.sc_files.is_empty() && summary.sr_file.is_none());
     assert!(out.join("preview.png").is_file() && !out.join("sr").exists());
+}
+
+/// Every tensor zero (batch-norm variances 1) but `fc.bias` = [0, ln(p / (1 − p))]: each fold's
+/// softmax of class fcd is `p` for any input.
+fn constant_weights(arch: &ArchSpec, p: f64) -> Weights {
+    let mut map = std::collections::BTreeMap::new();
+    for (name, shape) in parameter_shapes(arch) {
+        let mut t = ArrayD::<f32>::zeros(shape);
+        if name.ends_with("running_var") {
+            t.fill(1.0);
+        } else if name == "fc.bias" {
+            t[[1].as_slice()] = (p / (1.0 - p)).ln() as f32;
+        }
+        map.insert(name, t);
+    }
+    Weights(map)
+}
+
+/// A package of two constant folds (0.7 and 0.9: raw mean 0.8) with `calibration`.
+fn constant_package(dir: &Path, calibration: Option<Calibration>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (arch, r) = (arch(), recipe());
+    let mut names = Vec::new();
+    for (k, p) in [0.7, 0.9].into_iter().enumerate() {
+        let name = format!("fold{}.onnx", k + 1);
+        write_onnx(
+            &arch,
+            &constant_weights(&arch, p),
+            [r.shape[2], r.shape[1], r.shape[0]],
+            &dir.join(&name),
+        )
+        .unwrap();
+        names.push(name);
+    }
+    let mut m = Manifest::fcd_classifier("constant", "test", vec![Modality::Flair], r, arch, names);
+    m.calibration = calibration;
+    m.save(dir).unwrap();
+}
+
+/// The node thresholds the calibrated probability: raw mean 0.8 through Platt a = 0.5, b = −1
+/// is σ(0.5·ln 4 − 1) = 0.4239, below the threshold 0.5 that the raw mean passes.
+#[test]
+fn a_calibrated_package_reports_and_thresholds_the_calibrated_probability() {
+    let tmp = tempdir();
+    let grid = acquisition_grid(Plane::Axial, [3.0; 3], [105.0, 105.0, 90.0], BALL_CENTRE).unwrap();
+    let nii = tmp.path().join("flair.nii.gz");
+    nifti::write(&nii, &phantom(&grid, None), DataType::I16).unwrap();
+
+    let raw = tmp.path().join("raw");
+    constant_package(&raw, None);
+    let summary = infer(&nii, &raw, &tmp.path().join("out-raw"), &[]);
+    assert!((summary.probability - 0.8).abs() < 1e-6, "{summary:?}");
+    assert!(
+        summary.suspected && summary.probability_uncalibrated.is_none(),
+        "{summary:?}"
+    );
+
+    let calibrated = tmp.path().join("calibrated");
+    constant_package(
+        &calibrated,
+        Some(Calibration {
+            method: CalibrationMethod::Platt,
+            a: 0.5,
+            b: -1.0,
+            fitted_on: "test".into(),
+        }),
+    );
+    let out = tmp.path().join("out-calibrated");
+    let summary = infer(&nii, &calibrated, &out, &[]);
+    let expected = 1.0 / (1.0 + (1.0 - 0.5 * 4f64.ln()).exp());
+    assert!(
+        (summary.probability - expected).abs() < 1e-6,
+        "{summary:?} vs {expected}"
+    );
+    let uncalibrated = summary.probability_uncalibrated.expect("raw mean kept beside it");
+    assert!((uncalibrated - 0.8).abs() < 1e-6, "{summary:?}");
+    assert!(
+        !summary.suspected && summary.label.contains("not suspected"),
+        "{summary:?}"
+    );
+    assert_eq!(summary.threshold, 0.5);
+    assert_eq!(summary.fold_probabilities.len(), 2);
+    assert!((summary.fold_probabilities[1] - 0.9).abs() < 1e-6, "folds stay raw");
+    let json = std::fs::read_to_string(out.join("result.json")).unwrap();
+    assert!(json.contains("\"probability_uncalibrated\""), "{json}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 use fcdnode::package::manifest::Modality;
+use fcdnode::report::ResultSummary;
 use serde_json::Value;
 
 use crate::api::sample;
@@ -401,8 +402,35 @@ fn sop_class(path: &Path) -> String {
         .to_string()
 }
 
-const SC_MULTIFRAME: &str = "1.2.840.10008.5.1.4.1.1.7.4";
-const SR_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+pub(crate) const SC_MULTIFRAME: &str = "1.2.840.10008.5.1.4.1.1.7.4";
+pub(crate) const SR_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+pub(crate) const PARAMETRIC_MAP: &str = "1.2.840.10008.5.1.4.1.1.30";
+pub(crate) const SEGMENTATION: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+
+/// The SOP classes of a study's outputs, sorted: SC, PM and SR, and the Segmentation when there
+/// is one.
+fn output_classes(segmentation: bool) -> Vec<String> {
+    let mut c: Vec<String> = [PARAMETRIC_MAP, SC_MULTIFRAME, SR_3D]
+        .into_iter()
+        .chain(segmentation.then_some(SEGMENTATION))
+        .map(str::to_string)
+        .collect();
+    c.sort();
+    c
+}
+
+/// The SOP classes `job` delivered, read from its result: SC, PM and SR, and a Segmentation when
+/// the result names one (suspected studies only; the centre-tap model's map may be flat).
+pub(crate) fn job_classes(node: &NodeProc, job: &serde_json::Value) -> Vec<String> {
+    let detail = node.get(&format!("/jobs/{}", job["id"]));
+    let result = &detail["result"];
+    let segmentation = result["seg_file"].is_string();
+    assert!(
+        !segmentation || result["suspected"] == true,
+        "a Segmentation for a study not suspected: {detail}"
+    );
+    output_classes(segmentation)
+}
 
 fn classes(files: &[PathBuf]) -> Vec<String> {
     let mut c: Vec<String> = files.iter().map(|f| sop_class(f)).collect();
@@ -438,7 +466,10 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
     );
     wait_all_delivered(&node, 1, Duration::from_secs(180));
     let received = pacs.files();
-    assert_eq!(classes(&received), vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]);
+    let jobs = node.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = node.get(&format!("/jobs/{}", jobs[0]["id"]));
+    assert_eq!(classes(&received), job_classes(&node, &jobs[0]));
     for f in &received {
         // dciodvfy fails the test on any error; warnings are shown.
         for warning in dciodvfy(f) {
@@ -448,12 +479,9 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
     let dump = run_ok(Command::new(tool("dsrdump")).arg(received.iter().find(|f| sop_class(f) == SR_3D).unwrap()));
     assert!(String::from_utf8_lossy(&dump.stdout).contains("SCOORD3D"));
 
-    let jobs = node.jobs();
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
     wait_until("job delivered", Duration::from_secs(10), || {
         state_of(&node.jobs()[0]) == "delivered"
     });
-    let job = node.get(&format!("/jobs/{}", jobs[0]["id"]));
     assert!(job["result"]["probability"].as_f64().is_some(), "{job}");
     let metrics = node.metrics();
     assert!(
@@ -472,7 +500,7 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
     // No job starts before its series has been quiet for the stable age (1 s here).
     assert!(sum.is_some_and(|s| s >= 1.0), "{metrics}");
 
-    // Loop guard: the PACS forwards our own SC/SR back; they are acknowledged, not analysed.
+    // Loop guard: the PACS forwards our own outputs back; they are acknowledged, not analysed.
     let back = node.storescu(&received);
     assert!(
         back.status.success(),
@@ -489,10 +517,10 @@ fn dcmtk_modality_to_node_to_dcmtk_pacs() {
         "own output or duplicates made a job: {:?}",
         node.jobs()
     );
-    assert_eq!(pacs.files().len(), 2);
+    assert_eq!(pacs.files().len(), received.len());
     assert_eq!(
         node.log_text().matches("discarded: our own output").count(),
-        2,
+        received.len(),
         "{}",
         node.log_text()
     );
@@ -563,8 +591,8 @@ fn kill_9_while_receiving_and_while_inferring_loses_nothing_and_delivers_once() 
     node.kill();
     assert!(pacs.files().is_empty(), "results went out before inference finished");
     node.restart();
-    wait_until("SC and SR at the PACS", Duration::from_secs(300), || {
-        pacs.files().len() >= 2
+    wait_until("SC, PM and SR at the PACS", Duration::from_secs(300), || {
+        pacs.files().len() >= 3
     });
     wait_until("job delivered", Duration::from_secs(30), || {
         node.jobs().first().is_some_and(|j| state_of(j) == "delivered")
@@ -573,10 +601,7 @@ fn kill_9_while_receiving_and_while_inferring_loses_nothing_and_delivers_once() 
     let jobs = node.jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0]["attempts"].as_i64(), Some(2), "{jobs:?}");
-    assert_eq!(
-        classes(&pacs.files()),
-        vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]
-    );
+    assert_eq!(classes(&pacs.files()), job_classes(&node, &jobs[0]));
 }
 
 #[test]
@@ -599,10 +624,7 @@ fn partial_files_left_by_a_kill_are_removed_at_start_and_the_next_series_is_deli
     );
     assert!(node.storescu(&flair_files()).status.success());
     wait_all_delivered(&node, 1, Duration::from_secs(180));
-    assert_eq!(
-        classes(&pacs.files()),
-        vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]
-    );
+    assert_eq!(classes(&pacs.files()), job_classes(&node, &node.jobs()[0]));
 }
 
 #[test]
@@ -630,14 +652,19 @@ fn results_wait_for_a_pacs_that_is_down_and_arrive_once() {
     assert!(error.contains("transient"), "{detail}");
 
     let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
-    wait_until("SC and SR at the PACS", Duration::from_secs(60), || {
-        pacs.files().len() >= 2
+    wait_until("SC, PM and SR at the PACS", Duration::from_secs(60), || {
+        pacs.files().len() >= 3
     });
     wait_until("job delivered", Duration::from_secs(30), || {
         state_of(&node.jobs()[0]) == "delivered"
     });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(pacs.files().len(), 2, "duplicates: {:?}", pacs.files());
+    assert_eq!(
+        classes(&pacs.files()),
+        job_classes(&node, &node.jobs()[0]),
+        "duplicates: {:?}",
+        pacs.files()
+    );
     assert!(
         node.metrics()
             .contains("fcdnode_delivery_failures_total{destination=\"pacs\"}")
@@ -658,9 +685,11 @@ fn a_late_instance_reopens_the_series_and_the_new_sr_supersedes_the_old() {
     let first_sr_uid = sop_instance(&first_sr);
     assert!(node.storescu(late).status.success());
     wait_all_delivered(&node, 2, Duration::from_secs(180));
-    assert_eq!(pacs.files().len(), 4, "{:?}", pacs.files());
     let jobs = node.jobs();
     assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let mut sent: Vec<String> = jobs.iter().flat_map(|j| job_classes(&node, j)).collect();
+    sent.sort();
+    assert_eq!(classes(&pacs.files()), sent, "{:?}", pacs.files());
     assert_eq!(jobs[0]["supersedes"], jobs[1]["id"], "{jobs:?}");
     let second_sr = pacs
         .files()
@@ -761,15 +790,20 @@ fn demo_command_runs_the_whole_loop_on_one_machine() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(stdout.matches(" delivered ").count(), 2, "{stdout}");
     assert!(stdout.contains(" fcd ") && stdout.contains(" hc "), "{stdout}");
-    let mut received: Vec<PathBuf> = std::fs::read_dir(out.join("pacs"))
+    let received: Vec<PathBuf> = std::fs::read_dir(out.join("pacs"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    received.sort();
-    let mut c = classes(&received);
-    c.dedup();
-    assert_eq!(received.len(), 4, "{received:?}");
-    assert_eq!(c, vec![SC_MULTIFRAME.to_string(), SR_3D.to_string()]);
+    // SC, PM and SR of each study, and a Segmentation for each suspected one, as the node's
+    // result.json files say.
+    let mut expected = Vec::new();
+    for job in std::fs::read_dir(out.join("node/results")).unwrap() {
+        let result = ResultSummary::read(&job.unwrap().path().join("result.json")).unwrap();
+        assert!(result.seg_file.is_none() || result.suspected, "{result:?}");
+        expected.extend(output_classes(result.seg_file.is_some()));
+    }
+    expected.sort();
+    assert_eq!(classes(&received), expected, "{received:?}");
     for line in stdout.lines().filter(|l| l.contains("preview ")) {
         let path = line.rsplit(' ').next().unwrap();
         assert!(Path::new(path).is_file(), "{path}");
@@ -822,7 +856,7 @@ fn the_node_talks_to_nobody_but_its_configured_peers() {
     ]);
     assert!(node.storescu(&flair_files()).status.success());
     wait_all_delivered(&node, 1, Duration::from_secs(240));
-    assert_eq!(pacs.files().len(), 2);
+    assert_eq!(classes(&pacs.files()), job_classes(&node, &node.jobs()[0]));
     // ONNX Runtime's telemetry used to look up its endpoint about 9 s after start.
     if let Some(rest) = Duration::from_secs(20).checked_sub(started.elapsed()) {
         std::thread::sleep(rest);

@@ -1,8 +1,9 @@
 //! Orthanc (Debian's `orthanc`, started here on loopback ports with its own configuration) as
 //! the PACS: the series is uploaded to Orthanc over REST, Orthanc C-STOREs it to `fcdnode
-//! serve`, and the node's Secondary Capture and Structured Report come back into the same study.
-//! Then Orthanc forwards the whole study (now with our SC/SR) to the node again, as an
-//! auto-routing PACS would: the node acknowledges it and makes nothing new.
+//! serve`, and the node's Secondary Capture, Parametric Map, Segmentation (suspected studies)
+//! and Structured Report come back into the same study. Then Orthanc forwards the whole study
+//! (now with our outputs) to the node again, as an auto-routing PACS would: the node
+//! acknowledges it and makes nothing new.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,13 +12,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::node::{Destination, NodeProc, flair_files, free_port, model, wait_until};
+use crate::node::{
+    Destination, NodeProc, PARAMETRIC_MAP, SC_MULTIFRAME, SEGMENTATION, SR_3D, flair_files, free_port, job_classes,
+    model, wait_until,
+};
 use crate::util::tempdir;
 
 /// Debian's Orthanc server (package `orthanc`, installed by `scripts/setup.sh`).
 const ORTHANC: &str = "/usr/sbin/Orthanc";
-const SC_MULTIFRAME: &str = "1.2.840.10008.5.1.4.1.1.7.4";
-const SR_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const MR_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
 
 fn http() -> reqwest::blocking::Client {
@@ -193,7 +195,7 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     let orthanc_dicom = free_port();
     let node_dicom = free_port();
     let orthanc = Orthanc::start(dir.path(), orthanc_dicom, node_dicom);
-    // Orthanc forwards whole studies, our SC/SR included: accept other classes, keep none.
+    // Orthanc forwards whole studies, our outputs included: accept other classes, keep none.
     let node = NodeProc::start_with(
         dir.path(),
         &model(dir.path()),
@@ -237,32 +239,38 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     let sent = orthanc.store_to_node(&source_series);
     assert_eq!(sent["InstancesCount"].as_u64(), Some(files.len() as u64), "{sent}");
 
-    // The node's SC and SR arrive as new series of the same study.
-    wait_until("SC and SR series in Orthanc", Duration::from_secs(240), || {
+    // The node's outputs arrive as new series of the same study, one series each.
+    wait_until("the job delivered", Duration::from_secs(240), || {
+        node.jobs().first().is_some_and(|j| j["state"] == "delivered")
+    });
+    let outputs = job_classes(&node, &node.jobs()[0]);
+    wait_until("the outputs' series in Orthanc", Duration::from_secs(30), || {
         let series = orthanc.study_series(&source_study);
-        series.len() >= 3
+        series.len() > outputs.len()
             && series
                 .iter()
                 .all(|s| s["Instances"].as_array().is_some_and(|i| !i.is_empty()))
     });
-    wait_until("the job delivered", Duration::from_secs(30), || {
-        node.jobs().first().is_some_and(|j| j["state"] == "delivered")
-    });
     let all = orthanc.study_series(&source_study);
-    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(all.len(), 1 + outputs.len(), "{all:#?}");
     let by_class = |class: &str| -> Vec<&Value> { all.iter().filter(|s| series_class(&orthanc, s) == class).collect() };
     assert_eq!(by_class(MR_IMAGE).len(), 1, "{all:#?}");
-    let sc = by_class(SC_MULTIFRAME);
-    let sr = by_class(SR_3D);
-    assert_eq!((sc.len(), sr.len()), (1, 1), "series classes: {all:#?}");
+    for class in &outputs {
+        assert_eq!(by_class(class).len(), 1, "one {class} series: {all:#?}");
+    }
+    let (sc, sr, pm) = (by_class(SC_MULTIFRAME), by_class(SR_3D), by_class(PARAMETRIC_MAP));
     assert_eq!(text(&sr[0]["MainDicomTags"]["Modality"]), "SR", "{:#}", sr[0]);
-    for s in [sc[0], sr[0]] {
+    let seg = by_class(SEGMENTATION);
+    if let Some(seg) = seg.first() {
+        assert_eq!(text(&seg["MainDicomTags"]["Modality"]), "SEG", "{seg:#}");
+    }
+    for s in [sc[0], sr[0], pm[0]].into_iter().chain(seg.first().copied()) {
         assert_ne!(text(&s["MainDicomTags"]["SeriesInstanceUID"]), source_series_uid);
         let tags = orthanc.instance_tags(&text(&s["Instances"][0]));
         assert_eq!(text(&tags["StudyInstanceUID"]), source_study_uid, "{tags:#}");
     }
 
-    // The SR's evidence is the source series: its instances, and nothing else but our SC.
+    // The SR's evidence is the source series: its instances, and nothing else but our own outputs.
     let sr_tags = orthanc.instance_tags(&text(&sr[0]["Instances"][0]));
     let evidence = &sr_tags["CurrentRequestedProcedureEvidenceSequence"];
     let evidence_series: Vec<String> = evidence[0]["ReferencedSeriesSequence"]
@@ -287,12 +295,12 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     let job = node.get(&format!("/jobs/{}", jobs[0]["id"]));
     assert!(job["result"]["probability"].as_f64().is_some(), "{job}");
 
-    // Loop guard: Orthanc forwards the whole study, our SC/SR included, to the node again.
+    // Loop guard: Orthanc forwards the whole study, our outputs included, to the node again.
     let instances_before = orthanc.get("/instances").as_array().map(Vec::len);
     let again = orthanc.store_to_node(&source_study);
     assert_eq!(
         again["InstancesCount"].as_u64(),
-        Some(files.len() as u64 + 2),
+        Some((files.len() + outputs.len()) as u64),
         "{again}"
     );
     // Longer than the stable age and a few tracker/outbox polls.
@@ -300,7 +308,11 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     let jobs = node.jobs();
     assert_eq!(jobs.len(), 1, "the forwarded study made a job: {jobs:?}");
     assert_eq!(jobs[0]["state"], "delivered", "{jobs:?}");
-    assert_eq!(orthanc.study_series(&source_study).len(), 3, "new series in Orthanc");
+    assert_eq!(
+        orthanc.study_series(&source_study).len(),
+        1 + outputs.len(),
+        "new series in Orthanc"
+    );
     assert_eq!(orthanc.get("/instances").as_array().map(Vec::len), instances_before);
     assert!(node.log_text().contains("discarded"), "{}", node.log_text());
 }

@@ -1,6 +1,8 @@
-//! Report stage against real peers: SC and SR from a synthetic series and heatmap must pass
-//! dciodvfy, dsrdump must read the SR tree, dcm2pnm must render an SC frame with colour at the
-//! heat peak and grey elsewhere; the geometry and references must point back at the source.
+//! Report stage against real peers: SC, SR, Parametric Map and Segmentation from a synthetic
+//! series and heatmap must pass dciodvfy, dsrdump must read the SR tree, dcm2pnm must render an
+//! SC frame with colour at the heat peak and grey elsewhere, highdicom must read the map's peak
+//! and the segment's centroid back at the hotspot; the geometry and references must point back
+//! at the source.
 //! The overlay a reader sees: colour only inside the head and above the threshold, on an
 //! absolute scale, none on a negative study by default, no text over the anatomy — on the
 //! fixture and on the demo model's synthetic patient and control rendered by dcmj2pnm.
@@ -12,19 +14,20 @@ use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, open_file};
 use fcdnode::assemble::{Assembled, assemble_paths};
 use fcdnode::report::{
-    Algorithm, Device, DicomFile, Finding, Hotspot, InstanceRef, ReportError, ReportInputs, ReportOptions, Timestamp,
-    Timings, UidGenerator, is_own_output, preview_png, secondary_capture, structured_report, write_dicom,
-    write_outputs,
+    Algorithm, Derived, Device, DicomFile, Finding, Hotspot, InstanceRef, ReportError, ReportInputs, ReportOptions,
+    Timestamp, Timings, UidGenerator, is_own_output, parametric_map, preview_png, secondary_capture, segmentation,
+    structured_report, write_dicom, write_outputs,
 };
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use fcdnode::volume::Volume;
 use fcdnode::volume::{Plane, acquisition_grid};
 
-use crate::util::{dciodvfy, run_ok, tempdir, tool};
+use crate::util::{dciodvfy, repo, run_ok, tempdir, tool};
 
 /// Heat peak in voxel index `[i, j, k]`, inside the head.
 const PEAK: [usize; 3] = [28, 32, 15];
-/// A second heat peak as hot, in the air outside the head: must never be coloured.
+/// A second heat peak nearly as hot (0.95 of the peak, so the map's maximum stays the hotspot),
+/// in the air outside the head: must never be coloured.
 const AIR_PEAK: [usize; 3] = [2, 3, 15];
 /// A pixel inside the head far from the peak: (column i, row j).
 const FAR: [usize; 2] = [12, 20];
@@ -78,10 +81,11 @@ fn fixture(plane: Plane, enhanced: bool) -> Fixture {
                 .sum::<f64>();
             (-d2 / (2.0 * 2.5f64.powi(2))).exp() as f32
         };
-        *v = blob(PEAK).max(blob(AIR_PEAK));
+        *v = blob(PEAK).max(0.95 * blob(AIR_PEAK));
     }
     let finding = Finding {
         probability: 0.8734,
+        probability_uncalibrated: None,
         threshold: 0.5,
         suspected: true,
         fold_probabilities: vec![0.8, 0.9, 0.92],
@@ -296,7 +300,11 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     // FCDNODE_KEEP_OUTPUTS=DIR keeps the outputs for inspection.
     if let Some(keep) = std::env::var_os("FCDNODE_KEEP_OUTPUTS") {
         let keep = Path::new(&keep).join(format!("{plane:?}-{enhanced}-{multiframe}"));
-        for path in written.sc_paths.iter().chain([&written.sr_path, &written.preview_path]) {
+        let outputs = written
+            .sc_paths
+            .iter()
+            .chain([&written.sr_path, &written.preview_path, &written.pm_path]);
+        for path in outputs.chain(&written.seg_path) {
             let rel = path.strip_prefix(&f.dir).unwrap();
             std::fs::create_dir_all(keep.join(rel).parent().unwrap()).unwrap();
             std::fs::copy(path, keep.join(rel)).unwrap();
@@ -304,7 +312,15 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     }
 
     // dciodvfy on every output.
-    for path in written.sc_paths.iter().chain([&written.sr_path]) {
+    let seg_path = written
+        .seg_path
+        .as_ref()
+        .expect("a suspected study with a coloured hotspot has a SEG");
+    for path in written
+        .sc_paths
+        .iter()
+        .chain([&written.sr_path, &written.pm_path, seg_path])
+    {
         let warnings = dciodvfy(path);
         if !warnings.is_empty() {
             eprintln!("{label}: dciodvfy {}:\n{}", path.display(), warnings.join("\n"));
@@ -467,6 +483,118 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     assert_eq!(json["hotspot_slice"], PEAK[2]);
     let preview = image::open(&written.preview_path).unwrap().to_rgb8();
     assert!(preview.width() > preview.height(), "{label}: montage of several panels");
+
+    // The Parametric Map and the Segmentation, as highdicom reads them.
+    check_pm_and_seg(&label, &f, &written, &json);
+}
+
+/// Reads the PM, SR and SEG (if any) with highdicom and pydicom (tests/it/pm_seg.py in the
+/// project's virtual environment) and returns what they found.
+fn read_with_highdicom(pm: &Path, sr: &Path, seg: Option<&Path>) -> serde_json::Value {
+    let python = repo().join(".tools/venv/bin/python");
+    assert!(
+        python.is_file(),
+        "peer `{}` is missing: run `scripts/setup.sh` (it installs pydicom and highdicom)",
+        python.display()
+    );
+    let out = run_ok(
+        Command::new(python)
+            .arg(repo().join("tests/it/pm_seg.py"))
+            .arg(pm)
+            .arg(sr)
+            .args(seg),
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pm_seg.py: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn lps_of(value: &serde_json::Value) -> [f64; 3] {
+    let v: Vec<f64> = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{value}: {e}"));
+    [v[0], v[1], v[2]]
+}
+
+fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The PM's maximum and the SEG's centroid, in patient coordinates computed by highdicom from
+/// the files, lie within 4 mm of the hotspot the SR and result.json report; the SR references
+/// both; values are the display scale, finite, with what they mean said in the mapping.
+fn check_pm_and_seg(label: &str, f: &Fixture, written: &fcdnode::report::WrittenOutputs, json: &serde_json::Value) {
+    let seg_path = written.seg_path.as_deref().expect("suspected: a SEG");
+    let read = read_with_highdicom(&written.pm_path, &written.sr_path, Some(seg_path));
+    let hotspot = lps_of(&json["hotspot_lps"]);
+    let sr_point = lps_of(&read["sr"]["point"]);
+    assert!(
+        distance(sr_point, hotspot) < 1e-3,
+        "{label}: SR {sr_point:?} vs result.json {hotspot:?}"
+    );
+    let (pm, seg) = (&read["pm"], &read["seg"]);
+    let pm_max = lps_of(&pm["max_lps"]);
+    let centroid = lps_of(&seg["centroid_lps"]);
+    eprintln!(
+        "{label}: hotspot {hotspot:?}; PM max {pm_max:?} ({:.2} mm), SEG centroid {centroid:?} ({:.2} mm, {} voxels on {} frames)",
+        distance(pm_max, hotspot),
+        distance(centroid, hotspot),
+        seg["voxels"],
+        seg["frames"]
+    );
+    assert!(distance(pm_max, hotspot) <= 4.0, "{label}: PM max {pm_max:?}");
+    assert!(distance(centroid, hotspot) <= 4.0, "{label}: SEG centroid {centroid:?}");
+    assert_eq!(
+        seg["contains_sr_point"], true,
+        "{label}: the segment holds the hotspot: {seg}"
+    );
+    // Relative scale (no reference in these options): the study's peak is 1.0; no NaN, 0 floor.
+    assert!((pm["max_value"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{label}: {pm}");
+    assert_eq!(pm["min_value"].as_f64(), Some(0.0), "{label}: {pm}");
+    assert_eq!(pm["frames"], 24, "{label}: one frame per source slice");
+    assert_eq!(pm["units"], "1", "{label}: {pm}");
+    assert!(
+        pm["lut_explanation"].as_str().unwrap().contains("uncalibrated"),
+        "{label}: {pm}"
+    );
+    // The segment: standard codes, the algorithm, frames only where it is present.
+    assert_eq!(seg["category"], "49755003", "{label}: {seg}");
+    assert_eq!(seg["type"], "301766008", "{label}: {seg}");
+    assert_eq!(seg["algorithm_type"], "AUTOMATIC", "{label}: {seg}");
+    assert_eq!(seg["algorithm_name"], "fcd-resnet18-demo", "{label}: {seg}");
+    let frames = seg["frames"].as_u64().unwrap();
+    assert!((2..24).contains(&frames), "{label}: {seg}");
+    // Same study and frame of reference as the source; the SR points at both.
+    let study_uid = str_of(&f.header, tags::STUDY_INSTANCE_UID);
+    let for_uid = str_of(&f.header, tags::FRAME_OF_REFERENCE_UID);
+    for object in [pm, seg] {
+        assert_eq!(object["study"], study_uid.as_str(), "{label}");
+        assert_eq!(object["frame_of_reference"], for_uid.as_str(), "{label}");
+    }
+    let images = &read["sr"]["images"];
+    assert_eq!(
+        images["Referenced Segment"], seg["sop_instance_uid"],
+        "{label}: {images}"
+    );
+    assert_eq!(
+        images["Heatmap parametric map"], read["pm_sop_instance_uid"],
+        "{label}: {images}"
+    );
+    let evidence = read["sr"]["evidence"].as_array().unwrap();
+    assert!(
+        evidence.contains(&seg["sop_instance_uid"]) && evidence.contains(&read["pm_sop_instance_uid"]),
+        "{label}: {evidence:?}"
+    );
+    // The node's loop guard knows both as its own.
+    for path in [&written.pm_path, &written.seg_path.clone().unwrap()] {
+        assert!(
+            is_own_output(&open_file(path).unwrap(), &Device::default().device_uid),
+            "{label}: loop guard"
+        );
+    }
+    let json_files = [&json["pm_file"], &json["seg_file"]];
+    assert_eq!(
+        json_files,
+        [&serde_json::json!("pm/PM.dcm"), &serde_json::json!("seg/SEG.dcm")],
+        "{label}"
+    );
 }
 
 /// Writes the outputs for `finding` on the axial fixture; returns the dsrdump text and result.json.
@@ -491,13 +619,21 @@ fn outputs_for(finding: Finding, label: &str) -> (String, serde_json::Value) {
         &f.dir,
     )
     .unwrap_or_else(|e| panic!("{label}: {e}"));
-    for path in written.sc_paths.iter().chain([&written.sr_path]) {
+    let written_dicom = written.sc_paths.iter().chain([&written.sr_path, &written.pm_path]);
+    for path in written_dicom.chain(&written.seg_path) {
         for warning in dciodvfy(path) {
             eprintln!("{label}: dciodvfy {}: {warning}", path.display());
         }
     }
     let out = run_ok(Command::new(tool("dsrdump")).arg(&written.sr_path));
-    let json = serde_json::from_str(&std::fs::read_to_string(f.dir.join("result.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["pm_file"], "pm/PM.dcm", "{label}: every study has its map");
+    assert_eq!(
+        f.dir.join("seg").exists(),
+        json["seg_file"].is_string(),
+        "{label}: {json}"
+    );
     (String::from_utf8_lossy(&out.stdout).into_owned(), json)
 }
 
@@ -531,6 +667,8 @@ fn a_negative_study_names_no_fcd_finding_and_no_location() {
         json["hotspot_lps"].is_null() && json["hotspot_slice"].is_null(),
         "{json}"
     );
+    assert!(json["seg_file"].is_null(), "negative: no region is named: {json}");
+    assert!(!dump.contains("Referenced Segment"), "negative: {dump}");
     assert!(json["no_hotspot"].as_str().unwrap().contains("not suspected"), "{json}");
     assert_eq!(json["model"]["sha256"], "0f".repeat(32));
 }
@@ -558,7 +696,89 @@ fn a_flat_map_points_nowhere() {
         "a flat map must not put a point anywhere:\n{dump}"
     );
     assert!(json["hotspot_lps"].is_null(), "{json}");
+    assert!(json["seg_file"].is_null(), "flat map: no region: {json}");
     assert!(json["no_hotspot"].as_str().unwrap().contains("flat"), "{json}");
+}
+
+/// A Segmentation only where the overlay colours the hotspot: a suspected study's; none for a
+/// negative study, nor when the hotspot lies below the threshold on the absolute scale. Its
+/// voxels are exactly the overlay's coloured region around the hotspot (the air peak, as hot but
+/// outside the head, is not in it), and the map's values are that scale.
+#[test]
+fn segmentation_only_where_the_overlay_colours_the_hotspot() {
+    let f = fixture(Plane::Axial, false);
+    let algorithm = algorithm();
+    let device = Device::default();
+    let made = |finding: &Finding, options: &ReportOptions| {
+        let inputs = ReportInputs {
+            source_header: &f.header,
+            source: &f.source,
+            finding,
+            algorithm: &algorithm,
+            device: &device,
+            options,
+        };
+        let mut uids = UidGenerator::seeded(6);
+        let pm = parametric_map(&inputs, &f.heatmap, &mut uids).unwrap();
+        (pm, segmentation(&inputs, &f.heatmap, &mut uids).unwrap())
+    };
+    let negative = Finding {
+        probability: 0.2163,
+        suspected: false,
+        ..f.finding.clone()
+    };
+    assert!(made(&negative, &options(true)).1.is_none(), "negative: no SEG");
+    // Peak 1.0 / reference 2.5 = 0.4 < threshold 0.6: nothing coloured, no SEG; the map is there.
+    let low = options(true).with_heat_reference(Some(2.5));
+    let (pm, seg) = made(&f.finding, &low);
+    assert!(seg.is_none(), "hotspot below the threshold: no SEG");
+    let floats: Vec<f32> = pm.get(tags::FLOAT_PIXEL_DATA).unwrap().to_multi_float32().unwrap();
+    let peak = floats.iter().fold(0.0f32, |m, &v| m.max(v));
+    assert!((peak - 0.4).abs() < 1e-6, "absolute scale: 1.0 / 2.5, got {peak}");
+    assert!(floats.iter().all(|v| v.is_finite() && *v >= 0.0));
+    let path = f.dir.join("pm-absolute.dcm");
+    write_dicom(&pm, &path).unwrap();
+    for warning in dciodvfy(&path) {
+        eprintln!("PM, absolute scale: dciodvfy: {warning}");
+    }
+    // Suspected on the relative scale: the region around PEAK, nothing in the air.
+    let (_, seg) = made(&f.finding, &options(true));
+    let seg = seg.expect("suspected with a coloured hotspot: a SEG");
+    let frames: usize = str_of(&seg, tags::NUMBER_OF_FRAMES).parse().unwrap();
+    let (rows, cols) = (48, 40);
+    let bits = seg.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    let set: Vec<(usize, usize, usize)> = (0..frames * rows * cols)
+        .filter(|n| bits[n / 8] & (1 << (n % 8)) != 0)
+        .map(|n| (n / (rows * cols), (n % (rows * cols)) / cols, n % cols))
+        .collect();
+    assert!(!set.is_empty());
+    // Each frame's source slice, from its Dimension Index Values (segment, slice k + 1).
+    let slice_of: Vec<usize> = seg
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items())
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let content = &item.get(tags::FRAME_CONTENT_SEQUENCE).unwrap().items().unwrap()[0];
+            let index: Vec<u32> = content
+                .get(tags::DIMENSION_INDEX_VALUES)
+                .unwrap()
+                .to_multi_int()
+                .unwrap();
+            index[1] as usize - 1
+        })
+        .collect();
+    assert_eq!(slice_of.len(), frames);
+    assert!(
+        set.iter()
+            .any(|&(fr, r, c)| slice_of[fr] == PEAK[2] && r == PEAK[1] && c == PEAK[0]),
+        "the hotspot voxel is in the segment"
+    );
+    assert!(
+        set.iter()
+            .all(|&(_, r, c)| (r as f64 - PEAK[1] as f64).abs() < 6.0 && (c as f64 - PEAK[0] as f64).abs() < 6.0),
+        "only the hotspot's region, not the air peak"
+    );
 }
 
 #[test]
@@ -606,6 +826,10 @@ fn bad_input_is_an_error() {
     let wrong = Volume::filled(&shifted, 0.0).unwrap();
     let err = secondary_capture(&inputs, &wrong, &mut uids).unwrap_err();
     assert!(matches!(err, ReportError::GridMismatch { .. }), "{err}");
+    let err = parametric_map(&inputs, &wrong, &mut uids).unwrap_err();
+    assert!(matches!(err, ReportError::GridMismatch { .. }), "{err}");
+    let err = segmentation(&inputs, &wrong, &mut uids).unwrap_err();
+    assert!(matches!(err, ReportError::GridMismatch { .. }), "{err}");
     let err = preview_png(&f.source, &wrong, &f.finding, &options).unwrap_err();
     assert!(matches!(err, ReportError::GridMismatch { .. }), "{err}");
 
@@ -623,7 +847,7 @@ fn bad_input_is_an_error() {
     };
     let err = secondary_capture(&empty_inputs, &f.heatmap, &mut uids).unwrap_err();
     assert!(matches!(err, ReportError::EmptySource { .. }), "{err}");
-    let err = structured_report(&empty_inputs, &[], &mut uids).unwrap_err();
+    let err = structured_report(&empty_inputs, &Derived::default(), &mut uids).unwrap_err();
     assert!(matches!(err, ReportError::EmptySource { .. }), "{err}");
 
     // Bad finding values.
@@ -655,9 +879,13 @@ fn bad_input_is_an_error() {
             finding: &finding,
             ..inputs
         };
-        let err = structured_report(&bad, &[], &mut uids).unwrap_err();
+        let err = structured_report(&bad, &Derived::default(), &mut uids).unwrap_err();
         assert!(matches!(err, ReportError::BadValue { .. }), "{err}");
         let err = secondary_capture(&bad, &f.heatmap, &mut uids).unwrap_err();
+        assert!(matches!(err, ReportError::BadValue { .. }), "{err}");
+        let err = parametric_map(&bad, &f.heatmap, &mut uids).unwrap_err();
+        assert!(matches!(err, ReportError::BadValue { .. }), "{err}");
+        let err = segmentation(&bad, &f.heatmap, &mut uids).unwrap_err();
         assert!(matches!(err, ReportError::BadValue { .. }), "{err}");
     }
 
@@ -690,7 +918,12 @@ fn bad_input_is_an_error() {
         source: &no_for,
         ..inputs
     };
-    let err = structured_report(&no_for_inputs, &[], &mut uids).unwrap_err();
+    let err = structured_report(&no_for_inputs, &Derived::default(), &mut uids).unwrap_err();
+    assert!(matches!(err, ReportError::MissingAttribute { .. }), "{err}");
+    // The PM and SEG lie on the source grid: without a frame of reference they cannot.
+    let err = parametric_map(&no_for_inputs, &f.heatmap, &mut uids).unwrap_err();
+    assert!(matches!(err, ReportError::MissingAttribute { .. }), "{err}");
+    let err = segmentation(&no_for_inputs, &f.heatmap, &mut uids).unwrap_err();
     assert!(matches!(err, ReportError::MissingAttribute { .. }), "{err}");
     let sc = secondary_capture(&no_for_inputs, &f.heatmap, &mut uids).unwrap();
     let path = f.dir.join("no_for.dcm");
@@ -714,15 +947,22 @@ fn same_seed_same_objects() {
     };
     let make = || {
         let mut uids = UidGenerator::seeded(42);
-        let sc = secondary_capture(&inputs, &f.heatmap, &mut uids).unwrap();
-        let refs: Vec<InstanceRef> = sc.iter().map(|o| InstanceRef::of(o)).collect();
-        let sr = structured_report(&inputs, &refs, &mut uids).unwrap();
-        (sc, sr)
+        let sc = secondary_capture(&inputs, &f.heatmap, &mut uids).unwrap().remove(0);
+        let pm = parametric_map(&inputs, &f.heatmap, &mut uids).unwrap();
+        let seg = segmentation(&inputs, &f.heatmap, &mut uids)
+            .unwrap()
+            .expect("suspected: a SEG");
+        let derived = Derived {
+            sc: vec![InstanceRef::of(&sc)],
+            pm: Some(InstanceRef::of(&pm)),
+            seg: Some(InstanceRef::of(&seg)),
+        };
+        let sr = structured_report(&inputs, &derived, &mut uids).unwrap();
+        [sc, pm, seg, sr]
     };
-    let (a_sc, a_sr) = make();
-    let (b_sc, b_sr) = make();
+    let (a, b) = (make(), make());
     let dir = tempdir();
-    for (n, (a, b)) in [(&a_sc[0], &b_sc[0]), (&a_sr, &b_sr)].into_iter().enumerate() {
+    for (n, (a, b)) in a.iter().zip(&b).enumerate() {
         let (pa, pb) = (
             dir.path().join(format!("a{n}.dcm")),
             dir.path().join(format!("b{n}.dcm")),
@@ -1026,6 +1266,46 @@ fn demo_patient_and_control_overlays() {
         );
         let png = image::open(&png_path).unwrap().to_rgb8();
         let rendered = check_frame(&label, &png, &study, k, cross);
+        // The map and the hotspot region, as highdicom reads them: the map peaks at the hotspot,
+        // the region holds it; a control has no region. The region is what the overlay colours
+        // around the hotspot: on this coarse model (16 mm feature cells) everything above 0.6 of
+        // the reference is a large blob whose centroid lies centimetres from the peak, so only
+        // the synthetic fixture's checks hold the centroid to 4 mm.
+        let dicom = |rel: &Option<String>| rel.as_ref().map(|f| out.join(f));
+        let (pm_path, seg_path) = (dicom(&summary.pm_file), dicom(&summary.seg_file));
+        let pm_path = pm_path.unwrap_or_else(|| panic!("{label}: no PM"));
+        for path in std::iter::once(&pm_path).chain(&seg_path) {
+            for warning in dciodvfy(path) {
+                eprintln!("{label}: dciodvfy {}: {warning}", path.display());
+            }
+        }
+        let sr_path = out.join(summary.sr_file.as_deref().unwrap_or_else(|| panic!("{label}: no SR")));
+        let read = read_with_highdicom(&pm_path, &sr_path, seg_path.as_deref());
+        assert_eq!(
+            seg_path.is_some(),
+            suspected,
+            "{label}: a SEG for suspected studies only"
+        );
+        if let Some(lps) = summary.hotspot_lps {
+            let pm_max = lps_of(&read["pm"]["max_lps"]);
+            let centroid = lps_of(&read["seg"]["centroid_lps"]);
+            eprintln!(
+                "{label}: PM max {:.2} mm, SEG centroid {:.2} mm ({} voxels) from the hotspot",
+                distance(pm_max, lps),
+                distance(centroid, lps),
+                read["seg"]["voxels"]
+            );
+            assert!(distance(lps_of(&read["sr"]["point"]), lps) < 1e-3, "{label}: {read}");
+            assert!(distance(pm_max, lps) <= 4.0, "{label}: PM max {pm_max:?} vs {lps:?}");
+            assert_eq!(read["seg"]["contains_sr_point"], true, "{label}: {}", read["seg"]);
+            assert!(
+                read["pm"]["lut_explanation"]
+                    .as_str()
+                    .unwrap()
+                    .contains("training lesions"),
+                "{label}: calibrated: {read}"
+            );
+        }
         if suspected {
             assert!(
                 rendered > 20,

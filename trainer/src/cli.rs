@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fcdnode::package::arch::Layout;
-use fcdnode_trainer::config::{Augment, CvConfig, parse_modalities};
+use fcdnode_trainer::config::{Augment, CvConfig, ThresholdRule, parse_modalities};
 use fcdnode_trainer::data::bids::{Dataset, Group, ImageKind};
 
 /// Set by Ctrl-C; training checks it between epochs.
@@ -37,7 +37,9 @@ enum Command {
     /// epochs; rerunning the same command resumes (finished folds are kept).
     Cv(Box<CvArgs>),
     /// Export one experiment of a finished run as a model package (one ONNX graph per fold +
-    /// manifest.toml) for the node.
+    /// manifest.toml) for the node. The threshold and the probability calibration are chosen on
+    /// the exported folds' out-of-fold predictions by the run's threshold rule; a fold whose
+    /// held-out ROC-AUC is below --min-fold-auc is refused unless kept or dropped.
     Export {
         /// Run directory written by `fcdtrain cv`.
         #[arg(long)]
@@ -48,6 +50,15 @@ enum Command {
         /// Package directory to write, e.g. models/NAME.
         #[arg(long)]
         out: PathBuf,
+        /// ROC-AUC a fold needs on its held-out subjects to be exported.
+        #[arg(long, default_value_t = fcdnode_trainer::export::MIN_FOLD_AUC)]
+        min_fold_auc: f64,
+        /// Export folds below --min-fold-auc anyway (marked weak_kept in the manifest).
+        #[arg(long, conflicts_with = "drop_weak_folds")]
+        keep_weak_folds: bool,
+        /// Export only the folds at or above --min-fold-auc (the others marked weak_dropped).
+        #[arg(long)]
+        drop_weak_folds: bool,
     },
     /// External validation: run a model package on a BIDS dataset exactly as the node does
     /// (recipe, ONNX Runtime fold ensemble, the node's heatmap) beside the non-learned max-z
@@ -187,6 +198,23 @@ struct CvArgs {
     /// Random intensity scaling range (1 ± this; 0 = off).
     #[arg(long, default_value_t = 0.1)]
     intensity: f64,
+    /// How the exported package's decision threshold is chosen on the calibrated out-of-fold
+    /// probabilities: the highest one keeping --target-sensitivity (triage), or Youden's J.
+    /// Applied after training: another rule on a finished run re-reports without retraining.
+    #[arg(long, value_enum, default_value = "sensitivity")]
+    threshold_rule: RuleName,
+    /// Out-of-fold sensitivity the threshold must keep (with --threshold-rule sensitivity).
+    #[arg(long, default_value_t = 0.9)]
+    target_sensitivity: f64,
+}
+
+/// `--threshold-rule` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RuleName {
+    /// The highest threshold with sensitivity ≥ --target-sensitivity.
+    Sensitivity,
+    /// Maximum sensitivity + specificity − 1.
+    Youden,
 }
 
 impl CvArgs {
@@ -235,6 +263,12 @@ impl CvArgs {
                 rotation_deg: self.rotate_deg,
                 flip: self.flip,
                 intensity: self.intensity,
+            },
+            threshold_rule: match self.threshold_rule {
+                RuleName::Sensitivity => ThresholdRule::Sensitivity {
+                    target: self.target_sensitivity,
+                },
+                RuleName::Youden => ThresholdRule::Youden,
             },
             ..CvConfig::default()
         })
@@ -391,14 +425,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Export { run, experiment, out } => {
-            let exported = fcdnode_trainer::export::export(&run, experiment.as_deref(), &out)?;
+        Command::Export {
+            run,
+            experiment,
+            out,
+            min_fold_auc,
+            keep_weak_folds,
+            drop_weak_folds,
+        } => {
+            use fcdnode_trainer::export::{ExportOptions, WeakFolds, export};
+            let options = ExportOptions {
+                min_fold_auc,
+                weak_folds: match (keep_weak_folds, drop_weak_folds) {
+                    (true, _) => WeakFolds::Keep,
+                    (_, true) => WeakFolds::Drop,
+                    _ => WeakFolds::Refuse,
+                },
+            };
+            let exported = export(&run, experiment.as_deref(), &out, &options)?;
             println!(
                 "{}: {} fold graph(s), manifest {}",
                 out.display(),
                 exported.graphs.len(),
                 out.join("manifest.toml").display()
             );
+            println!("  threshold: {}", exported.decision.describe());
+            let d = &exported.decision;
+            match &d.calibration {
+                Some(c) => println!(
+                    "  calibration: Platt a {:.4}, b {:.4}; Brier {:.3} → {:.3}, ECE {:.3} → {:.3} (on the predictions it was fitted on)",
+                    c.a, c.b, d.brier[0], d.brier[1], d.ece[0], d.ece[1]
+                ),
+                None => {
+                    println!("  calibration: none (the out-of-fold probabilities do not rank patients above controls)")
+                }
+            }
+            for w in &exported.kept_weak {
+                println!("  weak fold kept (--keep-weak-folds): {w}");
+            }
+            for w in &exported.dropped {
+                println!("  weak fold dropped (--drop-weak-folds): {w}");
+            }
             Ok(())
         }
     }

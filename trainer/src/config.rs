@@ -53,6 +53,32 @@ impl Default for Augment {
     }
 }
 
+/// How the package's decision threshold is chosen on the calibrated out-of-fold probabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ThresholdRule {
+    /// The highest threshold whose sensitivity is at least `target`: a triage tool must not miss
+    /// patients, and the highest such threshold flags the fewest controls.
+    Sensitivity { target: f64 },
+    /// The threshold maximising Youden's J = sensitivity + specificity − 1.
+    Youden,
+}
+
+impl Default for ThresholdRule {
+    fn default() -> Self {
+        Self::Sensitivity { target: 0.9 }
+    }
+}
+
+impl std::fmt::Display for ThresholdRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sensitivity { target } => write!(f, "the highest threshold with sensitivity ≥ {target}"),
+            Self::Youden => f.write_str("the threshold maximising Youden's J (sensitivity + specificity − 1)"),
+        }
+    }
+}
+
 /// Everything a cross-validation run is made of; saved as `RUN/config.json` so a rerun can
 /// check it resumes the same run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,6 +135,10 @@ pub struct CvConfig {
     /// A model package (`models/NAME`) whose fold weights start every fold (fine-tuning).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// How the exported package's threshold is chosen. It does not change training: a rerun
+    /// with another rule resumes the finished folds and reports (and exports) under the new one.
+    #[serde(default)]
+    pub threshold_rule: ThresholdRule,
 }
 
 fn plateau_default() -> usize {
@@ -145,6 +175,7 @@ impl Default for CvConfig {
             augment: Augment::default(),
             recalibrate_bn: true,
             init_from: None,
+            threshold_rule: ThresholdRule::default(),
         }
     }
 }
@@ -264,6 +295,11 @@ impl CvConfig {
                 "every axis must be at least one voxel",
             );
         }
+        if let ThresholdRule::Sensitivity { target } = self.threshold_rule
+            && !(target > 0.0 && target <= 1.0)
+        {
+            return bad("target-sensitivity", target.to_string(), "must be in (0, 1]");
+        }
         if let Some(dir) = &self.init_from
             && self.pretrained.iter().any(Option::is_some)
         {
@@ -373,5 +409,34 @@ mod tests {
             ..CvConfig::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("resnet11"));
+        let bad = CvConfig {
+            threshold_rule: ThresholdRule::Sensitivity { target: 1.5 },
+            ..CvConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--target-sensitivity 1.5")
+        );
+    }
+
+    /// A run's config.json from before the threshold rule existed reads with the default rule.
+    #[test]
+    fn threshold_rule_defaults_and_round_trips() {
+        let mut json = serde_json::to_value(CvConfig::default()).unwrap();
+        assert_eq!(
+            json["threshold_rule"],
+            serde_json::json!({"rule": "sensitivity", "target": 0.9})
+        );
+        json.as_object_mut().unwrap().remove("threshold_rule");
+        let old: CvConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.threshold_rule, ThresholdRule::Sensitivity { target: 0.9 });
+        let youden = CvConfig {
+            threshold_rule: ThresholdRule::Youden,
+            ..CvConfig::default()
+        };
+        let back: CvConfig = serde_json::from_str(&serde_json::to_string(&youden).unwrap()).unwrap();
+        assert_eq!(back, youden);
     }
 }

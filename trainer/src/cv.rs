@@ -383,14 +383,17 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let config_path = out.join("config.json");
     if let Ok(bytes) = std::fs::read(&config_path) {
-        let earlier: Option<CvConfig> = serde_json::from_slice(&bytes).ok();
+        // The threshold rule is applied after training: another one resumes the same run.
+        let earlier = serde_json::from_slice::<CvConfig>(&bytes).ok().map(|e| CvConfig {
+            threshold_rule: config.threshold_rule,
+            ..e
+        });
         if earlier.as_ref() != Some(config) {
             return Err(CvError::OtherRun { path: out.to_owned() });
         }
-    } else {
-        let text = serde_json::to_string_pretty(config).unwrap_or_default();
-        std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
     }
+    let text = serde_json::to_string_pretty(config).unwrap_or_default();
+    std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
     let device = device_from_name(&config.device)?;
     let recipe = config.recipe();
     let init = config.init_from.as_deref().map(InitPackage::open).transpose()?;

@@ -754,6 +754,17 @@ fn write_outputs(
     );
     let _ = writeln!(
         md,
+        "- Probability: {}",
+        m.calibration.as_ref().map_or_else(
+            || "the folds' mean softmax (the package has no `[calibration]`)".to_string(),
+            |c| format!(
+                "the folds' mean softmax through the package's calibration ({:?}, a {:.4}, b {:.4}; fitted on {}), as the node reports it; Brier, ECE and the reliability diagram measure that calibration on these data",
+                c.method, c.a, c.b, c.fitted_on
+            )
+        )
+    );
+    let _ = writeln!(
+        md,
         "- Data: `{}`: {} subjects evaluated ({} fcd, {} hc), {} skipped",
         options.data.display(),
         o.n,
@@ -915,6 +926,7 @@ fn write_outputs(
             "path": options.model,
             "sha256": package.sha256,
             "threshold": m.threshold,
+            "calibration": m.calibration,
             "folds": m.folds.len(),
             "heatmap": method_name(options.explain),
         },

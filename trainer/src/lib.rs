@@ -12,12 +12,16 @@
 //!   writes it after [`cv::run`]. Imports `cv`; `cv` does not import it.
 //! - [`figures`]: PNG drawing (ROC curve, per-subject Grad-CAM panel, montage), used by both.
 //! - [`finetune`]: `--init-from`: a model package's weights as each fold's start.
-//! - [`export`]: a run → model package (ONNX per fold + manifest.toml).
+//! - [`calibrate`]: pooled out-of-fold predictions → Platt calibration and decision threshold
+//!   (stated by `report`, written into the manifest by `export`).
+//! - [`export`]: a run → model package (ONNX per fold + manifest.toml); refuses folds that do
+//!   not discriminate on their held-out subjects unless told to keep or drop them.
 //! - [`evaluate`] (feature `onnx`, on by default): a package on a BIDS dataset through the node's
 //!   own ONNX Runtime path, beside the non-learned baseline → report, metrics, figures.
 //!
 //! The `fcdtrain` binary adds the command line and `fcdtrain bench step` (timing, not library).
 
+pub mod calibrate;
 pub mod config;
 pub mod cv;
 pub mod data;

@@ -1,6 +1,7 @@
 //! Classification metrics (accuracy, ROC-AUC with a bootstrap interval, sensitivity,
-//! specificity, macro-F1, Youden's threshold), calibration (Brier score, reliability bins,
-//! expected calibration error), summaries over folds, and the paired t-test between experiments.
+//! specificity, macro-F1, Youden's and the target-sensitivity thresholds), calibration (Brier
+//! score, reliability bins, expected calibration error), summaries over folds, and the paired
+//! t-test between experiments.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -162,6 +163,25 @@ pub fn youden_threshold(labels: &[bool], scores: &[f64]) -> f64 {
         }
     }
     best.1
+}
+
+/// The highest score threshold whose sensitivity (decision `score ≥ threshold`) is at least
+/// `target`: a positive's score, the lowest of the top ⌈target · positives⌉ (ties included).
+/// NaN without positives.
+pub fn sensitivity_threshold(labels: &[bool], scores: &[f64], target: f64) -> f64 {
+    let mut candidates: Vec<f64> = labels
+        .iter()
+        .zip(scores)
+        .filter(|(y, s)| **y && s.is_finite())
+        .map(|(_, s)| *s)
+        .collect();
+    candidates.sort_by(|a, b| b.total_cmp(a));
+    candidates.dedup();
+    // Sensitivities are ratios of small counts: 9 / 10 must meet a target of 0.9.
+    candidates
+        .into_iter()
+        .find(|&t| Confusion::at(labels, scores, t).sensitivity() >= target - 1e-9)
+        .unwrap_or(f64::NAN)
 }
 
 /// Mean squared difference between probability and outcome (1 for a positive); NaN when empty.
@@ -352,6 +372,28 @@ mod tests {
         // Probability 1.0 falls in the last bin.
         assert_eq!(calibration(&[true], &[1.0], 4).0[3].n, 1);
         assert!(brier_score(&[], &[]).is_nan());
+    }
+
+    /// Hand-made predictions with a known answer for each target.
+    #[test]
+    fn sensitivity_threshold_is_the_highest_that_keeps_the_target() {
+        let positives = [0.95, 0.9, 0.8, 0.8, 0.7, 0.6, 0.5, 0.45, 0.3, 0.2];
+        let negatives = [0.85, 0.4, 0.35, 0.25, 0.1, 0.05];
+        let labels: Vec<bool> = positives
+            .iter()
+            .map(|_| true)
+            .chain(negatives.iter().map(|_| false))
+            .collect();
+        let scores = [&positives[..], &negatives[..]].concat();
+        // 9 of 10 patients: the 9th highest patient, 0.3 (at the control's 0.35 only 8 remain).
+        assert_eq!(sensitivity_threshold(&labels, &scores, 0.9), 0.3);
+        assert_eq!(Confusion::at(&labels, &scores, 0.3).specificity(), 0.5);
+        assert_eq!(sensitivity_threshold(&labels, &scores, 0.8), 0.45);
+        assert_eq!(sensitivity_threshold(&labels, &scores, 1.0), 0.2);
+        // Tied patients at 0.8: three of ten are asked for, the threshold keeps four.
+        assert_eq!(sensitivity_threshold(&labels, &scores, 0.3), 0.8);
+        assert_eq!(sensitivity_threshold(&labels, &scores, 0.1), 0.95);
+        assert!(sensitivity_threshold(&[false, false], &[0.1, 0.9], 0.9).is_nan());
     }
 
     #[test]

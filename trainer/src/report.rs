@@ -1,7 +1,8 @@
 //! A finished run ([`RunOutcome`], as [`crate::cv::run`] returns it) → `RUN/report.md`,
 //! `RUN/metrics.json`, `RUN/metrics.csv`, a ROC curve PNG per experiment and a Grad-CAM montage of
-//! the best and worst Heat-Score cases; owns the tables and the paired t-tests, and picks what
-//! the pictures show ([`crate::figures`] draws them). The caller writes the report after the run
+//! the best and worst Heat-Score cases; owns the tables (with the decision threshold and
+//! calibration an export would write) and the paired t-tests, and picks what the pictures show
+//! ([`crate::figures`] draws them). The caller writes the report after the run
 //! (`fcdtrain cv` does); the cross-validation itself never imports this module.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use fcdnode::explain::Background;
 use ndarray::Array3;
 use serde_json::{Value, json};
 
+use crate::calibrate::Decision;
 use crate::cv::{FoldResult, Metrics, RunOutcome};
 use crate::figures::{PngError, write_montage, write_roc_png};
 use crate::metrics::{Confusion, mean_std, paired_t_test, roc_auc, roc_curve};
@@ -255,6 +257,63 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
                     }
                 }
             }
+        }
+    }
+
+    // The decision `fcdtrain export` writes into the package, from the pooled test predictions.
+    let _ = writeln!(
+        md,
+        "\n## Decision threshold and calibration (pooled out-of-fold predictions)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Rule: **{}**, chosen on the out-of-fold probabilities after Platt scaling (σ(a·logit(p) + b), fitted on the same predictions with Platt's smoothed targets). `fcdtrain export` writes threshold and calibration into the manifest (refitted on the exported folds when it drops weak ones); the node calibrates the folds' mean probability and compares it with the threshold. Sensitivity, specificity and the calibrated Brier/ECE are measured on the predictions they were chosen on, so they are optimistic; `fcdtrain evaluate` on fresh data gives honest ones.\n",
+        cfg.threshold_rule
+    );
+    let _ = writeln!(
+        md,
+        "| Experiment | n (fcd) | Platt a | Platt b | Threshold | Sensitivity | Specificity | Brier raw → calibrated | ECE raw → calibrated |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for (exp, folds) in &run.experiments {
+        let (labels, raw): (Vec<bool>, Vec<f64>) = folds
+            .iter()
+            .flat_map(|f| f.predictions.iter().map(|p| (p.label, p.probability)))
+            .unzip();
+        let decision = Decision::choose(
+            &labels,
+            &raw,
+            cfg.threshold_rule,
+            "out-of-fold predictions of every fold",
+        );
+        let value = match &decision {
+            Ok(d) => {
+                let (a, b) = d.calibration.as_ref().map_or((f64::NAN, f64::NAN), |c| (c.a, c.b));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} ({}) | {} | {} | {:.4} | {} | {} | {} → {} | {} → {} |",
+                    exp.name,
+                    d.n,
+                    d.positives,
+                    num(a),
+                    num(b),
+                    d.threshold,
+                    num(d.sensitivity),
+                    num(d.specificity),
+                    num(d.brier[0]),
+                    num(d.brier[1]),
+                    num(d.ece[0]),
+                    num(d.ece[1])
+                );
+                serde_json::to_value(d).unwrap_or(Value::Null)
+            }
+            Err(e) => {
+                let _ = writeln!(md, "| {} | n/a: {e} | | | | | | | |", exp.name);
+                json!({"error": e.to_string()})
+            }
+        };
+        if let Some(Value::Object(e)) = experiments.get_mut(&exp.name) {
+            e.insert("decision".into(), value);
         }
     }
 

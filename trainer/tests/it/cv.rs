@@ -10,7 +10,7 @@ use fcdnode::infer::{CamMethod, Ensemble, runtime};
 use fcdnode::package::manifest::{Modality, ModelPackage};
 use fcdnode::preprocess::ModelInput;
 use fcdnode::synth::{self, CohortOptions};
-use fcdnode_trainer::config::CvConfig;
+use fcdnode_trainer::config::{CvConfig, ThresholdRule};
 use fcdnode_trainer::cv::{self, CvError};
 use fcdnode_trainer::data::batcher::{batch, prepare};
 use fcdnode_trainer::data::bids::Dataset;
@@ -78,6 +78,11 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         "{report}"
     );
     assert!(report.contains("head foreground outside the lesion ROI"), "{report}");
+    assert!(
+        report.contains("## Decision threshold and calibration (pooled out-of-fold predictions)")
+            && report.contains("Rule: **the highest threshold with sensitivity ≥ 0.9**"),
+        "{report}"
+    );
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("metrics.json")).unwrap()).unwrap();
     let exp_name = "resnet10_none_all_flair";
@@ -95,6 +100,12 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         assert!(exp["folds"][0].get(key).is_some(), "folds[0].{key} missing");
     }
     assert!(exp["mean"]["accuracy"].as_f64().is_some());
+    // The decision export would write, or why there is none.
+    let decision = &exp["decision"];
+    assert!(
+        decision["threshold"].is_number() || decision["error"].is_string(),
+        "{decision}"
+    );
     assert!(run_dir.join("metrics.csv").is_file());
     assert!(run_dir.join(format!("roc_{exp_name}.png")).is_file());
     assert!(run_dir.join("config.json").is_file());
@@ -103,6 +114,14 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
     let config: CvConfig = serde_json::from_slice(&std::fs::read(run_dir.join("config.json")).unwrap()).unwrap();
     let again = cv::run(&config, &run_dir, &AtomicBool::new(false)).unwrap();
     assert_eq!(again.resumed, 2);
+    // Another threshold rule needs no retraining: the folds resume and the run records the rule.
+    let youden = CvConfig {
+        threshold_rule: ThresholdRule::Youden,
+        ..config.clone()
+    };
+    assert_eq!(cv::run(&youden, &run_dir, &AtomicBool::new(false)).unwrap().resumed, 2);
+    let recorded: CvConfig = serde_json::from_slice(&std::fs::read(run_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(recorded.threshold_rule, ThresholdRule::Youden);
     // Other options are refused instead of mixing runs.
     let other = CvConfig {
         seed: 99,
@@ -113,10 +132,11 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         Err(CvError::OtherRun { .. })
     ));
 
-    // Export, then ONNX Runtime vs burn on a preprocessed subject.
+    // Export, then ONNX Runtime vs burn on a preprocessed subject. Two epochs on four subjects
+    // a fold discriminate by chance only: fold health is export.rs's test, not this one's.
     let package_dir = tmp.path().join("models").join("tiny");
     let out = Command::new(env!("CARGO_BIN_EXE_fcdtrain"))
-        .args(["export", "--run"])
+        .args(["export", "--keep-weak-folds", "--run"])
         .arg(&run_dir)
         .arg("--out")
         .arg(&package_dir)

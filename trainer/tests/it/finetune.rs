@@ -51,9 +51,10 @@ fn fine_tuning_starts_from_the_package_and_reports_before_and_after() {
     let run_a = tmp.path().join("run-a");
     let out = cv(&site_a, &run_a, "0.125", &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One epoch does not make folds discriminate; fold health is export.rs's test.
     let package = tmp.path().join("models").join("site-a");
     let out = Command::new(env!("CARGO_BIN_EXE_fcdtrain"))
-        .args(["export", "--run"])
+        .args(["export", "--keep-weak-folds", "--run"])
         .arg(&run_a)
         .arg("--out")
         .arg(&package)

@@ -3,6 +3,7 @@
 mod cv;
 mod dataset;
 mod evaluate;
+mod export;
 mod finetune;
 mod learns;
 mod model;
