@@ -624,7 +624,14 @@ fn partial_files_left_by_a_kill_are_removed_at_start_and_the_next_series_is_deli
     );
     assert!(node.storescu(&flair_files()).status.success());
     wait_all_delivered(&node, 1, Duration::from_secs(180));
-    assert_eq!(classes(&pacs.files()), job_classes(&node, &node.jobs()[0]));
+    assert_eq!(
+        classes(&pacs.files()),
+        job_classes(&node, &node.jobs()[0]),
+        "PACS files {:?}; job {}; node log:\n{}",
+        pacs.files(),
+        node.get(&format!("/jobs/{}", node.jobs()[0]["id"])),
+        node.log_text()
+    );
 }
 
 #[test]
@@ -856,7 +863,14 @@ fn the_node_talks_to_nobody_but_its_configured_peers() {
     ]);
     assert!(node.storescu(&flair_files()).status.success());
     wait_all_delivered(&node, 1, Duration::from_secs(240));
-    assert_eq!(classes(&pacs.files()), job_classes(&node, &node.jobs()[0]));
+    assert_eq!(
+        classes(&pacs.files()),
+        job_classes(&node, &node.jobs()[0]),
+        "PACS files {:?}; job {}; node log:\n{}",
+        pacs.files(),
+        node.get(&format!("/jobs/{}", node.jobs()[0]["id"])),
+        node.log_text()
+    );
     // ONNX Runtime's telemetry used to look up its endpoint about 9 s after start.
     if let Some(rest) = Duration::from_secs(20).checked_sub(started.elapsed()) {
         std::thread::sleep(rest);
