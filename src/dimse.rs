@@ -173,16 +173,7 @@ pub(crate) fn text(value: &[u8]) -> String {
 /// header). Never its content: a P-DATA-TF carries data set bytes, and dicom-ul's `Debug`
 /// prints them all.
 pub(crate) fn pdu_summary(pdu: &Pdu) -> String {
-    let pdu_type = match pdu {
-        Pdu::AssociationRQ(_) => 0x01,
-        Pdu::AssociationAC(_) => 0x02,
-        Pdu::AssociationRJ(_) => 0x03,
-        Pdu::PData { .. } => 0x04,
-        Pdu::ReleaseRQ => 0x05,
-        Pdu::ReleaseRP => 0x06,
-        Pdu::AbortRQ { .. } => 0x07,
-        Pdu::Unknown { pdu_type, .. } => *pdu_type,
-    };
+    let pdu_type = pdu_type(pdu);
     let length = match pdu {
         // Each PDV item: 4-byte length, context ID, control header, then the fragment.
         Pdu::PData { data } => Some(data.iter().map(|pdv| 6 + pdv.data.len()).sum()),
@@ -200,6 +191,20 @@ pub(crate) fn pdu_summary(pdu: &Pdu) -> String {
     }
 }
 
+/// The PDU type byte of a PDU.
+fn pdu_type(pdu: &Pdu) -> u8 {
+    match pdu {
+        Pdu::AssociationRQ(_) => 0x01,
+        Pdu::AssociationAC(_) => 0x02,
+        Pdu::AssociationRJ(_) => 0x03,
+        Pdu::PData { .. } => 0x04,
+        Pdu::ReleaseRQ => 0x05,
+        Pdu::ReleaseRP => 0x06,
+        Pdu::AbortRQ { .. } => 0x07,
+        Pdu::Unknown { pdu_type, .. } => *pdu_type,
+    }
+}
+
 /// A dicom-ul error as logs and stored faults may show it: [`crate::error_chain`], except that
 /// a PDU the error carries is summarised by [`pdu_summary`] instead of `Debug`-printed.
 pub(crate) fn ul_error_text(e: &UlError) -> String {
@@ -212,15 +217,20 @@ pub(crate) fn ul_error_text(e: &UlError) -> String {
 
 /// The PDU's name, for messages about unexpected PDUs.
 pub(crate) fn pdu_name(pdu: &Pdu) -> &'static str {
-    match pdu {
-        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
-        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
-        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
-        Pdu::PData { .. } => "P-DATA-TF",
-        Pdu::ReleaseRQ => "A-RELEASE-RQ",
-        Pdu::ReleaseRP => "A-RELEASE-RP",
-        Pdu::AbortRQ { .. } => "A-ABORT",
-        Pdu::Unknown { .. } => "unknown PDU",
+    pdu_type_name(pdu_type(pdu))
+}
+
+/// The name of a PDU type (PS3.8 9.3.1), for messages about a PDU known by its header only.
+pub(crate) fn pdu_type_name(pdu_type: u8) -> &'static str {
+    match pdu_type {
+        0x01 => "A-ASSOCIATE-RQ",
+        0x02 => "A-ASSOCIATE-AC",
+        0x03 => "A-ASSOCIATE-RJ",
+        0x04 => "P-DATA-TF",
+        0x05 => "A-RELEASE-RQ",
+        0x06 => "A-RELEASE-RP",
+        0x07 => "A-ABORT",
+        _ => "unknown PDU",
     }
 }
 

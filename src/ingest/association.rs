@@ -1,33 +1,33 @@
-//! One association, from A-ASSOCIATE-RQ to release or abort: the called/calling AE checks,
-//! presentation-context negotiation, the answers to C-ECHO and C-STORE (the sink runs on a
-//! blocking thread and its outcome decides the status), response fragmentation, release, abort
-//! and the shutdown of an idle association. The accept loop (`listener`) spawns
-//! [`handle_association`] for each connection it admits. Turning P-DATA fragments into DIMSE
-//! messages (command sets capped at 64 KiB, data sets at `max_instance_mb`, drained past the
-//! cap) is `reassembly`'s.
+//! One connection, from its first byte to release or abort: the A-ASSOCIATE-RQ read within the
+//! handshake deadline and bound, the answer to it (`negotiate`: AE checks, presentation
+//! contexts), the association slot taken only then, the answers to C-ECHO and C-STORE (the sink
+//! runs on a blocking thread and its outcome decides the status), response fragmentation,
+//! release, abort and the shutdown of an idle association. The accept loop (`listener`) spawns
+//! [`handle_connection`] for each connection it admits. The PDUs on the wire are `link`'s;
+//! turning P-DATA fragments into DIMSE messages (command sets capped at 64 KiB, data sets at
+//! `max_instance_mb`, drained past the cap) is `reassembly`'s.
 //!
 //! The decisions are plain functions apart from the socket, so they are tested without one
 //! (`association/tests.rs`, which also runs whole associations on a loopback socket):
-//! `check_ae_titles`, `abstract_syntaxes`, `accepted_contexts`, `Reassembly::feed`, `action`,
-//! `check_store`, `sink_end` and `response_pdus`. `Session` does the I/O, the counting and the
-//! logging around them.
+//! `negotiate`, `check_ae_titles`, `abstract_syntaxes`, `accepted_contexts`, `Reassembly::feed`,
+//! `action`, `check_store`, `sink_end` and `response_pdus`. `Session` does the I/O, the counting
+//! and the logging around them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use dicom_ul::association::server::{AccessControl, AsyncServerAssociation, ServerAssociationOptions};
-use dicom_ul::association::{Association, Error as UlError};
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu,
-    PresentationContextNegotiated, PresentationContextResultReason, ReadError, UserIdentity,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ,
+    PDataValue, PDataValueType, Pdu, PresentationContextNegotiated, PresentationContextResultReason,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
+use super::admission::PendingGuard;
 use super::config::{AllowedCalling, OtherStorage, ScpConfig, ScpSettings};
 use super::dimse::{
     C_CANCEL_RQ, C_ECHO_RQ, C_STORE_RQ, Command, RESPONSE_BIT, Response, STATUS_CANNOT_UNDERSTAND,
@@ -36,26 +36,30 @@ use super::dimse::{
 };
 use super::limits::{MalformedDataSet, check_element_lengths_limited};
 use super::stats::{IngestStats, bump};
-use super::syntax::{
-    ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage, trim_uid,
-};
+use super::syntax::{MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage, trim_uid};
 use super::{InstanceSink, ReceivedInstance, StoreOutcome};
-use crate::dimse::{pdu_name, ul_error_text};
+use crate::dimse::{pdu_name, pdu_summary};
 
+mod link;
+mod negotiate;
 mod reassembly;
 #[cfg(test)]
 mod tests;
 
+use link::{Link, ReadError};
+use negotiate::{Negotiated, Offer, Rejection, negotiate};
 use reassembly::{DataSet, Message, Reassembly};
 
-/// What every association of one `serve` shares: the checked settings, the sink, the counters,
-/// the abstract syntaxes offered and the shutdown flag.
+/// What every connection of one `serve` shares: the checked settings, the sink, the counters,
+/// the abstract syntaxes offered, the association slots and the shutdown flag.
 pub(super) struct Shared {
     pub(super) config: Arc<ScpConfig>,
     allowed: Vec<AllowedCalling>,
     sink: Arc<dyn InstanceSink>,
     pub(super) stats: Arc<IngestStats>,
     abstract_syntaxes: Vec<&'static str>,
+    /// `max_associations` permits, one per established association.
+    slots: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -72,6 +76,7 @@ impl Shared {
             sink,
             stats,
             abstract_syntaxes: abstract_syntaxes(settings.config.other_storage),
+            slots: Arc::new(Semaphore::new(settings.config.max_associations)),
             shutdown,
         }
     }
@@ -108,44 +113,6 @@ fn check_ae_titles(
     Ok(())
 }
 
-/// Called/calling AE checks, with the peer address for `AE@host` entries.
-struct AeGate {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-}
-
-impl AccessControl for AeGate {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        let peer = self.peer;
-        let checked = check_ae_titles(
-            self.shared.config.check_called_ae,
-            &self.shared.allowed,
-            this_ae_title,
-            calling_ae_title,
-            called_ae_title,
-            peer.ip(),
-        );
-        match &checked {
-            Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized) => {
-                warn!(%peer, calling_ae = calling_ae_title, called_ae = called_ae_title,
-                    "association rejected: called AE title is not ours");
-            }
-            Err(_) => {
-                warn!(%peer, calling_ae = calling_ae_title, called_ae = called_ae_title,
-                    "association rejected: calling AE title not allowed from this address");
-            }
-            Ok(()) => {}
-        }
-        checked
-    }
-}
-
 /// Decrements the active gauge when the association task ends, however it ends.
 struct ActiveGuard(Arc<IngestStats>);
 
@@ -155,68 +122,162 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Serves one connection: negotiates the association, then answers its messages until release,
-/// abort, timeout or shutdown. Holds `_permit` (an association slot) until it returns.
-pub(super) async fn handle_association(
-    shared: Arc<Shared>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
+/// Why the first PDU is not an A-ASSOCIATE-RQ that can be answered.
+#[derive(Debug)]
+enum Handshake {
+    /// Silent past `handshake_timeout_s` (PS3.8's ARTIM timer): closed without a word.
+    TimedOut,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The peer closed or the socket failed.
+    Gone(ReadError),
+    /// Not an A-ASSOCIATE-RQ, too large or malformed: answered with an A-ABORT (PS3.8 9.2.3,
+    /// state Sta2: AA-1).
+    Invalid {
+        reason: AbortRQServiceProviderReason,
+        why: String,
+    },
+}
+
+/// Reads the first PDU, which must be an A-ASSOCIATE-RQ of at most `max` bytes. The header's
+/// type and length are checked before any of the body is read; the body is buffered as it
+/// arrives.
+async fn read_associate_rq(link: &mut Link, max: u32) -> Result<AssociationRQ, Handshake> {
+    let header = link.read_header().await.map_err(Handshake::Gone)?;
+    if header.pdu_type != 0x01 {
+        let reason = if (0x02..=0x07).contains(&header.pdu_type) {
+            AbortRQServiceProviderReason::UnexpectedPdu
+        } else {
+            AbortRQServiceProviderReason::UnrecognizedPdu
+        };
+        let why = format!("first PDU is {}, not an A-ASSOCIATE-RQ", header.summary());
+        return Err(Handshake::Invalid { reason, why });
+    }
+    let invalid = |e: ReadError| Handshake::Invalid {
+        reason: AbortRQServiceProviderReason::InvalidPduParameter,
+        why: e.to_string(),
+    };
+    match link.read_body(header, max, 64 * 1024).await {
+        Ok(Pdu::AssociationRQ(rq)) => Ok(rq),
+        Ok(other) => Err(Handshake::Invalid {
+            reason: AbortRQServiceProviderReason::UnexpectedPdu,
+            why: format!("first PDU is {}, not an A-ASSOCIATE-RQ", pdu_summary(&other)),
+        }),
+        Err(e @ (ReadError::TooLarge { .. } | ReadError::Malformed { .. })) => Err(invalid(e)),
+        Err(e) => Err(Handshake::Gone(e)),
+    }
+}
+
+/// Serves one admitted connection. Its A-ASSOCIATE-RQ must arrive whole within
+/// `handshake_timeout_s`, while `pending` holds its place among the connections not yet
+/// associated; then it is answered (AE checks, contexts), and only an acceptable request takes
+/// one of the `max_associations` slots, which it holds until the association ends.
+pub(super) async fn handle_connection(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, pending: PendingGuard) {
     let stats = shared.stats.clone();
-    stats.associations_active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(stats.clone());
     let config = shared.config.clone();
-    let timeout = config.read_timeout();
-    let mut options = ServerAssociationOptions::new()
-        .ae_access_control(AeGate {
-            shared: shared.clone(),
-            peer,
-        })
-        .ae_title(config.ae_title.clone())
-        .max_pdu_length(config.max_pdu)
-        .strict(true)
-        .read_timeout(timeout)
-        .write_timeout(timeout);
-    for uid in &shared.abstract_syntaxes {
-        options = options.with_abstract_syntax(*uid);
-    }
-    for uid in ACCEPTED_TRANSFER_SYNTAXES {
-        options = options.with_transfer_syntax(*uid);
-    }
-    let association = match options.establish_async(socket).await {
-        Ok(association) => association,
-        Err(UlError::Rejected { .. }) => {
-            // The AE gate logged the reason with the titles.
-            bump(&stats.associations_rejected);
-            return;
+    let mut link = Link::new(socket);
+    let mut shutdown = shared.shutdown.clone();
+    let read = tokio::select! {
+        read = tokio::time::timeout(config.handshake_timeout(), read_associate_rq(&mut link, config.max_associate_pdu_bytes)) => {
+            read.unwrap_or(Err(Handshake::TimedOut))
         }
-        Err(UlError::Timeout { .. }) => {
+        _ = wait_for_shutdown(&mut shutdown) => Err(Handshake::ShuttingDown),
+    };
+    drop(pending);
+    let rq = match read {
+        Ok(rq) => rq,
+        Err(failed) => {
             bump(&stats.associations_rejected);
-            warn!(%peer, timeout_s = config.read_timeout_s, "no A-ASSOCIATE-RQ in time: connection dropped");
-            return;
-        }
-        Err(e) => {
-            bump(&stats.associations_rejected);
-            warn!(%peer, error = %ul_error_text(&e), "association not established");
+            match failed {
+                Handshake::TimedOut => {
+                    warn!(%peer, handshake_timeout_s = config.handshake_timeout_s,
+                        "no A-ASSOCIATE-RQ in time: connection closed");
+                }
+                Handshake::ShuttingDown => {
+                    debug!(%peer, "node shutting down: connection closed before its A-ASSOCIATE-RQ")
+                }
+                Handshake::Gone(ReadError::Closed) => debug!(%peer, "connection closed before an A-ASSOCIATE-RQ"),
+                Handshake::Gone(e) => warn!(%peer, error = %e, "connection failed before an A-ASSOCIATE-RQ"),
+                Handshake::Invalid { reason, why } => {
+                    warn!(%peer, reason = %reason, why = %why, "no readable A-ASSOCIATE-RQ: aborting");
+                    let abort = Pdu::AbortRQ {
+                        source: AbortRQSource::ServiceProvider(reason),
+                    };
+                    last_word(&mut link, &abort, &config, peer).await;
+                }
+            }
             return;
         }
     };
-    let contexts = accepted_contexts(association.presentation_contexts());
-    let refused = association.presentation_contexts().len() - contexts.len();
-    let calling_ae = association.peer_ae_title().trim().to_owned();
-    info!(%peer, calling_ae = %calling_ae, called_ae = association.called_ae_title(),
-        accepted_contexts = contexts.len(), refused_contexts = refused, "association accepted");
+    let offer = Offer {
+        config: &config,
+        allowed: &shared.allowed,
+        abstract_syntaxes: &shared.abstract_syntaxes,
+    };
+    let calling_ae = rq.calling_ae_title.trim().to_owned();
+    let called_ae = rq.called_ae_title.trim().to_owned();
+    let negotiated = negotiate(&rq, &offer, peer.ip());
+    let (negotiated, permit) = match negotiated {
+        Err(Rejection { rj, why }) => {
+            warn!(%peer, calling_ae = %calling_ae, called_ae = %called_ae, why, "association rejected");
+            bump(&stats.associations_rejected);
+            last_word(&mut link, &Pdu::AssociationRJ(rj), &config, peer).await;
+            return;
+        }
+        Ok(negotiated) => match shared.slots.clone().try_acquire_owned() {
+            Ok(permit) => (negotiated, permit),
+            Err(_) => {
+                warn!(%peer, calling_ae = %calling_ae, max_associations = config.max_associations,
+                    "association rejected (transient): too many concurrent associations");
+                bump(&stats.associations_rejected);
+                let rj = AssociationRJ {
+                    result: AssociationRJResult::Transient,
+                    source: AssociationRJSource::ServiceProviderPresentation(
+                        AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                    ),
+                };
+                last_word(&mut link, &Pdu::AssociationRJ(rj), &config, peer).await;
+                return;
+            }
+        },
+    };
+    let Negotiated {
+        ac,
+        contexts,
+        peer_max_pdu,
+    } = negotiated;
+    if let Err(e) = link.send(&Pdu::AssociationAC(ac), config.read_timeout()).await {
+        bump(&stats.associations_rejected);
+        warn!(%peer, calling_ae = %calling_ae, error = %e, "cannot send A-ASSOCIATE-AC");
+        return;
+    }
+    stats.associations_active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(stats.clone());
+    let accepted = accepted_contexts(&contexts);
+    let refused = contexts.len() - accepted.len();
+    info!(%peer, calling_ae = %calling_ae, called_ae = %called_ae,
+        accepted_contexts = accepted.len(), refused_contexts = refused, "association accepted");
     bump(&stats.associations_accepted);
-    let reassembly = Reassembly::new(contexts, config.max_instance_bytes());
+    let reassembly = Reassembly::new(accepted, config.max_instance_bytes());
     let mut session = Session {
         shared,
         peer,
         calling_ae,
         reassembly,
-        association,
+        link,
+        peer_max_pdu,
+        _slot: permit,
     };
     session.run().await;
+}
+
+/// Sends a last PDU (A-ABORT, A-ASSOCIATE-RJ), best effort, and closes the connection so that
+/// the peer can read it.
+async fn last_word(link: &mut Link, pdu: &Pdu, config: &ScpConfig, peer: SocketAddr) {
+    if let Err(e) = link.send(pdu, config.read_timeout()).await {
+        debug!(%peer, error = %e, pdu = pdu_name(pdu), "cannot send the last PDU");
+    }
+    link.close().await;
 }
 
 /// An accepted presentation context.
@@ -425,7 +486,19 @@ struct Session {
     peer: SocketAddr,
     calling_ae: String,
     reassembly: Reassembly,
-    association: AsyncServerAssociation<TcpStream>,
+    link: Link,
+    /// The largest PDU the peer receives.
+    peer_max_pdu: u32,
+    /// The association slot, held until the session ends.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Why no PDU came within an association.
+#[derive(Debug)]
+enum ReceiveError {
+    /// Silent past `read_timeout_s`.
+    Timeout,
+    Read(ReadError),
 }
 
 impl Session {
@@ -434,11 +507,11 @@ impl Session {
         loop {
             let received = if self.reassembly.is_idle() {
                 tokio::select! {
-                    received = self.association.receive() => Some(received),
+                    received = self.receive() => Some(received),
                     _ = wait_for_shutdown(&mut shutdown) => None,
                 }
             } else {
-                Some(self.association.receive().await)
+                Some(self.receive().await)
             };
             let Some(received) = received else {
                 self.abort(abort(
@@ -465,10 +538,10 @@ impl Session {
                     if !self.reassembly.is_idle() {
                         warn!(peer = %self.peer, calling_ae = %self.calling_ae, "release requested in the middle of a message");
                     }
-                    if let Err(e) = self.association.send(&Pdu::ReleaseRP).await {
-                        warn!(peer = %self.peer, error = %ul_error_text(&e), "cannot send A-RELEASE-RP");
+                    if let Err(e) = self.send(&Pdu::ReleaseRP).await {
+                        warn!(peer = %self.peer, error = %e, "cannot send A-RELEASE-RP");
                     }
-                    let _ = self.association.inner_stream().shutdown().await;
+                    let _ = self.link.shutdown().await;
                     info!(peer = %self.peer, calling_ae = %self.calling_ae, "association released");
                     return;
                 }
@@ -493,36 +566,42 @@ impl Session {
         }
     }
 
-    async fn receive_failed(&mut self, e: UlError) {
-        let (reason, why) = match &e {
-            UlError::ReceivePdu {
-                source:
-                    ReadError::PduTooLarge {
-                        pdu_length,
-                        max_pdu_length,
-                        ..
-                    },
-                ..
-            } => (
+    /// The next PDU within `read_timeout_s`, of at most `max_pdu` bytes.
+    async fn receive(&mut self) -> Result<Pdu, ReceiveError> {
+        let config = &self.shared.config;
+        match tokio::time::timeout(config.read_timeout(), self.link.read_pdu(config.max_pdu)).await {
+            Ok(read) => read.map_err(ReceiveError::Read),
+            Err(_) => Err(ReceiveError::Timeout),
+        }
+    }
+
+    /// Sends one PDU within `read_timeout_s`.
+    async fn send(&mut self, pdu: &Pdu) -> std::io::Result<()> {
+        let timeout = self.shared.config.read_timeout();
+        self.link.send(pdu, timeout).await
+    }
+
+    async fn receive_failed(&mut self, e: ReceiveError) {
+        let (reason, why) = match e {
+            ReceiveError::Read(ReadError::TooLarge { header, max }) => (
                 AbortRQServiceProviderReason::InvalidPduParameter,
-                format!("PDU of {pdu_length} bytes exceeds the negotiated maximum of {max_pdu_length}"),
+                format!("{} exceeds the negotiated maximum of {max}", header.summary()),
             ),
-            UlError::Timeout { .. } => (
+            ReceiveError::Timeout => (
                 AbortRQServiceProviderReason::ReasonNotSpecified,
                 format!("peer silent for {} s", self.shared.config.read_timeout_s),
             ),
-            UlError::ConnectionClosed { .. } => {
+            ReceiveError::Read(ReadError::Closed) => {
                 bump(&self.shared.stats.associations_aborted);
                 warn!(peer = %self.peer, calling_ae = %self.calling_ae, "connection closed by the peer without release");
                 return;
             }
-            UlError::ReceivePdu { .. } => (
-                AbortRQServiceProviderReason::InvalidPduParameter,
-                format!("unreadable PDU: {}", ul_error_text(&e)),
-            ),
-            _ => (
+            ReceiveError::Read(e @ ReadError::Malformed { .. }) => {
+                (AbortRQServiceProviderReason::InvalidPduParameter, e.to_string())
+            }
+            ReceiveError::Read(e @ ReadError::Io(_)) => (
                 AbortRQServiceProviderReason::ReasonNotSpecified,
-                format!("receive failed: {}", ul_error_text(&e)),
+                format!("receive failed: {e}"),
             ),
         };
         self.abort(abort(reason, why)).await;
@@ -535,10 +614,10 @@ impl Session {
         let pdu = Pdu::AbortRQ {
             source: AbortRQSource::ServiceProvider(a.reason),
         };
-        if let Err(e) = self.association.send(&pdu).await {
-            debug!(peer = %self.peer, error = %ul_error_text(&e), "cannot send A-ABORT");
+        if let Err(e) = self.send(&pdu).await {
+            debug!(peer = %self.peer, error = %e, "cannot send A-ABORT");
         }
-        let _ = self.association.inner_stream().shutdown().await;
+        self.link.close().await;
     }
 
     /// Feeds one PDV to the reassembly, counts its data bytes and answers the message it
@@ -693,12 +772,12 @@ impl Session {
             error_comment,
         }
         .encode();
-        for pdu in response_pdus(pc, &bytes, self.association.requestor_max_pdu_length()) {
-            if let Err(e) = self.association.send(&pdu).await {
+        for pdu in response_pdus(pc, &bytes, self.peer_max_pdu) {
+            if let Err(e) = self.send(&pdu).await {
                 // The connection is gone; nothing more can be said to the peer.
                 return Err(abort(
                     AbortRQServiceProviderReason::ReasonNotSpecified,
-                    format!("cannot send the response: {}", ul_error_text(&e)),
+                    format!("cannot send the response: {e}"),
                 ));
             }
         }

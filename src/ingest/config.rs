@@ -7,6 +7,10 @@ use crate::dimse::check_ae_title;
 pub use crate::dimse::{MAX_MAX_PDU, MIN_MAX_PDU};
 /// Largest `max_instance_mb` (a data set is reassembled in memory).
 pub const MAX_INSTANCE_MB: u64 = 4096;
+/// Bounds of `max_associate_pdu_bytes`: an A-ASSOCIATE-RQ with one context fits in 4 KiB, and
+/// every pending connection may hold one of up to the upper bound in memory.
+pub const MIN_ASSOCIATE_PDU: u32 = 4096;
+pub const MAX_ASSOCIATE_PDU: u32 = 16 * 1024 * 1024;
 
 /// `[scp]`: the DICOM listener (C-ECHO, C-STORE of MR series).
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -20,9 +24,21 @@ pub struct ScpConfig {
     pub allowed_calling: Vec<String>,
     /// Reject associations whose called AE title is not `ae_title`.
     pub check_called_ae: bool,
-    /// Most concurrent associations; more are rejected (transient, local limit exceeded).
+    /// Most concurrent associations; more are rejected (transient, local limit exceeded). A
+    /// connection takes a slot only once its A-ASSOCIATE-RQ is read and accepted.
     pub max_associations: usize,
-    /// Seconds a peer may stay silent (before A-ASSOCIATE-RQ or within an association) before it is dropped.
+    /// Most connections still waiting for their A-ASSOCIATE-RQ, in all; more are closed at once,
+    /// so silent sockets cannot crowd out the association slots.
+    pub max_pending: usize,
+    /// Most such connections from one source address.
+    pub max_pending_per_address: usize,
+    /// Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ (PS3.8's ARTIM timer);
+    /// then it is closed.
+    pub handshake_timeout_s: u64,
+    /// Largest A-ASSOCIATE-RQ PDU read, in bytes; apart from `max_pdu`, which bounds P-DATA:
+    /// a modality proposing 120 contexts × 8 transfer syntaxes sends about 28 KB.
+    pub max_associate_pdu_bytes: u32,
+    /// Seconds a peer may stay silent within an association before it is aborted.
     pub read_timeout_s: u64,
     /// Maximum PDU length we receive (advertised in A-ASSOCIATE-AC; longer PDUs abort), 4096..=4194304.
     pub max_pdu: u32,
@@ -41,6 +57,11 @@ impl Default for ScpConfig {
             allowed_calling: Vec::new(),
             check_called_ae: true,
             max_associations: 16,
+            max_pending: 32,
+            max_pending_per_address: 4,
+            handshake_timeout_s: 10,
+            // DCMTK's bound for the A-ASSOCIATE PDUs it reads.
+            max_associate_pdu_bytes: 1024 * 1024,
             read_timeout_s: 30,
             max_pdu: 16384,
             max_instance_mb: 1024,
@@ -153,6 +174,36 @@ impl ScpConfig {
                 format!("must be 1..=10000, got {}", self.max_associations),
             ));
         }
+        if !(1..=100_000).contains(&self.max_pending) {
+            return Err(invalid(
+                "max_pending",
+                format!("must be 1..=100000, got {}", self.max_pending),
+            ));
+        }
+        if !(1..=self.max_pending).contains(&self.max_pending_per_address) {
+            return Err(invalid(
+                "max_pending_per_address",
+                format!(
+                    "must be 1..=max_pending ({}), got {}",
+                    self.max_pending, self.max_pending_per_address
+                ),
+            ));
+        }
+        if !(1..=3_600).contains(&self.handshake_timeout_s) {
+            return Err(invalid(
+                "handshake_timeout_s",
+                format!("must be 1..=3600 seconds, got {}", self.handshake_timeout_s),
+            ));
+        }
+        if !(MIN_ASSOCIATE_PDU..=MAX_ASSOCIATE_PDU).contains(&self.max_associate_pdu_bytes) {
+            return Err(invalid(
+                "max_associate_pdu_bytes",
+                format!(
+                    "must be {MIN_ASSOCIATE_PDU}..={MAX_ASSOCIATE_PDU} bytes, got {}",
+                    self.max_associate_pdu_bytes
+                ),
+            ));
+        }
         if !(1..=86_400).contains(&self.read_timeout_s) {
             return Err(invalid(
                 "read_timeout_s",
@@ -188,6 +239,11 @@ impl ScpConfig {
     /// `read_timeout_s` as a duration.
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.read_timeout_s)
+    }
+
+    /// `handshake_timeout_s` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_s)
     }
 
     /// `max_instance_mb` in bytes.
@@ -254,6 +310,35 @@ mod tests {
                     ..ScpConfig::default()
                 },
                 "scp.max_associations",
+            ),
+            (
+                ScpConfig {
+                    max_pending: 0,
+                    ..ScpConfig::default()
+                },
+                "scp.max_pending",
+            ),
+            (
+                ScpConfig {
+                    max_pending: 8,
+                    max_pending_per_address: 9,
+                    ..ScpConfig::default()
+                },
+                "scp.max_pending_per_address",
+            ),
+            (
+                ScpConfig {
+                    handshake_timeout_s: 0,
+                    ..ScpConfig::default()
+                },
+                "scp.handshake_timeout_s",
+            ),
+            (
+                ScpConfig {
+                    max_associate_pdu_bytes: 100,
+                    ..ScpConfig::default()
+                },
+                "scp.max_associate_pdu_bytes",
             ),
             (
                 ScpConfig {

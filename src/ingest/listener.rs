@@ -1,31 +1,25 @@
-//! The accept loop: [`bind`], [`serve`] and what happens to a connection before it becomes an
-//! association. Owns the association cap (one semaphore of `max_associations` slots for served
-//! associations, a second of the same size for the peers being turned away), the transient
-//! A-ASSOCIATE-RJ sent to a peer over the cap, and shutdown: stop accepting, let the running
-//! associations end (idle ones abort at once, busy ones finish their message) and cancel what
-//! is left after the grace period. Each admitted connection is handed to
-//! `association::handle_association`; the counters live in `stats`.
+//! The accept loop: [`bind`], [`serve`], admission and shutdown. A new connection is admitted
+//! as pending (`admission`: at most `max_pending` in all and `max_pending_per_address` from one
+//! address; over either it is closed at once) and handed to `association::handle_connection`,
+//! which takes an association slot only once its A-ASSOCIATE-RQ is read and accepted. Shutdown
+//! stops accepting, lets the running associations end (idle ones and pending connections at
+//! once, busy ones after their message) and cancels what is left after the grace period. The
+//! counters live in `stats`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use super::InstanceSink;
-use super::association::{Shared, handle_association};
+use super::admission::Pending;
+use super::association::{Shared, handle_connection};
 use super::config::ScpSettings;
 use super::stats::{IngestStats, bump};
-
-/// Largest A-ASSOCIATE-RQ read (and discarded) when answering "too many associations".
-const MAX_REJECTED_RQ: u32 = 256 * 1024;
 
 /// Why the SCP cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +56,11 @@ pub async fn serve(
 ) -> Result<(), IngestError> {
     let shared = Arc::new(Shared::new(&settings, sink, stats, shutdown.clone()));
     let config = shared.config.clone();
-    let slots = Arc::new(Semaphore::new(config.max_associations));
-    let reject_slots = Arc::new(Semaphore::new(config.max_associations));
+    let pending = Pending::new(config.max_pending, config.max_pending_per_address);
     let mut tasks = JoinSet::new();
     let local = listener.local_addr().ok();
-    info!(addr = ?local, ae_title = %config.ae_title, max_pdu = config.max_pdu, "DICOM SCP listening");
+    info!(addr = ?local, ae_title = %config.ae_title, max_pdu = config.max_pdu,
+        max_associations = config.max_associations, max_pending = config.max_pending, "DICOM SCP listening");
     if *shutdown.borrow_and_update() {
         return Ok(());
     }
@@ -96,19 +90,14 @@ pub async fn serve(
                 if let Err(e) = socket.set_nodelay(true) {
                     warn!(%peer, error = %e, "cannot set TCP_NODELAY");
                 }
-                match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tasks.spawn(handle_association(shared.clone(), socket, peer, permit));
+                match pending.admit(peer.ip()) {
+                    Ok(guard) => {
+                        tasks.spawn(handle_connection(shared.clone(), socket, peer, guard));
                     }
-                    Err(_) => {
-                        bump(&shared.stats.associations_rejected);
-                        if let Ok(permit) = reject_slots.clone().try_acquire_owned() {
-                            let limit = config.max_associations;
-                            tasks.spawn(reject_busy(socket, peer, config.read_timeout(), limit, permit));
-                        } else {
-                            warn!(%peer, max_associations = config.max_associations,
-                                "connection dropped: too many concurrent associations and rejections");
-                        }
+                    Err(refusal) => {
+                        bump(&shared.stats.connections_refused);
+                        warn!(%peer, reason = refusal.reason(), "connection closed at once: too many pending connections");
+                        drop(socket);
                     }
                 }
             }
@@ -129,56 +118,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Reads the A-ASSOCIATE-RQ of a peer over the association limit (at most 256 KiB, allocated
-/// as it arrives), logs who it was and answers A-ASSOCIATE-RJ (transient, service provider
-/// presentation, local limit exceeded).
-async fn reject_busy(
-    mut socket: TcpStream,
-    peer: SocketAddr,
-    timeout: Duration,
-    limit: usize,
-    _permit: OwnedSemaphorePermit,
-) {
-    let answer = async {
-        let mut pdu = vec![0u8; 6];
-        socket.read_exact(&mut pdu).await?;
-        let length = u32::from_be_bytes([pdu[2], pdu[3], pdu[4], pdu[5]]);
-        if pdu[0] != 0x01 || length > MAX_REJECTED_RQ {
-            return Ok::<_, std::io::Error>(None);
-        }
-        (&mut socket).take(u64::from(length)).read_to_end(&mut pdu).await?;
-        let calling = match dicom_ul::read_pdu(&pdu[..], MAX_REJECTED_RQ, false) {
-            Ok(Some(Pdu::AssociationRQ(rq))) => rq.calling_ae_title,
-            _ => return Ok(None),
-        };
-        let rj = Pdu::AssociationRJ(AssociationRJ {
-            result: AssociationRJResult::Transient,
-            source: AssociationRJSource::ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ),
-        });
-        let mut bytes = Vec::new();
-        dicom_ul::pdu::write_pdu(&mut bytes, &rj).map_err(std::io::Error::other)?;
-        socket.write_all(&bytes).await?;
-        socket.shutdown().await?;
-        Ok(Some(calling))
-    };
-    match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(Some(calling_ae))) => warn!(%peer, calling_ae = %calling_ae, max_associations = limit,
-            "association rejected (transient): too many concurrent associations"),
-        Ok(Ok(None)) => warn!(%peer, max_associations = limit,
-            "over the association limit and no readable A-ASSOCIATE-RQ: dropped"),
-        Ok(Err(e)) => warn!(%peer, max_associations = limit, error = %e,
-            "over the association limit: connection failed"),
-        Err(_) => warn!(%peer, max_associations = limit, "over the association limit and silent: dropped"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use dicom_ul::association::Error as UlError;
     use dicom_ul::association::client::ClientAssociationOptions;
-    use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource};
+    use dicom_ul::pdu::{
+        AbortRQServiceProviderReason, AbortRQSource, AssociationRJResult,
+        AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
+    };
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::ingest::{ReceivedInstance, ScpConfig, StoreOutcome, VERIFICATION};
@@ -253,6 +202,114 @@ mod tests {
             );
         };
         tokio::time::timeout(Duration::from_secs(10), test)
+            .await
+            .expect("test took too long");
+    }
+
+    /// Reads until the server closes: Ok(bytes read) on EOF or reset, Err after `within`.
+    async fn until_closed(socket: &mut TcpStream, within: Duration) -> Result<usize, &'static str> {
+        let read = async {
+            let mut total = 0;
+            let mut buf = [0u8; 256];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        tokio::time::timeout(within, read).await.map_err(|_| "still open")
+    }
+
+    /// One association slot and three silent connections: the silent ones hold no slot, so a
+    /// peer that speaks is served at once, and they are closed at the handshake deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_connections_take_no_association_slot_and_close_at_the_deadline() {
+        let test = async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let settings = ScpConfig {
+                max_associations: 1,
+                handshake_timeout_s: 1,
+                ..ScpConfig::default()
+            }
+            .check()
+            .unwrap();
+            let stats = Arc::new(IngestStats::default());
+            let (shutdown, rx) = watch::channel(false);
+            let server = tokio::spawn(serve(listener, Arc::new(settings), Arc::new(NoSink), stats.clone(), rx));
+
+            let mut silent = Vec::new();
+            for _ in 0..3 {
+                silent.push(TcpStream::connect(addr).await.unwrap());
+            }
+            let association = client().establish_async(addr).await;
+            assert!(association.is_ok(), "the only slot went to a silent connection");
+            for socket in &mut silent {
+                let read = until_closed(socket, Duration::from_secs(5)).await;
+                assert_eq!(read, Ok(0), "a silent connection outlived the handshake deadline");
+            }
+            drop(association);
+            shutdown.send(true).unwrap();
+            server.await.unwrap().unwrap();
+            let stats = stats.snapshot();
+            assert_eq!(stats.associations_accepted, 1);
+            assert_eq!(stats.associations_rejected, 3, "three handshakes timed out");
+            assert_eq!(stats.connections_refused, 0);
+        };
+        tokio::time::timeout(Duration::from_secs(20), test)
+            .await
+            .expect("test took too long");
+    }
+
+    /// Past `max_pending_per_address` (and then `max_pending`) a new connection is closed at
+    /// once, long before the handshake deadline; a place freed is taken again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_pending_caps_are_closed_at_once() {
+        let test = async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let settings = ScpConfig {
+                max_pending: 3,
+                max_pending_per_address: 2,
+                handshake_timeout_s: 60,
+                ..ScpConfig::default()
+            }
+            .check()
+            .unwrap();
+            let stats = Arc::new(IngestStats::default());
+            let (shutdown, rx) = watch::channel(false);
+            let server = tokio::spawn(serve(listener, Arc::new(settings), Arc::new(NoSink), stats.clone(), rx));
+
+            // Two from 127.0.0.1 fill its share; a third from there is closed at once.
+            let mut first = TcpStream::connect(addr).await.unwrap();
+            let _second = TcpStream::connect(addr).await.unwrap();
+            let mut third = TcpStream::connect(addr).await.unwrap();
+            assert_eq!(until_closed(&mut third, Duration::from_secs(5)).await, Ok(0));
+            // Another address (127.0.0.2 is loopback too) takes the last place in all...
+            let other = tokio::net::TcpSocket::new_v4().unwrap();
+            other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let _other = other.connect(addr).await.unwrap();
+            // ...so the next one from yet another address is over max_pending.
+            let over = tokio::net::TcpSocket::new_v4().unwrap();
+            over.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+            let mut over = over.connect(addr).await.unwrap();
+            assert_eq!(until_closed(&mut over, Duration::from_secs(5)).await, Ok(0));
+            // The pending ones are still open, and a place freed is taken again.
+            assert_eq!(
+                until_closed(&mut first, Duration::from_millis(300)).await,
+                Err("still open")
+            );
+            drop(first);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let association = client().establish_async(addr).await;
+            assert!(association.is_ok(), "the freed place was not reused");
+            assert_eq!(stats.snapshot().connections_refused, 2);
+            drop(association);
+            shutdown.send(true).unwrap();
+            server.await.unwrap().unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(20), test)
             .await
             .expect("test took too long");
     }

@@ -10,19 +10,23 @@
 //!
 //! Modules, by concern:
 //! - `config`: the `[scp]` section, checked once into [`ScpSettings`];
-//! - `listener`: the accept loop: binding, the association cap and the transient rejection of
-//!   peers over it, shutdown and its grace period;
-//! - `association`: one association: AE checks, presentation contexts, C-ECHO and C-STORE
-//!   answers, release and abort; its `reassembly` turns P-DATA fragments into DIMSE messages
-//!   within the caps;
+//! - `listener`: the accept loop: binding, admission, shutdown and its grace period;
+//! - `admission`: the caps on connections still waiting for their A-ASSOCIATE-RQ, in all and
+//!   per source address (they hold no association slot);
+//! - `association`: one connection: the A-ASSOCIATE-RQ within the handshake deadline and its own
+//!   size bound (`link` reads PDUs with a bound per phase), the answer (`negotiate`: AE checks,
+//!   presentation contexts), the association cap and the transient rejection of peers over it,
+//!   C-ECHO and C-STORE answers, release and abort; its `reassembly` turns P-DATA fragments into
+//!   DIMSE messages within the caps;
 //! - `stats`: the counters both of them keep;
 //! - `dimse`: the request fields and responses of the SCP's side of DIMSE;
 //! - `limits`: the length-checked pre-parse of data sets;
 //! - `syntax`: the SOP classes and transfer syntaxes negotiated.
 //!
-//! Hostile input is bounded before anything is allocated: PDUs longer than the negotiated
-//! maximum abort the association (dicom-ul's `receive` in strict mode checks the 6-byte header
-//! before buffering the body; its streaming `PDataReader` does not, so it is not used), command
+//! Hostile input is bounded before anything is allocated: the A-ASSOCIATE-RQ is read within
+//! `max_associate_pdu_bytes` and `handshake_timeout_s`, buffered as it arrives; later PDUs
+//! longer than the negotiated maximum abort the association (the 6-byte header is checked
+//! before the body is buffered; dicom-ul parses PDUs but does not read them), command
 //! sets are capped at 64 KiB and parsed by a length-checked walker, data sets are capped at
 //! `max_instance_mb` while being reassembled, and every element, item and fragment length is
 //! checked against the bytes actually present before the sink (which may parse with
@@ -68,6 +72,7 @@ pub trait InstanceSink: Send + Sync + 'static {
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome;
 }
 
+mod admission;
 mod association;
 mod config;
 mod dimse;

@@ -10,13 +10,16 @@ pub struct IngestStats {
     /// Associations accepted (A-ASSOCIATE-AC sent).
     pub associations_accepted: AtomicU64,
     /// Associations rejected (A-ASSOCIATE-RJ: AE titles, too many associations) or not
-    /// established (no or unreadable A-ASSOCIATE-RQ).
+    /// established (no A-ASSOCIATE-RQ within the handshake deadline, or an unreadable one).
     pub associations_rejected: AtomicU64,
     /// Accepted associations that ended without a release: aborted by us (protocol violation,
     /// oversized PDU, timeout, shutdown) or by the peer, or a dropped connection.
     pub associations_aborted: AtomicU64,
     /// Associations being served right now.
     pub associations_active: AtomicU64,
+    /// Connections closed at once because `max_pending` (or `max_pending_per_address`)
+    /// connections were already waiting for their A-ASSOCIATE-RQ.
+    pub connections_refused: AtomicU64,
     /// C-ECHO requests answered.
     pub echo_requests: AtomicU64,
     /// C-STORE requests whose data set arrived completely.
@@ -39,6 +42,7 @@ pub struct IngestStatsSnapshot {
     pub associations_rejected: u64,
     pub associations_aborted: u64,
     pub associations_active: u64,
+    pub connections_refused: u64,
     pub echo_requests: u64,
     pub instances_received: u64,
     pub instances_stored: u64,
@@ -56,6 +60,7 @@ impl IngestStats {
             associations_rejected: get(&self.associations_rejected),
             associations_aborted: get(&self.associations_aborted),
             associations_active: get(&self.associations_active),
+            connections_refused: get(&self.connections_refused),
             echo_requests: get(&self.echo_requests),
             instances_received: get(&self.instances_received),
             instances_stored: get(&self.instances_stored),

@@ -414,6 +414,101 @@ fn storescu_with_several_transfer_syntaxes() {
     assert_eq!(scp.stats.snapshot().instances_failed, 0);
 }
 
+/// A storescu configuration proposing 120 presentation contexts (Verification, MR and 118
+/// others) with 8 transfer syntaxes each, as a modality with a long storage list does: an
+/// A-ASSOCIATE-RQ of about 30 KB, over the default `max_pdu` of 16 KiB.
+fn many_contexts_config(path: &Path) -> usize {
+    let syntaxes = [
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.4.100",
+        // The first the node decodes is chosen: one storescu can send these files in.
+        EXPLICIT,
+        IMPLICIT,
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.90",
+    ];
+    let mut uids = vec![VERIFICATION.to_owned(), MR.to_owned()];
+    uids.extend((2..120).map(|i| format!("1.2.826.0.1.3680043.10.1.99.{i}")));
+    let mut text = String::from("[[TransferSyntaxes]]\n[Eight]\n");
+    for (i, ts) in syntaxes.iter().enumerate() {
+        text += &format!("TransferSyntax{} = {ts}\n", i + 1);
+    }
+    text += "[[PresentationContexts]]\n[Many]\n";
+    for (i, uid) in uids.iter().enumerate() {
+        text += &format!("PresentationContext{} = {uid}\\Eight\n", i + 1);
+    }
+    text += "[[Profiles]]\n[Big]\nPresentationContexts = Many\n";
+    std::fs::write(path, text).unwrap();
+    // The same request as dicom-ul encodes it, for its size.
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "STORESCU".into(),
+        called_ae_title: "FCDNODE".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: uids
+            .iter()
+            .enumerate()
+            .map(|(i, uid)| PresentationContextProposed {
+                id: (2 * i + 1) as u8,
+                abstract_syntax: uid.clone(),
+                transfer_syntaxes: syntaxes.iter().map(|t| t.to_string()).collect(),
+            })
+            .collect(),
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+    bytes.len()
+}
+
+#[test]
+fn storescu_proposing_120_contexts_of_8_syntaxes_is_accepted() {
+    let tmp = tempdir();
+    let files = small_series(tmp.path(), EXPLICIT, 2, 81);
+    let cfg = tmp.path().join("many.cfg");
+    let rq_bytes = many_contexts_config(&cfg);
+    assert!(
+        rq_bytes > 16384 + 6,
+        "the request ({rq_bytes} bytes) would fit in max_pdu"
+    );
+    let scp = Scp::start(config(), DirSink::new(None));
+    let cfg = cfg.to_string_lossy().into_owned();
+    let out = scp.store("MODALITY", "FCDNODE", &["-d", "-xf", &cfg, "Big"], &files);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("Context ID:        239 (Proposed)"),
+        "not 120 contexts: {all}"
+    );
+    assert_eq!(scp.sink.count(), files.len(), "{all}");
+    assert_received(&scp, &files, EXPLICIT, "120 contexts");
+    let stats = stats_when(&scp, |s| s.associations_accepted == 1);
+    assert_eq!((stats.associations_accepted, stats.associations_rejected), (1, 0));
+}
+
+/// An HTTP request where the A-ASSOCIATE-RQ belongs gets an A-ABORT (service provider,
+/// unrecognized PDU) that can be read before the close, not a reset; the SCP serves on.
+#[test]
+fn a_garbage_first_pdu_gets_an_a_abort_not_a_reset() {
+    let scp = Scp::start(config(), DirSink::new(None));
+    let mut raw = Raw::connect(scp.addr);
+    raw.stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: fcdnode\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = raw.stream.read_to_end(&mut answer);
+    assert!(read.is_ok(), "{read:?} after {answer:02X?}");
+    assert_eq!(
+        answer,
+        [0x07, 0, 0, 0, 0, 4, 0, 0, 2, 1],
+        "A-ABORT, service provider, unrecognized PDU"
+    );
+    let out = scp.echo("ECHOSCU");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn unknown_calling_and_wrong_called_ae_titles_are_rejected() {
     let tmp = tempdir();
@@ -847,6 +942,7 @@ fn silent_peers_are_dropped_while_others_are_served() {
     let scp = Scp::start(
         ScpConfig {
             read_timeout_s: 1,
+            handshake_timeout_s: 1,
             ..ScpConfig::default()
         },
         DirSink::new(None),

@@ -1028,6 +1028,127 @@ fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_i
     );
 }
 
+/// A TCP connection to the node's DICOM port from `source` (any 127.0.0.0/8 address is this
+/// host), as a client that then says nothing.
+fn connect_from(source: [u8; 4], port: u16) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+            let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+            stream.into_std()
+        })
+        .unwrap_or_else(|e| panic!("connect from {source:?}: {e}"));
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Reads until the node closes the connection; how long that took, or None if it stayed open
+/// for `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let start = Instant::now();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+}
+
+/// More silent connections than `max_associations` (20 against 16, from five addresses within
+/// the default pending caps) lock no modality out: they hold no association slot, so storescu
+/// sends a series at once. Before admission was apart from associations, the first 16 held
+/// every slot for the whole read timeout and storescu was rejected.
+#[test]
+fn silent_connections_beyond_max_associations_lock_no_modality_out() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &model(dir.path()), free_port(), "", "");
+    let silent: Vec<std::net::TcpStream> = (2..=6u8)
+        .flat_map(|host| (0..4).map(move |_| host))
+        .map(|host| connect_from([127, 0, 0, host], node.dicom_port))
+        .collect();
+    assert_eq!(silent.len(), 20);
+    // Every silent connection has been accepted by the node before storescu connects.
+    std::thread::sleep(Duration::from_millis(500));
+    let files = flair_files();
+    let started = Instant::now();
+    let sent = node.storescu(&files);
+    assert!(
+        sent.status.success(),
+        "storescu was locked out by silent connections: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        node.log_text()
+    );
+    println!(
+        "{} instances sent in {:?} beside 20 silent connections",
+        files.len(),
+        started.elapsed()
+    );
+    wait_until("a job for the series", Duration::from_secs(60), || {
+        !node.jobs().is_empty()
+    });
+    drop(silent);
+}
+
+/// Six silent connections from one address with `max_pending_per_address = 4`: the last two
+/// are closed at once, the log naming the address and the cap; the four admitted are closed
+/// at the 2 s handshake deadline, long before the 60 s read timeout, each with a log line.
+#[test]
+fn pending_connections_are_capped_per_address_and_closed_at_the_handshake_deadline() {
+    let dir = tempdir();
+    let scp = "handshake_timeout_s = 2\nread_timeout_s = 60\nmax_pending_per_address = 4";
+    let node = NodeProc::start(dir.path(), &model(dir.path()), free_port(), scp, "");
+    let mut silent: Vec<std::net::TcpStream> = (0..6).map(|_| connect_from([127, 0, 0, 2], node.dicom_port)).collect();
+    let names: Vec<String> = silent.iter().map(|s| s.local_addr().unwrap().to_string()).collect();
+    let closed: Vec<Duration> = silent
+        .iter_mut()
+        .zip(&names)
+        .map(|(stream, name)| {
+            closed_within(stream, Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("{name} still open after 30 s (read timeout 60 s, deadline 2 s)"))
+        })
+        .collect();
+    println!("closed after {closed:?}");
+    wait_until("six log lines", Duration::from_secs(10), || {
+        let log = node.log_text();
+        names.iter().all(|n| log.contains(n.as_str()))
+    });
+    let log = node.log_text();
+    let line_of = |name: &str| -> String { log.lines().filter(|l| l.contains(name)).collect::<Vec<_>>().join("\n") };
+    for name in &names[..4] {
+        let line = line_of(name);
+        assert!(
+            line.contains("WARN") && line.contains("no A-ASSOCIATE-RQ in time") && line.contains("handshake_timeout_s"),
+            "{name}: {line}"
+        );
+    }
+    for name in &names[4..] {
+        let line = line_of(name);
+        assert!(
+            line.contains("WARN")
+                && line.contains("too many pending connections")
+                && line.contains("max_pending_per_address"),
+            "{name}: {line}"
+        );
+    }
+    // The node serves on, from that address too.
+    let echo = Command::new(tool("echoscu"))
+        .args(["-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+        .arg(node.dicom_port.to_string())
+        .output()
+        .unwrap();
+    assert!(echo.status.success(), "{}", String::from_utf8_lossy(&echo.stderr));
+}
+
 #[test]
 fn a_pdu_out_of_turn_is_logged_by_type_and_length_never_by_content() {
     use std::io::{Read, Write};

@@ -6,15 +6,17 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use dicom_ul::association::Error as UlError;
 use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOptions};
-use dicom_ul::pdu::AssociationRJSource;
+use dicom_ul::pdu::{AssociationRJServiceProviderASCEReason, PresentationContextProposed, UserVariableItem};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::reassembly::Fed;
 use super::*;
 use crate::dimse::{CommandWriter, NO_DATA_SET, elements, us};
 use crate::ingest::IngestStatsSnapshot;
+use crate::ingest::admission::Pending;
 use crate::ingest::dimse::MAX_COMMAND_SET;
 
 const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
@@ -89,6 +91,141 @@ fn aborted(result: Result<Fed, Abort>) -> Abort {
 
 // ---------------------------------------------------------------------------------------------
 // Negotiation
+
+fn proposed(id: u8, abstract_syntax: &str, transfer_syntaxes: &[&str]) -> PresentationContextProposed {
+    PresentationContextProposed {
+        id,
+        abstract_syntax: abstract_syntax.into(),
+        transfer_syntaxes: transfer_syntaxes.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn associate_rq(presentation_contexts: Vec<PresentationContextProposed>, max_length: Option<u32>) -> AssociationRQ {
+    AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "SCU".into(),
+        called_ae_title: "FCDNODE".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1\0".into(),
+        presentation_contexts,
+        user_variables: max_length.map(UserVariableItem::MaxLength).into_iter().collect(),
+    }
+}
+
+#[test]
+fn negotiation_picks_the_peers_first_decodable_syntax_per_offered_context() {
+    let config = ScpConfig::default();
+    let syntaxes = abstract_syntaxes(OtherStorage::Refuse);
+    let offer = Offer {
+        config: &config,
+        allowed: &[],
+        abstract_syntaxes: &syntaxes,
+    };
+    let rq = associate_rq(
+        vec![
+            // Big endian (refused) first, then JPEG-LS: the peer's order decides among ours.
+            proposed(1, MR, &["1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.80\0", IMPLICIT]),
+            proposed(3, CT, &[IMPLICIT]),
+            proposed(5, "1.2.840.10008.5.1.4.1.1.4.1\0", &["1.2.840.10008.1.2.4.51"]),
+            proposed(7, VERIFICATION, &[IMPLICIT]),
+        ],
+        Some(0),
+    );
+    let n = negotiate(&rq, &offer, ip("127.0.0.1")).unwrap();
+    let results: Vec<(u8, PresentationContextResultReason, &str)> = n
+        .contexts
+        .iter()
+        .map(|pc| (pc.id, pc.reason.clone(), pc.transfer_syntax.as_str()))
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            (1, PresentationContextResultReason::Acceptance, "1.2.840.10008.1.2.4.80"),
+            (3, PresentationContextResultReason::AbstractSyntaxNotSupported, IMPLICIT),
+            (
+                5,
+                PresentationContextResultReason::TransferSyntaxesNotSupported,
+                IMPLICIT
+            ),
+            (7, PresentationContextResultReason::Acceptance, IMPLICIT),
+        ]
+    );
+    assert_eq!(
+        n.contexts[2].abstract_syntax, "1.2.840.10008.5.1.4.1.1.4.1",
+        "UIDs are trimmed"
+    );
+    assert_eq!(n.peer_max_pdu, dicom_ul::pdu::MAXIMUM_PDU_SIZE, "0 means no limit");
+    assert_eq!(n.ac.presentation_contexts.len(), 4);
+    assert_eq!(
+        (n.ac.calling_ae_title.as_str(), n.ac.called_ae_title.as_str()),
+        ("SCU", "FCDNODE")
+    );
+    assert!(
+        n.ac.user_variables
+            .contains(&UserVariableItem::MaxLength(config.max_pdu))
+    );
+    let without = negotiate(&associate_rq(vec![], None), &offer, ip("127.0.0.1")).unwrap();
+    assert_eq!(without.peer_max_pdu, dicom_ul::pdu::DEFAULT_MAX_PDU);
+}
+
+#[test]
+fn negotiation_rejects_version_context_name_and_titles_permanently() {
+    let config = ScpConfig::default();
+    let allowed = vec![AllowedCalling::parse("SCU@10.0.0.5").unwrap()];
+    let syntaxes = abstract_syntaxes(OtherStorage::Refuse);
+    let offer = Offer {
+        config: &config,
+        allowed: &allowed,
+        abstract_syntaxes: &syntaxes,
+    };
+    let from = ip("10.0.0.5");
+    let good = associate_rq(vec![proposed(1, VERIFICATION, &[IMPLICIT])], Some(16384));
+    assert!(negotiate(&good, &offer, from).is_ok());
+    let source = |rq: &AssociationRQ, peer| {
+        let rejection = negotiate(rq, &offer, peer).unwrap_err();
+        assert_eq!(rejection.rj.result, AssociationRJResult::Permanent);
+        rejection.rj.source
+    };
+    let version = AssociationRQ {
+        protocol_version: 2,
+        ..good.clone()
+    };
+    assert_eq!(
+        source(&version, from),
+        AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported)
+    );
+    assert!(
+        negotiate(
+            &AssociationRQ {
+                protocol_version: 3,
+                ..good.clone()
+            },
+            &offer,
+            from
+        )
+        .is_ok(),
+        "only bit 0 is tested"
+    );
+    let context = AssociationRQ {
+        application_context_name: "1.2.3".into(),
+        ..good.clone()
+    };
+    assert_eq!(
+        source(&context, from),
+        AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::ApplicationContextNameNotSupported)
+    );
+    let called = AssociationRQ {
+        called_ae_title: "OTHER".into(),
+        ..good.clone()
+    };
+    assert_eq!(
+        source(&called, from),
+        AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+    );
+    assert_eq!(
+        source(&good, ip("10.0.0.6")),
+        AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+    );
+}
 
 #[test]
 fn the_called_ae_title_is_checked_first_and_only_when_asked() {
@@ -557,8 +694,8 @@ async fn serve_one(config: ScpConfig) -> Server {
     let shared = Arc::new(Shared::new(&settings, sink.clone(), stats.clone(), rx));
     let task = tokio::spawn(async move {
         let (socket, peer) = listener.accept().await.unwrap();
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        handle_association(shared, socket, peer, permit).await;
+        let pending = Pending::new(1, 1).admit(peer.ip()).unwrap();
+        handle_connection(shared, socket, peer, pending).await;
     });
     Server {
         addr,
@@ -763,6 +900,127 @@ async fn a_pdv_on_a_context_never_accepted_aborts() {
         let stats = server.stats.snapshot();
         assert_eq!((stats.associations_accepted, stats.associations_aborted), (1, 1));
         assert_eq!(stats.echo_requests, 0);
+    })
+    .await;
+}
+
+/// 120 presentation contexts × 8 transfer syntaxes, as a modality with a long storage list
+/// proposes them: an A-ASSOCIATE-RQ of about 30 KB, over `max_pdu`.
+fn many_contexts() -> Vec<(String, Vec<&'static str>)> {
+    let syntaxes = vec![
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.4.100",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.1",
+        IMPLICIT,
+    ];
+    (0..120)
+        .map(|i| {
+            let uid = match i {
+                0 => VERIFICATION.to_owned(),
+                1 => MR.to_owned(),
+                _ => format!("1.2.826.0.1.3680043.10.1.99.{i}"),
+            };
+            (uid, syntaxes.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_kb_associate_rq_is_accepted_while_p_data_stays_bounded_by_max_pdu() {
+    within_seconds(10, async {
+        let server = serve_one(ScpConfig::default()).await;
+        let contexts = many_contexts();
+        let rq = associate_rq(
+            contexts
+                .iter()
+                .enumerate()
+                .map(|(i, (uid, ts))| proposed((2 * i + 1) as u8, uid, ts))
+                .collect(),
+            Some(16384),
+        );
+        let mut encoded = Vec::new();
+        dicom_ul::write_pdu(&mut encoded, &Pdu::AssociationRQ(rq)).unwrap();
+        assert!(encoded.len() > 28_000, "{} bytes", encoded.len());
+        let mut options = ClientAssociationOptions::new()
+            .calling_ae_title("SCU")
+            .called_ae_title("FCDNODE");
+        for (uid, ts) in &contexts {
+            options = options.with_presentation_context(uid.as_str(), ts.clone());
+        }
+        let mut client = options
+            .establish_async(server.addr)
+            .await
+            .expect("association accepted");
+        let accepted = client.presentation_contexts();
+        assert_eq!(accepted.len(), 2, "Verification and MR only");
+        assert!(
+            accepted
+                .iter()
+                .all(|pc| trim_uid(&pc.transfer_syntax) == "1.2.840.10008.1.2.4.91")
+        );
+        let echo = client_pc(&client, VERIFICATION);
+        let echo_rq = request(C_ECHO_RQ, VERIFICATION, "", false);
+        assert_eq!(exchange(&mut client, echo, echo_rq, None, 0).await, (0x8030, 0x0000));
+
+        // P-DATA is still bounded by max_pdu (16384), not by the handshake's bound.
+        let mut oversized = vec![0x04, 0x00];
+        oversized.extend_from_slice(&20_000u32.to_be_bytes());
+        oversized.extend_from_slice(&[0u8; 20_000]);
+        client.inner_stream().write_all(&oversized).await.unwrap();
+        match client.receive().await {
+            Ok(Pdu::AbortRQ { source }) => assert_eq!(
+                source,
+                AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::InvalidPduParameter)
+            ),
+            other => panic!("expected A-ABORT, got {other:?}"),
+        }
+        server.task.await.unwrap();
+        let stats = server.stats.snapshot();
+        assert_eq!((stats.associations_accepted, stats.associations_aborted), (1, 1));
+    })
+    .await;
+}
+
+/// What a first PDU other than a readable A-ASSOCIATE-RQ gets: an A-ABORT (PS3.8 state Sta2,
+/// AA-1; source: service provider) that the peer can read before the close, never a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pdu_that_is_no_readable_associate_rq_gets_an_a_abort_not_a_reset() {
+    within_seconds(20, async {
+        let mut oversized = vec![0x01, 0x00];
+        oversized.extend_from_slice(&(2 * 1024 * 1024u32).to_be_bytes());
+        oversized.extend_from_slice(&[0x20; 4096]);
+        let mut garbage_rq = vec![0x01, 0x00, 0x00, 0x00, 0x00, 0x64];
+        garbage_rq.extend_from_slice(&[0xFF; 100]);
+        let mut release_first = Vec::new();
+        dicom_ul::write_pdu(&mut release_first, &Pdu::ReleaseRQ).unwrap();
+        let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+            ("HTTP", b"GET / HTTP/1.1\r\nHost: fcdnode\r\n\r\n".to_vec(), 1),
+            ("A-RELEASE-RQ first", release_first, 2),
+            ("A-ASSOCIATE-RQ over max_associate_pdu_bytes", oversized, 6),
+            ("unparseable A-ASSOCIATE-RQ", garbage_rq, 6),
+        ];
+        for (label, bytes, reason) in cases {
+            let server = serve_one(ScpConfig::default()).await;
+            let mut socket = TcpStream::connect(server.addr).await.unwrap();
+            socket.write_all(&bytes).await.unwrap();
+            let mut answer = Vec::new();
+            socket
+                .read_to_end(&mut answer)
+                .await
+                .unwrap_or_else(|e| panic!("{label}: the connection was reset ({e}), got {answer:02X?}"));
+            assert_eq!(answer, [0x07, 0, 0, 0, 0, 4, 0, 0, 2, reason], "{label}");
+            server.task.await.unwrap();
+            let stats = server.stats.snapshot();
+            assert_eq!(
+                (stats.associations_rejected, stats.associations_accepted),
+                (1, 0),
+                "{label}"
+            );
+        }
     })
     .await;
 }
