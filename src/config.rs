@@ -58,6 +58,10 @@ pub struct NodeConfig {
     pub uid_root: Option<String>,
     /// Institution Name written into the Contributing Equipment Sequence.
     pub institution_name: Option<String>,
+    /// Free space, in MiB, below which `/readyz` answers not ready (spool, database or results
+    /// volume): a node that cannot store or write results should not be sent studies. 0: no
+    /// check.
+    pub min_free_mb: u64,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +72,7 @@ impl Default for NodeConfig {
             device_uid: DEFAULT_DEVICE_UID.into(),
             uid_root: None,
             institution_name: None,
+            min_free_mb: 1024,
         }
     }
 }

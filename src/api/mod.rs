@@ -4,7 +4,7 @@
 //! | Route | Answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the process runs |
-//! | `GET /readyz` | 200 `ready` once the node is started and the database answers, else 503 with the reason |
+//! | `GET /readyz` | 200 `ready` once the node is started, the database answers and every volume keeps `[node] min_free_mb` free, else 503 with the reason |
 //! | `GET /metrics` | OpenMetrics text exposition ([`Metrics`]) |
 //! | `GET /jobs?limit=N` | the latest jobs, newest first (default 100, at most 1000) |
 //! | `GET /jobs/{id}` | one job with its deliveries and its parsed `result.json` |
@@ -15,8 +15,10 @@
 //! blocking pool, so a slow database never stalls the reactor and a panic there becomes a 500.
 
 mod metrics;
+mod space;
 
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, DeliveryOutcome, Metrics, STAGE_BUCKETS, STAGES};
+pub use space::SpaceFloor;
 
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
@@ -92,6 +94,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set once the node has started its listeners and resumed its queues.
     pub ready: Arc<AtomicBool>,
+    /// The free space readiness needs.
+    pub space: SpaceFloor,
 }
 
 /// The API's routes over `state`.
@@ -178,9 +182,17 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         )
             .into_response();
     }
-    let db = state.db.clone();
-    match blocking(move || db.instance_count().map_err(ApiError::internal)).await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
+    let (db, space) = (state.db.clone(), state.space.clone());
+    let checked = blocking(move || {
+        db.instance_count().map_err(ApiError::internal)?;
+        // Not logged: probes ask every few seconds; the reason is in the answer.
+        space
+            .check()
+            .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason))
+    })
+    .await;
+    match checked {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}", e.message)).into_response(),
     }
 }

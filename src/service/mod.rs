@@ -3,6 +3,7 @@
 //! restart resumes where the node stopped.
 
 mod outbox;
+mod repeats;
 mod worker;
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, ApiState, Metrics};
+use crate::api::{self, ApiState, Metrics, SpaceFloor};
 use crate::config::Settings;
 use crate::infer::runtime::{self, RuntimeError};
 use crate::infer::{Ensemble, InferError};
@@ -22,6 +23,7 @@ use crate::ingest::{self, IngestStats, InstanceSink, ReceivedInstance, StoreOutc
 use crate::package::manifest::{ModelPackage, PackageError};
 use crate::spool::{Spool, SpoolError};
 use crate::tracker::Tracker;
+use repeats::Repeats;
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,7 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
             db: db.clone(),
             metrics: metrics.clone(),
             ready: ready.clone(),
+            space: SpaceFloor::for_data_dir(&settings.node.data_dir, settings.node.min_free_mb),
         };
         let rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -232,6 +235,23 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::J
         .unwrap_or_else(|e| panic!("cannot start the {name} thread: {e}"))
 }
 
+/// How often a lasting error is logged again, with its count.
+const REPEATS_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs an error of a polling loop at ERROR: the first time, then once per [`REPEATS_EVERY`]
+/// with how often it recurred.
+fn log_repeated(repeats: &mut Repeats, what: &str, message: &str) {
+    match repeats.error(message, std::time::Instant::now()) {
+        repeats::Log::First => tracing::error!("{what}: {message}"),
+        repeats::Log::Again { times, over } => tracing::error!(
+            repeated = times,
+            "{what}: {message} (again {times} time(s) in the last {} s)",
+            over.as_secs()
+        ),
+        repeats::Log::Quiet => {}
+    }
+}
+
 /// Sleeps `d` or until shutdown; true when the node is shutting down.
 fn wait_or_stop(rx: &watch::Receiver<bool>, d: Duration) -> bool {
     let step = Duration::from_millis(50);
@@ -257,15 +277,19 @@ fn tracker_loop(
     poll: Duration,
 ) {
     let mut last_retention = 0.0;
+    let mut repeats = Repeats::new(REPEATS_EVERY);
     loop {
         let now = crate::spool::db::now();
         match tracker.tick(now) {
             Ok(tick) => {
+                if let Some(times) = repeats.recovered() {
+                    tracing::info!(failed_ticks = times, "tracker: recovered");
+                }
                 for _ in 0..tick.completed {
                     metrics.series_completed();
                 }
             }
-            Err(e) => tracing::error!("tracker: {e}"),
+            Err(e) => log_repeated(&mut repeats, "tracker", &e.to_string()),
         }
         if now - last_retention > 3600.0 {
             last_retention = now;

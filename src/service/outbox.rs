@@ -17,16 +17,23 @@ use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb, JobState};
 
 pub(super) async fn run(db: Arc<JobDb>, config: Settings, metrics: Arc<Metrics>, mut rx: watch::Receiver<bool>) {
     let poll = Duration::from_secs_f64(config.outbox.poll_s);
+    let mut repeats = super::repeats::Repeats::new(super::REPEATS_EVERY);
     loop {
         let due = {
             let db = db.clone();
             tokio::task::spawn_blocking(move || db.due_deliveries(db::now())).await
         };
         match due {
-            Ok(Ok(due)) if !due.is_empty() => pass(&db, &config, &metrics, due).await,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!("outbox: {e}"),
-            Err(e) => tracing::error!("outbox: {e}"),
+            Ok(Ok(due)) => {
+                if let Some(times) = repeats.recovered() {
+                    tracing::info!(failed_polls = times, "outbox: recovered");
+                }
+                if !due.is_empty() {
+                    pass(&db, &config, &metrics, due).await;
+                }
+            }
+            Ok(Err(e)) => super::log_repeated(&mut repeats, "outbox", &e.to_string()),
+            Err(e) => super::log_repeated(&mut repeats, "outbox", &e.to_string()),
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}

@@ -1,6 +1,12 @@
 //! The pipeline worker: takes jobs from the database one at a time (one inference at a time per
 //! device), runs assemble → preprocess → infer → explain → report on a blocking thread, records
 //! each milestone, and queues the deliveries.
+//!
+//! A job that fails for the node's own disk or database rather than for its input (results
+//! that cannot be written, a database that cannot record them: "database or disk is full")
+//! runs again by itself after a backoff ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]), so it
+//! recovers once space returns, without a restart. Until then it keeps its state; a restart
+//! requeues it as before.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,13 +16,38 @@ use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 use tokio::sync::watch;
 
+use super::repeats::Repeats;
 use crate::api::Metrics;
 use crate::config::Settings;
 use crate::infer::Ensemble;
-use crate::pipeline::{self, Options, Stage};
+use crate::pipeline::{self, Options, PipelineError, Stage};
 use crate::report::sr::InstanceRef;
 use crate::report::{self, ReportOptions, ResultSummary};
 use crate::spool::db::{JobDb, JobFailure, JobRow, JobState};
+
+/// First wait before a job that hit a fault of the node's own disk or database runs again.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between such runs (the wait doubles after each further fault).
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What a job that hit such a fault still needs.
+#[derive(Debug)]
+enum Again {
+    /// Run again (its outputs or their record are missing).
+    Run,
+    /// Record the failure it had: the job itself is done.
+    RecordFailure(JobFailure),
+}
+
+/// A job waiting to try again.
+#[derive(Debug)]
+struct Retry {
+    job_id: i64,
+    again: Again,
+    due: Instant,
+    /// The wait that led here; the next one is twice as long.
+    wait: Duration,
+}
 
 pub(super) struct Worker {
     db: Arc<JobDb>,
@@ -25,6 +56,8 @@ pub(super) struct Worker {
     /// Pipeline options from the configuration; each job adds its predecessor SR.
     options: Options,
     metrics: Arc<Metrics>,
+    /// Jobs waiting to try again, in no order.
+    retries: Vec<Retry>,
 }
 
 impl Worker {
@@ -35,23 +68,35 @@ impl Worker {
             settings: settings.clone(),
             options: options(settings),
             metrics,
+            retries: Vec::new(),
         }
     }
 
     pub(super) fn run(mut self, rx: watch::Receiver<bool>) {
         let poll = Duration::from_secs_f64(self.settings.pipeline.poll_s);
+        let mut repeats = Repeats::new(super::REPEATS_EVERY);
         loop {
-            match self.db.claim_job() {
-                Ok(Some(job)) => self.process(&job),
-                Ok(None) => {
-                    if super::wait_or_stop(&rx, poll) {
-                        return;
+            let now = Instant::now();
+            if let Some(i) = self.retries.iter().position(|r| r.due <= now) {
+                let retry = self.retries.swap_remove(i);
+                self.retry(retry);
+            } else {
+                match self.db.claim_job() {
+                    Ok(Some(job)) => {
+                        if let Some(again) = self.process(&job) {
+                            self.schedule(job.id, again, RETRY_FIRST);
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::error!("pipeline: {e}");
-                    if super::wait_or_stop(&rx, poll) {
-                        return;
+                    Ok(None) => {
+                        if super::wait_or_stop(&rx, poll) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        super::log_repeated(&mut repeats, "pipeline", &e.to_string());
+                        if super::wait_or_stop(&rx, poll) {
+                            return;
+                        }
                     }
                 }
             }
@@ -61,7 +106,56 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, job: &JobRow) {
+    /// Queues `job_id` to try again after `wait`.
+    fn schedule(&mut self, job_id: i64, again: Again, wait: Duration) {
+        tracing::warn!(
+            job = job_id,
+            retry_in_s = wait.as_secs(),
+            ?again,
+            "job tries again later"
+        );
+        self.retries.push(Retry {
+            job_id,
+            again,
+            due: Instant::now() + wait,
+            wait,
+        });
+    }
+
+    /// Tries a job again; another fault doubles its wait.
+    fn retry(&mut self, retry: Retry) {
+        let Retry {
+            job_id, again, wait, ..
+        } = retry;
+        let next = (wait * 2).min(RETRY_MAX);
+        match again {
+            Again::Run => match self.db.job(job_id) {
+                Ok(Some(job)) => {
+                    if let Err(e) = self.db.count_attempt(job_id) {
+                        tracing::debug!(job = job_id, "attempt not counted: {e}");
+                    }
+                    if let Some(again) = self.process(&job) {
+                        self.schedule(job_id, again, next);
+                    }
+                }
+                Ok(None) => tracing::warn!(job = job_id, "job to run again is gone"),
+                Err(e) => {
+                    tracing::warn!(job = job_id, "cannot read the job to run again: {e}");
+                    self.schedule(job_id, Again::Run, next);
+                }
+            },
+            Again::RecordFailure(failure) => match self.db.fail_job(job_id, &failure) {
+                Ok(()) => tracing::info!(job = job_id, "job failure recorded"),
+                Err(e) => {
+                    tracing::warn!(job = job_id, "cannot record the failure: {e}");
+                    self.schedule(job_id, Again::RecordFailure(failure), next);
+                }
+            },
+        }
+    }
+
+    /// Runs one job and records how it ended; `Some` when that needs another try.
+    fn process(&mut self, job: &JobRow) -> Option<Again> {
         let start = Instant::now();
         let out = super::results_dir(&self.settings.node.data_dir).join(format!("job-{}", job.id));
         tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
@@ -71,7 +165,7 @@ impl Worker {
                 let destinations = self.settings.destinations_for(&job.calling_ae);
                 if let Err(e) = self.db.report_job(job.id, &out, &files, &destinations) {
                     tracing::error!(job = job.id, "cannot record the job's results: {e}");
-                    return;
+                    return Some(Again::Run);
                 }
                 let t = &summary.timings_ms;
                 for (stage, ms) in [
@@ -90,6 +184,12 @@ impl Worker {
                     destinations = ?destinations,
                     "job reported in {:.1} s", start.elapsed().as_secs_f64()
                 );
+                None
+            }
+            Err(error) if error.is_transient() => {
+                let failure = error.failure();
+                tracing::error!(job = job.id, stage = %failure.stage, "cannot write the job's results: {}", failure.message);
+                Some(Again::Run)
             }
             Err(error) => {
                 let failure = error.failure();
@@ -99,8 +199,12 @@ impl Worker {
                     series_uid = failure.series_uid.as_deref().unwrap_or("-"),
                     "job failed: {}", failure.message
                 );
-                if let Err(e) = self.db.fail_job(job.id, &failure) {
-                    tracing::error!(job = job.id, "cannot record the failure: {e}");
+                match self.db.fail_job(job.id, &failure) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::error!(job = job.id, "cannot record the failure: {e}");
+                        Some(Again::RecordFailure(failure))
+                    }
                 }
             }
         }
@@ -212,6 +316,17 @@ pub enum JobErrorKind {
 }
 
 impl JobError {
+    /// Whether the job failed for the node's own volume rather than its input: the outputs of
+    /// an earlier attempt could not be removed, or the results could not be written (disk full,
+    /// a results directory that is missing, read-only or not a directory). Such a job runs again.
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            JobErrorKind::Io { .. } => true,
+            JobErrorKind::Pipeline(e) => matches!(**e, PipelineError::Report(_)) && caused_by_io(&**e),
+            JobErrorKind::NoInputs => false,
+        }
+    }
+
     /// The stage name stored with the job.
     pub fn stage(&self) -> &'static str {
         match &self.kind {
@@ -228,6 +343,18 @@ impl JobError {
             message: crate::error_chain(&self.kind),
         }
     }
+}
+
+/// Whether an I/O error is somewhere in `e`'s chain.
+fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The pipeline options the configuration asks for.
@@ -250,5 +377,51 @@ fn options(config: &Settings) -> Options {
         },
         uid_root: config.node.uid_root.clone(),
         ..Options::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::ReportError;
+
+    fn job_error(kind: JobErrorKind) -> JobError {
+        JobError {
+            job_id: 1,
+            series_uid: None,
+            kind,
+        }
+    }
+
+    fn report(e: ReportError) -> JobErrorKind {
+        JobErrorKind::Pipeline(Box::new(PipelineError::Report(e)))
+    }
+
+    #[test]
+    fn only_faults_of_writing_results_run_again() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(
+            job_error(report(ReportError::Io {
+                path: "results/job-1".into(),
+                source: full,
+            }))
+            .is_transient()
+        );
+        let not_a_dir = std::io::Error::from(std::io::ErrorKind::NotADirectory);
+        assert!(
+            job_error(JobErrorKind::Io {
+                path: "results/job-1".into(),
+                source: not_a_dir,
+            })
+            .is_transient()
+        );
+        let bad = report(ReportError::BadValue {
+            series_uid: "1.2.3".into(),
+            field: "probability",
+            value: "2".into(),
+            rule: "must be in [0, 1]",
+        });
+        assert!(!job_error(bad).is_transient(), "a fault of the input runs only once");
+        assert!(!job_error(JobErrorKind::NoInputs).is_transient());
     }
 }

@@ -657,6 +657,17 @@ impl JobDb {
         }
     }
 
+    /// Counts another attempt of a job the worker runs again without claiming it anew.
+    pub fn count_attempt(&self, id: i64) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// After a restart: jobs a worker had started but not reported go back to `received`
     /// (their partial outputs are discarded by the worker). Returns how many.
     pub fn requeue_unfinished(&self) -> Result<usize, DbError> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fcdnode::api::{self, ApiState, DeliveryOutcome, Metrics};
+use fcdnode::api::{self, ApiState, DeliveryOutcome, Metrics, SpaceFloor};
 use fcdnode::package::manifest::Modality;
 use fcdnode::report::{ModelSummary, ResultSummary};
 use fcdnode::spool::db::{DeliveryState, InstanceRecord, JobDb, JobFailure, JobState, Recorded, StoredHeader};
@@ -200,6 +200,11 @@ fn fill(db: &JobDb, root: &Path) -> Jobs {
 }
 
 fn serve() -> Served {
+    serve_with(|_| SpaceFloor::default())
+}
+
+/// Serves with the free-space floor `space` makes for the data directory.
+fn serve_with(space: impl FnOnce(&Path) -> SpaceFloor) -> Served {
     let tmp = tempdir();
     let db = Arc::new(JobDb::open(&tmp.path().join("jobs.sqlite")).unwrap());
     let jobs = fill(&db, tmp.path());
@@ -207,6 +212,7 @@ fn serve() -> Served {
         db,
         metrics: Arc::new(Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),
+        space: space(tmp.path()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -245,6 +251,27 @@ fn probes_follow_liveness_and_readiness() {
 
     let err = s.json("/no/such/route", StatusCode::NOT_FOUND);
     assert!(err["error"].is_string(), "{err}");
+}
+
+/// A free-space floor above what the volume has makes `/readyz` answer 503 naming the volume
+/// and the key; a floor below it, or none, leaves the node ready (statvfs of the real volume).
+#[test]
+fn readiness_needs_the_free_space_floor() {
+    let huge = u64::MAX / (1 << 21);
+    for (floor, ready) in [(1, true), (huge, false), (0, true)] {
+        let s = serve_with(|data| SpaceFloor::for_data_dir(data, floor));
+        s.state.ready.store(true, Ordering::SeqCst);
+        let (status, _, body) = s.text("/readyz");
+        if ready {
+            assert_eq!(status, StatusCode::OK, "min_free_mb = {floor}: {body}");
+        } else {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "min_free_mb = {floor}: {body}");
+            assert!(
+                body.starts_with("not ready: spool volume") && body.contains("below [node] min_free_mb"),
+                "{body}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -266,6 +266,29 @@ bind = "127.0.0.1:{api_port}"
 
     /// Starts the process (again) and waits for `/readyz`.
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_for("/readyz", "the node to be ready");
+    }
+
+    /// Starts the process (again) and waits only for `/healthz`: for a node that is not
+    /// meant to become ready.
+    pub fn restart_unready(&mut self) {
+        self.spawn();
+        self.wait_for("/healthz", "the node's API");
+    }
+
+    /// Rewrites the configuration file with `edit`; it takes effect at the next start.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+    }
+
+    /// The process id of the running node (or of its wrapper).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -288,8 +311,11 @@ bind = "127.0.0.1:{api_port}"
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start fcdnode serve: {e}"));
         self.child = Some(child);
-        let url = format!("http://127.0.0.1:{}/readyz", self.api_port);
-        wait_until("the node to be ready", Duration::from_secs(60), || {
+    }
+
+    fn wait_for(&mut self, path: &str, what: &str) {
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        wait_until(what, Duration::from_secs(60), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("fcdnode serve exited with {status}:\n{}", self.log_text());
             }
@@ -1147,6 +1173,63 @@ fn pending_connections_are_capped_per_address_and_closed_at_the_handshake_deadli
         .output()
         .unwrap();
     assert!(echo.status.success(), "{}", String::from_utf8_lossy(&echo.stderr));
+}
+
+/// `/readyz` follows `[node] min_free_mb`: a floor above the free space of the data volume
+/// makes it answer 503 with the volume and the key (the process lives: `/healthz` is 200); the
+/// default floor leaves it ready.
+#[test]
+fn readiness_follows_the_free_space_floor_in_the_config() {
+    let dir = tempdir();
+    let mut node = NodeProc::start(dir.path(), &model(dir.path()), free_port(), "", "");
+    node.kill();
+    node.edit_config(|text| text.replacen("[node]\n", "[node]\nmin_free_mb = 1000000000000\n", 1));
+    node.restart_unready();
+    let url = format!("http://127.0.0.1:{}/readyz", node.api_port);
+    let answer = reqwest::blocking::get(&url).unwrap();
+    let status = answer.status();
+    let body = answer.text().unwrap();
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert!(
+        body.contains("spool volume") && body.contains("below [node] min_free_mb = 1000000000000"),
+        "{body}"
+    );
+    node.kill();
+    node.edit_config(|text| text.replacen("min_free_mb = 1000000000000\n", "", 1));
+    node.restart();
+    let answer = reqwest::blocking::get(&url).unwrap();
+    assert!(answer.status().is_success(), "{:?}", answer.text());
+}
+
+/// A job whose results cannot be written (here a file stands where the results directory
+/// belongs, as real a fault as a full disk to the writer, and one root cannot bypass) is not
+/// failed: it runs again with backoff, and once the file is gone it is delivered, without a
+/// restart.
+#[test]
+fn a_job_that_cannot_write_its_results_runs_again_and_is_delivered_once_it_can() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let _pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    let pid = node.pid();
+    let results = dir.path().join("data/results");
+    let _ = std::fs::remove_dir_all(&results);
+    std::fs::write(&results, b"not a directory").unwrap();
+    let sent = node.storescu(&flair_files());
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // Two failed runs: the job is retried by itself, not failed.
+    wait_until("two failed runs of the job", Duration::from_secs(180), || {
+        node.log_text().matches("cannot write the job's results").count() >= 2
+    });
+    let jobs = node.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_ne!(state_of(&jobs[0]), "failed", "{:?}", jobs[0]);
+    assert!(node.log_text().contains("job tries again later"));
+    std::fs::remove_file(&results).unwrap();
+    wait_all_delivered(&node, 1, Duration::from_secs(180));
+    assert_eq!(node.pid(), pid, "the node was restarted");
+    let job = &node.jobs()[0];
+    assert!(job["attempts"].as_i64().unwrap_or(0) >= 3, "{job}");
 }
 
 #[test]
