@@ -1,8 +1,9 @@
 //! Spool: the durable store behind the SCP. An instance is written to a temporary file, fsynced,
 //! renamed into `spool/<study>/<series>/<sop>.dcm`, the directory fsynced (and every directory
 //! created on the way, with its parent), and recorded in the job database — all before the SCP
-//! answers success. Our own outputs coming back (a PACS that forwards whole studies) is
-//! recognised and discarded: the loop guard.
+//! answers success; directories found at open (perhaps made just before a kill -9) are fsynced
+//! once before anything is stored in them. Our own outputs coming back (a PACS that forwards
+//! whole studies) is recognised and discarded: the loop guard.
 
 pub mod db;
 
@@ -52,6 +53,7 @@ impl Spool {
     /// Opens the spool under `root` (created if missing) with its database `root/jobs.sqlite`.
     /// `device_uid` is this node's Device UID, for the loop guard. Partial files in
     /// `spool/tmp` are removed: nothing was acknowledged for them, and nothing else would.
+    /// The directories already in the spool are fsynced once (see [`sync_existing_dirs`]).
     /// Only one node may use `root` at a time.
     pub fn open(root: &Path, device_uid: &str) -> Result<Self, SpoolError> {
         let dir_error = |(path, source)| SpoolError::Dir { path, source };
@@ -61,6 +63,8 @@ impl Spool {
         if removed > 0 {
             tracing::warn!("{removed} stale partial file(s) removed from spool/tmp (writes cut short by a crash)");
         }
+        let synced = sync_existing_dirs(&root.join("spool")).map_err(dir_error)?;
+        tracing::debug!(directories = synced, "spool directories synced");
         let db = Arc::new(JobDb::open(&root.join("jobs.sqlite"))?);
         Ok(Self {
             root: root.to_owned(),
@@ -322,6 +326,37 @@ fn remove_stale_parts(tmp: &Path) -> Result<usize, (PathBuf, std::io::Error)> {
         }
     }
     Ok(removed)
+}
+
+/// Fsyncs every study and series directory under `spool` (each series before its study), then
+/// `spool` itself; returns how many directories that was. A directory that a kill -9 caught
+/// between its mkdir and its fsync is still there after the restart, but only in the page
+/// cache, and `create_dirs_durably` takes an existing level as synced by its creator: without
+/// this, instances acknowledged into it later could lose their directory, and with it their
+/// names, to a power failure.
+fn sync_existing_dirs(spool: &Path) -> Result<usize, (PathBuf, std::io::Error)> {
+    let subdirs = |dir: &Path| -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| (dir.to_owned(), e))? {
+            let entry = entry.map_err(|e| (dir.to_owned(), e))?;
+            if entry.file_type().map_err(|e| (entry.path(), e))?.is_dir() {
+                out.push(entry.path());
+            }
+        }
+        Ok(out)
+    };
+    let mut synced = 0;
+    for study in subdirs(spool)? {
+        // spool/tmp holds files only.
+        for series in subdirs(&study)? {
+            fsync_dir(&series).map_err(|e| (series.clone(), e))?;
+            synced += 1;
+        }
+        fsync_dir(&study).map_err(|e| (study.clone(), e))?;
+        synced += 1;
+    }
+    fsync_dir(spool).map_err(|e| (spool.to_owned(), e))?;
+    Ok(synced + 1)
 }
 
 /// Creates `base/rel` level by level. A file's name survives a crash only if every directory

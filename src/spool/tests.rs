@@ -247,3 +247,69 @@ fn partial_files_of_an_interrupted_write_are_removed_when_the_spool_opens() {
     let sop = "1.2.826.0.1.1.2.9";
     assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
 }
+
+/// Study and series directories made before a kill -9, but perhaps never fsynced, are synced
+/// when the spool opens (series, study, then spool/), and instances are stored in them after.
+#[test]
+fn directories_found_at_open_are_synced_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Spool::open(dir.path(), OURS).unwrap());
+    let spool_dir = dir.path().join("spool");
+    // As the node left them when killed between mkdir and fsync.
+    let series = spool_dir.join("1.2.826.0.1.1/1.2.826.0.1.1.2");
+    std::fs::create_dir_all(&series).unwrap();
+    std::fs::create_dir_all(spool_dir.join("1.2.826.0.1.9/1.2.826.0.1.9.1")).unwrap();
+    std::fs::write(spool_dir.join("1.2.826.0.1.9/stray.txt"), b"not a directory").unwrap();
+    // Two studies, two series, spool/tmp and spool/ itself.
+    assert_eq!(sync_existing_dirs(&spool_dir).unwrap(), 6);
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let sop = "1.2.826.0.1.1.2.11";
+    assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
+    assert!(series.join(format!("{sop}.dcm")).is_file());
+}
+
+const STRACE_CHILD: &str = "FCDNODE_SPOOL_OPEN_STRACE_CHILD";
+
+/// The same under strace: opening a spool fsyncs a study directory that exists already (the
+/// test binary runs itself under strace, opening the spool only).
+#[test]
+fn open_fsyncs_an_existing_study_directory_under_strace() {
+    if let Some(root) = std::env::var_os(STRACE_CHILD) {
+        Spool::open(Path::new(&root), OURS).unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    drop(Spool::open(&root, OURS).unwrap());
+    let study = root.join("spool/1.2.826.0.1.1");
+    let series = study.join("1.2.826.0.1.1.2");
+    std::fs::create_dir_all(&series).unwrap();
+    let log = dir.path().join("strace.log");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-yy", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&log)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "spool::tests::open_fsyncs_an_existing_study_directory_under_strace",
+            "--test-threads",
+            "1",
+        ])
+        .env(STRACE_CHILD, &root)
+        .output()
+        .expect("strace (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let synced = |path: &Path| {
+        let call = format!("<{}>) = 0", path.display());
+        trace
+            .lines()
+            .position(|l| l.contains(&call))
+            .unwrap_or_else(|| panic!("{} not fsynced:\n{trace}", path.display()))
+    };
+    let (series_at, study_at, spool_at) = (synced(&series), synced(&study), synced(&root.join("spool")));
+    assert!(
+        series_at < study_at && study_at < spool_at,
+        "not series, then study, then spool/:\n{trace}"
+    );
+}
