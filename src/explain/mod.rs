@@ -73,11 +73,11 @@ pub fn model_map_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Resu
 /// Sets every voxel of `volume` whose centre lies outside the model grid's voxels (more than
 /// half a voxel beyond its first or last centre) to NaN.
 fn blank_outside(volume: &mut Volume, model_grid: &Grid) {
-    let affine = *volume.affine();
+    // Source voxel → model voxel in one matrix, composed once (not an inverse per voxel).
+    let to_model = model_grid.affine.inverse() * volume.affine().matrix();
     let shape = model_grid.shape;
     for ((i, j, k), v) in volume.data_mut().indexed_iter_mut() {
-        let lps = affine.apply([i as f64, j as f64, k as f64]);
-        let m = model_grid.affine.world_to_voxel(lps);
+        let m = to_model * nalgebra::Vector4::new(i as f64, j as f64, k as f64, 1.0);
         if (0..3).any(|a| !(m[a] >= -0.5 && m[a] <= shape[a] as f64 - 0.5)) {
             *v = f32::NAN;
         }
