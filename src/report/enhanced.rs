@@ -9,10 +9,10 @@ use dicom_object::InMemDicomObject;
 
 use super::codes::Code;
 use super::dicom::{
-    code_item, ds, ds_multi, get_str, orientation_letters, put_seq, put_str, put_tag, put_u32s, source_image_item,
-    truncate,
+    NewSeries, code_item, common_base, ds, ds_multi, get_str, orientation_letters, put_seq, put_str, put_tag, put_u32s,
+    source_image_item, truncate,
 };
-use super::{ReportError, ReportInputs};
+use super::{ReportError, ReportInputs, Timestamp};
 use crate::volume::Volume;
 
 /// Plane geometry of frames laid over the source slices (LPS mm), frame k on slice k.
@@ -137,9 +137,28 @@ pub(crate) fn required_frame_of_reference(inputs: &ReportInputs<'_>) -> Result<S
     })
 }
 
+/// The modules every enhanced multi-frame output (Parametric Map, Segmentation) starts with:
+/// the common base, Enhanced General Equipment, Frame of Reference, the source series
+/// reference, and Instance Number 1 (one instance per series).
+pub(crate) fn enhanced_base(
+    inputs: &ReportInputs<'_>,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    series: &NewSeries<'_>,
+    timestamp: &Timestamp,
+    for_uid: &str,
+) -> Result<InMemDicomObject, ReportError> {
+    let mut obj = common_base(inputs, sop_class_uid, sop_instance_uid, series, timestamp)?;
+    put_enhanced_equipment(&mut obj, inputs);
+    put_frame_of_reference(&mut obj, inputs, for_uid);
+    put_source_series(&mut obj, inputs);
+    put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    Ok(obj)
+}
+
 /// Enhanced General Equipment: General Equipment plus a Device Serial Number. The node has no
 /// serial number; its Device UID identifies this installation, so it stands in for one.
-pub(crate) fn put_enhanced_equipment(obj: &mut InMemDicomObject, inputs: &ReportInputs<'_>) {
+fn put_enhanced_equipment(obj: &mut InMemDicomObject, inputs: &ReportInputs<'_>) {
     put_str(
         obj,
         tags::DEVICE_SERIAL_NUMBER,
@@ -212,7 +231,7 @@ pub(crate) fn put_derivation(
 
 /// Common Instance Reference: the source series and its instances, which the frames' Source
 /// Image Sequences point into.
-pub(crate) fn put_source_series(obj: &mut InMemDicomObject, inputs: &ReportInputs<'_>) {
+fn put_source_series(obj: &mut InMemDicomObject, inputs: &ReportInputs<'_>) {
     let instances = super::dicom::source_instances(inputs.source)
         .into_iter()
         .map(|s| {

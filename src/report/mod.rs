@@ -385,7 +385,10 @@ pub fn write_outputs(
         write_dicom(obj, &path)?;
         Ok((rel, path))
     };
-    let sc = secondary_capture(inputs, heatmap, uids)?;
+    check_all(inputs, heatmap)?;
+    // One overlay (display scale, head mask) for the SC and the SEG.
+    let overlay = render::Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
+    let sc = sc::secondary_capture_over(inputs, &overlay, uids)?;
     let (sc_files, sc_paths): (Vec<String>, Vec<PathBuf>) = sc
         .iter()
         .enumerate()
@@ -399,7 +402,7 @@ pub fn write_outputs(
     let (pm_file, pm_path) = write(&pm, "pm/PM.dcm".into())?;
     timings.pm = ms(t);
     let t = std::time::Instant::now();
-    let seg = segmentation(inputs, heatmap, uids)?;
+    let seg = seg::segmentation_over(inputs, &overlay, uids)?;
     let seg_written = seg.as_ref().map(|obj| write(obj, "seg/SEG.dcm".into())).transpose()?;
     timings.seg = ms(t);
     let t = std::time::Instant::now();
@@ -451,6 +454,13 @@ fn ms(t: std::time::Instant) -> f64 {
 }
 
 /// Checks shared by every output: non-empty source, consistent provenance, sane finding.
+/// The checks every output makes before it touches its inputs.
+fn check_all(inputs: &ReportInputs<'_>, heatmap: &Volume) -> Result<(), ReportError> {
+    check_inputs(inputs.source, inputs.finding)?;
+    check_options(&inputs.source.meta.series_uid, inputs.options)?;
+    check_heatmap(inputs.source, heatmap)
+}
+
 fn check_inputs(source: &Assembled, finding: &Finding) -> Result<(), ReportError> {
     let series_uid = &source.meta.series_uid;
     let shape = source.volume.shape();

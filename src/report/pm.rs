@@ -15,12 +15,10 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::codes;
-use super::dicom::{
-    NewSeries, code_item, common_base, ds, finish, put_fds, put_seq, put_str, put_u16, source_modality, truncate,
-};
+use super::dicom::{NewSeries, code_item, ds, finish, put_fds, put_seq, put_str, put_u16, source_modality, truncate};
 use super::enhanced::{
-    Geometry, put_content_identification, put_derivation, put_dimensions, put_enhanced_equipment, put_frame_content,
-    put_frame_of_reference, put_source_series, required_frame_of_reference,
+    Geometry, enhanced_base, put_content_identification, put_derivation, put_dimensions, put_frame_content,
+    required_frame_of_reference,
 };
 use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
 use crate::volume::Volume;
@@ -47,9 +45,7 @@ pub fn parametric_map(
     uids: &mut UidGenerator,
 ) -> Result<DicomFile, ReportError> {
     let source = inputs.source;
-    super::check_inputs(source, inputs.finding)?;
-    super::check_options(&source.meta.series_uid, inputs.options)?;
-    super::check_heatmap(source, heatmap)?;
+    super::check_all(inputs, heatmap)?;
     let for_uid = required_frame_of_reference(inputs)?;
     let options = inputs.options;
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
@@ -59,7 +55,7 @@ pub fn parametric_map(
     let geometry = Geometry::of_grid(&source.volume);
     let [n_i, n_j, n_k] = source.volume.shape();
 
-    let mut obj = common_base(
+    let mut obj = enhanced_base(
         inputs,
         PARAMETRIC_MAP,
         &sop_uid,
@@ -70,12 +66,9 @@ pub fn parametric_map(
             description: &options.series_description_pm,
         },
         &timestamp,
+        &for_uid,
     )?;
-    put_enhanced_equipment(&mut obj, inputs);
-    put_frame_of_reference(&mut obj, inputs, &for_uid);
-    put_source_series(&mut obj, inputs);
     // Parametric Map Image.
-    put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, IMAGE_TYPE);
     put_content_identification(
         &mut obj,

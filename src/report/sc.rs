@@ -39,15 +39,23 @@ pub fn secondary_capture(
     heatmap: &Volume,
     uids: &mut UidGenerator,
 ) -> Result<Vec<DicomFile>, ReportError> {
+    super::check_all(inputs, heatmap)?;
+    let overlay = Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
+    secondary_capture_over(inputs, &overlay, uids)
+}
+
+/// [`secondary_capture`] with the overlay already built (and the inputs checked), so that
+/// `write_outputs` builds it once for the SC and the SEG.
+pub(crate) fn secondary_capture_over(
+    inputs: &ReportInputs<'_>,
+    overlay: &Overlay,
+    uids: &mut UidGenerator,
+) -> Result<Vec<DicomFile>, ReportError> {
     let source = inputs.source;
-    super::check_inputs(source, inputs.finding)?;
-    super::check_options(&source.meta.series_uid, inputs.options)?;
-    super::check_heatmap(source, heatmap)?;
     let options = inputs.options;
     let window = Window::robust(source.volume.data(), options.window_percentiles);
-    let overlay = Overlay::new(source, heatmap, inputs.finding, options);
     let legend = overlay.legend(inputs.finding, Some(inputs.algorithm));
-    let (frames, layout) = frames(source, &overlay, &legend, window);
+    let (frames, layout) = frames(source, overlay, &legend, window);
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
     let series_uid = uids.next_uid();
     // The source grid widened by the margins.

@@ -15,10 +15,10 @@ use dicom_object::InMemDicomObject;
 use ndarray::Array3;
 
 use super::codes;
-use super::dicom::{NewSeries, code_item, common_base, finish, put_seq, put_str, put_u16, truncate};
+use super::dicom::{NewSeries, code_item, finish, put_seq, put_str, put_u16, truncate};
 use super::enhanced::{
-    Geometry, put_content_identification, put_derivation, put_dimensions, put_enhanced_equipment, put_frame_content,
-    put_frame_of_reference, put_pixel_bytes, put_source_series, required_frame_of_reference,
+    Geometry, enhanced_base, put_content_identification, put_derivation, put_dimensions, put_frame_content,
+    put_pixel_bytes, required_frame_of_reference,
 };
 use super::render::Overlay;
 use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
@@ -37,15 +37,24 @@ pub fn segmentation(
     heatmap: &Volume,
     uids: &mut UidGenerator,
 ) -> Result<Option<DicomFile>, ReportError> {
-    let source = inputs.source;
-    super::check_inputs(source, inputs.finding)?;
-    super::check_options(&source.meta.series_uid, inputs.options)?;
-    super::check_heatmap(source, heatmap)?;
+    super::check_all(inputs, heatmap)?;
+    let overlay = Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
+    segmentation_over(inputs, &overlay, uids)
+}
+
+/// [`segmentation`] with the overlay already built (and the inputs checked), so that
+/// `write_outputs` builds it once for the SC and the SEG.
+pub(crate) fn segmentation_over(
+    inputs: &ReportInputs<'_>,
+    overlay: &Overlay,
+    uids: &mut UidGenerator,
+) -> Result<Option<DicomFile>, ReportError> {
     if !inputs.finding.suspected {
         return Ok(None);
     }
+    let source = inputs.source;
     let options = inputs.options;
-    let Some(region) = Overlay::new(source, heatmap, inputs.finding, options).hotspot_region() else {
+    let Some(region) = overlay.hotspot_region() else {
         return Ok(None);
     };
     let for_uid = required_frame_of_reference(inputs)?;
@@ -59,7 +68,7 @@ pub fn segmentation(
         .filter(|&k| (0..n_j).any(|j| (0..n_i).any(|i| region[[i, j, k]])))
         .collect();
 
-    let mut obj = common_base(
+    let mut obj = enhanced_base(
         inputs,
         SEGMENTATION,
         &sop_uid,
@@ -70,12 +79,9 @@ pub fn segmentation(
             description: &options.series_description_seg,
         },
         &timestamp,
+        &for_uid,
     )?;
-    put_enhanced_equipment(&mut obj, inputs);
-    put_frame_of_reference(&mut obj, inputs, &for_uid);
-    put_source_series(&mut obj, inputs);
     // Segmentation Image.
-    put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\PRIMARY");
     put_content_identification(&mut obj, "FCD_HOTSPOT", "FCD-II AI hotspot region, unverified");
     put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
