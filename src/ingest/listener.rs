@@ -140,6 +140,25 @@ mod tests {
         }
     }
 
+    /// `serve` on a free loopback port with `config` and a sink that keeps nothing: its
+    /// address, counters, shutdown switch and task.
+    async fn start(
+        config: ScpConfig,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<IngestStats>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<(), IngestError>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = Arc::new(config.check().unwrap());
+        let stats = Arc::new(IngestStats::default());
+        let (shutdown, rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, settings, Arc::new(NoSink), stats.clone(), rx));
+        (addr, stats, shutdown, server)
+    }
+
     fn client() -> ClientAssociationOptions<'static> {
         ClientAssociationOptions::new()
             .calling_ae_title("SCU")
@@ -152,17 +171,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_the_cap_is_rejected_transiently_and_shutdown_aborts_idle_associations() {
         let test = async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let settings = ScpConfig {
+            let (addr, stats, shutdown, server) = start(ScpConfig {
                 max_associations: 1,
                 ..ScpConfig::default()
-            }
-            .check()
-            .unwrap();
-            let stats = Arc::new(IngestStats::default());
-            let (shutdown, rx) = watch::channel(false);
-            let server = tokio::spawn(serve(listener, Arc::new(settings), Arc::new(NoSink), stats.clone(), rx));
+            })
+            .await;
 
             let mut first = client()
                 .establish_async(addr)
@@ -226,18 +239,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn silent_connections_take_no_association_slot_and_close_at_the_deadline() {
         let test = async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let settings = ScpConfig {
+            let (addr, stats, shutdown, server) = start(ScpConfig {
                 max_associations: 1,
                 handshake_timeout_s: 1,
                 ..ScpConfig::default()
-            }
-            .check()
-            .unwrap();
-            let stats = Arc::new(IngestStats::default());
-            let (shutdown, rx) = watch::channel(false);
-            let server = tokio::spawn(serve(listener, Arc::new(settings), Arc::new(NoSink), stats.clone(), rx));
+            })
+            .await;
 
             let mut silent = Vec::new();
             for _ in 0..3 {
@@ -267,19 +274,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_over_the_pending_caps_are_closed_at_once() {
         let test = async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let settings = ScpConfig {
+            let (addr, stats, shutdown, server) = start(ScpConfig {
                 max_pending: 3,
                 max_pending_per_address: 2,
                 handshake_timeout_s: 60,
                 ..ScpConfig::default()
-            }
-            .check()
-            .unwrap();
-            let stats = Arc::new(IngestStats::default());
-            let (shutdown, rx) = watch::channel(false);
-            let server = tokio::spawn(serve(listener, Arc::new(settings), Arc::new(NoSink), stats.clone(), rx));
+            })
+            .await;
 
             // Two from 127.0.0.1 fill its share; a third from there is closed at once.
             let mut first = TcpStream::connect(addr).await.unwrap();
