@@ -1,5 +1,5 @@
 # The two entry points the README promises. Each runs the project-local setup first.
-.PHONY: setup demo test
+.PHONY: setup demo test recipe
 
 setup:
 	scripts/setup.sh
@@ -13,3 +13,8 @@ test: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
+
+# Long run (about an hour, not in CI): the quick training recipe judged on fresh seeds, with a
+# negative control (scripts/recipe_check.sh; SEED=N picks the seeds).
+recipe: setup
+	scripts/recipe_check.sh

@@ -11,8 +11,9 @@ use ndarray::{Array2, Array3, Array4, Axis, Ix5};
 use prost::Message;
 
 use crate::explain::cam::{self, CamError};
+use crate::package::arch::Pooling;
 use crate::package::manifest::{Manifest, ModelPackage};
-use crate::package::onnx::proto::{ModelProto, TensorProto};
+use crate::package::onnx::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::preprocess::ModelInput;
 pub use runtime::{Device, RuntimeError};
 
@@ -180,7 +181,12 @@ impl Ensemble {
         for (fold, features) in self.folds.iter().zip(&prediction.features) {
             let map = match method {
                 CamMethod::Gradcam => cam::grad_cam(features.view(), &fold.fc_weight, class)?,
-                CamMethod::Gradcampp => cam::grad_cam_pp(features.view(), &fold.fc_weight, class)?,
+                CamMethod::Gradcampp => cam::grad_cam_pp(
+                    features.view(),
+                    &fold.fc_weight,
+                    class,
+                    self.manifest.architecture.pooling,
+                )?,
             };
             sum = Some(match sum {
                 Some(s) => s + map,
@@ -253,35 +259,43 @@ fn classifier_weight(path: &Path, manifest: &Manifest) -> Result<Array2<f32>, In
         path: path.to_owned(),
         rule,
     };
-    let gemm = graph
-        .node
-        .iter()
-        .find(|n| n.output.contains(&manifest.outputs.logits))
-        .filter(|n| n.op_type == "Gemm")
-        .ok_or_else(|| {
-            output(format!(
-                "output `{}` is not produced by a Gemm (linear head)",
-                manifest.outputs.logits
-            ))
-        })?;
-    let weight_name = gemm
-        .input
-        .get(1)
-        .ok_or_else(|| output("the head Gemm has no weight input".into()))?;
-    let trans_b = gemm
-        .attribute
-        .iter()
-        .find(|a| a.name == "transB")
-        .and_then(|a| a.i)
-        .unwrap_or(0);
-    let tensor = graph
-        .initializer
-        .iter()
-        .find(|t| &t.name == weight_name)
-        .ok_or_else(|| output(format!("head weight `{weight_name}` is not an initializer")))?;
-    let w =
-        tensor_f32(tensor).ok_or_else(|| output(format!("head weight `{weight_name}` is not a 2D float tensor")))?;
-    let w = if trans_b == 1 { w } else { w.reversed_axes() };
+    let w = match manifest.architecture.pooling {
+        Pooling::Mean => {
+            let gemm = graph
+                .node
+                .iter()
+                .find(|n| n.output.contains(&manifest.outputs.logits))
+                .filter(|n| n.op_type == "Gemm")
+                .ok_or_else(|| {
+                    output(format!(
+                        "output `{}` is not produced by a Gemm (linear head)",
+                        manifest.outputs.logits
+                    ))
+                })?;
+            let trans_b = gemm
+                .attribute
+                .iter()
+                .find(|a| a.name == "transB")
+                .and_then(|a| a.i)
+                .unwrap_or(0);
+            let w = head_weight(&graph, gemm, &output)?;
+            if trans_b == 1 { w } else { w.reversed_axes() }
+        }
+        // The classifier as a 1×1×1 convolution over `features`.
+        Pooling::Lse { .. } => {
+            let conv = graph
+                .node
+                .iter()
+                .find(|n| n.op_type == "Conv" && n.input.first() == Some(&manifest.outputs.features))
+                .ok_or_else(|| {
+                    output(format!(
+                        "no Conv reads `{}` (the log-mean-exp head's classifier)",
+                        manifest.outputs.features
+                    ))
+                })?;
+            head_weight(&graph, conv, &output)?
+        }
+    };
     let (classes, channels) = w.dim();
     if classes != manifest.classes.len() || channels != manifest.architecture.feature_channels() {
         return Err(output(format!(
@@ -293,10 +307,30 @@ fn classifier_weight(path: &Path, manifest: &Manifest) -> Result<Array2<f32>, In
     Ok(w.as_standard_layout().into_owned())
 }
 
-/// A 2D float initializer (raw little-endian bytes or `float_data`).
+/// The classifier weight of the head node `node` (its second input, an initializer) as a matrix.
+fn head_weight(
+    graph: &GraphProto,
+    node: &NodeProto,
+    output: &dyn Fn(String) -> InferError,
+) -> Result<Array2<f32>, InferError> {
+    let weight_name = node
+        .input
+        .get(1)
+        .ok_or_else(|| output(format!("the head {} has no weight input", node.op_type)))?;
+    let tensor = graph
+        .initializer
+        .iter()
+        .find(|t| &t.name == weight_name)
+        .ok_or_else(|| output(format!("head weight `{weight_name}` is not an initializer")))?;
+    tensor_f32(tensor).ok_or_else(|| output(format!("head weight `{weight_name}` is not a 2D float tensor")))
+}
+
+/// A 2D float initializer (raw little-endian bytes or `float_data`); a `[rows, cols, 1, 1, 1]`
+/// convolution kernel counts as the matrix it holds.
 fn tensor_f32(t: &TensorProto) -> Option<Array2<f32>> {
     const FLOAT: i32 = 1;
-    if t.data_type != FLOAT || t.dims.len() != 2 {
+    let matrix = t.dims.len() == 2 || (t.dims.len() == 5 && t.dims[2..] == [1, 1, 1]);
+    if t.data_type != FLOAT || !matrix {
         return None;
     }
     let values: Vec<f32> = if t.raw_data.is_empty() {
@@ -321,8 +355,13 @@ mod tests {
     use crate::preprocess::{Normalisation, Recipe};
 
     fn package(dir: &Path, folds: usize) -> ModelPackage {
+        package_with(dir, folds, Pooling::Mean)
+    }
+
+    fn package_with(dir: &Path, folds: usize, pooling: Pooling) -> ModelPackage {
         let mut arch = ArchSpec::from_name("resnet10").unwrap();
         arch.width_mult = 0.125;
+        arch.pooling = pooling;
         let recipe = Recipe {
             voxel_mm: [4.0; 3],
             shape: [20, 24, 16],
@@ -352,9 +391,15 @@ mod tests {
 
     #[test]
     fn ensemble_probability_is_the_mean_of_folds_and_cam_matches_each_fold() {
+        for pooling in [Pooling::Mean, Pooling::Lse { sharpness: 8.0 }] {
+            ensemble_matches_its_folds(pooling);
+        }
+    }
+
+    fn ensemble_matches_its_folds(pooling: Pooling) {
         ready();
         let dir = tempfile::tempdir().unwrap();
-        let p = package(dir.path(), 3);
+        let p = package_with(dir.path(), 3, pooling);
         let mut e = Ensemble::load(&p, Device::Cpu, 1).unwrap();
         let tensor = Array4::from_shape_fn((1, 16, 24, 20), |(_, d, h, w)| {
             ((d * 7 + h * 3 + w) % 11) as f32 / 5.0 - 1.0
@@ -371,21 +416,26 @@ mod tests {
         let map = e.cam(&pred, CamMethod::Gradcam).unwrap();
         assert_eq!(map.dim(), (2, 3, 3), "feature grid of 16×24×20 at stride 8");
         // Averaging fold CAMs: each fold's own head weights.
-        let mut expected = Array3::<f32>::zeros((2, 3, 3));
+        let map_pp = e.cam(&pred, CamMethod::Gradcampp).unwrap();
+        let (mut expected, mut expected_pp) = (Array3::<f32>::zeros((2, 3, 3)), Array3::<f32>::zeros((2, 3, 3)));
         for (fold, f) in e.folds.iter().zip(&pred.features) {
             expected = expected + cam::grad_cam(f.view(), &fold.fc_weight, 1).unwrap();
+            expected_pp = expected_pp + cam::grad_cam_pp(f.view(), &fold.fc_weight, 1, pooling).unwrap();
         }
-        let diff = (&map - &(expected / 3.0)).mapv(f32::abs).fold(0.0f32, |m, &x| m.max(x));
-        assert!(diff < 1e-6);
+        let max_diff = |a: &Array3<f32>, b: Array3<f32>| (a - &b).mapv(f32::abs).fold(0.0f32, |m, &x| m.max(x));
+        assert!(max_diff(&map, expected / 3.0) < 1e-6, "{pooling}");
+        assert!(max_diff(&map_pp, expected_pp / 3.0) < 1e-6, "{pooling}");
     }
 
     #[test]
     fn head_weight_comes_from_the_graph() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = package(dir.path(), 1);
-        let w = classifier_weight(&p.graphs[0], &p.manifest).unwrap();
-        let weights = Weights::random(&p.manifest.architecture, 1);
-        assert_eq!(w.into_dyn(), weights.0["fc.weight"]);
+        for pooling in [Pooling::Mean, Pooling::Lse { sharpness: 8.0 }] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = package_with(dir.path(), 1, pooling);
+            let w = classifier_weight(&p.graphs[0], &p.manifest).unwrap();
+            let weights = Weights::random(&p.manifest.architecture, 1);
+            assert_eq!(w.into_dyn(), weights.0["fc.weight"], "{pooling}");
+        }
     }
 
     #[test]

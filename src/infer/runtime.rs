@@ -386,7 +386,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::package::arch::ArchSpec;
+    use crate::package::arch::{ArchSpec, Pooling};
     use crate::package::onnx::{python, write_onnx};
     use crate::package::weights::Weights;
 
@@ -417,7 +417,7 @@ mod tests {
     }
 
     /// Writes a model, runs ORT on a batch of 2, checks shapes and that logits are the linear
-    /// head applied to the mean of `features`.
+    /// head pooled over `features` as the spec says.
     fn check_model(
         arch: &ArchSpec,
         shape: [usize; 3],
@@ -438,12 +438,20 @@ mod tests {
         let fc_b: Array1<f32> = weights.0["fc.bias"].clone().into_dimensionality::<Ix1>().unwrap();
         for b in 0..2 {
             let sample = out.features.index_axis(Axis(0), b);
-            let mean = sample
-                .to_shape((arch.feature_channels(), fd * fh * fw))
-                .unwrap()
-                .mean_axis(Axis(1))
-                .unwrap();
-            let expected = fc_w.dot(&mean) + &fc_b;
+            let voxels = sample.to_shape((arch.feature_channels(), fd * fh * fw)).unwrap();
+            let expected = match arch.pooling {
+                Pooling::Mean => fc_w.dot(&voxels.mean_axis(Axis(1)).unwrap()) + &fc_b,
+                Pooling::Lse { sharpness } => {
+                    // Per-voxel scores [classes, voxels], then log-mean-exp along the voxels.
+                    let r = sharpness as f32;
+                    let scores = fc_w.dot(&voxels) + fc_b.view().insert_axis(Axis(1));
+                    scores.map_axis(Axis(1), |row| {
+                        let peak = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                        let mean = row.iter().map(|&v| (r * (v - peak)).exp()).sum::<f32>() / row.len() as f32;
+                        peak + mean.ln() / r
+                    })
+                }
+            };
             for (e, got) in expected.iter().zip(out.logits.row(b)) {
                 assert!((e - got).abs() <= 1e-4 * e.abs().max(1.0), "logit {got} vs head {e}");
             }
@@ -568,7 +576,15 @@ for s, st in enumerate(spec['stages']):
         x = relu(y + r)
         inplanes = out
 features = x
-logits = features.mean(axis=(2, 3, 4)) @ W['fc.weight'].T + W['fc.bias']
+pooling = spec['pooling']
+if pooling['kind'] == 'mean':
+    logits = features.mean(axis=(2, 3, 4)) @ W['fc.weight'].T + W['fc.bias']
+else:
+    r = pooling['sharpness']
+    scores = np.einsum('bkdhw,ck->bcdhw', features, W['fc.weight']) + W['fc.bias'][None, :, None, None, None]
+    flat = r * scores.reshape(scores.shape[0], scores.shape[1], -1)
+    peak = flat.max(axis=2, keepdims=True)
+    logits = (np.log(np.exp(flat - peak).mean(axis=2)) + peak[..., 0]) / r
 logits.astype('<f4').tofile(out_dir + '/np_logits.f32')
 features.astype('<f4').tofile(out_dir + '/np_features.f32')
 print('numpy', logits.shape, features.shape)
@@ -601,6 +617,7 @@ print('numpy', logits.shape, features.shape)
             "stages": stages,
             "block": match arch.block() { crate::package::arch::Block::Basic => "basic", _ => "bottleneck" },
             "shortcut": format!("{:?}", arch.shortcut()),
+            "pooling": arch.pooling,
         });
         std::fs::write(wdir.join("spec.json"), spec.to_string()).unwrap();
         let input_path = dir.join("np_input.f32");
@@ -638,9 +655,13 @@ print('numpy', logits.shape, features.shape)
     }
 
     #[test]
-    fn resnet18_shortcut_a_runs_and_matches_reference() {
+    fn resnet18_shortcut_a_lse_head_runs_and_matches_reference() {
         let dir = tempfile::tempdir().unwrap();
-        let a = arch("resnet18", 0.125);
+        // With the log-mean-exp head.
+        let a = ArchSpec {
+            pooling: Pooling::Lse { sharpness: 4.0 },
+            ..arch("resnet18", 0.125)
+        };
         assert_eq!(a.shortcut(), crate::package::arch::Shortcut::A);
         let (path, weights, input, out) = check_model(&a, [24, 28, 20], 8, dir.path());
         compare_with_reference(&path, &input, &out, dir.path());

@@ -65,8 +65,81 @@ pub struct Stage {
     pub dilation: usize,
 }
 
-/// A 3D ResNet: depth, layout, stem stride, input channels, width multiplier, classes.
-/// Head = global average pool + linear. Serialised into the model manifest.
+/// How the head turns the per-voxel class scores `M_c(v) = Σ_k w_ck A_k(v) + b_c` (the linear
+/// classifier applied at every feature voxel) into logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Pooling {
+    /// Mean over the feature voxels (global average pooling, then the classifier): a lesion
+    /// filling one feature voxel of ~1,500 moves the logit by 1/1,500 of its score.
+    #[default]
+    Mean,
+    /// Log-mean-exp with sharpness `r`: `(1/r) · ln((1/Z) Σ_v exp(r · M_c(v)))`, a smooth
+    /// maximum between the mean (r → 0) and the maximum (r → ∞), so one hot voxel can decide.
+    /// Its gradient weights sum to one over the voxels, so Grad-CAM is still
+    /// `ReLU(Σ_k w_ck A_k) / Z` from forward outputs. `fcdtrain` pins class 0's classifier
+    /// row at zero for this head, so class 1's per-voxel score is the log-odds map.
+    Lse {
+        /// r > 0.
+        sharpness: f64,
+    },
+}
+
+impl Pooling {
+    /// Whether this is the mean (the serialised default, left out of manifests).
+    pub fn is_mean(&self) -> bool {
+        matches!(self, Pooling::Mean)
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pooling::Mean => f.write_str("mean"),
+            Pooling::Lse { sharpness } => write!(f, "lse:{sharpness}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = ArchError;
+
+    /// `mean` or `lse:R` (e.g. `lse:4`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim().to_ascii_lowercase();
+        let bad = || ArchError::BadField {
+            field: "pooling",
+            value: s.to_string(),
+            rule: "must be `mean` or `lse:R` with R > 0 (e.g. lse:4)",
+        };
+        if text == "mean" {
+            return Ok(Pooling::Mean);
+        }
+        let sharpness: f64 = text.strip_prefix("lse:").ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let pooling = Pooling::Lse { sharpness };
+        pooling.validate().map_err(|_| bad())?;
+        Ok(pooling)
+    }
+}
+
+impl Pooling {
+    fn validate(&self) -> Result<(), ArchError> {
+        match *self {
+            Pooling::Lse { sharpness } if !(sharpness.is_finite() && sharpness > 0.0 && sharpness <= 1e3) => {
+                Err(ArchError::BadField {
+                    field: "pooling.sharpness",
+                    value: sharpness.to_string(),
+                    rule: "must be in (0, 1000]",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A 3D ResNet: depth, layout, stem stride, input channels, width multiplier, classes, head
+/// pooling. Head = a linear classifier pooled over the feature voxels. Serialised into the model
+/// manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchSpec {
@@ -86,6 +159,9 @@ pub struct ArchSpec {
     /// Shortcut type; MedicalNet's choice for the depth when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shortcut: Option<Shortcut>,
+    /// Head pooling; the mean (global average pooling) when absent.
+    #[serde(default, skip_serializing_if = "Pooling::is_mean")]
+    pub pooling: Pooling,
 }
 
 impl ArchSpec {
@@ -106,6 +182,7 @@ impl ArchSpec {
             width_mult: 1.0,
             num_classes: 2,
             shortcut: None,
+            pooling: Pooling::Mean,
         })
     }
 
@@ -140,7 +217,7 @@ impl ArchSpec {
         if self.num_classes < 2 {
             return bad("num_classes", self.num_classes.to_string(), "must be ≥ 2");
         }
-        Ok(())
+        self.pooling.validate()
     }
 
     /// Basic for 10/18/34, bottleneck for 50.
@@ -270,6 +347,30 @@ mod tests {
             ArchSpec::from_name("resnet34").unwrap().stages().map(|s| s.blocks),
             [3, 4, 6, 3]
         );
+    }
+
+    #[test]
+    fn pooling_parses_validates_and_stays_out_of_mean_manifests() {
+        assert_eq!("mean".parse::<Pooling>().unwrap(), Pooling::Mean);
+        assert_eq!(" LSE:4 ".parse::<Pooling>().unwrap(), Pooling::Lse { sharpness: 4.0 });
+        for bad in ["max", "lse", "lse:0", "lse:-1", "lse:nan", "lse:1e9"] {
+            let err = bad.parse::<Pooling>().unwrap_err().to_string();
+            assert!(err.contains("pooling") && err.contains("lse:R"), "{bad}: {err}");
+        }
+        let mean = ArchSpec::from_name("resnet10").unwrap();
+        let text = toml::to_string(&mean).unwrap();
+        assert!(!text.contains("pooling"), "{text}");
+        let lse = ArchSpec {
+            pooling: Pooling::Lse { sharpness: 2.5 },
+            ..mean.clone()
+        };
+        let text = toml::to_string(&lse).unwrap();
+        assert_eq!(toml::from_str::<ArchSpec>(&text).unwrap(), lse, "{text}");
+        let bad = ArchSpec {
+            pooling: Pooling::Lse { sharpness: 0.0 },
+            ..mean
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("pooling.sharpness"));
     }
 
     #[test]

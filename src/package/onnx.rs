@@ -12,8 +12,10 @@
 //!   1×1×1 → BN, plus the shortcut, `Add`, `Relu`;
 //! - shortcut A: `AveragePool` kernel 1 with the stride (only when the stride is not 1), then
 //!   `Pad` zeros after the existing channels; shortcut B: `Conv` 1×1×1 with the stride → BN;
-//! - head: `features` → `GlobalAveragePool` → `Flatten` → `Gemm` (`fc.weight` transposed,
-//!   `fc.bias`) → `logits`.
+//! - head with mean pooling: `features` → `GlobalAveragePool` → `Flatten` → `Gemm`
+//!   (`fc.weight` transposed, `fc.bias`) → `logits`; with log-mean-exp pooling: `features` →
+//!   `Conv` 1×1×1 (`fc.weight` as `[classes, channels, 1, 1, 1]`, `fc.bias`) → `Mul` r →
+//!   `ReduceLogSumExp` over the voxels → `Add` −ln Z → `Mul` 1/r → `logits`.
 //!
 //! Batch norms stay separate inference-mode `BatchNormalization` nodes (ONNX Runtime folds them
 //! into the convolutions when it optimises the graph). The file is IR version 8, opset 17, so
@@ -34,7 +36,7 @@ use self::proto::{
     tensor_shape_proto::{Dimension, dimension},
     type_proto,
 };
-use super::arch::{ArchError, ArchSpec, Block, Shortcut, Stage};
+use super::arch::{ArchError, ArchSpec, Block, Pooling, Shortcut, Stage};
 use super::weights::{BN_EPS, Weights, WeightsError, batch_norm_names, needs_downsample};
 
 /// IR version written (ONNX 1.10; the lowest that allows opset 17).
@@ -203,15 +205,9 @@ impl<'a> GraphWriter<'a> {
                 inplanes = stage.out_channels;
             }
         }
-        // Head.
-        let pooled = self.node("GlobalAveragePool", "avgpool", &[FEATURES], vec![]);
-        let flat = self.node("Flatten", "flatten", &[&pooled], vec![int("axis", 1)]);
-        let fc_w = self.weight("fc.weight")?;
-        let fc_b = self.weight("fc.bias")?;
-        self.node_named("Gemm", "fc", &[&flat, &fc_w, &fc_b], LOGITS, vec![int("transB", 1)]);
-
         let [d, h, w] = input_shape;
         let [fd, fh, fw] = arch.feature_shape(input_shape);
+        self.head(fd * fh * fw)?;
         Ok(GraphProto {
             node: self.nodes,
             name: format!("fcdnode_{}", arch.name()),
@@ -230,6 +226,47 @@ impl<'a> GraphWriter<'a> {
             ],
             value_info: vec![],
         })
+    }
+
+    /// The head from `features` (`voxels` feature voxels) to `logits`, as the spec's pooling
+    /// says.
+    fn head(&mut self, voxels: usize) -> Result<(), OnnxError> {
+        let fc_b = self.weight("fc.bias")?;
+        match self.arch.pooling {
+            Pooling::Mean => {
+                let pooled = self.node("GlobalAveragePool", "avgpool", &[FEATURES], vec![]);
+                let flat = self.node("Flatten", "flatten", &[&pooled], vec![int("axis", 1)]);
+                let fc_w = self.weight("fc.weight")?;
+                self.node_named("Gemm", "fc", &[&flat, &fc_w, &fc_b], LOGITS, vec![int("transB", 1)]);
+            }
+            Pooling::Lse { sharpness } => {
+                // The classifier as a 1×1×1 convolution: per-voxel class scores; then
+                // (1/r)·(ReduceLogSumExp(r·scores) − ln Z).
+                let fc_w = self.weight_as(
+                    "fc.weight",
+                    &[self.arch.num_classes, self.arch.feature_channels(), 1, 1, 1],
+                )?;
+                let scores = self.node(
+                    "Conv",
+                    "fc",
+                    &[FEATURES, &fc_w, &fc_b],
+                    vec![ints("kernel_shape", [1; 3])],
+                );
+                let r = self.constant("pool.sharpness", sharpness as f32);
+                let scaled = self.node("Mul", "pool.scale", &[&scores, &r], vec![]);
+                let lse = self.node(
+                    "ReduceLogSumExp",
+                    "pool.lse",
+                    &[&scaled],
+                    vec![ints("axes", [2, 3, 4]), int("keepdims", 0)],
+                );
+                let log_z = self.constant("pool.log_voxels", -(voxels as f32).ln());
+                let centred = self.node("Add", "pool.mean", &[&lse, &log_z], vec![]);
+                let inverse = self.constant("pool.inverse_sharpness", (1.0 / sharpness) as f32);
+                self.node_named("Mul", "pool.unscale", &[&centred, &inverse], LOGITS, vec![]);
+            }
+        }
+        Ok(())
     }
 
     /// One residual block (MedicalNet `BasicBlock` or `Bottleneck`) of `stage` with `stride`
@@ -354,22 +391,55 @@ impl<'a> GraphWriter<'a> {
 
     /// Adds the named weight tensor as an f32 initializer and returns its name.
     fn weight(&mut self, name: &str) -> Result<String, OnnxError> {
-        let tensor = self.weights.0.get(name).ok_or_else(|| OnnxError::Weights {
-            arch: self.arch.name(),
-            source: WeightsError::Missing {
-                name: name.to_string(),
-                expected: vec![],
-            },
-        })?;
+        let shape = self.tensor(name)?.shape().to_vec();
+        self.weight_as(name, &shape)
+    }
+
+    /// Adds the named weight tensor as an f32 initializer of shape `dims` (the same elements in
+    /// the same order, e.g. a matrix as a 1×1×1 kernel) and returns its name.
+    fn weight_as(&mut self, name: &str, dims: &[usize]) -> Result<String, OnnxError> {
+        let tensor = self.tensor(name)?;
+        if dims.iter().product::<usize>() != tensor.len() {
+            return Err(OnnxError::Weights {
+                arch: self.arch.name(),
+                source: WeightsError::Shape {
+                    name: name.to_string(),
+                    expected: dims.to_vec(),
+                    found: tensor.shape().to_vec(),
+                },
+            });
+        }
         let raw_data: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.initializers.push(TensorProto {
-            dims: tensor.shape().iter().map(|&d| d as i64).collect(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
             data_type: DataType::Float as i32,
             name: name.to_string(),
             raw_data,
             ..Default::default()
         });
         Ok(name.to_string())
+    }
+
+    fn tensor(&self, name: &str) -> Result<&'a ndarray::ArrayD<f32>, OnnxError> {
+        self.weights.0.get(name).ok_or_else(|| OnnxError::Weights {
+            arch: self.arch.name(),
+            source: WeightsError::Missing {
+                name: name.to_string(),
+                expected: vec![],
+            },
+        })
+    }
+
+    /// Adds a scalar f32 initializer and returns its name.
+    fn constant(&mut self, name: &str, value: f32) -> String {
+        self.initializers.push(TensorProto {
+            dims: vec![],
+            data_type: DataType::Float as i32,
+            name: name.to_string(),
+            raw_data: value.to_le_bytes().to_vec(),
+            ..Default::default()
+        });
+        name.to_string()
     }
 
     /// Adds a node whose single output has the node's name; returns that name.
@@ -524,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn lse_head_is_a_one_voxel_convolution_then_log_mean_exp() {
+        let arch = ArchSpec {
+            pooling: Pooling::Lse { sharpness: 4.0 },
+            ..small("resnet10", 0.25)
+        };
+        let model = build_model(&arch, &Weights::random(&arch, 1), [24, 28, 20]).unwrap();
+        let c = op_counts(&model);
+        assert_eq!((c["Conv"], c["ReduceLogSumExp"], c["Mul"]), (1 + 8 + 3 + 1, 1, 2));
+        assert!(!c.contains_key("GlobalAveragePool") && !c.contains_key("Gemm"));
+        let graph = model.graph.unwrap();
+        let fc = graph.initializer.iter().find(|t| t.name == "fc.weight").unwrap();
+        assert_eq!(fc.dims, vec![2, 128, 1, 1, 1]);
+        // ln Z of the 3 × 4 × 3 feature grid.
+        let log_z = graph.initializer.iter().find(|t| t.name == "pool.log_voxels").unwrap();
+        let value = f32::from_le_bytes(log_z.raw_data[..4].try_into().unwrap());
+        assert!((value + (36f32).ln()).abs() < 1e-6, "{value}");
+        assert_eq!(graph.node.last().unwrap().output, [LOGITS]);
+    }
+
+    #[test]
     fn resnet18_shortcut_a_graph() {
         let arch = small("resnet18", 0.125);
         let model = build_model(&arch, &Weights::random(&arch, 2), [24, 28, 20]).unwrap();
@@ -631,8 +721,11 @@ mod tests {
         r34_b.shortcut = Some(Shortcut::B);
         let mut r50_a = small("resnet50", 0.0625);
         r50_a.shortcut = Some(Shortcut::A);
+        let mut r10_lse = small("resnet10", 0.25);
+        r10_lse.pooling = Pooling::Lse { sharpness: 4.0 };
         let variants = [
             ("r10", small("resnet10", 0.25)),
+            ("r10_lse", r10_lse),
             ("r18", small("resnet18", 0.125)),
             ("r18_strided", strided),
             ("r34_b", r34_b),

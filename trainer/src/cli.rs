@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fcdnode::package::arch::Layout;
-use fcdnode_trainer::config::{Augment, CvConfig, ThresholdRule, parse_modalities};
+use fcdnode::package::arch::{Layout, Pooling};
+use fcdnode_trainer::config::{CvConfig, Preset, ThresholdRule, parse_modalities};
 use fcdnode_trainer::data::bids::{Dataset, Group, ImageKind};
 
 /// Set by Ctrl-C; training checks it between epochs.
@@ -124,43 +124,59 @@ struct CvArgs {
     /// Run directory (results, cache, report).
     #[arg(long)]
     out: PathBuf,
-    /// Architectures, comma-separated: resnet10, resnet18, resnet34, resnet50.
-    #[arg(long, value_delimiter = ',', default_value = "resnet18")]
-    arch: Vec<String>,
-    /// Network layout: medicalnet (stride 8, dilated) or strided (stride 32).
-    #[arg(long, value_enum, default_value = "medicalnet")]
-    layout: Layout,
-    /// Width multiplier (1.0 = 64/128/256/512 channels; 0.25 for a small fast network).
-    #[arg(long, default_value_t = 1.0)]
-    width_mult: f64,
+    /// A documented recipe that sets the options below; options given on the command line
+    /// override it. quick: the CPU recipe (ResNet-10 ×0.125 on a 2 mm grid of 168×200×168 mm,
+    /// log-mean-exp head lse:8, lesion-map loss 5, Adam 2e-3, 20 epochs).
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// Architectures, comma-separated: resnet10, resnet18, resnet34, resnet50 [default: resnet18].
+    #[arg(long, value_delimiter = ',')]
+    arch: Option<Vec<String>>,
+    /// Network layout: medicalnet (stride 8, dilated) or strided (stride 32) [default: medicalnet].
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// Width multiplier (1.0 = 64/128/256/512 channels; 0.25 for a small fast network)
+    /// [default: 1].
+    #[arg(long)]
+    width_mult: Option<f64>,
+    /// Head pooling of the per-voxel class scores: mean (global average pooling) or lse:R, a
+    /// smooth maximum of sharpness R that lets one small lesion decide [default: mean].
+    #[arg(long)]
+    pooling: Option<Pooling>,
+    /// Weight of the lesion-map loss: patients' lesion ROIs teach the per-voxel scores where
+    /// the lesion is (controls: nowhere), beside the per-subject cross-entropy; 0 = labels only
+    /// [default: 0].
+    #[arg(long)]
+    roi_weight: Option<f64>,
     /// Initialisations, comma-separated: MedicalNet .pth files and/or `none`.
     #[arg(long, value_delimiter = ',', default_value = "none")]
     pretrained: Vec<String>,
-    /// Parts that train: all, layer4,fc (the paper) or LAYER+ (from that layer on).
-    #[arg(long, default_value = "all")]
-    train_layers: String,
-    /// Channel sets, comma-separated: flair, t1w, flair+t1w.
-    #[arg(long, value_delimiter = ',', default_value = "flair")]
-    modality: Vec<String>,
-    /// Outer folds.
-    #[arg(long, default_value_t = 5)]
-    folds: usize,
-    /// Maximum epochs per fold.
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
-    /// Early stopping patience (epochs without a better validation loss).
-    #[arg(long, default_value_t = 10)]
-    patience: usize,
+    /// Parts that train: all, layer4,fc (the paper) or LAYER+ (from that layer on)
+    /// [default: all].
+    #[arg(long)]
+    train_layers: Option<String>,
+    /// Channel sets, comma-separated: flair, t1w, flair+t1w [default: flair].
+    #[arg(long, value_delimiter = ',')]
+    modality: Option<Vec<String>>,
+    /// Outer folds [default: 5].
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Maximum epochs per fold [default: 30].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Early stopping patience (epochs without a better validation loss) [default: 10].
+    #[arg(long)]
+    patience: Option<usize>,
     /// ReduceLROnPlateau patience: epochs without a better validation loss before the learning
-    /// rate drops tenfold.
-    #[arg(long, default_value_t = 5)]
-    plateau_patience: usize,
-    /// Samples per optimizer step.
-    #[arg(long, default_value_t = 2)]
-    batch_size: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// rate drops tenfold [default: 5].
+    #[arg(long)]
+    plateau_patience: Option<usize>,
+    /// Samples per optimizer step [default: 2].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam learning rate [default: 0.001].
+    #[arg(long)]
+    lr: Option<f64>,
     /// participants.tsv column to group folds by (e.g. acquisition); leave-one-group-out when it
     /// has no more values than --folds.
     #[arg(long)]
@@ -168,13 +184,13 @@ struct CvArgs {
     /// participants.tsv column with the dataset's own train/test split (e.g. split).
     #[arg(long)]
     split_column: Option<String>,
-    /// Model grid voxel size in mm.
-    #[arg(long, default_value_t = 2.0)]
-    voxel_mm: f64,
+    /// Model grid voxel size in mm [default: 2].
+    #[arg(long)]
+    voxel_mm: Option<f64>,
     /// Model grid field of view in mm: one value for a cube or three (R,A,S); the grid shape is
-    /// this / --voxel-mm. A smaller box around the head trains faster.
-    #[arg(long, value_delimiter = ',', num_args = 1..=3, default_values_t = [192.0, 224.0, 192.0])]
-    fov_mm: Vec<f64>,
+    /// this / --voxel-mm. A smaller box around the head trains faster [default: 192,224,192].
+    #[arg(long, value_delimiter = ',', num_args = 1..=3)]
+    fov_mm: Option<Vec<f64>>,
     /// Start every fold from an exported model package (fine-tuning on new data); the report
     /// gets a before/after table. Architecture and channels must match the package's.
     #[arg(long)]
@@ -189,15 +205,15 @@ struct CvArgs {
     /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Random rotation range in degrees (0 = off).
-    #[arg(long, default_value_t = 15.0)]
-    rotate_deg: f64,
+    /// Random rotation range in degrees (0 = off) [default: 15].
+    #[arg(long)]
+    rotate_deg: Option<f64>,
     /// Random left-right flips.
     #[arg(long)]
     flip: bool,
-    /// Random intensity scaling range (1 ± this; 0 = off).
-    #[arg(long, default_value_t = 0.1)]
-    intensity: f64,
+    /// Random intensity scaling range (1 ± this; 0 = off) [default: 0.1].
+    #[arg(long)]
+    intensity: Option<f64>,
     /// How the exported package's decision threshold is chosen on the calibrated out-of-fold
     /// probabilities: the highest one keeping --target-sensitivity (triage), or Youden's J.
     /// Applied after training: another rule on a finished run re-reports without retraining.
@@ -219,59 +235,58 @@ enum RuleName {
 
 impl CvArgs {
     fn config(self) -> anyhow::Result<CvConfig> {
-        let pretrained = self
+        // The preset's recipe (or the defaults), then every option given on the command line.
+        let mut c = self.preset.map_or_else(CvConfig::default, Preset::config);
+        c.data = self.data;
+        c.pretrained = self
             .pretrained
             .iter()
             .map(|p| (!p.eq_ignore_ascii_case("none")).then(|| PathBuf::from(p)))
             .collect();
-        let modalities = self
-            .modality
-            .iter()
-            .map(|m| parse_modalities(m))
-            .collect::<Result<Vec<_>, _>>()?;
-        let fov_mm = match self.fov_mm[..] {
-            [f] => [f; 3],
-            [r, a, s] => [r, a, s],
-            _ => anyhow::bail!(
-                "--fov-mm takes one value (a cube) or three (R,A,S), got {:?}",
-                self.fov_mm
-            ),
+        if let Some(m) = self.modality {
+            c.modalities = m.iter().map(|m| parse_modalities(m)).collect::<Result<Vec<_>, _>>()?;
+        }
+        if let Some(fov) = self.fov_mm {
+            c.fov_mm = match fov[..] {
+                [f] => [f; 3],
+                [r, a, s] => [r, a, s],
+                _ => anyhow::bail!("--fov-mm takes one value (a cube) or three (R,A,S), got {fov:?}"),
+            };
+        }
+        fn set<T>(slot: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        set(&mut c.archs, self.arch);
+        set(&mut c.layout, self.layout);
+        set(&mut c.width_mult, self.width_mult);
+        set(&mut c.pooling, self.pooling);
+        set(&mut c.roi_weight, self.roi_weight);
+        set(&mut c.train_layers, self.train_layers);
+        set(&mut c.folds, self.folds);
+        set(&mut c.epochs, self.epochs);
+        set(&mut c.patience, self.patience);
+        set(&mut c.plateau_patience, self.plateau_patience);
+        set(&mut c.batch_size, self.batch_size);
+        set(&mut c.lr, self.lr);
+        set(&mut c.voxel_mm, self.voxel_mm);
+        set(&mut c.augment.rotation_deg, self.rotate_deg);
+        set(&mut c.augment.intensity, self.intensity);
+        c.augment.flip |= self.flip;
+        c.group_by = self.group_by;
+        c.split_column = self.split_column;
+        c.recalibrate_bn = !self.no_recalibrate_bn;
+        c.init_from = self.init_from;
+        c.seed = self.seed;
+        c.device = self.device;
+        c.threshold_rule = match self.threshold_rule {
+            RuleName::Sensitivity => ThresholdRule::Sensitivity {
+                target: self.target_sensitivity,
+            },
+            RuleName::Youden => ThresholdRule::Youden,
         };
-        Ok(CvConfig {
-            data: self.data,
-            archs: self.arch,
-            layout: self.layout,
-            width_mult: self.width_mult,
-            pretrained,
-            train_layers: self.train_layers,
-            modalities,
-            folds: self.folds,
-            epochs: self.epochs,
-            patience: self.patience,
-            plateau_patience: self.plateau_patience,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            group_by: self.group_by,
-            split_column: self.split_column,
-            voxel_mm: self.voxel_mm,
-            fov_mm,
-            recalibrate_bn: !self.no_recalibrate_bn,
-            init_from: self.init_from,
-            seed: self.seed,
-            device: self.device,
-            augment: Augment {
-                rotation_deg: self.rotate_deg,
-                flip: self.flip,
-                intensity: self.intensity,
-            },
-            threshold_rule: match self.threshold_rule {
-                RuleName::Sensitivity => ThresholdRule::Sensitivity {
-                    target: self.target_sensitivity,
-                },
-                RuleName::Youden => ThresholdRule::Youden,
-            },
-            ..CvConfig::default()
-        })
+        Ok(c)
     }
 }
 
@@ -468,5 +483,57 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cv_config(args: &[&str]) -> CvConfig {
+        let cli = Cli::try_parse_from(["fcdtrain", "cv", "--data", "D", "--out", "R"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Cv(args) => args.config().unwrap(),
+            other => panic!("not cv: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_preset_sets_the_recipe_and_explicit_options_override_it() {
+        assert_eq!(
+            cv_config(&[]),
+            CvConfig {
+                data: "D".into(),
+                ..CvConfig::default()
+            }
+        );
+        let quick = cv_config(&["--preset", "quick"]);
+        assert_eq!(
+            quick,
+            CvConfig {
+                data: "D".into(),
+                ..Preset::Quick.config()
+            }
+        );
+        assert_eq!(quick.pooling, Pooling::Lse { sharpness: 8.0 });
+        let tuned = cv_config(&[
+            "--preset",
+            "quick",
+            "--epochs",
+            "3",
+            "--pooling",
+            "mean",
+            "--fov-mm",
+            "150",
+        ]);
+        assert_eq!(
+            (tuned.epochs, tuned.pooling, tuned.fov_mm),
+            (3, Pooling::Mean, [150.0; 3])
+        );
+        assert_eq!(
+            (tuned.width_mult, tuned.roi_weight),
+            (0.125, 5.0),
+            "the rest stays the preset's"
+        );
     }
 }

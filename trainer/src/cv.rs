@@ -123,21 +123,34 @@ pub struct Metrics {
     pub specificity: f64,
     #[serde(with = "nan_null")]
     pub macro_f1: f64,
+    /// Fraction of the fold's lesion subjects with a ROI whose heatmap hotspot lies within
+    /// 10 mm of the ROI (NaN in runs from before it was measured).
+    #[serde(with = "nan_null", default = "nan")]
+    pub hit_10mm: f64,
+    /// The same within 2 mm (inside the lesion, up to resampling).
+    #[serde(with = "nan_null", default = "nan")]
+    pub hit_2mm: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 impl Metrics {
     /// Metric names in report order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "accuracy",
         "roc_auc",
         "heat_score",
         "sensitivity",
         "specificity",
         "macro_f1",
+        "hit_10mm",
+        "hit_2mm",
     ];
 
     /// Values in [`Metrics::NAMES`] order.
-    pub fn values(&self) -> [f64; 6] {
+    pub fn values(&self) -> [f64; 8] {
         [
             self.accuracy,
             self.roc_auc,
@@ -145,11 +158,13 @@ impl Metrics {
             self.sensitivity,
             self.specificity,
             self.macro_f1,
+            self.hit_10mm,
+            self.hit_2mm,
         ]
     }
 
     /// From values in [`Metrics::NAMES`] order.
-    pub fn from_values(v: [f64; 6]) -> Self {
+    pub fn from_values(v: [f64; 8]) -> Self {
         Self {
             accuracy: v[0],
             roc_auc: v[1],
@@ -157,6 +172,8 @@ impl Metrics {
             sensitivity: v[3],
             specificity: v[4],
             macro_f1: v[5],
+            hit_10mm: v[6],
+            hit_2mm: v[7],
         }
     }
 }
@@ -189,6 +206,10 @@ pub struct Prediction {
     /// Heat-Score of the Grad-CAM (lesion subjects with a ROI; `None` also when the map is flat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heat_score: Option<f64>,
+    /// Distance in mm from the Grad-CAM hotspot (its maximum on the model grid) to the nearest
+    /// ROI voxel, 0 inside (lesion subjects with a ROI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotspot_distance_mm: Option<f64>,
     /// What was odd about this subject (e.g. a flat map), for the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -522,6 +543,7 @@ fn run_fold(
         batch_size: config.batch_size,
         lr: config.lr,
         augment: config.augment.clone(),
+        roi_weight: config.roi_weight,
         seed,
         recalibrate_bn: config.recalibrate_bn,
         label: format!("{} {}", exp.name, fold.name),
@@ -564,12 +586,16 @@ fn evaluate_test(
     let (probs, _) = evaluate(model, test, batch_size, device);
     let labels: Vec<bool> = test.iter().map(|s| s.label).collect();
     let mut predictions = Vec::new();
-    let mut heat_scores = Vec::new();
+    let (mut heat_scores, mut distances) = (Vec::new(), Vec::new());
     for (s, &p) in test.iter().zip(&probs) {
-        let mut note = None;
+        let (mut note, mut hotspot_distance_mm) = (None, None);
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
                 let (hs, heat) = heat_of(model, s, roi, device)?;
+                // Tensor axes are the grid's k, j, i.
+                let [si, sj, sk] = s.grid.affine.spacing();
+                hotspot_distance_mm = hotspot_distance(&heat, roi, &s.foreground(), [sk, sj, si]);
+                distances.push(hotspot_distance_mm);
                 if let Some(dir) = cam_dir {
                     write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
                 }
@@ -589,9 +615,19 @@ fn evaluate_test(
             label: s.label,
             probability: p,
             heat_score: heat,
+            hotspot_distance_mm,
             note,
         });
     }
+    // A flat or missing map counts as a miss.
+    let hit = |radius: f64| {
+        let hits = distances.iter().filter(|d| d.is_some_and(|d| d <= radius)).count();
+        if distances.is_empty() {
+            f64::NAN
+        } else {
+            hits as f64 / distances.len() as f64
+        }
+    };
     let c = Confusion::at(&labels, &probs, 0.5);
     let metrics = Metrics {
         accuracy: c.accuracy(),
@@ -600,6 +636,8 @@ fn evaluate_test(
         sensitivity: c.sensitivity(),
         specificity: c.specificity(),
         macro_f1: c.macro_f1(),
+        hit_10mm: hit(10.0),
+        hit_2mm: hit(2.0),
     };
     Ok((predictions, metrics))
 }
@@ -640,9 +678,60 @@ pub fn heat_of(
     Ok((hs, heat))
 }
 
+/// Distance in mm from the hottest foreground voxel of `heat` (model grid, voxels of
+/// `voxel_mm`) to the nearest ROI voxel: 0 inside the ROI; `None` for a map without a positive
+/// maximum or an empty ROI.
+fn hotspot_distance(
+    heat: &Array3<f32>,
+    roi: &Array3<bool>,
+    foreground: &Array3<bool>,
+    voxel_mm: [f64; 3],
+) -> Option<f64> {
+    let (mut best, mut at) = (0.0f32, None);
+    for ((index, &v), &fg) in heat.indexed_iter().zip(foreground) {
+        if fg && v > best {
+            (best, at) = (v, Some(index));
+        }
+    }
+    let (i, j, k) = at?;
+    roi.indexed_iter()
+        .filter(|(_, r)| **r)
+        .map(|((a, b, c), _)| {
+            let d = [
+                (a as f64 - i as f64) * voxel_mm[0],
+                (b as f64 - j as f64) * voxel_mm[1],
+                (c as f64 - k as f64) * voxel_mm[2],
+            ];
+            (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt()
+        })
+        .min_by(f64::total_cmp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hotspot_distance_is_zero_inside_and_in_mm_outside() {
+        let mut roi = Array3::from_elem((10, 10, 10), false);
+        roi[[2, 2, 2]] = true;
+        let foreground = Array3::from_elem((10, 10, 10), true);
+        let mut heat = Array3::<f32>::zeros((10, 10, 10));
+        heat[[2, 2, 2]] = 1.0;
+        assert_eq!(hotspot_distance(&heat, &roi, &foreground, [2.0; 3]), Some(0.0));
+        heat[[2, 2, 2]] = 0.0;
+        heat[[2, 5, 6]] = 1.0;
+        assert_eq!(hotspot_distance(&heat, &roi, &foreground, [2.0; 3]), Some(10.0));
+        // Outside the head does not count; a map without a positive value has no hotspot.
+        heat[[9, 9, 9]] = 5.0;
+        let mut head = foreground.clone();
+        head[[9, 9, 9]] = false;
+        assert_eq!(hotspot_distance(&heat, &roi, &head, [2.0; 3]), Some(10.0));
+        assert_eq!(
+            hotspot_distance(&Array3::zeros((10, 10, 10)), &roi, &foreground, [2.0; 3]),
+            None
+        );
+    }
 
     #[test]
     fn stratified_folds_partition_and_balance() {

@@ -495,7 +495,7 @@ fn heatmap_reference(
                     None => map,
                 })
             };
-            sum_pp = add(sum_pp, grad_cam_pp(a.view(), fc, class)?);
+            sum_pp = add(sum_pp, grad_cam_pp(a.view(), fc, class, exp.arch.pooling)?);
             sum_cam = add(sum_cam, grad_cam(a.view(), fc, class)?);
         }
         let n = models.len() as f32;

@@ -58,9 +58,9 @@ fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
 
 /// Mean and standard deviation over folds, per metric (NaN folds left out).
 pub fn summary(folds: &[FoldResult]) -> (Metrics, Metrics) {
-    let mut mean = [0.0; 6];
-    let mut std = [0.0; 6];
-    for m in 0..6 {
+    let mut mean = [0.0; Metrics::NAMES.len()];
+    let mut std = [0.0; Metrics::NAMES.len()];
+    for m in 0..Metrics::NAMES.len() {
         let values: Vec<f64> = folds.iter().map(|f| f.metrics.values()[m]).collect();
         (mean[m], std[m]) = mean_std(&values);
     }
@@ -110,6 +110,10 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
         "- Heat-Score: Grad-CAM (autodiff, output of the last block, class fcd) upsampled onto the model grid by cubic B-spline interpolation (the spline passes through every feature value; its peak may fall between feature centres); a flat map has no Heat-Score and is left out of the mean (the run goes on); background = **{}** (Lasagni et al.: min-max normalised map, (mean in ROI − mean in background) / std of background), mean over the lesion subjects of each test fold.",
         background_description()
     );
+    let _ = writeln!(
+        md,
+        "- Hotspot ≤ 10 mm / ≤ 2 mm: the share of each test fold's lesion subjects whose Grad-CAM maximum (on the model grid, inside the head) lies within 10 mm / 2 mm of the ROI; a flat map counts as a miss."
+    );
     if run.resumed > 0 {
         let _ = writeln!(
             md,
@@ -119,16 +123,16 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
     }
     let _ = writeln!(
         md,
-        "\n| Model | TL | Modality | Accuracy ± std | ROC-AUC ± std | Heat-Score | Sensitivity | Specificity | Macro-F1 | Folds |"
+        "\n| Model | TL | Modality | Accuracy ± std | ROC-AUC ± std | Heat-Score | Sensitivity | Specificity | Macro-F1 | Hotspot ≤ 10 mm | Hotspot ≤ 2 mm | Folds |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut experiments = serde_json::Map::new();
-    let mut csv = String::from("experiment,fold,accuracy,roc_auc,heat_score,sensitivity,specificity,macro_f1\n");
+    let mut csv = format!("experiment,fold,{}\n", Metrics::NAMES.join(","));
     for (exp, folds) in &run.experiments {
         let (mean, std) = summary(folds);
         let _ = writeln!(
             md,
-            "| {} (×{}, {:?}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} (×{}, {:?}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             exp.arch.name(),
             exp.arch.width_mult,
             exp.arch.layout,
@@ -140,6 +144,8 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
             pm(mean.sensitivity, std.sensitivity),
             pm(mean.specificity, std.specificity),
             pm(mean.macro_f1, std.macro_f1),
+            pm(mean.hit_10mm, std.hit_10mm),
+            pm(mean.hit_2mm, std.hit_2mm),
             folds.len()
         );
         for f in folds {

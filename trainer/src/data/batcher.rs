@@ -411,8 +411,14 @@ fn write_cache(
 
 /// A training copy of `sample`'s tensor: rotated about the grid centre by random angles in
 /// ±`rotation_deg` (resampling each channel on a rotated grid through LPS mm, trilinear, 0
-/// outside), optionally flipped left-right and scaled in intensity.
-pub fn augment(sample: &Sample, options: &Augment, rng: &mut impl Rng) -> Result<Array4<f32>, PrepareError> {
+/// outside), optionally flipped left-right and scaled in intensity; with it the lesion ROI
+/// (when the sample has one) moved the same way, as a fraction in [0, 1] per voxel.
+pub fn augment(
+    sample: &Sample,
+    options: &Augment,
+    rng: &mut impl Rng,
+) -> Result<(Array4<f32>, Option<Array3<f32>>), PrepareError> {
+    let mut roi = sample.roi.as_ref().map(|r| r.mapv(f32::from));
     let mut tensor = if options.rotation_deg > 0.0 {
         let max = options.rotation_deg.to_radians();
         let angles: [f64; 3] = std::array::from_fn(|_| rng.random_range(-max..=max));
@@ -420,31 +426,38 @@ pub fn augment(sample: &Sample, options: &Augment, rng: &mut impl Rng) -> Result
             what: format!("{}: rotated grid", sample.id),
             source,
         })?;
-        let mut out = Array4::zeros(sample.tensor.raw_dim());
-        for (c, channel) in sample.tensor.axis_iter(Axis(0)).enumerate() {
+        // The rotated grid's voxel (i, j, k) takes the image at its LPS position; put it back at
+        // model voxel (i, j, k): a rotation of the content about the centre.
+        let rotate = |map: &Array3<f32>, what: &str| {
             let err = |source| PrepareError::Resample {
-                what: format!("{}: channel {c} rotation", sample.id),
+                what: format!("{}: {what} rotation", sample.id),
                 source,
             };
-            let volume = tensor_to_volume(&channel.to_owned(), &sample.grid).map_err(err)?;
-            // The rotated grid's voxel (i, j, k) takes the image at its LPS position; put it
-            // back at model voxel (i, j, k): a rotation of the content about the centre.
+            let volume = tensor_to_volume(map, &sample.grid).map_err(err)?;
             let resampled = volume.resample(&rotated, Interp::Linear, 0.0).map_err(err)?;
+            Ok::<_, PrepareError>(resampled.data().view().reversed_axes().to_owned())
+        };
+        let mut out = Array4::zeros(sample.tensor.raw_dim());
+        for (c, channel) in sample.tensor.axis_iter(Axis(0)).enumerate() {
             out.index_axis_mut(Axis(0), c)
-                .assign(&resampled.data().view().reversed_axes());
+                .assign(&rotate(&channel.to_owned(), &format!("channel {c}"))?);
         }
+        roi = roi.map(|r| rotate(&r, "ROI")).transpose()?;
         out
     } else {
         sample.tensor.clone()
     };
     if options.flip && rng.random_bool(0.5) {
         tensor.invert_axis(Axis(3));
+        if let Some(r) = roi.as_mut() {
+            r.invert_axis(Axis(2));
+        }
     }
     if options.intensity > 0.0 {
         let s = 1.0 + rng.random_range(-options.intensity..=options.intensity) as f32;
         tensor.mapv_inplace(|v| v * s);
     }
-    Ok(tensor)
+    Ok((tensor, roi))
 }
 
 /// `grid` rotated about its centre by `angles` (radians, about the x, y and z axes of LPS).

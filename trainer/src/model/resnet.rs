@@ -11,8 +11,8 @@ use burn::module::Module;
 use burn::nn::conv::Conv3d;
 use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
-use fcdnode::package::arch::ArchSpec;
+use burn::tensor::{Device, Tensor, TensorData};
+use fcdnode::package::arch::{ArchSpec, Pooling};
 use fcdnode::package::weights::Weights;
 
 use super::ModelError;
@@ -309,7 +309,8 @@ impl ResNet3d {
         (self.head(x.clone()), x)
     }
 
-    /// The head: global average pool over the feature voxels, then the linear classifier.
+    /// The head: the linear classifier pooled over the feature voxels as the spec's
+    /// [`Pooling`] says (the mean: global average pooling, then the classifier).
     ///
     /// # Shapes
     ///
@@ -317,8 +318,53 @@ impl ResNet3d {
     /// - output: `[batch, num_classes]`
     pub fn head(&self, features: Tensor<5>) -> Tensor<2> {
         let [b, c, d, h, w] = features.dims();
-        let pooled = features.reshape([b, c, d * h * w]).mean_dim(2).reshape([b, c]);
-        self.fc.forward(pooled)
+        match self.arch.pooling {
+            // The classifier is linear, so pooling first is the same and cheaper.
+            Pooling::Mean => self
+                .fc
+                .forward(features.reshape([b, c, d * h * w]).mean_dim(2).reshape([b, c])),
+            Pooling::Lse { sharpness } => {
+                let classes = self.arch.num_classes;
+                let scores = self
+                    .voxel_scores(features)
+                    .reshape([b, classes, d * h * w])
+                    .mul_scalar(sharpness);
+                // A stable log-mean-exp over the voxels.
+                let peak = scores.clone().max_dim(2).detach();
+                let lse = (scores - peak.clone()).exp().mean_dim(2).log() + peak;
+                lse.reshape([b, classes]).div_scalar(sharpness)
+            }
+        }
+    }
+
+    /// The classifier at every feature voxel: `M_c(v) = Σ_k w_ck A_k(v) + b_c`. With
+    /// log-mean-exp pooling class 0 is the reference, pinned at 0 (its classifier row is zeroed
+    /// here and in [`Self::to_weights`]), so `M_1` is the per-voxel log-odds of a two-class
+    /// head and Grad-CAM of class 1 shows exactly it (less the bias).
+    ///
+    /// # Shapes
+    ///
+    /// - features: `[batch, feature_channels, fd, fh, fw]`
+    /// - output: `[batch, num_classes, fd, fh, fw]`
+    pub fn voxel_scores(&self, features: Tensor<5>) -> Tensor<5> {
+        let [b, c, d, h, w] = features.dims();
+        let classes = self.arch.num_classes;
+        let scores = self.fc.forward(features.reshape([b, c, d * h * w]).swap_dims(1, 2));
+        let scores = match self.arch.pooling {
+            Pooling::Mean => scores,
+            Pooling::Lse { .. } => {
+                let mask = self.pinned_mask(&scores.device());
+                scores * mask
+            }
+        };
+        scores.swap_dims(1, 2).reshape([b, classes, d, h, w])
+    }
+
+    /// `[1, 1, classes]`: 0 for the reference class 0, 1 for the others.
+    fn pinned_mask(&self, device: &Device) -> Tensor<3> {
+        let classes = self.arch.num_classes;
+        let mask: Vec<f32> = (0..classes).map(|c| if c == 0 { 0.0 } else { 1.0 }).collect();
+        Tensor::<1>::from_data(TensorData::new(mask, [classes]), device).reshape([1, 1, classes])
     }
 
     fn layers(&self) -> [&Vec<ResBlock>; 4] {
@@ -337,6 +383,14 @@ impl ResNet3d {
             }
         }
         self.fc.export("fc", &mut out)?;
+        if matches!(self.arch.pooling, Pooling::Lse { .. }) {
+            // The reference class as the forward pass sees it (see `voxel_scores`).
+            for name in ["fc.weight", "fc.bias"] {
+                if let Some(tensor) = out.0.get_mut(name) {
+                    tensor.index_axis_mut(ndarray::Axis(0), 0).fill(0.0);
+                }
+            }
+        }
         Ok(out)
     }
 

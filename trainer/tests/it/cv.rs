@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use burn::tensor::Device;
 use fcdnode::infer::{CamMethod, Ensemble, runtime};
+use fcdnode::package::arch::Pooling;
 use fcdnode::package::manifest::{Modality, ModelPackage};
 use fcdnode::preprocess::ModelInput;
 use fcdnode::synth::{self, CohortOptions};
@@ -38,6 +39,10 @@ fn tiny(data: &Path) -> CvConfig {
         epochs: 2,
         voxel_mm: 4.0,
         fov_mm: [160.0, 192.0, 160.0],
+        // The quick recipe's head and loss, so the end-to-end path (training, export, ORT
+        // agreement) runs through them.
+        pooling: Pooling::Lse { sharpness: 8.0 },
+        roi_weight: 5.0,
         ..CvConfig::default()
     }
 }
@@ -216,12 +221,25 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
 #[test]
 fn logits_of_the_exported_graph_equal_burn() {
     // Issue 5 parity on logits directly: the ONNX writer's graph under ORT vs burn forward.
+    for pooling in [Pooling::Mean, Pooling::Lse { sharpness: 8.0 }] {
+        exported_logits_equal_burn(pooling);
+    }
+}
+
+fn exported_logits_equal_burn(pooling: Pooling) {
     use fcdnode::package::onnx::write_onnx;
     use fcdnode::package::weights::Weights;
     let tmp = tempfile::tempdir().unwrap();
     let mut arch = fcdnode::package::arch::ArchSpec::from_name("resnet10").unwrap();
     arch.width_mult = 0.125;
-    let weights = Weights::random(&arch, 3);
+    arch.pooling = pooling;
+    let device = Device::flex();
+    let model = ResNet3d::new(&arch, &device)
+        .unwrap()
+        .load_weights(&Weights::random(&arch, 3))
+        .unwrap();
+    // As export does: the weights the network computes with.
+    let weights = model.to_weights().unwrap();
     let path = tmp.path().join("m.onnx");
     write_onnx(&arch, &weights, [20, 24, 16], &path).unwrap();
     runtime::init(&runtime::find_library(None).expect("ONNX Runtime missing: run scripts/setup.sh")).unwrap();
@@ -230,8 +248,6 @@ fn logits_of_the_exported_graph_equal_burn() {
         ((b * 7 + d * 3 + h * 5 + w) % 11) as f32 / 5.0 - 1.0
     });
     let ort = runtime::run(&mut session, &input).unwrap();
-    let device = Device::flex();
-    let model = ResNet3d::new(&arch, &device).unwrap().load_weights(&weights).unwrap();
     let x = batch(
         &[
             &input.index_axis(ndarray::Axis(0), 0).to_owned(),
@@ -246,7 +262,7 @@ fn logits_of_the_exported_graph_equal_burn() {
         .iter()
         .zip(&burn)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(max <= 1e-4, "logits differ by {max}");
+    assert!(max <= 1e-4, "{pooling}: logits differ by {max}");
 }
 
 fn run_err(config: &CvConfig, out: &Path) -> String {

@@ -8,7 +8,7 @@ use std::process::Command;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use fcdnode::package::arch::{ArchSpec, Layout};
+use fcdnode::package::arch::{ArchSpec, Layout, Pooling};
 use fcdnode::package::weights::{Weights, parameter_shapes};
 use fcdnode_trainer::model::{
     MedicalNetError, ModelError, Part, ResNet3d, ResNet3dConfig, Tap, TrainLayers, grad_cam, import_medicalnet,
@@ -63,34 +63,48 @@ fn forward_shapes_match_the_arch_spec() {
 }
 
 #[test]
-fn logits_are_the_linear_head_on_mean_features() {
+fn logits_are_the_linear_head_pooled_over_the_features() {
     let device = Device::flex();
     device.seed(2);
-    let arch = small("resnet10");
-    let model = ResNet3d::new(&arch, &device)
-        .unwrap()
-        .load_weights(&Weights::random(&arch, 2))
-        .unwrap();
-    let (logits, features) = model.forward(random_input([2, 1, 24, 28, 20], &device));
-    let [b, c, d, h, w] = features.dims();
-    let z = d * h * w;
-    let feats = values(features);
-    let weights = model.to_weights().unwrap();
-    let (fc_w, fc_b) = (&weights.0["fc.weight"], &weights.0["fc.bias"]);
-    let logits = values(logits);
-    for s in 0..b {
-        for class in 0..arch.num_classes {
-            let mut expected = f64::from(fc_b[[class]]);
-            for k in 0..c {
-                let start = (s * c + k) * z;
-                let mean = feats[start..start + z].iter().map(|&v| f64::from(v)).sum::<f64>() / z as f64;
-                expected += f64::from(fc_w[[class, k]]) * mean;
+    for pooling in [Pooling::Mean, Pooling::Lse { sharpness: 4.0 }] {
+        let arch = ArchSpec {
+            pooling,
+            ..small("resnet10")
+        };
+        let model = ResNet3d::new(&arch, &device)
+            .unwrap()
+            .load_weights(&Weights::random(&arch, 2))
+            .unwrap();
+        let (logits, features) = model.forward(random_input([2, 1, 24, 28, 20], &device));
+        let [b, c, d, h, w] = features.dims();
+        let z = d * h * w;
+        let feats = values(features);
+        let weights = model.to_weights().unwrap();
+        let (fc_w, fc_b) = (&weights.0["fc.weight"], &weights.0["fc.bias"]);
+        let logits = values(logits);
+        for s in 0..b {
+            for class in 0..arch.num_classes {
+                // The classifier at every voxel, in f64.
+                let scores: Vec<f64> = (0..z)
+                    .map(|v| {
+                        let sum: f64 = (0..c)
+                            .map(|k| f64::from(fc_w[[class, k]]) * f64::from(feats[(s * c + k) * z + v]))
+                            .sum();
+                        sum + f64::from(fc_b[[class]])
+                    })
+                    .collect();
+                let expected = match pooling {
+                    Pooling::Mean => scores.iter().sum::<f64>() / z as f64,
+                    Pooling::Lse { sharpness: r } => {
+                        (scores.iter().map(|m| (r * m).exp()).sum::<f64>() / z as f64).ln() / r
+                    }
+                };
+                let got = f64::from(logits[s * arch.num_classes + class]);
+                assert!(
+                    (got - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+                    "{pooling}: {got} vs {expected}"
+                );
             }
-            let got = f64::from(logits[s * arch.num_classes + class]);
-            assert!(
-                (got - expected).abs() <= 1e-5 * expected.abs().max(1.0),
-                "{got} vs {expected}"
-            );
         }
     }
 }
@@ -377,9 +391,20 @@ fn frozen_parameters_stay_put_through_an_adam_step() {
 
 #[test]
 fn grad_cam_at_layer4_equals_the_closed_form_cam() {
+    for pooling in [Pooling::Mean, Pooling::Lse { sharpness: 4.0 }] {
+        grad_cam_equals_the_closed_form(pooling);
+    }
+}
+
+/// Grad-CAM by autodiff at `layer4` against ReLU(Σ_k w_ck A_k) / Z, which holds for both
+/// poolings (the gradient's voxel weights sum to one).
+fn grad_cam_equals_the_closed_form(pooling: Pooling) {
     let device = Device::flex();
     device.seed(6);
-    let arch = small("resnet18");
+    let arch = ArchSpec {
+        pooling,
+        ..small("resnet18")
+    };
     let model = ResNet3d::new(&arch, &device)
         .unwrap()
         .load_weights(&Weights::random(&arch, 6))
@@ -420,7 +445,10 @@ fn grad_cam_at_layer4_equals_the_closed_form_cam() {
             .iter()
             .zip(expected)
             .fold(0f64, |m, (g, e)| m.max((f64::from(*g) - e).abs()));
-        assert!(err <= 1e-4 * scale, "class {class}: max error {err} vs scale {scale}");
+        assert!(
+            err <= 1e-4 * scale,
+            "{pooling} class {class}: max error {err} vs scale {scale}"
+        );
     }
     // Another layer: a map on layer3's grid, never negative.
     let cam = grad_cam(&model, input, 1, Tap::Layer3).unwrap();
