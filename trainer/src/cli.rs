@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fcdnode::package::arch::{Layout, Pooling};
+use fcdnode::preprocess::Normalisation;
 use fcdnode_trainer::config::{CvConfig, Preset, ThresholdRule, parse_modalities};
 use fcdnode_trainer::data::bids::{Dataset, Group, ImageKind};
 
@@ -184,6 +185,11 @@ struct CvArgs {
     /// participants.tsv column with the dataset's own train/test split (e.g. split).
     #[arg(long)]
     split_column: Option<String>,
+    /// Intensity normalisation: zscore-foreground (head foreground, zero outside), zscore-nonzero
+    /// (MedicalNet's: over voxels > 0) or zscore [default: zscore-nonzero with a MedicalNet
+    /// --pretrained checkpoint, else zscore-foreground]. The manifest records it.
+    #[arg(long, value_parser = parse_normalisation)]
+    normalisation: Option<Normalisation>,
     /// Model grid voxel size in mm [default: 2].
     #[arg(long)]
     voxel_mm: Option<f64>,
@@ -222,6 +228,11 @@ struct CvArgs {
     /// Out-of-fold sensitivity the threshold must keep (with --threshold-rule sensitivity).
     #[arg(long, default_value_t = 0.9)]
     target_sensitivity: f64,
+}
+
+fn parse_normalisation(text: &str) -> Result<Normalisation, String> {
+    serde_json::from_value(serde_json::Value::String(text.trim().to_ascii_lowercase()))
+        .map_err(|_| format!("{text:?}: expected zscore-foreground, zscore-nonzero or zscore"))
 }
 
 /// `--threshold-rule` values.
@@ -274,6 +285,7 @@ impl CvArgs {
         set(&mut c.augment.rotation_deg, self.rotate_deg);
         set(&mut c.augment.intensity, self.intensity);
         c.augment.flip |= self.flip;
+        c.normalisation = self.normalisation.or(c.normalisation);
         c.group_by = self.group_by;
         c.split_column = self.split_column;
         c.recalibrate_bn = !self.no_recalibrate_bn;
@@ -506,6 +518,25 @@ mod tests {
                 data: "D".into(),
                 ..CvConfig::default()
             }
+        );
+        let medicalnet = cv_config(&["--pretrained", "resnet_10.pth"]);
+        assert_eq!(medicalnet.recipe().normalisation, Normalisation::ZscoreNonzero);
+        assert_eq!(
+            cv_config(&["--pretrained", "resnet_10.pth", "--normalisation", "zscore-foreground"]).normalisation(),
+            Normalisation::ZscoreForeground
+        );
+        assert!(
+            Cli::try_parse_from([
+                "fcdtrain",
+                "cv",
+                "--data",
+                "D",
+                "--out",
+                "R",
+                "--normalisation",
+                "minmax"
+            ])
+            .is_err()
         );
         let quick = cv_config(&["--preset", "quick"]);
         assert_eq!(

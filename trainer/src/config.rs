@@ -126,6 +126,11 @@ pub struct CvConfig {
     pub group_by: Option<String>,
     /// `participants.tsv` column holding the dataset's own `train`/`test` split.
     pub split_column: Option<String>,
+    /// Intensity normalisation; `None` = automatic: MedicalNet's z-score over non-zero voxels
+    /// when a MedicalNet checkpoint initialises any experiment (the statistics its weights were
+    /// pretrained on), else z-score over the head foreground.
+    #[serde(default)]
+    pub normalisation: Option<Normalisation>,
     /// Model grid voxel size in mm (isotropic).
     pub voxel_mm: f64,
     /// Model grid field of view in mm along R, A, S; the grid shape is this / `voxel_mm`.
@@ -177,6 +182,7 @@ impl Default for CvConfig {
             val_fraction: 0.2,
             group_by: None,
             split_column: None,
+            normalisation: None,
             voxel_mm: 2.0,
             fov_mm: [192.0, 224.0, 192.0],
             seed: 1,
@@ -293,14 +299,27 @@ pub fn parse_modalities(text: &str) -> Result<Vec<Modality>, ConfigError> {
 }
 
 impl CvConfig {
-    /// The preprocessing recipe: a RAS grid of `voxel_mm` covering `fov_mm`, z-score over the
-    /// head foreground (zero outside it).
+    /// The preprocessing recipe: a RAS grid of `voxel_mm` covering `fov_mm`, normalised as
+    /// [`Self::normalisation`] says (one recipe for every experiment of the run, so they share
+    /// the cache and compare on the same input).
     pub fn recipe(&self) -> Recipe {
         Recipe {
             voxel_mm: [self.voxel_mm; 3],
             shape: self.fov_mm.map(|f| ((f / self.voxel_mm).round() as usize).max(1)),
-            normalisation: Normalisation::ZscoreForeground,
+            normalisation: self.normalisation(),
         }
+    }
+
+    /// The normalisation in use: the chosen one, else MedicalNet's z-score over non-zero voxels
+    /// when a MedicalNet checkpoint is among the initialisations, else z-score over the head
+    /// foreground (zero outside it).
+    pub fn normalisation(&self) -> Normalisation {
+        self.normalisation
+            .unwrap_or(if self.pretrained.iter().any(Option::is_some) {
+                Normalisation::ZscoreNonzero
+            } else {
+                Normalisation::ZscoreForeground
+            })
     }
 
     /// Checks every option, naming the first bad one.
