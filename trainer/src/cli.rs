@@ -493,6 +493,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &exported.dropped {
                 println!("  weak fold dropped (--drop-weak-folds): {w}");
             }
+            match &exported.against_baseline {
+                Some(a) if a.beaten() => println!("  baseline: {}", a.describe()),
+                Some(a) => println!(
+                    "  WARNING: the model does not beat the non-learned baseline ({}): {}",
+                    fcdnode::baseline::NAME,
+                    a.describe()
+                ),
+                None => println!("  baseline: not in this run (run `fcdtrain cv` again to score it)"),
+            }
             Ok(())
         }
     }

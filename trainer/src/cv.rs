@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, CvConfig, Experiment};
 use crate::data::batcher::{PrepareError, Sample, Skip, batch, prepare};
 use crate::data::bids::{BidsError, Dataset};
+use crate::data::lesion::{BaselineOutcome, baseline_on};
 use crate::figures::{PngError, write_cam_panel};
 use crate::finetune::{FinetuneError, InitPackage};
 use crate::metrics::{Confusion, roc_auc};
@@ -258,7 +259,13 @@ pub struct RunOutcome {
     pub warnings: Vec<String>,
     /// Folds loaded from an earlier run instead of trained.
     pub resumed: usize,
+    /// The non-learned baseline on every subject it could score (it learns nothing, so one
+    /// value per subject serves every fold); also written to `RUN/baseline.json`.
+    pub baseline: BTreeMap<String, BaselineOutcome>,
 }
+
+/// `RUN/baseline.json`: the baseline per subject, for `export`'s comparison.
+pub const BASELINE_FILE: &str = "baseline.json";
 
 /// Stratified k-fold over `labels`: each class shuffled with `seed`, dealt round-robin.
 pub fn stratified_folds(labels: &[bool], k: usize, seed: u64) -> Vec<Vec<usize>> {
@@ -430,7 +437,19 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
         skipped: Vec::new(),
         warnings: dataset.warnings.clone(),
         resumed: 0,
+        baseline: BTreeMap::new(),
     };
+    for subject in &dataset.subjects {
+        match baseline_on(subject) {
+            Ok(b) => {
+                outcome.baseline.insert(subject.id.clone(), b);
+            }
+            Err(reason) => outcome.warnings.push(format!("{}: no baseline: {reason}", subject.id)),
+        }
+    }
+    let baseline_path = out.join(BASELINE_FILE);
+    let text = serde_json::to_string_pretty(&outcome.baseline).unwrap_or_default();
+    std::fs::write(&baseline_path, text).map_err(io_err(&baseline_path))?;
     for exp in experiments {
         let prepared = prepare(&dataset, &exp.modalities, &recipe, &out.join("cache"))?;
         for s in prepared.skipped {

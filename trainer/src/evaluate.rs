@@ -38,6 +38,7 @@ use serde_json::json;
 
 use crate::data::batcher::{Skip, choose_image, lesion_mask_of, read_checked};
 use crate::data::bids::{BidsError, Dataset, Group};
+use crate::data::lesion::{nearest_distance, roi_points};
 use crate::figures::{Curve, PngError, write_reliability_png, write_roc_curves_png, write_stack};
 use crate::metrics::{
     CalibrationBin, Confusion, auc_bootstrap_ci, brier_score, calibration, roc_auc, roc_curve, youden_threshold,
@@ -470,23 +471,6 @@ fn evaluate_subject(
         baseline_distance_mm,
         notes,
     })
-}
-
-/// LPS centres of the ROI's voxels (value > 0.5, as the trainer reads masks).
-fn roi_points(roi: &Volume) -> Vec<[f64; 3]> {
-    roi.data()
-        .indexed_iter()
-        .filter(|(_, v)| **v > 0.5)
-        .map(|((i, j, k), _)| roi.voxel_to_world([i as f64, j as f64, k as f64]))
-        .collect()
-}
-
-/// Distance from `p` to the nearest point, mm; `None` without points.
-pub fn nearest_distance(points: &[[f64; 3]], p: [f64; 3]) -> Option<f64> {
-    points
-        .iter()
-        .map(|q| (0..3).map(|a| (q[a] - p[a]).powi(2)).sum::<f64>().sqrt())
-        .min_by(f64::total_cmp)
 }
 
 /// Heat-Scores of `heat` against `roi` shifted by whole voxels to random places: every moved
@@ -972,14 +956,6 @@ fn montage_cases(e: &Evaluation) -> Vec<(String, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_distance_is_zero_inside_and_euclidean_outside() {
-        let pts = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
-        assert_eq!(nearest_distance(&pts, [1.0, 0.0, 0.0]), Some(0.0));
-        assert_eq!(nearest_distance(&pts, [4.0, 4.0, 0.0]), Some(5.0));
-        assert_eq!(nearest_distance(&[], [0.0; 3]), None);
-    }
 
     #[test]
     fn moved_roi_never_touches_the_real_one_and_scores_below_it() {

@@ -10,7 +10,7 @@
 //! discriminate and is refused, unless the caller keeps it ([`WeakFolds::Keep`]) or exports
 //! the other folds ([`WeakFolds::Drop`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fcdnode::explain::cam::{CamError, grad_cam, grad_cam_pp};
@@ -22,9 +22,10 @@ use ndarray::{Array2, Array3, Array4, Ix2};
 
 use crate::calibrate::{Decision, DecisionError};
 use crate::config::{CvConfig, Experiment};
-use crate::cv::{FoldResult, weights_path};
+use crate::cv::{BASELINE_FILE, FoldResult, weights_path};
 use crate::data::batcher::{batch, prepare};
 use crate::data::bids::Dataset;
+use crate::data::lesion::{BaselineFigures, BaselineOutcome, baseline_figures};
 use crate::metrics::{Confusion, roc_auc};
 use crate::model::{ModelError, ResNet3d, device_from_name};
 use crate::report::summary;
@@ -128,6 +129,41 @@ pub struct Exported {
     /// Weak folds exported anyway, and weak folds left out (`fold-2 (ROC-AUC 0.550)`).
     pub kept_weak: Vec<String>,
     pub dropped: Vec<String>,
+    /// The model against the non-learned baseline on the exported folds' test subjects; `None`
+    /// for runs from before `RUN/baseline.json` existed.
+    pub against_baseline: Option<AgainstBaseline>,
+}
+
+/// The exported folds' out-of-fold figures beside the baseline's on the same subjects.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AgainstBaseline {
+    /// Pooled out-of-fold ROC-AUC of the model.
+    pub model_roc_auc: f64,
+    /// Mean over the exported folds of the model's hotspot-within-10-mm rate.
+    pub model_hit_10mm: f64,
+    /// The baseline on the same subjects.
+    pub baseline: BaselineFigures,
+}
+
+impl AgainstBaseline {
+    /// Whether the model is at least as good as the baseline in ranking and in pointing at the
+    /// lesion (a figure the run lacks is not held against it).
+    pub fn beaten(&self) -> bool {
+        let at_least = |model: f64, baseline: f64| !(model < baseline);
+        at_least(self.model_roc_auc, self.baseline.roc_auc) && at_least(self.model_hit_10mm, self.baseline.hit_10mm)
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        format!(
+            "model ROC-AUC {:.3}, hotspot ≤ 10 mm {:.3}; baseline ROC-AUC {:.3}, hotspot ≤ 10 mm {:.3} ({} subjects, out-of-fold)",
+            self.model_roc_auc,
+            self.model_hit_10mm,
+            self.baseline.roc_auc,
+            self.baseline.hit_10mm,
+            self.baseline.subjects
+        )
+    }
 }
 
 /// One fold's held-out figures, from its predictions.
@@ -416,12 +452,34 @@ pub fn export(run: &Path, name: Option<&str>, out: &Path, options: &ExportOption
     }
     manifest.validate(&out.join(fcdnode::package::manifest::MANIFEST_FILE))?;
     manifest.save(out)?;
+    let against_baseline = read_json::<BTreeMap<String, BaselineOutcome>>(&run.join(BASELINE_FILE))
+        .ok()
+        .map(|baseline| {
+            // `results`: the exported folds.
+            let subjects = results
+                .iter()
+                .flat_map(|r| r.predictions.iter().map(|p| p.subject.as_str()));
+            let hits: Vec<f64> = results
+                .iter()
+                .map(|r| r.metrics.hit_10mm)
+                .filter(|h| h.is_finite())
+                .collect();
+            AgainstBaseline {
+                model_roc_auc: roc_auc(&labels, &raw),
+                model_hit_10mm: crate::metrics::mean_std(&hits).0,
+                baseline: baseline_figures(subjects, &baseline),
+            }
+        });
+    if let Some(a) = against_baseline.filter(|a| !a.beaten()) {
+        tracing::warn!("the model does not beat the non-learned baseline: {}", a.describe());
+    }
     Ok(Exported {
         manifest,
         graphs,
         decision,
         kept_weak,
         dropped,
+        against_baseline,
     })
 }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::calibrate::Decision;
 use crate::cv::{FoldResult, Metrics, RunOutcome};
+use crate::data::lesion::{BaselineOutcome, baseline_figures};
 use crate::figures::{PngError, write_montage, write_roc_png};
 use crate::metrics::{Confusion, mean_std, paired_t_test, roc_auc, roc_curve};
 
@@ -77,6 +78,22 @@ fn pm(mean: f64, std: f64) -> String {
 
 fn num(v: f64) -> String {
     if v.is_finite() { format!("{v:.3}") } else { "n/a".into() }
+}
+
+/// The baseline's figures on the test subjects of `folds`, as JSON.
+fn baseline_beside(folds: &[FoldResult], baseline: &BTreeMap<String, BaselineOutcome>) -> Value {
+    let subjects = folds
+        .iter()
+        .flat_map(|f| f.predictions.iter().map(|p| p.subject.as_str()));
+    let f = baseline_figures(subjects, baseline);
+    let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    json!({
+        "method": fcdnode::baseline::NAME,
+        "subjects": f.subjects,
+        "roc_auc": finite(f.roc_auc),
+        "hit_10mm": finite(f.hit_10mm),
+        "hit_2mm": finite(f.hit_2mm),
+    })
 }
 
 /// Writes every report file under `out`.
@@ -178,6 +195,7 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
                 "mean": mean,
                 "std": std,
                 "per_acquisition": per_acquisition(folds),
+                "baseline": baseline_beside(folds, &run.baseline),
             }),
         );
     }
@@ -216,6 +234,41 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
                 e.insert("before".into(), json!({"mean": b_mean, "std": b_std}));
             }
         }
+    }
+
+    // The non-learned baseline on the same test subjects.
+    let _ = writeln!(
+        md,
+        "\n## Baseline beside the model (same test subjects)\n\nThe baseline ({}) learns nothing: a model that does not beat it has not learned the lesion. Pooled ROC-AUC over every test prediction; hotspot rates over the patients with a ROI (the model's: mean over folds, its Grad-CAM maximum).\n",
+        fcdnode::baseline::NAME
+    );
+    let _ = writeln!(
+        md,
+        "| Experiment | Method | Pooled ROC-AUC | Hotspot ≤ 10 mm | Hotspot ≤ 2 mm | Subjects |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (exp, folds) in &run.experiments {
+        let (mean, _) = summary(folds);
+        let (labels, scores): (Vec<bool>, Vec<f64>) = folds
+            .iter()
+            .flat_map(|f| f.predictions.iter().map(|p| (p.label, p.probability)))
+            .unzip();
+        let b = baseline_beside(folds, &run.baseline);
+        let field = |key: &str| b[key].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | model | {} | {} | {} | {} |\n| {} | baseline | {} | {} | {} | {} |",
+            exp.name,
+            num(roc_auc(&labels, &scores)),
+            num(mean.hit_10mm),
+            num(mean.hit_2mm),
+            labels.len(),
+            exp.name,
+            num(field("roc_auc")),
+            num(field("hit_10mm")),
+            num(field("hit_2mm")),
+            b["subjects"]
+        );
     }
 
     // Per-acquisition breakdown (pooled test predictions).

@@ -2,3 +2,4 @@
 
 pub mod batcher;
 pub mod bids;
+pub mod lesion;

@@ -58,17 +58,8 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
     cohort(&data, 8);
     let run_dir = tmp.path().join("run");
     let out = Command::new(env!("CARGO_BIN_EXE_fcdtrain"))
-        .args([
-            "cv",
-            "--arch",
-            "resnet10",
-            "--width-mult",
-            "0.125",
-            "--folds",
-            "2",
-            "--epochs",
-            "2",
-        ])
+        // The quick recipe (log-mean-exp head, lesion-map loss), cut down by explicit options.
+        .args(["cv", "--preset", "quick", "--folds", "2", "--epochs", "2"])
         .args(["--voxel-mm", "4", "--data"])
         .arg(&data)
         .arg("--out")
@@ -83,6 +74,15 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         "{report}"
     );
     assert!(report.contains("head foreground outside the lesion ROI"), "{report}");
+    // The baseline beside the model, scored once per subject.
+    assert!(
+        report.contains("## Baseline beside the model (same test subjects)")
+            && report.contains("| resnet10_none_all_flair | baseline |"),
+        "{report}"
+    );
+    let baseline: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("baseline.json")).unwrap()).unwrap();
+    assert_eq!(baseline.as_object().unwrap().len(), 8, "{baseline}");
     assert!(
         report.contains("## Decision threshold and calibration (pooled out-of-fold predictions)")
             && report.contains("Rule: **the highest threshold with sensitivity ≥ 0.9**"),
@@ -99,6 +99,8 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         "sensitivity",
         "specificity",
         "macro_f1",
+        "hit_10mm",
+        "hit_2mm",
     ] {
         assert!(exp["mean"].get(key).is_some(), "mean.{key} missing: {exp}");
         assert_eq!(exp["folds"].as_array().unwrap().len(), 2);

@@ -238,3 +238,54 @@ fn folds_that_rank_backwards_ship_uncalibrated_only_when_kept() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("calibration: none"), "{stdout}");
 }
+
+/// With `RUN/baseline.json` (written by `fcdtrain cv`) export compares the model with the
+/// baseline on the exported folds' subjects and warns when the baseline is better.
+#[test]
+fn export_warns_when_the_baseline_does_better() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run(tmp.path(), &FOLDS, ThresholdRule::default());
+    let write_baseline = |flip: bool| {
+        let mut map = serde_json::Map::new();
+        for (k, fold) in FOLDS.iter().enumerate() {
+            for (i, &(label, _)) in fold.iter().enumerate() {
+                let score = if label != flip { 1.0 } else { 0.0 };
+                map.insert(
+                    format!("sub-{k}{i}"),
+                    serde_json::json!({"label": label, "score": score + i as f64 * 0.01}),
+                );
+            }
+        }
+        std::fs::write(run.join("baseline.json"), serde_json::Value::Object(map).to_string()).unwrap();
+    };
+    // A baseline that ranks every patient first: the model (pooled ROC-AUC < 1) loses to it.
+    write_baseline(false);
+    let out = fcdtrain_export(&run, &tmp.path().join("p1"), &["--min-fold-auc", "0.2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("WARNING: the model does not beat"),
+        "{stdout}"
+    );
+    let a = export(
+        &run,
+        None,
+        &tmp.path().join("p2"),
+        &ExportOptions {
+            min_fold_auc: 0.2,
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap()
+    .against_baseline
+    .unwrap();
+    assert_eq!((a.baseline.subjects, a.baseline.roc_auc), (12, 1.0));
+    assert!(a.model_roc_auc < 1.0 && !a.beaten(), "{a:?}");
+    // A baseline that ranks them last: no warning.
+    write_baseline(true);
+    let out = fcdtrain_export(&run, &tmp.path().join("p3"), &["--min-fold-auc", "0.2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("  baseline: model ROC-AUC"),
+        "{stdout}"
+    );
+}

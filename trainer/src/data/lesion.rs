@@ -1,0 +1,133 @@
+//! Where a subject's lesion is (its ROI as LPS points) and how far a hotspot lies from it; the
+//! non-learned baseline ([`fcdnode::baseline`]) on a subject, scored the same way. Used by `cv`
+//! (the baseline beside every model on the same folds) and `evaluate`.
+
+use std::collections::BTreeMap;
+
+use fcdnode::baseline;
+use fcdnode::package::manifest::Modality;
+use fcdnode::volume::Volume;
+use serde::{Deserialize, Serialize};
+
+use super::batcher::{choose_image, lesion_mask_of, read_checked};
+use super::bids::{Group, Subject};
+use crate::metrics::roc_auc;
+
+/// LPS centres of the ROI's voxels (value > 0.5, as the trainer reads masks).
+pub fn roi_points(roi: &Volume) -> Vec<[f64; 3]> {
+    roi.data()
+        .indexed_iter()
+        .filter(|(_, v)| **v > 0.5)
+        .map(|((i, j, k), _)| roi.voxel_to_world([i as f64, j as f64, k as f64]))
+        .collect()
+}
+
+/// Distance from `p` to the nearest point, mm; `None` without points.
+pub fn nearest_distance(points: &[[f64; 3]], p: [f64; 3]) -> Option<f64> {
+    points
+        .iter()
+        .map(|q| (0..3).map(|a| (q[a] - p[a]).powi(2)).sum::<f64>().sqrt())
+        .min_by(f64::total_cmp)
+}
+
+/// The baseline on one subject's FLAIR.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineOutcome {
+    /// True for `fcd`.
+    pub label: bool,
+    /// The detector's score (maximum of the smoothed z-map).
+    pub score: f64,
+    /// Distance in mm from its hotspot to the lesion ROI (patients with a ROI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance_mm: Option<f64>,
+}
+
+/// The baseline on `subject`'s FLAIR, or why it has none (no FLAIR, unreadable, no head).
+pub fn baseline_on(subject: &Subject) -> Result<BaselineOutcome, String> {
+    let flair = choose_image(subject, Modality::Flair).ok_or("no FLAIR")?;
+    let volume = read_checked(&flair.path).map_err(|e| fcdnode::error_chain(&e))?;
+    let detection = baseline::detect(&volume, &baseline::Options::default()).map_err(|e| fcdnode::error_chain(&e))?;
+    let label = subject.group == Group::Fcd;
+    let distance_mm = if label {
+        lesion_mask_of(subject, flair)
+            .0
+            .and_then(|mask| read_checked(&mask.path).ok())
+            .and_then(|roi| nearest_distance(&roi_points(&roi), detection.peak_lps))
+    } else {
+        None
+    };
+    Ok(BaselineOutcome {
+        label,
+        score: detection.score,
+        distance_mm,
+    })
+}
+
+/// The baseline's figures on a set of subjects (those it scored).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BaselineFigures {
+    /// Subjects scored.
+    pub subjects: usize,
+    /// ROC-AUC of its scores (NaN with one class).
+    pub roc_auc: f64,
+    /// Share of the patients with a ROI whose baseline hotspot lies within 10 mm of it.
+    pub hit_10mm: f64,
+    /// The same within 2 mm.
+    pub hit_2mm: f64,
+}
+
+/// [`BaselineFigures`] of `baseline` over `subjects`.
+pub fn baseline_figures<'a>(
+    subjects: impl IntoIterator<Item = &'a str>,
+    baseline: &BTreeMap<String, BaselineOutcome>,
+) -> BaselineFigures {
+    let scored: Vec<&BaselineOutcome> = subjects.into_iter().filter_map(|s| baseline.get(s)).collect();
+    let (labels, scores): (Vec<bool>, Vec<f64>) = scored.iter().map(|b| (b.label, b.score)).unzip();
+    let distances: Vec<f64> = scored.iter().filter_map(|b| b.distance_mm).collect();
+    let rate = |radius: f64| {
+        if distances.is_empty() {
+            f64::NAN
+        } else {
+            distances.iter().filter(|&&d| d <= radius).count() as f64 / distances.len() as f64
+        }
+    };
+    BaselineFigures {
+        subjects: scored.len(),
+        roc_auc: roc_auc(&labels, &scores),
+        hit_10mm: rate(10.0),
+        hit_2mm: rate(2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_distance_is_zero_inside_and_euclidean_outside() {
+        let pts = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
+        assert_eq!(nearest_distance(&pts, [1.0, 0.0, 0.0]), Some(0.0));
+        assert_eq!(nearest_distance(&pts, [4.0, 4.0, 0.0]), Some(5.0));
+        assert_eq!(nearest_distance(&[], [0.0; 3]), None);
+    }
+
+    #[test]
+    fn baseline_figures_count_only_scored_subjects() {
+        let outcome = |label, score, distance_mm| BaselineOutcome {
+            label,
+            score,
+            distance_mm,
+        };
+        let baseline = BTreeMap::from([
+            ("a".to_string(), outcome(true, 3.0, Some(0.0))),
+            ("b".to_string(), outcome(true, 1.0, Some(6.0))),
+            ("c".to_string(), outcome(false, 2.0, None)),
+            ("d".to_string(), outcome(false, 0.5, None)),
+        ]);
+        let f = baseline_figures(["a", "b", "c", "d", "unscored"], &baseline);
+        assert_eq!((f.subjects, f.roc_auc), (4, 0.75));
+        assert_eq!((f.hit_10mm, f.hit_2mm), (1.0, 0.5));
+        let controls = baseline_figures(["c", "d"], &baseline);
+        assert!(controls.roc_auc.is_nan() && controls.hit_10mm.is_nan());
+    }
+}
