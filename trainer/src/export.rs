@@ -149,7 +149,7 @@ impl AgainstBaseline {
     /// Whether the model is at least as good as the baseline in ranking and in pointing at the
     /// lesion (a figure the run lacks is not held against it).
     pub fn beaten(&self) -> bool {
-        let at_least = |model: f64, baseline: f64| !(model < baseline);
+        let at_least = |model: f64, baseline: f64| model.is_nan() || baseline.is_nan() || model >= baseline;
         at_least(self.model_roc_auc, self.baseline.roc_auc) && at_least(self.model_hit_10mm, self.baseline.hit_10mm)
     }
 
