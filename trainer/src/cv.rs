@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, CvConfig, Experiment};
 use crate::data::batcher::{PrepareError, Sample, Skip, batch, prepare};
 use crate::data::bids::{BidsError, Dataset};
-use crate::data::lesion::{BaselineOutcome, baseline_on};
+use crate::data::lesion::{BaselineOutcome, baseline_on, moved_roi_scores};
 use crate::figures::{PngError, write_cam_panel};
 use crate::finetune::{FinetuneError, InitPackage};
 use crate::metrics::{Confusion, roc_auc};
@@ -124,6 +124,10 @@ pub struct Metrics {
     pub specificity: f64,
     #[serde(with = "nan_null")]
     pub macro_f1: f64,
+    /// Mean over the fold's lesion subjects of the Heat-Score null: the same map scored against
+    /// the ROI moved to random places in the head (NaN in runs from before it was measured).
+    #[serde(with = "nan_null", default = "nan")]
+    pub heat_score_null: f64,
     /// Fraction of the fold's lesion subjects with a ROI whose heatmap hotspot lies within
     /// 10 mm of the ROI (NaN in runs from before it was measured).
     #[serde(with = "nan_null", default = "nan")]
@@ -139,10 +143,11 @@ fn nan() -> f64 {
 
 impl Metrics {
     /// Metric names in report order.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "accuracy",
         "roc_auc",
         "heat_score",
+        "heat_score_null",
         "sensitivity",
         "specificity",
         "macro_f1",
@@ -151,11 +156,12 @@ impl Metrics {
     ];
 
     /// Values in [`Metrics::NAMES`] order.
-    pub fn values(&self) -> [f64; 8] {
+    pub fn values(&self) -> [f64; 9] {
         [
             self.accuracy,
             self.roc_auc,
             self.heat_score,
+            self.heat_score_null,
             self.sensitivity,
             self.specificity,
             self.macro_f1,
@@ -165,16 +171,17 @@ impl Metrics {
     }
 
     /// From values in [`Metrics::NAMES`] order.
-    pub fn from_values(v: [f64; 8]) -> Self {
+    pub fn from_values(v: [f64; 9]) -> Self {
         Self {
             accuracy: v[0],
             roc_auc: v[1],
             heat_score: v[2],
-            sensitivity: v[3],
-            specificity: v[4],
-            macro_f1: v[5],
-            hit_10mm: v[6],
-            hit_2mm: v[7],
+            heat_score_null: v[3],
+            sensitivity: v[4],
+            specificity: v[5],
+            macro_f1: v[6],
+            hit_10mm: v[7],
+            hit_2mm: v[8],
         }
     }
 }
@@ -207,6 +214,10 @@ pub struct Prediction {
     /// Heat-Score of the Grad-CAM (lesion subjects with a ROI; `None` also when the map is flat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heat_score: Option<f64>,
+    /// Its null: the mean Heat-Score of the same map against the ROI moved to random places in
+    /// the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_score_null: Option<f64>,
     /// Distance in mm from the Grad-CAM hotspot (its maximum on the model grid) to the nearest
     /// ROI voxel, 0 inside (lesion subjects with a ROI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -605,12 +616,16 @@ fn evaluate_test(
     let (probs, _) = evaluate(model, test, batch_size, device);
     let labels: Vec<bool> = test.iter().map(|s| s.label).collect();
     let mut predictions = Vec::new();
-    let (mut heat_scores, mut distances) = (Vec::new(), Vec::new());
+    let (mut heat_scores, mut nulls, mut distances) = (Vec::new(), Vec::new(), Vec::new());
     for (s, &p) in test.iter().zip(&probs) {
-        let (mut note, mut hotspot_distance_mm) = (None, None);
+        let (mut note, mut hotspot_distance_mm, mut heat_score_null) = (None, None, None);
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
                 let (hs, heat) = heat_of(model, s, roi, device)?;
+                if hs.is_some() {
+                    heat_score_null = heat_null(&heat, roi, s);
+                    nulls.extend(heat_score_null);
+                }
                 // Tensor axes are the grid's k, j, i.
                 let [si, sj, sk] = s.grid.affine.spacing();
                 hotspot_distance_mm = hotspot_distance(&heat, roi, &s.foreground(), [sk, sj, si]);
@@ -634,6 +649,7 @@ fn evaluate_test(
             label: s.label,
             probability: p,
             heat_score: heat,
+            heat_score_null,
             hotspot_distance_mm,
             note,
         });
@@ -652,6 +668,7 @@ fn evaluate_test(
         accuracy: c.accuracy(),
         roc_auc: roc_auc(&labels, &probs),
         heat_score: crate::metrics::mean_std(&heat_scores).0,
+        heat_score_null: crate::metrics::mean_std(&nulls).0,
         sensitivity: c.sensitivity(),
         specificity: c.specificity(),
         macro_f1: c.macro_f1(),
@@ -695,6 +712,20 @@ pub fn heat_of(
         Err(e) => return Err(heat_err(e.to_string())),
     };
     Ok((hs, heat))
+}
+
+/// Moved-ROI draws per subject for the Heat-Score null.
+const NULL_DRAWS: usize = 10;
+
+/// The mean Heat-Score of `heat` against the subject's ROI moved to [`NULL_DRAWS`] random places
+/// in the head (seeded by the subject id, so reruns agree); `None` when the head has no room.
+fn heat_null(heat: &Array3<f32>, roi: &Array3<bool>, s: &Sample) -> Option<f64> {
+    let seed = s.id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let scores = moved_roi_scores(heat, roi, &s.foreground(), NULL_DRAWS, &mut rng);
+    (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
 }
 
 /// Distance in mm from the hottest foreground voxel of `heat` (model grid, voxels of

@@ -30,15 +30,14 @@ use fcdnode::package::manifest::{Modality, ModelPackage, PackageError};
 use fcdnode::pipeline::{self, Explain};
 use fcdnode::report::{self, ReportOptions, Timings};
 use fcdnode::volume::{Interp, Volume};
-use ndarray::Array3;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::data::batcher::{Skip, choose_image, lesion_mask_of, read_checked};
 use crate::data::bids::{BidsError, Dataset, Group};
-use crate::data::lesion::{nearest_distance, roi_points};
+use crate::data::lesion::{moved_roi_scores, nearest_distance, roi_points};
 use crate::figures::{Curve, PngError, write_reliability_png, write_roc_curves_png, write_stack};
 use crate::metrics::{
     CalibrationBin, Confusion, auc_bootstrap_ci, brier_score, calibration, roc_auc, roc_curve, youden_threshold,
@@ -473,64 +472,6 @@ fn evaluate_subject(
     })
 }
 
-/// Heat-Scores of `heat` against `roi` shifted by whole voxels to random places: every moved
-/// voxel inside the grid, at least 90 % of them in the head foreground, none on the real ROI.
-/// Up to `draws` scores (fewer when the head has no room); 50 tries per draw.
-pub fn moved_roi_scores(
-    heat: &Array3<f32>,
-    roi: &Array3<bool>,
-    foreground: &Array3<bool>,
-    draws: usize,
-    rng: &mut ChaCha8Rng,
-) -> Vec<f64> {
-    let voxels: Vec<[usize; 3]> = roi
-        .indexed_iter()
-        .filter(|(_, r)| **r)
-        .map(|((i, j, k), _)| [i, j, k])
-        .collect();
-    let inside: Vec<[usize; 3]> = foreground
-        .indexed_iter()
-        .filter(|(_, f)| **f)
-        .map(|((i, j, k), _)| [i, j, k])
-        .collect();
-    if voxels.is_empty() || inside.is_empty() {
-        return Vec::new();
-    }
-    let shape = heat.shape();
-    let centre: [i64; 3] =
-        std::array::from_fn(|a| (voxels.iter().map(|v| v[a] as f64).sum::<f64>() / voxels.len() as f64).round() as i64);
-    let mut scores = Vec::new();
-    for _ in 0..draws {
-        for _ in 0..50 {
-            let target = inside[rng.random_range(0..inside.len())];
-            let shift: [i64; 3] = std::array::from_fn(|a| target[a] as i64 - centre[a]);
-            let moved: Option<Vec<[usize; 3]>> = voxels
-                .iter()
-                .map(|v| {
-                    let p: [i64; 3] = std::array::from_fn(|a| v[a] as i64 + shift[a]);
-                    (0..3)
-                        .all(|a| p[a] >= 0 && (p[a] as usize) < shape[a])
-                        .then(|| p.map(|x| x as usize))
-                })
-                .collect();
-            let Some(moved) = moved else { continue };
-            let in_head = moved.iter().filter(|p| foreground[**p]).count();
-            if moved.iter().any(|p| roi[*p]) || (in_head as f64) < 0.9 * moved.len() as f64 {
-                continue;
-            }
-            let mut mask = Array3::from_elem(heat.raw_dim(), false);
-            for p in &moved {
-                mask[*p] = true;
-            }
-            if let Ok(s) = heat_score(heat, &mask, Background::ForegroundOutsideRoi(foreground)) {
-                scores.push(s);
-            }
-            break;
-        }
-    }
-    scores
-}
-
 /// The figures of a group of subjects at the model's `threshold`; the baseline is called at
 /// `baseline_threshold`, or at its Youden threshold on `rows` when `None` (the overall group:
 /// per acquisition the overall threshold is reused, one threshold per method).
@@ -955,6 +896,8 @@ fn montage_cases(e: &Evaluation) -> Vec<(String, &'static str)> {
 
 #[cfg(test)]
 mod tests {
+    use ndarray::Array3;
+
     use super::*;
 
     #[test]

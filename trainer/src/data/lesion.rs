@@ -5,8 +5,12 @@
 use std::collections::BTreeMap;
 
 use fcdnode::baseline;
+use fcdnode::explain::{Background, heat_score};
 use fcdnode::package::manifest::Modality;
 use fcdnode::volume::Volume;
+use ndarray::Array3;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::batcher::{choose_image, lesion_mask_of, read_checked};
@@ -97,6 +101,64 @@ pub fn baseline_figures<'a>(
         hit_10mm: rate(10.0),
         hit_2mm: rate(2.0),
     }
+}
+
+/// Heat-Scores of `heat` against `roi` shifted by whole voxels to random places: every moved
+/// voxel inside the grid, at least 90 % of them in the head foreground, none on the real ROI.
+/// Up to `draws` scores (fewer when the head has no room); 50 tries per draw.
+pub fn moved_roi_scores(
+    heat: &Array3<f32>,
+    roi: &Array3<bool>,
+    foreground: &Array3<bool>,
+    draws: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f64> {
+    let voxels: Vec<[usize; 3]> = roi
+        .indexed_iter()
+        .filter(|(_, r)| **r)
+        .map(|((i, j, k), _)| [i, j, k])
+        .collect();
+    let inside: Vec<[usize; 3]> = foreground
+        .indexed_iter()
+        .filter(|(_, f)| **f)
+        .map(|((i, j, k), _)| [i, j, k])
+        .collect();
+    if voxels.is_empty() || inside.is_empty() {
+        return Vec::new();
+    }
+    let shape = heat.shape();
+    let centre: [i64; 3] =
+        std::array::from_fn(|a| (voxels.iter().map(|v| v[a] as f64).sum::<f64>() / voxels.len() as f64).round() as i64);
+    let mut scores = Vec::new();
+    for _ in 0..draws {
+        for _ in 0..50 {
+            let target = inside[rng.random_range(0..inside.len())];
+            let shift: [i64; 3] = std::array::from_fn(|a| target[a] as i64 - centre[a]);
+            let moved: Option<Vec<[usize; 3]>> = voxels
+                .iter()
+                .map(|v| {
+                    let p: [i64; 3] = std::array::from_fn(|a| v[a] as i64 + shift[a]);
+                    (0..3)
+                        .all(|a| p[a] >= 0 && (p[a] as usize) < shape[a])
+                        .then(|| p.map(|x| x as usize))
+                })
+                .collect();
+            let Some(moved) = moved else { continue };
+            let in_head = moved.iter().filter(|p| foreground[**p]).count();
+            if moved.iter().any(|p| roi[*p]) || (in_head as f64) < 0.9 * moved.len() as f64 {
+                continue;
+            }
+            let mut mask = Array3::from_elem(heat.raw_dim(), false);
+            for p in &moved {
+                mask[*p] = true;
+            }
+            if let Ok(s) = heat_score(heat, &mask, Background::ForegroundOutsideRoi(foreground)) {
+                scores.push(s);
+            }
+            break;
+        }
+    }
+    scores
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         "accuracy",
         "roc_auc",
         "heat_score",
+        "heat_score_null",
         "sensitivity",
         "specificity",
         "macro_f1",

@@ -64,6 +64,7 @@ fn run(dir: &Path, folds: &[[(bool, f64); 4]], rule: ThresholdRule) -> PathBuf {
                     label,
                     probability,
                     heat_score: None,
+                    heat_score_null: None,
                     hotspot_distance_mm: None,
                     note: None,
                 })
