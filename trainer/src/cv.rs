@@ -128,6 +128,16 @@ pub struct Metrics {
     /// the ROI moved to random places in the head (NaN in runs from before it was measured).
     #[serde(with = "nan_null", default = "nan")]
     pub heat_score_null: f64,
+    /// Mean Heat-Score of the Grad-CAM++ map, the one the node shows by default (the node's
+    /// closed form from the forward features; NaN in runs from before it was measured).
+    #[serde(with = "nan_null", default = "nan")]
+    pub heat_score_gradcampp: f64,
+    /// Hotspot-within-10-mm rate of the Grad-CAM++ map.
+    #[serde(with = "nan_null", default = "nan")]
+    pub hit_10mm_gradcampp: f64,
+    /// Hotspot-within-2-mm rate of the Grad-CAM++ map.
+    #[serde(with = "nan_null", default = "nan")]
+    pub hit_2mm_gradcampp: f64,
     /// Fraction of the fold's lesion subjects with a ROI whose heatmap hotspot lies within
     /// 10 mm of the ROI (NaN in runs from before it was measured).
     #[serde(with = "nan_null", default = "nan")]
@@ -143,7 +153,7 @@ fn nan() -> f64 {
 
 impl Metrics {
     /// Metric names in report order.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 12] = [
         "accuracy",
         "roc_auc",
         "heat_score",
@@ -153,10 +163,13 @@ impl Metrics {
         "macro_f1",
         "hit_10mm",
         "hit_2mm",
+        "heat_score_gradcampp",
+        "hit_10mm_gradcampp",
+        "hit_2mm_gradcampp",
     ];
 
     /// Values in [`Metrics::NAMES`] order.
-    pub fn values(&self) -> [f64; 9] {
+    pub fn values(&self) -> [f64; 12] {
         [
             self.accuracy,
             self.roc_auc,
@@ -167,11 +180,14 @@ impl Metrics {
             self.macro_f1,
             self.hit_10mm,
             self.hit_2mm,
+            self.heat_score_gradcampp,
+            self.hit_10mm_gradcampp,
+            self.hit_2mm_gradcampp,
         ]
     }
 
     /// From values in [`Metrics::NAMES`] order.
-    pub fn from_values(v: [f64; 9]) -> Self {
+    pub fn from_values(v: [f64; 12]) -> Self {
         Self {
             accuracy: v[0],
             roc_auc: v[1],
@@ -182,6 +198,9 @@ impl Metrics {
             macro_f1: v[6],
             hit_10mm: v[7],
             hit_2mm: v[8],
+            heat_score_gradcampp: v[9],
+            hit_10mm_gradcampp: v[10],
+            hit_2mm_gradcampp: v[11],
         }
     }
 }
@@ -222,6 +241,12 @@ pub struct Prediction {
     /// ROI voxel, 0 inside (lesion subjects with a ROI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotspot_distance_mm: Option<f64>,
+    /// Heat-Score of the Grad-CAM++ map (the node's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_score_gradcampp: Option<f64>,
+    /// Distance in mm from the Grad-CAM++ hotspot to the ROI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotspot_distance_gradcampp_mm: Option<f64>,
     /// What was odd about this subject (e.g. a flat map), for the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -617,10 +642,15 @@ fn evaluate_test(
     let labels: Vec<bool> = test.iter().map(|s| s.label).collect();
     let mut predictions = Vec::new();
     let (mut heat_scores, mut nulls, mut distances) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pp_scores, mut pp_distances) = (Vec::new(), Vec::new());
     for (s, &p) in test.iter().zip(&probs) {
         let (mut note, mut hotspot_distance_mm, mut heat_score_null) = (None, None, None);
+        let (mut heat_score_gradcampp, mut hotspot_distance_gradcampp_mm) = (None, None);
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
+                (heat_score_gradcampp, hotspot_distance_gradcampp_mm) = gradcampp_of(model, s, roi, device)?;
+                pp_scores.extend(heat_score_gradcampp);
+                pp_distances.push(hotspot_distance_gradcampp_mm);
                 let (hs, heat) = heat_of(model, s, roi, device)?;
                 if hs.is_some() {
                     heat_score_null = heat_null(&heat, roi, s);
@@ -651,11 +681,13 @@ fn evaluate_test(
             heat_score: heat,
             heat_score_null,
             hotspot_distance_mm,
+            heat_score_gradcampp,
+            hotspot_distance_gradcampp_mm,
             note,
         });
     }
     // A flat or missing map counts as a miss.
-    let hit = |radius: f64| {
+    let hit = |distances: &[Option<f64>], radius: f64| {
         let hits = distances.iter().filter(|d| d.is_some_and(|d| d <= radius)).count();
         if distances.is_empty() {
             f64::NAN
@@ -672,8 +704,11 @@ fn evaluate_test(
         sensitivity: c.sensitivity(),
         specificity: c.specificity(),
         macro_f1: c.macro_f1(),
-        hit_10mm: hit(10.0),
-        hit_2mm: hit(2.0),
+        hit_10mm: hit(&distances, 10.0),
+        hit_2mm: hit(&distances, 2.0),
+        heat_score_gradcampp: crate::metrics::mean_std(&pp_scores).0,
+        hit_10mm_gradcampp: hit(&pp_distances, 10.0),
+        hit_2mm_gradcampp: hit(&pp_distances, 2.0),
     };
     Ok((predictions, metrics))
 }
@@ -701,7 +736,58 @@ pub fn heat_of(
         .try_into_vec_as::<f32>()
         .map_err(|e| heat_err(format!("{e:?}")))?;
     let map = Array3::from_shape_vec((d, h, w), values).map_err(|e| heat_err(e.to_string()))?;
-    let on_model = feature_map_volume(&map, &s.grid, model.arch().stride())
+    score_on_model_grid(&map, model, s, roi)
+}
+
+/// Grad-CAM++ of class `fcd` as the node computes it (the closed form of
+/// [`fcdnode::explain::cam::grad_cam_pp`] from the forward features and the classifier), on
+/// the model grid like [`heat_of`]: its Heat-Score and hotspot distance to the ROI.
+fn gradcampp_of(
+    model: &ResNet3d,
+    s: &Sample,
+    roi: &Array3<bool>,
+    device: &Device,
+) -> Result<(Option<f64>, Option<f64>), CvError> {
+    let heat_err = |rule: String| CvError::Heat {
+        subject: s.id.clone(),
+        rule,
+    };
+    let (_, features) = burn::module::Module::valid(model).forward(batch(&[&s.tensor], device));
+    let [_, c, d, h, w] = features.dims();
+    let values = features
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| heat_err(format!("{e:?}")))?;
+    let a = ndarray::Array4::from_shape_vec((c, d, h, w), values).map_err(|e| heat_err(e.to_string()))?;
+    let fc = model
+        .to_weights()?
+        .0
+        .remove("fc.weight")
+        .map(|w| w.into_dimensionality::<ndarray::Ix2>());
+    let Some(Ok(fc)) = fc else {
+        return Err(heat_err("the network has no 2D fc.weight".into()));
+    };
+    let map = fcdnode::explain::cam::grad_cam_pp(a.view(), &fc, 1, model.arch().pooling)
+        .map_err(|e| heat_err(e.to_string()))?;
+    let (hs, heat) = score_on_model_grid(&map, model, s, roi)?;
+    // Tensor axes are the grid's k, j, i.
+    let [si, sj, sk] = s.grid.affine.spacing();
+    Ok((hs, hotspot_distance(&heat, roi, &s.foreground(), [sk, sj, si])))
+}
+
+/// A feature-grid map upsampled onto the model grid by cubic B-spline ([`feature_map_volume`])
+/// and its Heat-Score against the head foreground outside the ROI (`None` when flat there).
+fn score_on_model_grid(
+    map: &Array3<f32>,
+    model: &ResNet3d,
+    s: &Sample,
+    roi: &Array3<bool>,
+) -> Result<(Option<f64>, Array3<f32>), CvError> {
+    let heat_err = |rule: String| CvError::Heat {
+        subject: s.id.clone(),
+        rule,
+    };
+    let on_model = feature_map_volume(map, &s.grid, model.arch().stride())
         .and_then(|v| v.resample(&s.grid, Interp::Linear, 0.0))
         .map_err(|e| heat_err(fcdnode::error_chain(&e)))?;
     let heat = on_model.data().view().reversed_axes().as_standard_layout().into_owned();

@@ -240,7 +240,7 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
     // The non-learned baseline on the same test subjects.
     let _ = writeln!(
         md,
-        "\n## Baseline beside the model (same test subjects)\n\nThe baseline ({}) learns nothing: a model that does not beat it has not learned the lesion. Pooled ROC-AUC over every test prediction; hotspot rates over the patients with a ROI (the model's: mean over folds, its Grad-CAM maximum).\n",
+        "\n## Baseline beside the model (same test subjects)\n\nThe baseline ({}) learns nothing: a model that does not beat it has not learned the lesion. Pooled ROC-AUC over every test prediction; hotspot rates over the patients with a ROI (the model's: mean over folds, the maximum of its Grad-CAM, and of the Grad-CAM++ the node shows by default, computed in the node's closed form; its Heat-Score is `heat_score_gradcampp` in metrics.json).\n",
         fcdnode::baseline::NAME
     );
     let _ = writeln!(
@@ -256,13 +256,17 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
             .unzip();
         let b = baseline_beside(folds, &run.baseline);
         let field = |key: &str| b[key].as_f64().unwrap_or(f64::NAN);
+        let auc = num(roc_auc(&labels, &scores));
         let _ = writeln!(
             md,
-            "| {} | model | {} | {} | {} | {} |\n| {} | baseline | {} | {} | {} | {} |",
+            "| {} | model, Grad-CAM | {auc} | {} | {} | {} |\n| {} | model, Grad-CAM++ (the node's default) | {auc} | {} | {} | {} |\n| {} | baseline | {} | {} | {} | {} |",
             exp.name,
-            num(roc_auc(&labels, &scores)),
             num(mean.hit_10mm),
             num(mean.hit_2mm),
+            labels.len(),
+            exp.name,
+            num(mean.hit_10mm_gradcampp),
+            num(mean.hit_2mm_gradcampp),
             labels.len(),
             exp.name,
             num(field("roc_auc")),

@@ -77,7 +77,8 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
     // The baseline beside the model, scored once per subject.
     assert!(
         report.contains("## Baseline beside the model (same test subjects)")
-            && report.contains("| resnet10_none_all_flair | baseline |"),
+            && report.contains("| resnet10_none_all_flair | baseline |")
+            && report.contains("| resnet10_none_all_flair | model, Grad-CAM++ (the node's default) |"),
         "{report}"
     );
     let baseline: serde_json::Value =
@@ -102,6 +103,9 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         "macro_f1",
         "hit_10mm",
         "hit_2mm",
+        "heat_score_gradcampp",
+        "hit_10mm_gradcampp",
+        "hit_2mm_gradcampp",
     ] {
         assert!(exp["mean"].get(key).is_some(), "mean.{key} missing: {exp}");
         assert_eq!(exp["folds"].as_array().unwrap().len(), 2);

@@ -66,6 +66,8 @@ fn run(dir: &Path, folds: &[[(bool, f64); 4]], rule: ThresholdRule) -> PathBuf {
                     heat_score: None,
                     heat_score_null: None,
                     hotspot_distance_mm: None,
+                    heat_score_gradcampp: None,
+                    hotspot_distance_gradcampp_mm: None,
                     note: None,
                 })
                 .collect(),
