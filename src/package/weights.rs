@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::ArrayD;
+use ndarray::{Array2, ArrayD};
 
 use super::arch::{ArchSpec, Block, Shortcut};
 
@@ -96,6 +96,20 @@ pub fn needs_downsample(in_channels: usize, out_channels: usize, stride: usize) 
 pub struct Weights(pub BTreeMap<String, ArrayD<f32>>);
 
 impl Weights {
+    /// The classifier `fc.weight` as a `[classes, feature_channels]` matrix (the CAMs' weights).
+    pub fn classifier(&self) -> Result<Array2<f32>, WeightsError> {
+        let name = "fc.weight";
+        let tensor = self.0.get(name).ok_or_else(|| WeightsError::Missing {
+            name: name.into(),
+            expected: vec![],
+        })?;
+        tensor.clone().into_dimensionality().map_err(|_| WeightsError::Shape {
+            name: name.into(),
+            expected: vec![],
+            found: tensor.shape().to_vec(),
+        })
+    }
+
     /// Every needed tensor is present with the right shape and finite values. Extra tensors
     /// are allowed (e.g. `num_batches_tracked`); see [`Weights::unexpected`].
     pub fn check(&self, arch: &ArchSpec) -> Result<(), WeightsError> {

@@ -643,12 +643,14 @@ fn evaluate_test(
     let mut predictions = Vec::new();
     let (mut heat_scores, mut nulls, mut distances) = (Vec::new(), Vec::new(), Vec::new());
     let (mut pp_scores, mut pp_distances) = (Vec::new(), Vec::new());
+    // The classifier the Grad-CAM++ closed form weighs the features with, once per fold.
+    let fc = model.to_weights()?.classifier().map_err(ModelError::from)?;
     for (s, &p) in test.iter().zip(&probs) {
         let (mut note, mut hotspot_distance_mm, mut heat_score_null) = (None, None, None);
         let (mut heat_score_gradcampp, mut hotspot_distance_gradcampp_mm) = (None, None);
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
-                (heat_score_gradcampp, hotspot_distance_gradcampp_mm) = gradcampp_of(model, s, roi, device)?;
+                (heat_score_gradcampp, hotspot_distance_gradcampp_mm) = gradcampp_of(model, &fc, s, roi, device)?;
                 pp_scores.extend(heat_score_gradcampp);
                 pp_distances.push(hotspot_distance_gradcampp_mm);
                 let (hs, heat) = heat_of(model, s, roi, device)?;
@@ -656,9 +658,7 @@ fn evaluate_test(
                     heat_score_null = heat_null(&heat, roi, s);
                     nulls.extend(heat_score_null);
                 }
-                // Tensor axes are the grid's k, j, i.
-                let [si, sj, sk] = s.grid.affine.spacing();
-                hotspot_distance_mm = hotspot_distance(&heat, roi, &s.foreground(), [sk, sj, si]);
+                hotspot_distance_mm = sample_hotspot_distance(&heat, roi, s);
                 distances.push(hotspot_distance_mm);
                 if let Some(dir) = cam_dir {
                     write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
@@ -724,10 +724,7 @@ pub fn heat_of(
     roi: &Array3<bool>,
     device: &Device,
 ) -> Result<(Option<f64>, Array3<f32>), CvError> {
-    let heat_err = |rule: String| CvError::Heat {
-        subject: s.id.clone(),
-        rule,
-    };
+    let heat_err = heat_error(s);
     let cam = grad_cam(model, batch(&[&s.tensor], device), 1, Tap::Layer4)?;
     let [_, d, h, w] = cam.cam.dims();
     let values: Vec<f32> = cam
@@ -744,14 +741,12 @@ pub fn heat_of(
 /// the model grid like [`heat_of`]: its Heat-Score and hotspot distance to the ROI.
 fn gradcampp_of(
     model: &ResNet3d,
+    fc: &ndarray::Array2<f32>,
     s: &Sample,
     roi: &Array3<bool>,
     device: &Device,
 ) -> Result<(Option<f64>, Option<f64>), CvError> {
-    let heat_err = |rule: String| CvError::Heat {
-        subject: s.id.clone(),
-        rule,
-    };
+    let heat_err = heat_error(s);
     let (_, features) = burn::module::Module::valid(model).forward(batch(&[&s.tensor], device));
     let [_, c, d, h, w] = features.dims();
     let values = features
@@ -759,20 +754,10 @@ fn gradcampp_of(
         .try_into_vec_as::<f32>()
         .map_err(|e| heat_err(format!("{e:?}")))?;
     let a = ndarray::Array4::from_shape_vec((c, d, h, w), values).map_err(|e| heat_err(e.to_string()))?;
-    let fc = model
-        .to_weights()?
-        .0
-        .remove("fc.weight")
-        .map(|w| w.into_dimensionality::<ndarray::Ix2>());
-    let Some(Ok(fc)) = fc else {
-        return Err(heat_err("the network has no 2D fc.weight".into()));
-    };
-    let map = fcdnode::explain::cam::grad_cam_pp(a.view(), &fc, 1, model.arch().pooling)
+    let map = fcdnode::explain::cam::grad_cam_pp(a.view(), fc, 1, model.arch().pooling)
         .map_err(|e| heat_err(e.to_string()))?;
     let (hs, heat) = score_on_model_grid(&map, model, s, roi)?;
-    // Tensor axes are the grid's k, j, i.
-    let [si, sj, sk] = s.grid.affine.spacing();
-    Ok((hs, hotspot_distance(&heat, roi, &s.foreground(), [sk, sj, si])))
+    Ok((hs, sample_hotspot_distance(&heat, roi, s)))
 }
 
 /// A feature-grid map upsampled onto the model grid by cubic B-spline ([`feature_map_volume`])
@@ -783,10 +768,7 @@ fn score_on_model_grid(
     s: &Sample,
     roi: &Array3<bool>,
 ) -> Result<(Option<f64>, Array3<f32>), CvError> {
-    let heat_err = |rule: String| CvError::Heat {
-        subject: s.id.clone(),
-        rule,
-    };
+    let heat_err = heat_error(s);
     let on_model = feature_map_volume(map, &s.grid, model.arch().stride())
         .and_then(|v| v.resample(&s.grid, Interp::Linear, 0.0))
         .map_err(|e| heat_err(fcdnode::error_chain(&e)))?;
@@ -812,6 +794,21 @@ fn heat_null(heat: &Array3<f32>, roi: &Array3<bool>, s: &Sample) -> Option<f64> 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let scores = moved_roi_scores(heat, roi, &s.foreground(), NULL_DRAWS, &mut rng);
     (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
+}
+
+/// A [`CvError::Heat`] about `s` from a rule.
+fn heat_error(s: &Sample) -> impl Fn(String) -> CvError + '_ {
+    |rule| CvError::Heat {
+        subject: s.id.clone(),
+        rule,
+    }
+}
+
+/// [`hotspot_distance`] of a heatmap on `s`'s model grid, inside its head.
+fn sample_hotspot_distance(heat: &Array3<f32>, roi: &Array3<bool>, s: &Sample) -> Option<f64> {
+    // Tensor axes are the grid's k, j, i.
+    let [si, sj, sk] = s.grid.affine.spacing();
+    hotspot_distance(heat, roi, &s.foreground(), [sk, sj, si])
 }
 
 /// Distance in mm from the hottest foreground voxel of `heat` (model grid, voxels of

@@ -18,7 +18,7 @@ use fcdnode::explain::reference_level;
 use fcdnode::package::manifest::{FoldMetrics, FoldStatus, HeatmapReference, Manifest, PackageError};
 use fcdnode::package::onnx::{OnnxError, write_onnx};
 use fcdnode::package::weights::Weights;
-use ndarray::{Array2, Array3, Array4, Ix2};
+use ndarray::{Array2, Array3, Array4};
 
 use crate::calibrate::{Decision, DecisionError};
 use crate::config::{CvConfig, Experiment};
@@ -575,14 +575,6 @@ fn heatmap_reference(
 /// The classifier weight `[classes, features]` of a fold.
 fn fc_weight(weights: &Weights) -> Result<Array2<f32>, ExportError> {
     weights
-        .0
-        .get("fc.weight")
-        .ok_or_else(|| ExportError::Heatmap {
-            rule: "the fold has no fc.weight".into(),
-        })?
-        .clone()
-        .into_dimensionality::<Ix2>()
-        .map_err(|e| ExportError::Heatmap {
-            rule: format!("fc.weight: {e}"),
-        })
+        .classifier()
+        .map_err(|e| ExportError::Heatmap { rule: e.to_string() })
 }
