@@ -11,7 +11,7 @@ use fcdnode::nifti::{self, DataType};
 use fcdnode::package::manifest::ModelPackage;
 use fcdnode::pipeline;
 use fcdnode::service;
-use fcdnode::synth::{self, CohortOptions, DicomExport, SliceOrder};
+use fcdnode::synth::{self, CohortOptions, DicomExport, KnobRange, SliceOrder};
 use fcdnode::tracker::routing::{Decision, SeriesFacts};
 use fcdnode::volume::Plane;
 
@@ -196,16 +196,23 @@ struct SynthArgs {
     /// Base isotropic voxel size in mm (each scanner group scales it).
     #[arg(long, default_value_t = 1.0)]
     voxel_mm: f64,
-    /// Lesion radius in mm (size knob).
-    #[arg(long, default_value_t = 8.0)]
-    lesion_radius: f64,
-    /// Lesion contrast, 1.0 = typical; lower makes lesions harder to see.
-    #[arg(long, default_value_t = 1.0)]
-    lesion_contrast: f64,
+    /// Lesion radius in mm (size knob): one value, or LOW..HIGH for each patient to draw from
+    /// (participants.tsv records what each got).
+    #[arg(long, default_value = "8")]
+    lesion_radius: KnobRange,
+    /// Lesion contrast, 1.0 = typical; lower makes lesions harder to see. One value or LOW..HIGH.
+    #[arg(long, default_value = "1")]
+    lesion_contrast: KnobRange,
     /// Probability that a patient is scanned on the controls' scanner (1 removes the scanner
     /// confound, 0 makes scanner and diagnosis identical).
     #[arg(long, default_value_t = 0.4)]
     confound: f64,
+    /// What makes real FCD-II hard, for patients and controls alike: non-FCD FLAIR
+    /// hyperintensities (periventricular caps, white-matter lesions, gliosis, cortical partial
+    /// volume), bright choroid plexus and septum, flow ghosts, lesions faint on FLAIR.
+    /// 0 = none, 1 mild, 2 moderate, 3 hard.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    mimics: u8,
     /// Acquisition plane of every image (NIfTI and DICOM share the grid).
     #[arg(long, value_enum, default_value_t = Plane::Axial)]
     plane: Plane,
@@ -626,6 +633,7 @@ fn synth_command(a: SynthArgs) -> anyhow::Result<()> {
         lesion_radius_mm: a.lesion_radius,
         lesion_contrast: a.lesion_contrast,
         patients_on_control_scanner: a.confound,
+        mimics: a.mimics,
         dicom: a.dicom.then(|| DicomExport {
             order: a.order,
             enhanced: a.enhanced,

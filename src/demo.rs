@@ -95,9 +95,8 @@ pub async fn run(options: &DemoOptions, base: &Config) -> Result<DemoReport, Dem
                     subjects: 2,
                     fcd_fraction: 0.5,
                     seed,
-                    // The demo model was trained on this lesion size and contrast (models/demo).
-                    lesion_radius_mm: 12.0,
-                    lesion_contrast: 1.5,
+                    // The default lesion (8 mm, contrast 1.0): models/demo was trained on lesions
+                    // down to it.
                     dicom: Some(DicomExport {
                         order: synth::SliceOrder::Asc,
                         enhanced: false,

@@ -113,7 +113,9 @@ pub(crate) fn write_flair(dir: &Path) -> Result<()> {
                 lobe: Lobe::Frontal,
                 radius_mm: 8.0,
                 contrast: 1.0,
+                flair_gain: 1.0,
             }),
+            mimics: 0,
         },
     )?;
     let grid = acquisition_grid(Plane::Sagittal, [1.0; 3], [256.0, 256.0, 176.0], [0.0, 18.0, 10.0])?;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::dicom::{self, DicomOptions, SeriesInfo};
 use super::phantom::{
-    AcquisitionSpec, Anatomy, Contrast, Hemisphere, LesionSpec, Lobe, Rendered, Subject, SubjectSpec,
+    AcquisitionSpec, Anatomy, Contrast, Hemisphere, LesionSpec, Lobe, MAX_MIMIC_LEVEL, Rendered, Subject, SubjectSpec,
 };
 use super::{SliceOrder, SynthError, preview};
 use crate::nifti::{self, DataType};
@@ -90,6 +90,72 @@ pub struct DicomExport {
     pub transfer_syntax: String,
 }
 
+/// A lesion knob: one value, or a range each patient draws from uniformly (`8` or `8..12` on the
+/// command line), so one cohort can mix easy and hard lesions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KnobRange {
+    /// Smallest value.
+    pub low: f64,
+    /// Largest value (equal to `low` for a fixed knob).
+    pub high: f64,
+}
+
+impl KnobRange {
+    /// The same value for every patient.
+    pub const fn fixed(value: f64) -> Self {
+        Self {
+            low: value,
+            high: value,
+        }
+    }
+
+    /// Whether every value of the range lies within `min..=max`, and the range is not reversed.
+    fn within(&self, min: f64, max: f64) -> bool {
+        self.low >= min && self.high <= max && self.low <= self.high
+    }
+
+    /// A value drawn uniformly and rounded to `decimals` (what `participants.tsv` records is what
+    /// is rendered); no draw for a fixed knob, so fixed-knob cohorts keep their bytes.
+    fn draw(&self, rng: &mut ChaCha8Rng, decimals: i32) -> f64 {
+        if self.high > self.low {
+            let scale = 10f64.powi(decimals);
+            (rng.random_range(self.low..=self.high) * scale).round() / scale
+        } else {
+            self.low
+        }
+    }
+}
+
+impl std::fmt::Display for KnobRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.high > self.low {
+            write!(f, "{}..{}", self.low, self.high)
+        } else {
+            write!(f, "{}", self.low)
+        }
+    }
+}
+
+/// A knob that is neither a number nor `LOW..HIGH`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is neither a number nor LOW..HIGH")]
+pub struct KnobRangeError(String);
+
+impl std::str::FromStr for KnobRange {
+    type Err = KnobRangeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |t: &str| t.trim().parse::<f64>().map_err(|_| KnobRangeError(text.to_string()));
+        match text.split_once("..") {
+            Some((low, high)) => Ok(Self {
+                low: number(low)?,
+                high: number(high)?,
+            }),
+            None => number(text).map(Self::fixed),
+        }
+    }
+}
+
 /// Everything that defines a cohort; the same options and seed give byte-identical files.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CohortOptions {
@@ -103,13 +169,17 @@ pub struct CohortOptions {
     pub voxel_mm: f64,
     /// Acquisition plane of every image.
     pub plane: Plane,
-    /// Lesion radius in mm (size knob).
-    pub lesion_radius_mm: f64,
-    /// Lesion contrast, 1.0 = typical (difficulty knob: lower is harder).
-    pub lesion_contrast: f64,
+    /// Lesion radius in mm (size knob), per patient.
+    pub lesion_radius_mm: KnobRange,
+    /// Lesion contrast, 1.0 = typical (difficulty knob: lower is harder), per patient.
+    pub lesion_contrast: KnobRange,
     /// Probability that a patient is scanned on the controls' scanner (1.0 removes the
     /// scanner confound, 0.0 makes scanner and diagnosis identical).
     pub patients_on_control_scanner: f64,
+    /// What makes real FCD-II hard (non-FCD FLAIR hyperintensities, bright choroid plexus and
+    /// septum, flow ghosts, partial volume at the cortex, lesions with a faint FLAIR sign), for
+    /// patients and controls alike: 0 (none) to 3.
+    pub mimics: u8,
     /// Scanners; the first is the controls' scanner.
     pub acquisitions: Vec<AcquisitionGroup>,
     /// Also write DICOM series.
@@ -126,9 +196,10 @@ impl Default for CohortOptions {
             seed: 42,
             voxel_mm: 1.0,
             plane: Plane::Axial,
-            lesion_radius_mm: 8.0,
-            lesion_contrast: 1.0,
+            lesion_radius_mm: KnobRange::fixed(8.0),
+            lesion_contrast: KnobRange::fixed(1.0),
             patients_on_control_scanner: 0.4,
+            mimics: 0,
             acquisitions: AcquisitionGroup::bonn_like(),
             dicom: None,
             preview: true,
@@ -155,16 +226,22 @@ impl CohortOptions {
                 format!("must be within 0.5..=8 mm, found {}", self.voxel_mm),
             );
         }
-        if !(self.lesion_radius_mm >= 2.0 && self.lesion_radius_mm <= 30.0) {
+        if !self.lesion_radius_mm.within(2.0, 30.0) {
             return bad(
                 "lesion-radius",
-                format!("must be within 2..=30 mm, found {}", self.lesion_radius_mm),
+                format!("must be within 2..=30 mm, LOW ≤ HIGH, found {}", self.lesion_radius_mm),
             );
         }
-        if !(self.lesion_contrast > 0.0 && self.lesion_contrast <= 5.0) {
+        if !(self.lesion_contrast.within(0.0, 5.0) && self.lesion_contrast.low > 0.0) {
             return bad(
                 "lesion-contrast",
-                format!("must be within (0, 5], found {}", self.lesion_contrast),
+                format!("must be within (0, 5], LOW ≤ HIGH, found {}", self.lesion_contrast),
+            );
+        }
+        if self.mimics > MAX_MIMIC_LEVEL {
+            return bad(
+                "mimics",
+                format!("must be 0..={MAX_MIMIC_LEVEL}, found {}", self.mimics),
             );
         }
         if !(0.0..=1.0).contains(&self.patients_on_control_scanner) {
@@ -209,6 +286,12 @@ pub struct Participant {
     pub hemisphere: Option<Hemisphere>,
     /// Lesion lobe for patients.
     pub lobe: Option<Lobe>,
+    /// Lesion radius in mm for patients (drawn from the cohort's range).
+    pub lesion_radius_mm: Option<f64>,
+    /// Lesion contrast for patients (drawn from the cohort's range).
+    pub lesion_contrast: Option<f64>,
+    /// Strength of the lesion's FLAIR sign for patients (1 = typical; below 1 only with mimics).
+    pub lesion_flair_gain: Option<f64>,
     /// `train` or `test`.
     pub split: &'static str,
     /// Index into [`CohortOptions::acquisitions`].
@@ -288,16 +371,40 @@ pub fn participants(options: &CohortOptions) -> Vec<Participant> {
             } else {
                 (None, None)
             };
+            let sex = if rng.random_bool(0.5) { "M" } else { "F" };
+            let seed: u64 = rng.random();
+            // Its own stream, so that cohorts with fixed knobs draw exactly what they always did.
+            let mut knobs = ChaCha8Rng::seed_from_u64(seed ^ 0x1E51_0C0B);
+            let (lesion_radius_mm, lesion_contrast, lesion_flair_gain) = if fcd {
+                // With mimics, some lesions show faintly on FLAIR and lean on their T1w signs.
+                let faintest = 1.0 - 0.25 * f64::from(options.mimics);
+                (
+                    Some(options.lesion_radius_mm.draw(&mut knobs, 1)),
+                    Some(options.lesion_contrast.draw(&mut knobs, 2)),
+                    Some(
+                        KnobRange {
+                            low: faintest,
+                            high: 1.0,
+                        }
+                        .draw(&mut knobs, 2),
+                    ),
+                )
+            } else {
+                (None, None, None)
+            };
             Participant {
                 id: format!("sub-{:05}", index + 1),
                 group: if fcd { "fcd" } else { "hc" },
-                sex: if rng.random_bool(0.5) { "M" } else { "F" },
+                sex,
                 age_scan: format!("{}-{}", age / 5 * 5, age / 5 * 5 + 5),
                 hemisphere,
                 lobe,
+                lesion_radius_mm,
+                lesion_contrast,
+                lesion_flair_gain,
                 split,
                 acquisition,
-                seed: rng.random(),
+                seed,
             }
         })
         .collect()
@@ -349,16 +456,30 @@ fn write_subject(
     let anat = out.join(&p.id).join("anat");
     create_dir(&anat)?;
     let t = Instant::now();
-    let lesion = match (p.hemisphere, p.lobe) {
-        (Some(hemisphere), Some(lobe)) => Some(LesionSpec {
+    let lesion = match (
+        p.hemisphere,
+        p.lobe,
+        p.lesion_radius_mm,
+        p.lesion_contrast,
+        p.lesion_flair_gain,
+    ) {
+        (Some(hemisphere), Some(lobe), Some(radius_mm), Some(contrast), Some(flair_gain)) => Some(LesionSpec {
             hemisphere,
             lobe,
-            radius_mm: options.lesion_radius_mm,
-            contrast: options.lesion_contrast,
+            radius_mm,
+            contrast,
+            flair_gain,
         }),
         _ => None,
     };
-    let subject = Subject::sample(anatomy, &SubjectSpec { seed: p.seed, lesion })?;
+    let subject = Subject::sample(
+        anatomy,
+        &SubjectSpec {
+            seed: p.seed,
+            lesion,
+            mimics: options.mimics,
+        },
+    )?;
     timings.render += t.elapsed();
 
     let mut lesion_flair = None;
@@ -540,9 +661,9 @@ fn write_dataset_files(out: &Path, options: &CohortOptions, participants: &[Part
             "Name": "fcdnode synth",
             "Version": env!("CARGO_PKG_VERSION"),
             "Description": format!(
-                "seed {}, {} subjects, fcd fraction {}, voxel {} mm, plane {:?}, lesion radius {} mm, contrast {}",
+                "seed {}, {} subjects, fcd fraction {}, voxel {} mm, plane {:?}, lesion radius {} mm, contrast {}, mimics {}",
                 options.seed, options.subjects, options.fcd_fraction, options.voxel_mm, options.plane,
-                options.lesion_radius_mm, options.lesion_contrast
+                options.lesion_radius_mm, options.lesion_contrast, options.mimics
             ),
         }],
         "SourceDatasets": [{"Name": "MNI ICBM152 2009a nonlinear symmetric templates (anatomy)"}],
@@ -551,16 +672,22 @@ fn write_dataset_files(out: &Path, options: &CohortOptions, participants: &[Part
         &out.join("dataset_description.json"),
         &(serde_json::to_string_pretty(&description).unwrap_or_default() + "\n"),
     )?;
-    let mut tsv = String::from("participant_id\tgroup\tsex\tage_scan\themisphere\tlobe\tsplit\tacquisition\n");
+    let mut tsv = String::from(
+        "participant_id\tgroup\tsex\tage_scan\themisphere\tlobe\tlesion_radius_mm\tlesion_contrast\tlesion_flair_gain\tsplit\tacquisition\n",
+    );
+    let knob = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v}"));
     for p in participants {
         tsv.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             p.id,
             p.group,
             p.sex,
             p.age_scan,
             p.hemisphere.map_or("n/a", hemisphere_label),
             p.lobe.map_or("n/a", lobe_label),
+            knob(p.lesion_radius_mm),
+            knob(p.lesion_contrast),
+            knob(p.lesion_flair_gain),
             p.split,
             options.acquisitions[p.acquisition].name,
         ));
@@ -572,6 +699,9 @@ fn write_dataset_files(out: &Path, options: &CohortOptions, participants: &[Part
         "age_scan": {"Description": "age at scan in 5-year bins", "Units": "years"},
         "hemisphere": {"Description": "lesion hemisphere, L or R"},
         "lobe": {"Description": "lesion lobe"},
+        "lesion_radius_mm": {"Description": "radius of the synthetic lesion", "Units": "mm"},
+        "lesion_contrast": {"Description": "contrast of the synthetic lesion, 1.0 = typical"},
+        "lesion_flair_gain": {"Description": "strength of the lesion's FLAIR sign on top of its contrast, 1.0 = typical (lower only with --mimics)"},
         "split": {"Description": "train or test (stratified 80/20)"},
         "acquisition": {"Description": "scanner/protocol group; the first holds every control"},
     });

@@ -10,7 +10,8 @@ pub mod phantom;
 pub mod preview;
 
 pub use cohort::{
-    AcquisitionGroup, CohortOptions, CohortReport, DicomExport, Participant, Timings, generate, participants,
+    AcquisitionGroup, CohortOptions, CohortReport, DicomExport, KnobRange, KnobRangeError, Participant, Timings,
+    generate, participants,
 };
 
 use std::path::PathBuf;

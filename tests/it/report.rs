@@ -1088,8 +1088,8 @@ fn demo_package() -> fcdnode::package::manifest::ModelPackage {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs `fcdnode synth` with the demo model's lesion knobs (models/demo/README.md).
-fn synth_demo_style(out: &Path, subjects: usize, seed: u64, extra: &[&str]) -> Vec<(String, String)> {
+/// Runs `fcdnode synth` (default lesion unless `extra` says otherwise); returns (subject, group).
+fn synth_cohort(out: &Path, subjects: usize, seed: u64, extra: &[&str]) -> Vec<(String, String)> {
     run_ok(
         crate::util::fcdnode()
             .args([
@@ -1100,7 +1100,6 @@ fn synth_demo_style(out: &Path, subjects: usize, seed: u64, extra: &[&str]) -> V
                 &seed.to_string(),
                 "--no-preview",
             ])
-            .args(["--lesion-radius", "12", "--lesion-contrast", "1.5", "--confound", "1"])
             .args(extra)
             .arg("--out")
             .arg(out),
@@ -1125,7 +1124,20 @@ fn demo_reference_level_is_the_median_peak_of_its_training_positives() {
     ort();
     let dir = tempdir();
     let cohort = dir.path().join("bids");
-    let subjects = synth_demo_style(&cohort, 40, 42, &["--voxel-mm", "2"]);
+    // The training cohort of models/demo/README.md.
+    let subjects = synth_cohort(
+        &cohort,
+        40,
+        42,
+        &[
+            "--voxel-mm",
+            "2",
+            "--lesion-radius",
+            "8..12",
+            "--lesion-contrast",
+            "1..1.5",
+        ],
+    );
     let package = demo_package();
     let mut ensemble = Ensemble::load(&package, Device::Cpu, 0).unwrap();
     let (mut pp, mut cam, mut controls) = (Vec::new(), Vec::new(), Vec::new());
@@ -1197,7 +1209,7 @@ fn demo_patient_and_control_overlays() {
     ort();
     let dir = tempdir();
     let cohort = dir.path().join("cohort");
-    let subjects = synth_demo_style(&cohort, 2, 2027, &["--dicom"]);
+    let subjects = synth_cohort(&cohort, 2, 2027, &["--dicom"]);
     let package = demo_package();
     let reference = package.manifest.heatmap.as_ref().and_then(|h| h.gradcampp);
     assert!(reference.is_some(), "models/demo is calibrated");

@@ -45,7 +45,9 @@ fn cohort_has_the_ds004199_layout() {
     let mut lines = tsv.lines();
     assert_eq!(
         lines.next(),
-        Some("participant_id\tgroup\tsex\tage_scan\themisphere\tlobe\tsplit\tacquisition")
+        Some(
+            "participant_id\tgroup\tsex\tage_scan\themisphere\tlobe\tlesion_radius_mm\tlesion_contrast\tlesion_flair_gain\tsplit\tacquisition"
+        )
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 4);
@@ -159,19 +161,122 @@ fn dicom_through_dcm2niix_matches_our_nifti() {
     }
 }
 
+/// `--lesion-radius LOW..HIGH`: each patient draws its own lesion, participants.tsv says which,
+/// and the rendered ROI grows with the recorded radius.
+#[test]
+fn lesion_knob_ranges_draw_per_patient() {
+    let tmp = tempdir();
+    let out = tmp.path().join("cohort");
+    synth(
+        &out,
+        &[
+            "--subjects",
+            "12",
+            "--lesion-radius",
+            "5..14",
+            "--lesion-contrast",
+            "0.8..1.5",
+            "--no-preview",
+        ],
+    );
+    let tsv = std::fs::read_to_string(out.join("participants.tsv")).unwrap();
+    let mut lesions = Vec::new();
+    for row in tsv.lines().skip(1).map(|l| l.split('\t').collect::<Vec<_>>()) {
+        if row[1] == "hc" {
+            assert_eq!((row[6], row[7], row[8]), ("n/a", "n/a", "n/a"), "{tsv}");
+            continue;
+        }
+        let radius: f64 = row[6].parse().unwrap();
+        let contrast: f64 = row[7].parse().unwrap();
+        assert!(
+            (5.0..=14.0).contains(&radius) && (0.8..=1.5).contains(&contrast),
+            "{tsv}"
+        );
+        assert_eq!(row[8], "1", "no mimics, so every FLAIR sign is typical: {tsv}");
+        let anat = out.join(row[0]).join("anat");
+        let roi = std::fs::read_dir(&anat)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with("_FLAIR_roi.nii.gz"))
+            .unwrap();
+        let voxels = nifti::read(&roi).unwrap().data().iter().filter(|&&v| v > 0.5).count();
+        lesions.push((radius, voxels));
+    }
+    lesions.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (smallest, largest) = (lesions[0], lesions[lesions.len() - 1]);
+    assert!(largest.0 - smallest.0 > 2.0, "radii barely differ: {lesions:?}");
+    assert!(largest.1 > smallest.1, "ROI does not grow with the radius: {lesions:?}");
+}
+
+/// `--mimics`: the same subjects (participants.tsv unchanged but for the FLAIR gain of the
+/// lesions, drawn within 1 − 0.25 × level ..= 1), controls' FLAIR changed, no ROI for controls.
+#[test]
+fn mimics_change_every_subject_and_only_the_lesion_gets_a_roi() {
+    let tmp = tempdir();
+    let (plain, hard) = (tmp.path().join("plain"), tmp.path().join("hard"));
+    synth(&plain, &["--subjects", "6", "--no-preview"]);
+    synth(&hard, &["--subjects", "6", "--no-preview", "--mimics", "2"]);
+    let rows = |dir: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(dir.join("participants.tsv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
+    };
+    let (plain_rows, hard_rows) = (rows(&plain), rows(&hard));
+    assert_eq!(plain_rows.len(), hard_rows.len());
+    for (a, b) in plain_rows.iter().zip(&hard_rows) {
+        let without_gain = |r: &[String]| [&r[..8], &r[9..]].concat();
+        assert_eq!(without_gain(a), without_gain(b));
+        let anat = |dir: &Path| dir.join(&a[0]).join("anat");
+        let files = |dir: &Path| {
+            let mut names: Vec<_> = std::fs::read_dir(anat(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(&plain), files(&hard), "same files, a ROI for patients only");
+        let flair = files(&plain)
+            .into_iter()
+            .find(|n| n.ends_with("_FLAIR.nii.gz"))
+            .unwrap();
+        assert_ne!(
+            std::fs::read(anat(&plain).join(&flair)).unwrap(),
+            std::fs::read(anat(&hard).join(&flair)).unwrap(),
+            "{} FLAIR unchanged by --mimics 2",
+            a[0]
+        );
+        if a[1] == "fcd" {
+            let gain: f64 = b[8].parse().unwrap();
+            assert!((0.5..=1.0).contains(&gain), "{b:?}");
+            assert_eq!(a[8], "1");
+        }
+    }
+}
+
 /// Bad options and unwritable output: a clear message, a non-zero exit, no panic.
 #[test]
 fn bad_options_fail_cleanly() {
     let tmp = tempdir();
     let out = tmp.path().join("x");
     let out = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["synth", "--out", out, "--enhanced"], "--dicom"),
         (&["synth", "--out", out, "--order", "desc"], "--dicom"),
         (&["synth", "--out", out, "--fcd-fraction", "2"], "--fcd-fraction"),
         (&["synth", "--out", out, "--subjects", "0"], "--subjects"),
         (&["synth", "--out", out, "--voxel-mm", "0"], "--voxel-mm"),
         (&["synth", "--out", out, "--lesion-radius", "100"], "--lesion-radius"),
+        (&["synth", "--out", out, "--lesion-radius", "12..8"], "--lesion-radius"),
+        (&["synth", "--out", out, "--lesion-radius", "8..big"], "LOW..HIGH"),
+        (
+            &["synth", "--out", out, "--lesion-contrast", "0..1"],
+            "--lesion-contrast",
+        ),
+        (&["synth", "--out", out, "--mimics", "4"], "--mimics"),
         (
             &["synth", "--out", out, "--dicom", "--transfer-syntax", "1.2.3"],
             "1.2.840.10008.1.2.4.80",

@@ -132,6 +132,9 @@ pub struct Metrics {
     /// closed form from the forward features; NaN in runs from before it was measured).
     #[serde(with = "nan_null", default = "nan")]
     pub heat_score_gradcampp: f64,
+    /// Its null, as `heat_score_null` is Grad-CAM's.
+    #[serde(with = "nan_null", default = "nan")]
+    pub heat_score_gradcampp_null: f64,
     /// Hotspot-within-10-mm rate of the Grad-CAM++ map.
     #[serde(with = "nan_null", default = "nan")]
     pub hit_10mm_gradcampp: f64,
@@ -153,7 +156,7 @@ fn nan() -> f64 {
 
 impl Metrics {
     /// Metric names in report order.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "accuracy",
         "roc_auc",
         "heat_score",
@@ -166,10 +169,11 @@ impl Metrics {
         "heat_score_gradcampp",
         "hit_10mm_gradcampp",
         "hit_2mm_gradcampp",
+        "heat_score_gradcampp_null",
     ];
 
     /// Values in [`Metrics::NAMES`] order.
-    pub fn values(&self) -> [f64; 12] {
+    pub fn values(&self) -> [f64; 13] {
         [
             self.accuracy,
             self.roc_auc,
@@ -183,11 +187,12 @@ impl Metrics {
             self.heat_score_gradcampp,
             self.hit_10mm_gradcampp,
             self.hit_2mm_gradcampp,
+            self.heat_score_gradcampp_null,
         ]
     }
 
     /// From values in [`Metrics::NAMES`] order.
-    pub fn from_values(v: [f64; 12]) -> Self {
+    pub fn from_values(v: [f64; 13]) -> Self {
         Self {
             accuracy: v[0],
             roc_auc: v[1],
@@ -201,6 +206,7 @@ impl Metrics {
             heat_score_gradcampp: v[9],
             hit_10mm_gradcampp: v[10],
             hit_2mm_gradcampp: v[11],
+            heat_score_gradcampp_null: v[12],
         }
     }
 }
@@ -244,6 +250,9 @@ pub struct Prediction {
     /// Heat-Score of the Grad-CAM++ map (the node's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heat_score_gradcampp: Option<f64>,
+    /// Its null (the ROI moved, as for `heat_score_null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_score_gradcampp_null: Option<f64>,
     /// Distance in mm from the Grad-CAM++ hotspot to the ROI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotspot_distance_gradcampp_mm: Option<f64>,
@@ -642,17 +651,18 @@ fn evaluate_test(
     let labels: Vec<bool> = test.iter().map(|s| s.label).collect();
     let mut predictions = Vec::new();
     let (mut heat_scores, mut nulls, mut distances) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut pp_scores, mut pp_distances) = (Vec::new(), Vec::new());
+    let (mut pp_scores, mut pp_nulls, mut pp_distances) = (Vec::new(), Vec::new(), Vec::new());
     // The classifier the Grad-CAM++ closed form weighs the features with, once per fold.
     let fc = model.to_weights()?.classifier().map_err(ModelError::from)?;
     for (s, &p) in test.iter().zip(&probs) {
         let (mut note, mut hotspot_distance_mm, mut heat_score_null) = (None, None, None);
-        let (mut heat_score_gradcampp, mut hotspot_distance_gradcampp_mm) = (None, None);
+        let mut gradcampp = CamOutcome::default();
         let heat = match (&s.roi, s.label) {
             (Some(roi), true) => {
-                (heat_score_gradcampp, hotspot_distance_gradcampp_mm) = gradcampp_of(model, &fc, s, roi, device)?;
-                pp_scores.extend(heat_score_gradcampp);
-                pp_distances.push(hotspot_distance_gradcampp_mm);
+                gradcampp = gradcampp_of(model, &fc, s, roi, device)?;
+                pp_scores.extend(gradcampp.heat_score);
+                pp_nulls.extend(gradcampp.heat_score_null);
+                pp_distances.push(gradcampp.hotspot_distance_mm);
                 let (hs, heat) = heat_of(model, s, roi, device)?;
                 if hs.is_some() {
                     heat_score_null = heat_null(&heat, roi, s);
@@ -681,8 +691,9 @@ fn evaluate_test(
             heat_score: heat,
             heat_score_null,
             hotspot_distance_mm,
-            heat_score_gradcampp,
-            hotspot_distance_gradcampp_mm,
+            heat_score_gradcampp: gradcampp.heat_score,
+            heat_score_gradcampp_null: gradcampp.heat_score_null,
+            hotspot_distance_gradcampp_mm: gradcampp.hotspot_distance_mm,
             note,
         });
     }
@@ -709,6 +720,7 @@ fn evaluate_test(
         heat_score_gradcampp: crate::metrics::mean_std(&pp_scores).0,
         hit_10mm_gradcampp: hit(&pp_distances, 10.0),
         hit_2mm_gradcampp: hit(&pp_distances, 2.0),
+        heat_score_gradcampp_null: crate::metrics::mean_std(&pp_nulls).0,
     };
     Ok((predictions, metrics))
 }
@@ -736,16 +748,24 @@ pub fn heat_of(
     score_on_model_grid(&map, model, s, roi)
 }
 
+/// How one map scores on one lesion subject.
+#[derive(Debug, Default)]
+struct CamOutcome {
+    heat_score: Option<f64>,
+    heat_score_null: Option<f64>,
+    hotspot_distance_mm: Option<f64>,
+}
+
 /// Grad-CAM++ of class `fcd` as the node computes it (the closed form of
 /// [`fcdnode::explain::cam::grad_cam_pp`] from the forward features and the classifier), on
-/// the model grid like [`heat_of`]: its Heat-Score and hotspot distance to the ROI.
+/// the model grid like [`heat_of`]: its Heat-Score, null and hotspot distance to the ROI.
 fn gradcampp_of(
     model: &ResNet3d,
     fc: &ndarray::Array2<f32>,
     s: &Sample,
     roi: &Array3<bool>,
     device: &Device,
-) -> Result<(Option<f64>, Option<f64>), CvError> {
+) -> Result<CamOutcome, CvError> {
     let heat_err = heat_error(s);
     let (_, features) = burn::module::Module::valid(model).forward(batch(&[&s.tensor], device));
     let [_, c, d, h, w] = features.dims();
@@ -756,8 +776,12 @@ fn gradcampp_of(
     let a = ndarray::Array4::from_shape_vec((c, d, h, w), values).map_err(|e| heat_err(e.to_string()))?;
     let map = fcdnode::explain::cam::grad_cam_pp(a.view(), fc, 1, model.arch().pooling)
         .map_err(|e| heat_err(e.to_string()))?;
-    let (hs, heat) = score_on_model_grid(&map, model, s, roi)?;
-    Ok((hs, sample_hotspot_distance(&heat, roi, s)))
+    let (heat_score, heat) = score_on_model_grid(&map, model, s, roi)?;
+    Ok(CamOutcome {
+        heat_score,
+        heat_score_null: heat_score.and_then(|_| heat_null(&heat, roi, s)),
+        hotspot_distance_mm: sample_hotspot_distance(&heat, roi, s),
+    })
 }
 
 /// A feature-grid map upsampled onto the model grid by cubic B-spline ([`feature_map_volume`])

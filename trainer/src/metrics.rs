@@ -145,8 +145,22 @@ pub fn auc_bootstrap_ci(labels: &[bool], scores: &[f64], replicates: usize, seed
     [at(0.025), at(0.975)]
 }
 
+/// Moves a threshold that sits on the score `t` down to the middle of the gap below it (halfway
+/// to the next lower score), so the decisions on these scores stay the same but a new subject
+/// scoring a little below `t` is not decided the other way: a threshold on an observed score is
+/// the most fragile place for it. `t` itself when nothing scores below it.
+fn mid_gap_below(scores: &[f64], t: f64) -> f64 {
+    scores
+        .iter()
+        .copied()
+        .filter(|s| s.is_finite() && *s < t)
+        .max_by(f64::total_cmp)
+        .map_or(t, |below| (t + below) / 2.0)
+}
+
 /// The score threshold maximising Youden's J = sensitivity + specificity − 1 (decision
-/// `score ≥ threshold`); ties keep the higher threshold. NaN when a class is absent.
+/// `score ≥ threshold`); ties keep the higher threshold, placed mid-gap below that score
+/// ([`mid_gap_below`]). NaN when a class is absent.
 pub fn youden_threshold(labels: &[bool], scores: &[f64]) -> f64 {
     if !labels.iter().any(|&y| y) || labels.iter().all(|&y| y) {
         return f64::NAN;
@@ -162,12 +176,12 @@ pub fn youden_threshold(labels: &[bool], scores: &[f64]) -> f64 {
             best = (j, t);
         }
     }
-    best.1
+    mid_gap_below(scores, best.1)
 }
 
 /// The highest score threshold whose sensitivity (decision `score ≥ threshold`) is at least
-/// `target`: a positive's score, the lowest of the top ⌈target · positives⌉ (ties included).
-/// NaN without positives.
+/// `target`: below the lowest of the top ⌈target · positives⌉ positives' scores (ties
+/// included), mid-gap to the next lower score ([`mid_gap_below`]). NaN without positives.
 pub fn sensitivity_threshold(labels: &[bool], scores: &[f64], target: f64) -> f64 {
     let mut candidates: Vec<f64> = labels
         .iter()
@@ -181,7 +195,7 @@ pub fn sensitivity_threshold(labels: &[bool], scores: &[f64], target: f64) -> f6
     candidates
         .into_iter()
         .find(|&t| Confusion::at(labels, scores, t).sensitivity() >= target - 1e-9)
-        .unwrap_or(f64::NAN)
+        .map_or(f64::NAN, |t| mid_gap_below(scores, t))
 }
 
 /// Mean squared difference between probability and outcome (1 for a positive); NaN when empty.
@@ -385,14 +399,24 @@ mod tests {
             .chain(negatives.iter().map(|_| false))
             .collect();
         let scores = [&positives[..], &negatives[..]].concat();
-        // 9 of 10 patients: the 9th highest patient, 0.3 (at the control's 0.35 only 8 remain).
-        assert_eq!(sensitivity_threshold(&labels, &scores, 0.9), 0.3);
-        assert_eq!(Confusion::at(&labels, &scores, 0.3).specificity(), 0.5);
-        assert_eq!(sensitivity_threshold(&labels, &scores, 0.8), 0.45);
-        assert_eq!(sensitivity_threshold(&labels, &scores, 1.0), 0.2);
+        let close = |target: f64, expected: f64| {
+            let t = sensitivity_threshold(&labels, &scores, target);
+            assert!(
+                (t - expected).abs() < 1e-12,
+                "target {target}: {t}, expected {expected}"
+            );
+        };
+        // 9 of 10 patients: the 9th highest patient, 0.3 (at the control's 0.35 only 8 remain),
+        // mid-gap down to the control at 0.25.
+        close(0.9, 0.275);
+        assert_eq!(Confusion::at(&labels, &scores, 0.275).specificity(), 0.5);
+        close(0.8, 0.425);
+        close(1.0, 0.15);
         // Tied patients at 0.8: three of ten are asked for, the threshold keeps four.
-        assert_eq!(sensitivity_threshold(&labels, &scores, 0.3), 0.8);
-        assert_eq!(sensitivity_threshold(&labels, &scores, 0.1), 0.95);
+        close(0.3, 0.75);
+        close(0.1, 0.925);
+        // Nothing below the lowest score: the threshold stays on it.
+        assert_eq!(sensitivity_threshold(&[true, false], &[0.2, 0.7], 1.0), 0.2);
         assert!(sensitivity_threshold(&[false, false], &[0.1, 0.9], 0.9).is_nan());
     }
 
@@ -400,8 +424,13 @@ mod tests {
     fn youden_and_bootstrap() {
         let y = [true, true, true, false, false, false];
         let s = [0.9, 0.8, 0.35, 0.4, 0.3, 0.1];
-        // t = 0.8: sens 2/3, spec 1 → J 0.667; t = 0.35: sens 1, spec 2/3 → 0.667 (tie: higher wins).
-        assert_eq!(youden_threshold(&y, &s), 0.8);
+        // t = 0.8: sens 2/3, spec 1 → J 0.667; t = 0.35: sens 1, spec 2/3 → 0.667 (tie: higher
+        // wins), mid-gap down to the next score, 0.4.
+        assert!(
+            (youden_threshold(&y, &s) - 0.6).abs() < 1e-12,
+            "{}",
+            youden_threshold(&y, &s)
+        );
         assert!(youden_threshold(&[true], &[0.2]).is_nan());
         // Perfect separation: every replicate is 1.
         assert_eq!(

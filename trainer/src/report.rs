@@ -240,7 +240,7 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
     // The non-learned baseline on the same test subjects.
     let _ = writeln!(
         md,
-        "\n## Baseline beside the model (same test subjects)\n\nThe baseline ({}) learns nothing: a model that does not beat it has not learned the lesion. Pooled ROC-AUC over every test prediction; hotspot rates over the patients with a ROI (the model's: mean over folds, the maximum of its Grad-CAM, and of the Grad-CAM++ the node shows by default, computed in the node's closed form; its Heat-Score is `heat_score_gradcampp` in metrics.json).\n",
+        "\n## Baseline beside the model (same test subjects)\n\nThe baseline ({}) learns nothing: a model that does not beat it has not learned the lesion. Pooled ROC-AUC over every test prediction; hotspot rates over the patients with a ROI (the model's: mean over folds, the maximum of its Grad-CAM, and of the Grad-CAM++ the node shows by default, computed in the node's closed form; its Heat-Score and that Heat-Score's null are `heat_score_gradcampp` and `heat_score_gradcampp_null` in metrics.json).\n",
         fcdnode::baseline::NAME
     );
     let _ = writeln!(

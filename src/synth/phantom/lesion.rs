@@ -48,7 +48,7 @@ fn lobe_box_ras(lobe: Lobe) -> ([f64; 3], [f64; 3]) {
 /// Lateral-ventricle landmarks in MNI RAS mm for the right hemisphere (x as |x|), checked on the
 /// template: frontal horn, body, atrium (CSF ≥ 0.85 there), temporal horn (too thin to show as
 /// CSF in the template, so only approximate).
-const VENTRICLES_RAS: [[f64; 3]; 4] = [
+pub(super) const VENTRICLES_RAS: [[f64; 3]; 4] = [
     [9.0, 14.0, 15.0],
     [9.0, -10.0, 22.0],
     [22.0, -36.0, 14.0],
@@ -56,7 +56,7 @@ const VENTRICLES_RAS: [[f64; 3]; 4] = [
 ];
 
 /// MNI RAS mm with |x| → template LPS mm in the given hemisphere (the patient's left is +x in LPS).
-fn ras_to_lps(hemisphere: Hemisphere, [x, y, z]: [f64; 3]) -> Vector3<f64> {
+pub(super) fn ras_to_lps(hemisphere: Hemisphere, [x, y, z]: [f64; 3]) -> Vector3<f64> {
     let side = match hemisphere {
         Hemisphere::Left => 1.0,
         Hemisphere::Right => -1.0,
@@ -72,6 +72,8 @@ pub(super) struct Tissue {
     pub hyper: f32,
     /// Lesion weight in `[0, 1]` (core or tail, times the tissue fraction); the ROI is > 0.5.
     pub roi: f32,
+    /// FLAIR signal added whatever the tissue, as a fraction of white matter's (mimics only).
+    pub bright: f32,
 }
 
 /// A placed lesion: where it is and how it changes the tissue nearby.
@@ -130,6 +132,7 @@ impl Patch {
             fractions: Fractions { gm, wm, csf },
             hyper,
             roi,
+            bright: 0.0,
         })
     }
 }
@@ -179,7 +182,7 @@ pub(super) fn place(anatomy: &Anatomy, spec: &LesionSpec, rng: &mut ChaCha8Rng) 
 
 /// Template voxels in the lobe box at the grey/white boundary (GM share 0.4–0.6, little CSF), in
 /// a fixed scan order so that a seeded pick is reproducible.
-fn boundary_sites(anatomy: &Anatomy, hemisphere: Hemisphere, lobe: Lobe) -> Vec<[usize; 3]> {
+pub(super) fn boundary_sites(anatomy: &Anatomy, hemisphere: Hemisphere, lobe: Lobe) -> Vec<[usize; 3]> {
     let (lo, hi) = lobe_box_ras(lobe);
     let (lo, hi) = (ras_to_lps(hemisphere, lo), ras_to_lps(hemisphere, hi));
     let [start, end] = voxel_box(anatomy, lo.inf(&hi), lo.sup(&hi), 0);
@@ -221,7 +224,7 @@ fn voxel_box(anatomy: &Anatomy, lo: Vector3<f64>, hi: Vector3<f64>, margin: usiz
     ]
 }
 
-fn smoothstep(e0: f64, e1: f64, x: f64) -> f64 {
+pub(super) fn smoothstep(e0: f64, e1: f64, x: f64) -> f64 {
     let t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
 }
@@ -300,7 +303,8 @@ fn build_patch(
                 let near_cortex = (2.0 * gb).clamp(0.0, 1.0);
                 let share = share + core * blur_mix * (share_blur - share);
                 let share = share + core * thickening * near_cortex * (1.0 - share);
-                let hyper = contrast * (CORE_HYPER * core).max(TAIL_HYPER * tail * (1.0 - 0.6 * s)) * tissue;
+                let hyper =
+                    contrast * spec.flair_gain * (CORE_HYPER * core).max(TAIL_HYPER * tail * (1.0 - 0.6 * s)) * tissue;
                 let roi = core.max(tail) * tissue;
                 values.push([
                     (tissue * share) as f32,

@@ -20,6 +20,7 @@
 
 mod anatomy;
 mod lesion;
+mod mimics;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,8 @@ use rayon::prelude::*;
 
 pub use anatomy::Anatomy;
 use lesion::{Lesion, Tissue};
+pub use mimics::MAX_MIMIC_LEVEL;
+use mimics::Mimics;
 
 use crate::nifti::NiftiError;
 use crate::volume::{Grid, Volume, VolumeError};
@@ -64,6 +67,7 @@ impl Contrast {
                 csf: 250.0,
                 wm_lesion_gain: -0.15,
                 gm_lesion_gain: 0.0,
+                bright_gain: 0.0,
             },
             // GM/WM ≈ 1.35, CSF nulled by the inversion; lesion tissue is hyperintense.
             Contrast::Flair => Signals {
@@ -72,13 +76,15 @@ impl Contrast {
                 csf: 120.0,
                 wm_lesion_gain: 1.0,
                 gm_lesion_gain: 0.5,
+                bright_gain: 1.0,
             },
         }
     }
 }
 
 /// Signal of pure tissues (before bias and noise), and how the lesion hyperintensity `h` scales
-/// them: white matter × (1 + `wm_lesion_gain` · h), grey matter × (1 + `gm_lesion_gain` · h).
+/// them: white matter × (1 + `wm_lesion_gain` · h), grey matter × (1 + `gm_lesion_gain` · h);
+/// a mimic's tissue-independent brightness b adds `bright_gain` · b · `wm`.
 #[derive(Clone, Copy, Debug)]
 struct Signals {
     gm: f32,
@@ -86,6 +92,7 @@ struct Signals {
     csf: f32,
     wm_lesion_gain: f32,
     gm_lesion_gain: f32,
+    bright_gain: f32,
 }
 
 impl Signals {
@@ -95,6 +102,7 @@ impl Signals {
         f.gm * self.gm * (1.0 + self.gm_lesion_gain * t.hyper)
             + f.wm * self.wm * (1.0 + self.wm_lesion_gain * t.hyper)
             + f.csf * self.csf
+            + t.bright * self.bright_gain * self.wm
     }
 }
 
@@ -133,6 +141,9 @@ pub struct LesionSpec {
     pub radius_mm: f64,
     /// Relative strength of every lesion sign: 1.0 = typical, lower = harder to see; 0–3.
     pub contrast: f64,
+    /// Strength of the FLAIR hyperintensity on top of `contrast` (1.0 = typical; lower leaves the
+    /// T1w signs to carry the lesion); 0–1.
+    pub flair_gain: f64,
 }
 
 /// One synthetic subject: its seed fixes the anatomy; `lesion: None` makes a control.
@@ -140,6 +151,9 @@ pub struct LesionSpec {
 pub struct SubjectSpec {
     pub seed: u64,
     pub lesion: Option<LesionSpec>,
+    /// Mimic level, 0 (none) to [`MAX_MIMIC_LEVEL`]; the same seed gives the same mimics with
+    /// or without a lesion.
+    pub mimics: u8,
 }
 
 /// How one image is acquired.
@@ -233,6 +247,7 @@ pub struct Subject {
     /// Elastic displacement, evaluated at template LPS mm and added to it.
     waves: [Wave; ELASTIC_WAVES],
     lesion: Option<Lesion>,
+    mimics: Mimics,
 }
 
 impl Subject {
@@ -242,6 +257,13 @@ impl Subject {
         if let Some(l) = &spec.lesion {
             check_range("lesion radius_mm", l.radius_mm, 2.0, 30.0)?;
             check_range("lesion contrast", l.contrast, 0.0, 3.0)?;
+            check_range("lesion flair_gain", l.flair_gain, 0.0, 1.0)?;
+        }
+        if spec.mimics > MAX_MIMIC_LEVEL {
+            return Err(PhantomError::InvalidSpec {
+                field: "mimics",
+                rule: format!("{} is not within 0..={MAX_MIMIC_LEVEL}", spec.mimics),
+            });
         }
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
         let centre = Vector3::from(BRAIN_CENTRE_LPS);
@@ -284,10 +306,17 @@ impl Subject {
             .as_ref()
             .map(|l| lesion::place(anatomy, l, &mut rng))
             .transpose()?;
+        // Their own stream: level 0 draws nothing and leaves the subject as it always was.
+        let mimics = Mimics::sample(
+            anatomy,
+            spec.mimics,
+            &mut ChaCha8Rng::seed_from_u64(spec.seed ^ 0x3141_A1C5_0DD5_EED5),
+        );
         Ok(Self {
             to_template,
             waves,
             lesion,
+            mimics,
         })
     }
 
@@ -362,11 +391,15 @@ impl Subject {
                             (*s, *c) = (*s * dc + *c * ds, *c * dc - *s * ds);
                         }
                         let v = [v.x, v.y, v.z];
-                        let tissue = patch.and_then(|p| p.sample(v)).unwrap_or_else(|| Tissue {
+                        let mut tissue = patch.and_then(|p| p.sample(v)).unwrap_or_else(|| Tissue {
                             fractions: anatomy.sample(v),
                             hyper: 0.0,
                             roi: 0.0,
+                            bright: 0.0,
                         });
+                        if !self.mimics.is_empty() {
+                            self.mimics.apply(v, &mut tissue);
+                        }
                         let s = signals.of(&tissue) * bias.at(p0 + p_step * kf);
                         let value = if sigma > 0.0 {
                             let n1: f32 = rng.sample(StandardNormal);

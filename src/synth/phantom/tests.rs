@@ -33,7 +33,9 @@ fn fcd(seed: u64, hemisphere: Hemisphere, lobe: Lobe, contrast: f64) -> SubjectS
             lobe,
             radius_mm: 8.0,
             contrast,
+            flair_gain: 1.0,
         }),
+        mimics: 0,
     }
 }
 
@@ -95,7 +97,11 @@ fn same_seed_gives_identical_voxels_and_other_seeds_differ() {
 
 #[test]
 fn controls_have_no_roi() {
-    let control = subject(&SubjectSpec { seed: 3, lesion: None });
+    let control = subject(&SubjectSpec {
+        seed: 3,
+        lesion: None,
+        mimics: 0,
+    });
     let r = control
         .render(anatomy(), Contrast::Flair, &acq(3.0, 0.02, 0.1), 1)
         .unwrap();
@@ -156,9 +162,13 @@ fn lesions_sit_at_the_grey_white_boundary_of_the_requested_side() {
 }
 
 /// Mean FLAIR inside the ROI ÷ mean FLAIR of white matter 3–10 mm around it.
-fn flair_lesion_ratio(contrast: f64) -> f64 {
+fn flair_lesion_ratio(contrast: f64, flair_gain: f64) -> f64 {
     let a = acq(2.0, 0.02, 0.1);
-    let s = subject(&fcd(21, Hemisphere::Right, Lobe::Frontal, contrast));
+    let mut spec = fcd(21, Hemisphere::Right, Lobe::Frontal, contrast);
+    if let Some(l) = &mut spec.lesion {
+        l.flair_gain = flair_gain;
+    }
+    let s = subject(&spec);
     let r = s.render(anatomy(), Contrast::Flair, &a, 9).unwrap();
     let roi = r.roi.unwrap();
     let points = mask_points(&roi);
@@ -184,17 +194,85 @@ fn flair_lesion_ratio(contrast: f64) -> f64 {
 
 #[test]
 fn flair_lesion_is_brighter_than_surrounding_white_matter() {
-    let strong = flair_lesion_ratio(1.0);
-    let weak = flair_lesion_ratio(0.3);
-    println!("FLAIR ROI / WM shell: contrast 1.0 → {strong:.3}, contrast 0.3 → {weak:.3}");
+    let strong = flair_lesion_ratio(1.0, 1.0);
+    let weak = flair_lesion_ratio(0.3, 1.0);
+    let faint = flair_lesion_ratio(1.0, 0.3);
+    println!("FLAIR ROI / WM shell: contrast 1.0 → {strong:.3}, contrast 0.3 → {weak:.3}, FLAIR gain 0.3 → {faint:.3}");
     assert!(strong > 1.15, "ratio {strong} at contrast 1.0");
     assert!(weak < strong, "ratio {weak} at contrast 0.3 is not below {strong}");
+    assert!(faint < strong, "ratio {faint} at FLAIR gain 0.3 is not below {strong}");
+}
+
+/// Voxels where `b` exceeds `a` by more than `by`, and the largest absolute difference.
+fn brighter(a: &Volume, b: &Volume, by: f32) -> (usize, f32) {
+    a.data()
+        .iter()
+        .zip(b.data().iter())
+        .fold((0, 0.0f32), |(n, max), (x, y)| {
+            (n + usize::from(y - x > by), max.max((y - x).abs()))
+        })
+}
+
+/// Mimics brighten FLAIR in controls too, carry no ROI, are the same for a patient and a control
+/// of one seed, and leave T1w nearly alone (white-matter lesions are only slightly T1w dark).
+#[test]
+fn mimics_brighten_flair_without_an_roi() {
+    let a = acq(2.0, 0.0, 0.0);
+    let control = |mimics| {
+        subject(&SubjectSpec {
+            seed: 6,
+            lesion: None,
+            mimics,
+        })
+    };
+    let render = |s: &Subject, c| s.render(anatomy(), c, &a, 3).unwrap();
+    let (plain, hard) = (control(0), control(3));
+    let (flair_plain, flair_hard) = (render(&plain, Contrast::Flair), render(&hard, Contrast::Flair));
+    assert!(flair_hard.roi.is_none());
+    // 0.2 × the white-matter signal (700).
+    let (bright, flair_max) = brighter(&flair_plain.image, &flair_hard.image, 140.0);
+    let (_, t1_max) = brighter(
+        &render(&plain, Contrast::T1w).image,
+        &render(&hard, Contrast::T1w).image,
+        0.0,
+    );
+    println!("mimics level 3: {bright} FLAIR voxels brighter by > 140, max FLAIR change {flair_max}, max T1w {t1_max}");
+    assert!(bright > 30, "only {bright} voxels brightened");
+    assert!(
+        t1_max < flair_max / 2.0,
+        "T1w changed by {t1_max}, FLAIR by {flair_max}"
+    );
+
+    let patient = subject(&SubjectSpec {
+        mimics: 3,
+        ..fcd(6, Hemisphere::Left, Lobe::Temporal, 1.0)
+    });
+    assert_eq!(format!("{:?}", patient.mimics), format!("{:?}", hard.mimics));
+    assert!(plain.mimics.is_empty());
+    let mild = control(1);
+    assert_ne!(format!("{:?}", mild.mimics), format!("{:?}", hard.mimics));
+    let too_hard = Subject::sample(
+        anatomy(),
+        &SubjectSpec {
+            seed: 6,
+            lesion: None,
+            mimics: 4,
+        },
+    );
+    assert!(matches!(
+        too_hard,
+        Err(PhantomError::InvalidSpec { field: "mimics", .. })
+    ));
 }
 
 #[test]
 fn tissue_contrasts_are_ordered() {
     let a = acq(2.5, 0.02, 0.0);
-    let s = subject(&SubjectSpec { seed: 4, lesion: None });
+    let s = subject(&SubjectSpec {
+        seed: 4,
+        lesion: None,
+        mimics: 0,
+    });
     for (contrast, order) in [
         (Contrast::T1w, ["WM", "GM", "CSF"]),
         (Contrast::Flair, ["GM", "WM", "CSF"]),
@@ -229,7 +307,11 @@ fn tissue_contrasts_are_ordered() {
 #[test]
 fn incremental_mapping_matches_direct_mapping() {
     let a = acq(3.0, 0.0, 0.0);
-    let s = subject(&SubjectSpec { seed: 5, lesion: None });
+    let s = subject(&SubjectSpec {
+        seed: 5,
+        lesion: None,
+        mimics: 0,
+    });
     let image = s.render(anatomy(), Contrast::T1w, &a, 0).unwrap().image;
     let tissue = template_fractions(&s, Contrast::T1w, &a.grid);
     let signals = Contrast::T1w.signals();
@@ -240,8 +322,7 @@ fn incremental_mapping_matches_direct_mapping() {
         .map(|(v, f)| {
             let t = Tissue {
                 fractions: *f,
-                hyper: 0.0,
-                roi: 0.0,
+                ..Tissue::default()
             };
             (v - signals.of(&t).round()).abs()
         })
@@ -276,7 +357,11 @@ fn bad_specs_are_refused() {
             ..
         })
     ));
-    let s = subject(&SubjectSpec { seed: 1, lesion: None });
+    let s = subject(&SubjectSpec {
+        seed: 1,
+        lesion: None,
+        mimics: 0,
+    });
     let err = s.render(anatomy(), Contrast::T1w, &acq(3.0, -0.1, 0.1), 0).unwrap_err();
     assert!(
         matches!(

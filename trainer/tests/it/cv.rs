@@ -106,6 +106,7 @@ fn tiny_cv_reports_resumes_and_exports_a_package_ort_agrees_with() {
         "heat_score_gradcampp",
         "hit_10mm_gradcampp",
         "hit_2mm_gradcampp",
+        "heat_score_gradcampp_null",
     ] {
         assert!(exp["mean"].get(key).is_some(), "mean.{key} missing: {exp}");
         assert_eq!(exp["folds"].as_array().unwrap().len(), 2);

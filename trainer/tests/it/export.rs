@@ -67,6 +67,7 @@ fn run(dir: &Path, folds: &[[(bool, f64); 4]], rule: ThresholdRule) -> PathBuf {
                     heat_score_null: None,
                     hotspot_distance_mm: None,
                     heat_score_gradcampp: None,
+                    heat_score_gradcampp_null: None,
                     hotspot_distance_gradcampp_mm: None,
                     note: None,
                 })
