@@ -397,7 +397,7 @@ async fn stop_signal() -> anyhow::Result<()> {
 fn print_demo(report: &DemoReport, options: &DemoOptions) {
     println!("\nTriage (model {}):", options.model.display());
     println!(
-        "{:<12} {:<6} {:<10} {:>11}  {:<14} hotspot (LPS mm)",
+        "{:<12} {:<6} {:<10} {:>11}  {:<26} hotspot (LPS mm)",
         "subject", "truth", "state", "probability", "decision"
     );
     for s in &report.subjects {
@@ -406,14 +406,19 @@ fn print_demo(report: &DemoReport, options: &DemoOptions) {
             .and_then(|r| r.hotspot_lps)
             .map(|h| h.map(|v| format!("{v:.1}")).join(", "))
             .unwrap_or_default();
+        let from_lesion = s
+            .hotspot_to_lesion_mm
+            .map(|d| format!(" ({d:.1} mm from the lesion)"))
+            .unwrap_or_default();
         println!(
-            "{:<12} {:<6} {:<10} {:>11}  {:<14} {}",
+            "{:<12} {:<6} {:<10} {:>11}  {:<26} {}{}",
             s.subject,
             s.group,
             s.state,
             r.map_or_else(|| "-".into(), |r| format!("{:.3}", r.probability)),
             r.map_or("-", |r| r.label.as_str()),
-            hotspot
+            hotspot,
+            from_lesion
         );
         if let Some(dir) = &s.result_dir {
             println!("{:<12} preview {}", "", dir.join("preview.png").display());

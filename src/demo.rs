@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::deliver::{self, Destination, EXPLICIT_VR_LE};
 use crate::dicom_build::get_str;
 use crate::ingest::{self, IngestStats, InstanceSink, ScpConfig};
+use crate::nifti;
 use crate::report::ResultSummary;
 use crate::spool::FolderSink;
 use crate::spool::db::JobState;
@@ -57,6 +58,9 @@ pub struct SubjectResult {
     pub result: Option<ResultSummary>,
     /// The job's result directory (preview.png is there).
     pub result_dir: Option<PathBuf>,
+    /// Distance in mm from the reported hotspot to the nearest voxel of the synthetic lesion's
+    /// ROI (0 inside it): patients with a hotspot only.
+    pub hotspot_to_lesion_mm: Option<f64>,
 }
 
 /// What the demo did.
@@ -212,12 +216,18 @@ pub async fn run(options: &DemoOptions, base: &Config) -> Result<DemoReport, Dem
                 }
                 None => None,
             };
+            let hotspot = result.as_ref().and_then(|r| r.hotspot_lps);
+            let hotspot_to_lesion_mm = match (hotspot, group.as_str()) {
+                (Some(lps), "fcd") => Some(distance_to_lesion(&patients.join(&subject), lps)?),
+                _ => None,
+            };
             Ok(SubjectResult {
                 subject,
                 group,
                 state: job.map_or_else(|| "no job".into(), |j| j.state.as_str().to_string()),
                 result,
                 result_dir,
+                hotspot_to_lesion_mm,
             })
         })
         .collect::<Result<Vec<_>, DemoError>>()?;
@@ -241,4 +251,26 @@ fn study_uid(files: &[PathBuf]) -> Option<String> {
         .open_file(first)
         .ok()?;
     get_str(&obj, tags::STUDY_INSTANCE_UID)
+}
+
+/// Distance in mm from `lps` to the nearest voxel centre of the subject's FLAIR lesion ROI
+/// (`SUBJECT/anat/*_FLAIR_roi.nii.gz`, written by synth beside the DICOM).
+fn distance_to_lesion(subject_dir: &Path, lps: [f64; 3]) -> Result<f64, DemoError> {
+    let anat = subject_dir.join("anat");
+    let roi_path = std::fs::read_dir(&anat)
+        .map_err(|e| fail("lesion")(format!("{}: {e}", anat.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("_FLAIR_roi.nii.gz"))
+        .ok_or_else(|| fail("lesion")(format!("no FLAIR ROI under {}", anat.display())))?;
+    let roi = nifti::read(&roi_path).map_err(|e| fail("lesion")(e.to_string()))?;
+    roi.data()
+        .indexed_iter()
+        .filter(|(_, v)| **v > 0.5)
+        .map(|((i, j, k), _)| {
+            let p = roi.voxel_to_world([i as f64, j as f64, k as f64]);
+            (0..3).map(|a| (p[a] - lps[a]).powi(2)).sum::<f64>().sqrt()
+        })
+        .min_by(f64::total_cmp)
+        .ok_or_else(|| fail("lesion")(format!("{}: empty ROI", roi_path.display())))
 }

@@ -823,6 +823,13 @@ fn demo_command_runs_the_whole_loop_on_one_machine() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(stdout.matches(" delivered ").count(), 2, "{stdout}");
     assert!(stdout.contains(" fcd ") && stdout.contains(" hc "), "{stdout}");
+    // A patient's hotspot (three comma-separated coordinates) comes with its distance to the
+    // synthetic lesion; a control's never does.
+    for line in stdout.lines().filter(|l| l.contains(" delivered ")) {
+        let has_hotspot = line.matches(", ").count() >= 2;
+        let distance = line.contains("mm from the lesion");
+        assert_eq!(distance, has_hotspot && line.contains(" fcd "), "{line}");
+    }
     let received: Vec<PathBuf> = std::fs::read_dir(out.join("pacs"))
         .unwrap()
         .map(|e| e.unwrap().path())

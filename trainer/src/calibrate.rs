@@ -262,9 +262,14 @@ mod tests {
         assert_eq!((d.n, d.positives), (10, 5));
         let c = d.calibration.clone().unwrap();
         assert!(c.fitted_on.contains("test: 10 subjects (5 fcd)"));
-        // Sensitivity ≥ 0.9 of 5 patients is all 5: the threshold is the lowest patient's
-        // calibrated probability (raw 0.1), which lets one control (raw 0.9) through.
-        assert_eq!(d.threshold, c.apply(0.1));
+        // Sensitivity ≥ 0.9 of 5 patients is all 5: the threshold sits below the lowest
+        // patient's calibrated probability (raw 0.1), halfway to the next lower score (a
+        // control's, raw 0.05), which lets one control (raw 0.9) through.
+        assert!(
+            (d.threshold - (c.apply(0.1) + c.apply(0.05)) / 2.0).abs() < 1e-12,
+            "{}",
+            d.threshold
+        );
         assert_eq!(d.apply(0.1), c.apply(0.1));
         assert_eq!((d.sensitivity, d.specificity), (1.0, 0.8));
         // Calibration lowers the Brier score of over-confident predictions.
