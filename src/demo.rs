@@ -19,6 +19,7 @@ use crate::report::ResultSummary;
 use crate::spool::FolderSink;
 use crate::spool::db::JobState;
 use crate::synth::{self, CohortOptions, DicomExport};
+use crate::volume::nearest_distance;
 
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]
@@ -264,13 +265,6 @@ fn distance_to_lesion(subject_dir: &Path, lps: [f64; 3]) -> Result<f64, DemoErro
         .find(|p| p.to_string_lossy().ends_with("_FLAIR_roi.nii.gz"))
         .ok_or_else(|| fail("lesion")(format!("no FLAIR ROI under {}", anat.display())))?;
     let roi = nifti::read(&roi_path).map_err(|e| fail("lesion")(e.to_string()))?;
-    roi.data()
-        .indexed_iter()
-        .filter(|(_, v)| **v > 0.5)
-        .map(|((i, j, k), _)| {
-            let p = roi.voxel_to_world([i as f64, j as f64, k as f64]);
-            (0..3).map(|a| (p[a] - lps[a]).powi(2)).sum::<f64>().sqrt()
-        })
-        .min_by(f64::total_cmp)
+    nearest_distance(&roi.mask_points(), lps)
         .ok_or_else(|| fail("lesion")(format!("{}: empty ROI", roi_path.display())))
 }

@@ -155,6 +155,15 @@ impl Volume {
         self.data.mapv(|v| v > threshold)
     }
 
+    /// World (LPS mm) centres of the voxels of a mask volume (value > 0.5), e.g. a lesion ROI.
+    pub fn mask_points(&self) -> Vec<[f64; 3]> {
+        self.data
+            .indexed_iter()
+            .filter(|(_, v)| **v > 0.5)
+            .map(|((i, j, k), _)| self.voxel_to_world([i as f64, j as f64, k as f64]))
+            .collect()
+    }
+
     /// Head foreground: Otsu threshold on the intensity histogram, then every background
     /// region not connected to the volume border is filled (ventricles, dark CSF in FLAIR).
     pub fn foreground_mask(&self) -> Array3<bool> {
@@ -260,6 +269,14 @@ fn fill_holes(mask: &Array3<bool>) -> Array3<bool> {
         .filter(|&(i, j, k)| i == 0 || j == 0 || k == 0 || i == ni - 1 || j == nj - 1 || k == nk - 1)
         .map(|(i, j, k)| [i, j, k]);
     connected_region(&mask.mapv(|m| !m), border).mapv(|outside| !outside)
+}
+
+/// Distance in mm from `p` to the nearest of `points`; `None` without points.
+pub fn nearest_distance(points: &[[f64; 3]], p: [f64; 3]) -> Option<f64> {
+    points
+        .iter()
+        .map(|q| (0..3).map(|a| (q[a] - p[a]).powi(2)).sum::<f64>().sqrt())
+        .min_by(f64::total_cmp)
 }
 
 /// The voxels of `mask` 6-connected (through faces) to any of `seeds` inside it; seeds outside

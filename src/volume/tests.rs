@@ -295,3 +295,17 @@ fn bad_geometry_is_refused() {
         Err(VolumeError::EmptyGrid { .. })
     ));
 }
+
+#[test]
+fn mask_points_and_nearest_distance() {
+    let mut data = Array3::zeros([3, 3, 3]);
+    data[[2, 0, 0]] = 1.0;
+    data[[0, 1, 0]] = 0.4;
+    let mask = Volume::new(data, oblique_affine()).unwrap();
+    let points = mask.mask_points();
+    assert_eq!(points, vec![mask.voxel_to_world([2.0, 0.0, 0.0])], "only values > 0.5");
+    assert_eq!(nearest_distance(&points, points[0]), Some(0.0));
+    let pts = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
+    assert_eq!(nearest_distance(&pts, [4.0, 4.0, 0.0]), Some(5.0));
+    assert_eq!(nearest_distance(&[], [0.0; 3]), None);
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use fcdnode::nifti;
 use fcdnode::report::ResultSummary;
+use fcdnode::volume::nearest_distance;
 
 use crate::util::{fcdnode, repo, run_ok, tempdir};
 
@@ -25,24 +26,16 @@ fn roi_file(cohort: &Path, subject: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no ROI under {}", anat.display()))
 }
 
-/// Distance in mm from `lps` to the nearest voxel centre of the mask (and the mask's centroid).
 /// Distance from a hotspot to the nearest lesion voxel (infinite when no hotspot is reported,
 /// i.e. the patient was missed), and the lesion centre.
 fn lesion_distance(roi: &fcdnode::Volume, hotspot: Option<[f64; 3]>) -> (f64, [f64; 3]) {
-    let mut best = f64::INFINITY;
-    let mut sum = [0.0; 3];
-    let mut n = 0.0;
-    for ((i, j, k), &v) in roi.data().indexed_iter() {
-        if v > 0.5 {
-            let p = roi.voxel_to_world([i as f64, j as f64, k as f64]);
-            if let Some(lps) = hotspot {
-                best = best.min((0..3).map(|a| (p[a] - lps[a]).powi(2)).sum::<f64>().sqrt());
-            }
-            (0..3).for_each(|a| sum[a] += p[a]);
-            n += 1.0;
-        }
-    }
-    (best, sum.map(|x| x / n))
+    let points = roi.mask_points();
+    let best = hotspot
+        .and_then(|lps| nearest_distance(&points, lps))
+        .unwrap_or(f64::INFINITY);
+    let n = points.len() as f64;
+    let centre = std::array::from_fn(|a| points.iter().map(|p| p[a]).sum::<f64>() / n);
+    (best, centre)
 }
 
 #[test]

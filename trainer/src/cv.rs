@@ -489,7 +489,11 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
             Ok(b) => {
                 outcome.baseline.insert(subject.id.clone(), b);
             }
-            Err(reason) => outcome.warnings.push(format!("{}: no baseline: {reason}", subject.id)),
+            Err(reason) => outcome.warnings.push(format!(
+                "{}: no baseline: {}",
+                subject.id,
+                fcdnode::error_chain(&reason)
+            )),
         }
     }
     let baseline_path = out.join(BASELINE_FILE);

@@ -29,7 +29,7 @@ use fcdnode::infer::{Ensemble, InferError, runtime};
 use fcdnode::package::manifest::{Modality, ModelPackage, PackageError};
 use fcdnode::pipeline::{self, Explain};
 use fcdnode::report::{self, ReportOptions, Timings};
-use fcdnode::volume::{Interp, Volume};
+use fcdnode::volume::{Interp, Volume, nearest_distance};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -37,7 +37,7 @@ use serde_json::json;
 
 use crate::data::batcher::{Skip, choose_image, lesion_mask_of, read_checked};
 use crate::data::bids::{BidsError, Dataset, Group};
-use crate::data::lesion::{moved_roi_scores, nearest_distance, roi_points};
+use crate::data::lesion::moved_roi_scores;
 use crate::figures::{Curve, PngError, write_reliability_png, write_roc_curves_png, write_stack};
 use crate::metrics::{
     CalibrationBin, Confusion, auc_bootstrap_ci, brier_score, calibration, roc_auc, roc_curve, youden_threshold,
@@ -380,7 +380,7 @@ fn evaluate_subject(
         },
         _ => None,
     };
-    let roi_points: Vec<[f64; 3]> = roi.as_ref().map(roi_points).unwrap_or_default();
+    let roi_points: Vec<[f64; 3]> = roi.as_ref().map(Volume::mask_points).unwrap_or_default();
     if roi.is_some() && roi_points.is_empty() {
         notes.push("lesion mask is empty".into());
     }

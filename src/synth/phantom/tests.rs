@@ -53,15 +53,6 @@ fn template_fractions(s: &Subject, contrast: Contrast, grid: &Grid) -> Array3<Fr
     })
 }
 
-/// LPS mm of every voxel where `mask` is set.
-fn mask_points(mask: &Volume) -> Vec<[f64; 3]> {
-    mask.data()
-        .indexed_iter()
-        .filter(|(_, v)| **v > 0.5)
-        .map(|((i, j, k), _)| mask.voxel_to_world([i as f64, j as f64, k as f64]))
-        .collect()
-}
-
 fn mean(values: impl IntoIterator<Item = f32>) -> f64 {
     let (n, sum) = values
         .into_iter()
@@ -121,7 +112,7 @@ fn lesions_sit_at_the_grey_white_boundary_of_the_requested_side() {
     {
         let s = subject(&fcd(100 + n as u64, hemisphere, lobe, 1.0));
         let roi = s.render(anatomy(), Contrast::Flair, &a, 5).unwrap().roi.unwrap();
-        let points = mask_points(&roi);
+        let points = roi.mask_points();
         assert!(
             points.len() >= 20,
             "{hemisphere:?} {lobe:?}: ROI has {} voxels",
@@ -171,7 +162,7 @@ fn flair_lesion_ratio(contrast: f64, flair_gain: f64) -> f64 {
     let s = subject(&spec);
     let r = s.render(anatomy(), Contrast::Flair, &a, 9).unwrap();
     let roi = r.roi.unwrap();
-    let points = mask_points(&roi);
+    let points = roi.mask_points();
     let tissue = template_fractions(&s, Contrast::Flair, &a.grid);
     let (mut lesion, mut shell) = (Vec::new(), Vec::new());
     for ((idx, &v), (m, f)) in r.image.data().indexed_iter().zip(roi.data().iter().zip(tissue.iter())) {

@@ -7,32 +7,15 @@ use std::collections::BTreeMap;
 use fcdnode::baseline;
 use fcdnode::explain::{Background, heat_score};
 use fcdnode::package::manifest::Modality;
-use fcdnode::volume::Volume;
+use fcdnode::volume::nearest_distance;
 use ndarray::Array3;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::batcher::{choose_image, lesion_mask_of, read_checked};
+use super::batcher::{PrepareError, choose_image, lesion_mask_of, read_checked};
 use super::bids::{Group, Subject};
 use crate::metrics::roc_auc;
-
-/// LPS centres of the ROI's voxels (value > 0.5, as the trainer reads masks).
-pub fn roi_points(roi: &Volume) -> Vec<[f64; 3]> {
-    roi.data()
-        .indexed_iter()
-        .filter(|(_, v)| **v > 0.5)
-        .map(|((i, j, k), _)| roi.voxel_to_world([i as f64, j as f64, k as f64]))
-        .collect()
-}
-
-/// Distance from `p` to the nearest point, mm; `None` without points.
-pub fn nearest_distance(points: &[[f64; 3]], p: [f64; 3]) -> Option<f64> {
-    points
-        .iter()
-        .map(|q| (0..3).map(|a| (q[a] - p[a]).powi(2)).sum::<f64>().sqrt())
-        .min_by(f64::total_cmp)
-}
 
 /// The baseline on one subject's FLAIR.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,17 +29,31 @@ pub struct BaselineOutcome {
     pub distance_mm: Option<f64>,
 }
 
+/// Why a subject has no baseline score.
+#[derive(Debug, thiserror::Error)]
+pub enum NoBaseline {
+    /// The subject has no FLAIR image.
+    #[error("no FLAIR")]
+    NoFlair,
+    /// Its FLAIR could not be read or breaks the recipe's rules.
+    #[error(transparent)]
+    Read(#[from] PrepareError),
+    /// The detector refused the image (e.g. no head in it).
+    #[error(transparent)]
+    Detect(#[from] baseline::BaselineError),
+}
+
 /// The baseline on `subject`'s FLAIR, or why it has none (no FLAIR, unreadable, no head).
-pub fn baseline_on(subject: &Subject) -> Result<BaselineOutcome, String> {
-    let flair = choose_image(subject, Modality::Flair).ok_or("no FLAIR")?;
-    let volume = read_checked(&flair.path).map_err(|e| fcdnode::error_chain(&e))?;
-    let detection = baseline::detect(&volume, &baseline::Options::default()).map_err(|e| fcdnode::error_chain(&e))?;
+pub fn baseline_on(subject: &Subject) -> Result<BaselineOutcome, NoBaseline> {
+    let flair = choose_image(subject, Modality::Flair).ok_or(NoBaseline::NoFlair)?;
+    let volume = read_checked(&flair.path)?;
+    let detection = baseline::detect(&volume, &baseline::Options::default())?;
     let label = subject.group == Group::Fcd;
     let distance_mm = if label {
         lesion_mask_of(subject, flair)
             .0
             .and_then(|mask| read_checked(&mask.path).ok())
-            .and_then(|roi| nearest_distance(&roi_points(&roi), detection.peak_lps))
+            .and_then(|roi| nearest_distance(&roi.mask_points(), detection.peak_lps))
     } else {
         None
     };
@@ -164,14 +161,6 @@ pub fn moved_roi_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_distance_is_zero_inside_and_euclidean_outside() {
-        let pts = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
-        assert_eq!(nearest_distance(&pts, [1.0, 0.0, 0.0]), Some(0.0));
-        assert_eq!(nearest_distance(&pts, [4.0, 4.0, 0.0]), Some(5.0));
-        assert_eq!(nearest_distance(&[], [0.0; 3]), None);
-    }
 
     #[test]
     fn baseline_figures_count_only_scored_subjects() {
