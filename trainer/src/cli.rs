@@ -127,7 +127,7 @@ struct CvArgs {
     out: PathBuf,
     /// A documented recipe that sets the options below; options given on the command line
     /// override it. quick: the CPU recipe (ResNet-10 ×0.125 on a 2 mm grid of 168×200×168 mm,
-    /// log-mean-exp head lse:8, lesion-map loss 5, Adam 2e-3, 20 epochs).
+    /// log-mean-exp head lse:8, lesion-map loss 5, Adam 2e-3, 18 epochs).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// Architectures, comma-separated: resnet10, resnet18, resnet34, resnet50 [default: resnet18].

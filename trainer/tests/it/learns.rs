@@ -2,7 +2,7 @@
 //! **default** lesion of `fcdnode synth` (8 mm, contrast 1.0, the default scanner confound) on a
 //! seed no tuning saw, and a negative control with the same recipe stays at chance.
 //!
-//! The full bar (40 subjects, 5 folds, 20 epochs, about 25 minutes: mean sensitivity and
+//! The full bar (40 subjects, 5 folds, 18 epochs, about 24 minutes: mean sensitivity and
 //! specificity ≥ 0.8, hotspot within 10 mm for ≥ 60 % of patients, no worse than the baseline)
 //! is `make recipe`. CI affords 30 subjects, 3 folds and 12 epochs (about 5 minutes each on two
 //! cores), and at that size the recipe does not always reach the full bar: on seed 5101 it did
