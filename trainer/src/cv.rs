@@ -668,11 +668,10 @@ fn evaluate_test(
                 pp_nulls.extend(gradcampp.heat_score_null);
                 pp_distances.push(gradcampp.hotspot_distance_mm);
                 let (hs, heat) = heat_of(model, s, roi, device)?;
-                if hs.is_some() {
-                    heat_score_null = heat_null(&heat, roi, s);
-                    nulls.extend(heat_score_null);
-                }
-                hotspot_distance_mm = sample_hotspot_distance(&heat, roi, s);
+                let gradcam = CamOutcome::of(hs, &heat, roi, s);
+                heat_score_null = gradcam.heat_score_null;
+                nulls.extend(heat_score_null);
+                hotspot_distance_mm = gradcam.hotspot_distance_mm;
                 distances.push(hotspot_distance_mm);
                 if let Some(dir) = cam_dir {
                     write_cam_panel(&dir.join(format!("cam_{}.png", s.id)), s, &heat)?;
@@ -760,6 +759,18 @@ struct CamOutcome {
     hotspot_distance_mm: Option<f64>,
 }
 
+impl CamOutcome {
+    /// The Heat-Score `heat_score` of `heat` (on `s`'s model grid), its null (only for a map
+    /// that has a score) and its hotspot distance to `roi`.
+    fn of(heat_score: Option<f64>, heat: &Array3<f32>, roi: &Array3<bool>, s: &Sample) -> Self {
+        Self {
+            heat_score,
+            heat_score_null: heat_score.and_then(|_| heat_null(heat, roi, s)),
+            hotspot_distance_mm: sample_hotspot_distance(heat, roi, s),
+        }
+    }
+}
+
 /// Grad-CAM++ of class `fcd` as the node computes it (the closed form of
 /// [`fcdnode::explain::cam::grad_cam_pp`] from the forward features and the classifier), on
 /// the model grid like [`heat_of`]: its Heat-Score, null and hotspot distance to the ROI.
@@ -781,11 +792,7 @@ fn gradcampp_of(
     let map = fcdnode::explain::cam::grad_cam_pp(a.view(), fc, 1, model.arch().pooling)
         .map_err(|e| heat_err(e.to_string()))?;
     let (heat_score, heat) = score_on_model_grid(&map, model, s, roi)?;
-    Ok(CamOutcome {
-        heat_score,
-        heat_score_null: heat_score.and_then(|_| heat_null(&heat, roi, s)),
-        hotspot_distance_mm: sample_hotspot_distance(&heat, roi, s),
-    })
+    Ok(CamOutcome::of(heat_score, &heat, roi, s))
 }
 
 /// A feature-grid map upsampled onto the model grid by cubic B-spline ([`feature_map_volume`])
