@@ -305,9 +305,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 occlusion_patch,
                 occlusion_stride,
                 series,
-                report: fcdnode::report::ReportOptions::new()
-                    .with_multiframe(!single_frame)
-                    .with_overlay(settings.overlay.clone()),
+                report: {
+                    let report = settings.report_options();
+                    let multiframe = report.multiframe && !single_frame;
+                    report.with_multiframe(multiframe)
+                },
                 ..pipeline::Options::default()
             };
             let is_nifti = |p: &PathBuf| {

@@ -10,7 +10,7 @@ use crate::dicom_build::is_uid;
 use crate::infer::runtime::Device;
 use crate::ingest::{ScpConfig, ScpSettings};
 use crate::pipeline::Explain;
-use crate::report::{DEFAULT_DEVICE_UID, OverlayOptions};
+use crate::report::{DEFAULT_DEVICE_UID, OutputSelection, OverlayOptions, ReportOptions};
 use crate::tracker::TrackerConfig;
 use crate::tracker::routing::{Router, RoutingConfig, RoutingError};
 
@@ -29,6 +29,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// `[overlay]`: how the heatmap overlay looks (colour map, threshold, negatives).
     pub overlay: OverlayOptions,
+    /// `[outputs]`: which DICOM objects each job makes and sends.
+    pub outputs: OutputSelection,
     /// `[outbox]`: where results go and how delivery is retried.
     pub outbox: OutboxConfig,
     /// `[[destinations]]`: DICOM peers results can be sent to.
@@ -95,6 +97,8 @@ pub struct PipelineConfig {
     pub pm_series_number: u32,
     /// Series Number of the hotspot Segmentation series.
     pub seg_series_number: u32,
+    /// Series Number of the key image series.
+    pub key_image_series_number: u32,
     /// Seconds between looks at the job queue when it is empty.
     pub poll_s: f64,
 }
@@ -108,6 +112,7 @@ impl Default for PipelineConfig {
             sr_series_number: 9902,
             pm_series_number: 9903,
             seg_series_number: 9904,
+            key_image_series_number: 9905,
             poll_s: 0.5,
         }
     }
@@ -202,6 +207,8 @@ pub struct Settings {
     pub pipeline: PipelineConfig,
     /// `[overlay]`, ranges checked.
     pub overlay: OverlayOptions,
+    /// `[outputs]`.
+    pub outputs: OutputSelection,
     /// `[outbox]`.
     pub outbox: OutboxConfig,
     /// `[[destinations]]`, names unique, every `send_to` defined.
@@ -215,6 +222,22 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// How the report stage lays out and numbers the outputs (`[pipeline]`, `[overlay]`,
+    /// `[outputs]`).
+    pub fn report_options(&self) -> ReportOptions {
+        ReportOptions {
+            multiframe: self.pipeline.multiframe_sc,
+            series_number_sc: self.pipeline.sc_series_number,
+            series_number_sr: self.pipeline.sr_series_number,
+            series_number_pm: self.pipeline.pm_series_number,
+            series_number_seg: self.pipeline.seg_series_number,
+            series_number_key: self.pipeline.key_image_series_number,
+            outputs: self.outputs,
+            overlay: self.overlay.clone(),
+            ..ReportOptions::default()
+        }
+    }
+
     /// The destinations a job's results go to: `[outbox] send_to`, plus the sender's own
     /// destination when `reply_to_sender` is set.
     pub fn destinations_for(&self, calling_ae: &str) -> Vec<String> {
@@ -332,6 +355,7 @@ impl Config {
             router,
             pipeline: self.pipeline.clone(),
             overlay: self.overlay.clone(),
+            outputs: self.outputs,
             outbox: self.outbox.clone(),
             destinations: self.destinations.clone(),
             retention: self.retention.clone(),
@@ -365,6 +389,19 @@ mod tests {
         let config = Config::load(&path).unwrap();
         config.validate(&path).unwrap();
         assert_eq!(config, Config::default(), "config/fcdnode.toml must list the defaults");
+    }
+
+    #[test]
+    fn outputs_reach_the_report_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outputs.toml");
+        std::fs::write(&path, "[outputs]\nkey_image = false\nparametric_map = false\n").unwrap();
+        let report = Config::load(&path).unwrap().validate(&path).unwrap().report_options();
+        assert!(!report.outputs.key_image && !report.outputs.parametric_map);
+        assert!(report.outputs.overlay_series && report.outputs.segmentation && report.outputs.structured_report);
+        std::fs::write(&path, "[outputs]\nkey_images = false\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("key_images") && err.contains("key_image"), "{err}");
     }
 
     #[test]

@@ -73,6 +73,11 @@ pub const DECISION_THRESHOLD: Code = code("FCD2-THRESH", PRIVATE_SCHEME, "Decisi
 pub const HEATMAP_OVERLAY: Code = code("FCD2-HEATMAP", PRIVATE_SCHEME, "Heatmap overlay");
 pub const FCD_PROBABILITY: Code = code("FCD2-PROB", PRIVATE_SCHEME, "Model probability of FCD type II");
 pub const NO_HOTSPOT: Code = code("FCD2-NOHOT", PRIVATE_SCHEME, "Hotspot not reported");
+pub const KEY_IMAGE: Code = code(
+    "FCD2-KEYIMG",
+    PRIVATE_SCHEME,
+    "Key image: orthogonal views of the hotspot",
+);
 pub const HEATMAP_VALUES: Code = code("FCD2-PMAP", PRIVATE_SCHEME, "Heatmap parametric map");
 /// An IMAGE item pointing at a segment of a Segmentation instance, as TID 1411 writes it.
 pub const REFERENCED_SEGMENT: Code = code("121191", "DCM", "Referenced Segment");

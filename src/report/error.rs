@@ -48,6 +48,13 @@ pub enum ReportError {
         series_uid: String,
         attribute: &'static str,
     },
+    /// A reformatted view of the source could not be sampled.
+    #[error("series {series_uid}: cannot reformat the source for the key image: {source}")]
+    Reformat {
+        series_uid: String,
+        #[source]
+        source: crate::volume::VolumeError,
+    },
     /// The file meta group could not be built.
     #[error("instance {sop_instance_uid}: cannot build the file meta group: {source}")]
     Meta {

@@ -10,6 +10,8 @@
 //! - [`structured_report`]: a Comprehensive 3D SR following TID 1500 (the IHE AI Results
 //!   pattern): device observer, algorithm identification (TID 4019), the finding, the
 //!   probability as a numeric measurement and the hotspot as an SCOORD3D point (LPS mm).
+//! - [`key_image`]: one SC instance with axial, coronal and sagittal views through the hotspot
+//!   and the result in words: what a radiologist opens first.
 //! - [`parametric_map`]: the heatmap itself as a Parametric Map (32-bit float frames on the
 //!   source grid, values on the display scale, 0 where the model did not look).
 //! - [`segmentation`]: for a suspected study, the region the overlay colours around the hotspot
@@ -27,6 +29,7 @@ mod dicom;
 mod enhanced;
 mod error;
 mod identity;
+pub mod key_image;
 pub mod pm;
 mod render;
 pub mod sc;
@@ -45,6 +48,7 @@ pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
 pub use identity::{Timestamp, UidGenerator};
+pub use key_image::key_image;
 pub use pm::parametric_map;
 pub use render::{ColourMap, glyph, preview_png};
 pub use sc::secondary_capture;
@@ -161,6 +165,12 @@ pub struct ReportOptions {
     pub series_number_seg: u32,
     /// Series Description of the Segmentation series.
     pub series_description_seg: String,
+    /// Series Number of the key image series.
+    pub series_number_key: u32,
+    /// Series Description of the key image series.
+    pub series_description_key: String,
+    /// Which outputs are made (and so sent and referenced by the SR).
+    pub outputs: OutputSelection,
     /// Colour scale, threshold and visibility of the heatmap overlay (`[overlay]` in the config).
     pub overlay: OverlayOptions,
     /// The model package's reference level for the explanation method in use (`[heatmap]` in its
@@ -188,6 +198,9 @@ impl Default for ReportOptions {
             series_description_pm: "FCD-II heatmap values (AI, unverified)".into(),
             series_number_seg: 9904,
             series_description_seg: "FCD-II hotspot region (AI, unverified)".into(),
+            series_number_key: 9905,
+            series_description_key: "FCD-II key image (AI, unverified)".into(),
+            outputs: OutputSelection::default(),
             overlay: OverlayOptions::default(),
             heat_reference: None,
             window_percentiles: [0.5, 99.5],
@@ -233,6 +246,36 @@ impl ReportOptions {
     pub fn with_timestamp(mut self, timestamp: Timestamp) -> Self {
         self.timestamp = Some(timestamp);
         self
+    }
+}
+
+/// Which outputs each job makes, and so sends (`[outputs]` in the node's configuration). The
+/// SR references exactly the objects made; `result.json` and the PNG preview are always written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSelection {
+    /// The heatmap overlay series (Secondary Capture, a frame per source slice).
+    pub overlay_series: bool,
+    /// The key image: axial, coronal and sagittal views through the hotspot with the result in
+    /// words (one Secondary Capture instance).
+    pub key_image: bool,
+    /// The heatmap values as a Parametric Map (for fusion and windowing in a viewer).
+    pub parametric_map: bool,
+    /// The hotspot region as a Segmentation (suspected studies only).
+    pub segmentation: bool,
+    /// The Structured Report (decision, probability, algorithm, hotspot).
+    pub structured_report: bool,
+}
+
+impl Default for OutputSelection {
+    fn default() -> Self {
+        Self {
+            overlay_series: true,
+            key_image: true,
+            parametric_map: true,
+            segmentation: true,
+            structured_report: true,
+        }
     }
 }
 
@@ -352,26 +395,25 @@ pub fn write_png(image: &image::RgbImage, path: &Path) -> Result<(), ReportError
 pub struct WrittenOutputs {
     /// The summary (also written as `result.json`).
     pub summary: ResultSummary,
-    /// Absolute paths of the SC files.
+    /// Absolute paths of the DICOM files, each when made.
+    pub key_image_path: Option<PathBuf>,
     pub sc_paths: Vec<PathBuf>,
-    /// Absolute path of the SR file.
-    pub sr_path: PathBuf,
-    /// Absolute path of the Parametric Map file.
-    pub pm_path: PathBuf,
-    /// Absolute path of the Segmentation file, when one was made (suspected studies).
+    pub pm_path: Option<PathBuf>,
     pub seg_path: Option<PathBuf>,
+    pub sr_path: Option<PathBuf>,
     /// Absolute path of the PNG preview.
     pub preview_path: PathBuf,
-    /// The objects, for sending.
+    /// The DICOM objects made, in sending order (as `summary.dicom_files()`).
     pub objects: Vec<DicomFile>,
 }
 
-/// Makes SC, Parametric Map, Segmentation (suspected studies), SR, preview and `result.json`
-/// and writes them into `dir` (`sc/SC_NNNN.dcm`, `pm/PM.dcm`, `seg/SEG.dcm`, `sr/SR.dcm`,
+/// Makes the DICOM outputs `options.outputs` selects (key image, SC, Parametric Map,
+/// Segmentation for suspected studies, SR), the preview and `result.json`, and writes them into
+/// `dir` (`key/KEY.dcm`, `sc/SC_NNNN.dcm`, `pm/PM.dcm`, `seg/SEG.dcm`, `sr/SR.dcm`,
 /// `preview.png`, `result.json`). The SR is made last so that it can reference the others.
-/// `timings_ms.sc`/`pm`/`seg`/`sr` are filled here and the time spent here is added to
-/// `timings.total` (the caller's time so far), so `result.json` is written once, complete; the
-/// other stages' times are taken from `timings`.
+/// `timings_ms.key_image`/`sc`/`pm`/`seg`/`sr` are filled here and the time spent here is added
+/// to `timings.total` (the caller's time so far), so `result.json` is written once, complete;
+/// the other stages' times are taken from `timings`.
 pub fn write_outputs(
     inputs: &ReportInputs<'_>,
     heatmap: &Volume,
@@ -380,69 +422,74 @@ pub fn write_outputs(
     dir: &Path,
 ) -> Result<WrittenOutputs, ReportError> {
     let t0 = std::time::Instant::now();
-    let write = |obj: &DicomFile, rel: String| -> Result<(String, PathBuf), ReportError> {
-        let path = dir.join(&rel);
-        write_dicom(obj, &path)?;
-        Ok((rel, path))
+    let write = |obj: &DicomFile, rel: String| -> Result<String, ReportError> {
+        write_dicom(obj, &dir.join(&rel))?;
+        Ok(rel)
     };
     check_all(inputs, heatmap)?;
-    // One overlay (display scale, head mask) for the SC and the SEG.
+    let selected = inputs.options.outputs;
+    // One overlay (display scale, head mask) for the key image, the SC and the SEG.
     let overlay = render::Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
-    let sc = sc::secondary_capture_over(inputs, &overlay, uids)?;
-    let (sc_files, sc_paths): (Vec<String>, Vec<PathBuf>) = sc
-        .iter()
-        .enumerate()
-        .map(|(n, obj)| write(obj, format!("sc/SC_{:04}.dcm", n + 1)))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .unzip();
-    timings.sc = ms(t0);
-    let t = std::time::Instant::now();
-    let pm = parametric_map(inputs, heatmap, uids)?;
-    let (pm_file, pm_path) = write(&pm, "pm/PM.dcm".into())?;
-    timings.pm = ms(t);
-    let t = std::time::Instant::now();
-    let seg = seg::segmentation_over(inputs, &overlay, uids)?;
-    let seg_written = seg.as_ref().map(|obj| write(obj, "seg/SEG.dcm".into())).transpose()?;
-    timings.seg = ms(t);
-    let t = std::time::Instant::now();
-    let derived = Derived {
-        sc: sc.iter().map(|obj| InstanceRef::of(obj)).collect(),
-        pm: Some(InstanceRef::of(&pm)),
-        seg: seg.as_ref().map(|obj| InstanceRef::of(obj)),
-    };
-    let sr = structured_report(inputs, &derived, uids)?;
-    let (sr_file, sr_path) = write(&sr, "sr/SR.dcm".into())?;
-    timings.sr = ms(t);
+    let mut files = OutputFiles::default();
+    let mut objects = Vec::new();
+    let mut derived = Derived::default();
+    if selected.key_image {
+        let t = std::time::Instant::now();
+        let key = key_image::key_image_over(inputs, &overlay, uids)?;
+        files.key_image = Some(write(&key, "key/KEY.dcm".into())?);
+        derived.key_image = Some(InstanceRef::of(&key));
+        objects.push(key);
+        timings.key_image = ms(t);
+    }
+    if selected.overlay_series {
+        let t = std::time::Instant::now();
+        let sc = sc::secondary_capture_over(inputs, &overlay, uids)?;
+        for (n, obj) in sc.iter().enumerate() {
+            files.sc.push(write(obj, format!("sc/SC_{:04}.dcm", n + 1))?);
+            derived.sc.push(InstanceRef::of(obj));
+        }
+        objects.extend(sc);
+        timings.sc = ms(t);
+    }
+    if selected.parametric_map {
+        let t = std::time::Instant::now();
+        let pm = parametric_map(inputs, heatmap, uids)?;
+        files.pm = Some(write(&pm, "pm/PM.dcm".into())?);
+        derived.pm = Some(InstanceRef::of(&pm));
+        objects.push(pm);
+        timings.pm = ms(t);
+    }
+    if selected.segmentation {
+        let t = std::time::Instant::now();
+        if let Some(seg) = seg::segmentation_over(inputs, &overlay, uids)? {
+            files.seg = Some(write(&seg, "seg/SEG.dcm".into())?);
+            derived.seg = Some(InstanceRef::of(&seg));
+            objects.push(seg);
+        }
+        timings.seg = ms(t);
+    }
+    if selected.structured_report {
+        let t = std::time::Instant::now();
+        let sr = structured_report(inputs, &derived, uids)?;
+        files.sr = Some(write(&sr, "sr/SR.dcm".into())?);
+        objects.push(sr);
+        timings.sr = ms(t);
+    }
     let preview = preview_png(inputs.source, heatmap, inputs.finding, inputs.options)?;
     let preview_path = dir.join("preview.png");
     write_png(&preview, &preview_path)?;
-    let (seg_file, seg_path) = seg_written.unzip();
-    let mut summary = result_json(
-        inputs.source,
-        inputs.finding,
-        inputs.algorithm,
-        OutputFiles {
-            sc: sc_files,
-            pm: Some(pm_file),
-            seg: seg_file,
-            sr: Some(sr_file),
-            preview_png: Some("preview.png".into()),
-        },
-        timings,
-    );
+    files.preview_png = Some("preview.png".into());
+    let mut summary = result_json(inputs.source, inputs.finding, inputs.algorithm, files, timings);
     summary.timings_ms.total += ms(t0);
     summary.write(&dir.join("result.json"))?;
-    let mut objects = sc;
-    objects.push(pm);
-    objects.extend(seg);
-    objects.push(sr);
+    let path = |rel: &Option<String>| rel.as_ref().map(|f| dir.join(f));
     Ok(WrittenOutputs {
+        key_image_path: path(&summary.key_image_file),
+        sc_paths: summary.sc_files.iter().map(|f| dir.join(f)).collect(),
+        pm_path: path(&summary.pm_file),
+        seg_path: path(&summary.seg_file),
+        sr_path: path(&summary.sr_file),
         summary,
-        sc_paths,
-        sr_path,
-        pm_path,
-        seg_path,
         preview_path,
         objects,
     })

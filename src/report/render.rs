@@ -8,11 +8,12 @@
 //! Slice k is drawn as the source image: row r, column c is voxel `[c, r, k]` (voxel index).
 
 use image::{Rgb, RgbImage};
+use nalgebra::Vector4;
 use ndarray::Array3;
 
 use super::{Algorithm, Finding, NegativeOverlay, ReportError, ReportOptions, label};
 use crate::assemble::Assembled;
-use crate::volume::Volume;
+use crate::volume::{Affine, Grid, Volume};
 
 /// Grey window: intensity `lo` → 0, `hi` → 255.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -188,6 +189,42 @@ impl Overlay {
         self.alpha.is_some() && self.head[idx] && h.is_finite() && h > self.threshold
     }
 
+    /// This overlay on another grid (nearest voxel through LPS mm), e.g. a reformatted plane of
+    /// the key image; `from` is the grid it lies on. Outside that grid nothing is coloured. The
+    /// hotspot is placed from its exact position `hotspot_lps` when it lies on the new grid.
+    pub fn reformat(&self, from: &Affine, grid: &Grid, hotspot_lps: Option<[f64; 3]>) -> Self {
+        let to_source = from.inverse() * grid.affine.matrix();
+        let shape = self.heat.shape();
+        let source_voxel = |i: usize, j: usize, k: usize| -> Option<[usize; 3]> {
+            let p = to_source * Vector4::new(i as f64, j as f64, k as f64, 1.0);
+            let idx: [f64; 3] = std::array::from_fn(|a| p[a].round());
+            (0..3)
+                .all(|a| idx[a] >= 0.0 && (idx[a] as usize) < shape[a])
+                .then(|| idx.map(|v| v as usize))
+        };
+        let mut heat = Array3::from_elem(grid.shape, f32::NAN);
+        let mut head = Array3::from_elem(grid.shape, false);
+        for ((i, j, k), h) in heat.indexed_iter_mut() {
+            if let Some(s) = source_voxel(i, j, k) {
+                *h = self.heat[s];
+                head[[i, j, k]] = self.head[s];
+            }
+        }
+        let hotspot = self.hotspot.and(hotspot_lps).and_then(|lps| {
+            let v = grid.affine.world_to_voxel(lps);
+            let idx: [f64; 3] = std::array::from_fn(|a| v[a].round());
+            (0..3)
+                .all(|a| idx[a] >= 0.0 && (idx[a] as usize) < grid.shape[a])
+                .then(|| idx.map(|v| v as usize))
+        });
+        Self {
+            heat,
+            head,
+            hotspot,
+            ..*self
+        }
+    }
+
     /// The hotspot's region: coloured voxels at or above half the hotspot's own heat,
     /// face-connected to it. Half maximum, not the colour threshold alone, because a coarse map
     /// (16 mm feature cells) colours one blob across a lobe, whose extent and centroid say
@@ -314,6 +351,12 @@ pub(crate) struct Legend {
 }
 
 impl Legend {
+    /// The legend with `line` added after its first (the result) line.
+    pub fn with_line(mut self, line: String) -> Self {
+        self.lines.insert(self.lines.len().min(1), line);
+        self
+    }
+
     /// Height of the band in pixels at font `scale`.
     fn height(&self, scale: u32) -> u32 {
         let text = (self.lines.len() + self.after.len()) as u32 * 9 * scale;
@@ -384,6 +427,12 @@ pub(crate) struct Letters {
 }
 
 impl Letters {
+    /// (left, right, top, bottom).
+    #[cfg(test)]
+    pub fn as_tuple(&self) -> (char, char, char, char) {
+        (self.left, self.right, self.top, self.bottom)
+    }
+
     /// From the volume's row (i) and column (j) directions in LPS; the dominant axis of each.
     pub fn of(volume: &Volume) -> Self {
         let [row, col, _] = volume.directions();
@@ -443,6 +492,37 @@ impl Layout {
             height,
         }
     }
+}
+
+impl Layout {
+    /// A montage panel: `image` inside margins only wide enough for its letters and caption.
+    pub fn panel(image: (u32, u32), scale: u32) -> Self {
+        let margin = 10 * scale;
+        Self {
+            scale,
+            left: margin,
+            top: margin,
+            image,
+            width: image.0 + 2 * margin,
+            height: image.1 + 2 * margin,
+        }
+    }
+}
+
+/// Panels side by side (tops aligned, 4 pixels apart) above one legend band across them all.
+pub(crate) fn montage(panels: &[RgbImage], legend: &Legend, scale: u32) -> RgbImage {
+    let gap = 4;
+    let width = panels.iter().map(RgbImage::width).sum::<u32>() + gap * panels.len().saturating_sub(1) as u32;
+    let width = width.max(LEGEND_CHARS as u32 * 6 * scale + 4 * scale);
+    let height = panels.iter().map(RgbImage::height).max().unwrap_or(0);
+    let mut out = RgbImage::new(width, height + legend.height(scale));
+    let mut x = 0;
+    for panel in panels {
+        image::imageops::replace(&mut out, panel, i64::from(x), 0);
+        x += panel.width() + gap;
+    }
+    legend.draw(&mut out, 0, height, width, scale);
+    out
 }
 
 /// The frame: black margins with the orientation letters, `image` at its place, the legend
@@ -650,17 +730,7 @@ pub fn preview_png(
     let pw = ((w_mm * scale).round() as u32).max(1);
     let ph = ((h_mm * scale).round() as u32).max(1);
     let letters = Letters::of(&source.volume);
-    let empty = Legend {
-        lines: Vec::new(),
-        bar: None,
-        after: Vec::new(),
-    };
-    let mut panel_layout = Layout::new((pw, ph), &empty);
-    // Panels only need room for their letters; the legend band spans the montage.
-    let s = panel_layout.scale;
-    panel_layout.width = pw + 20 * s;
-    panel_layout.left = 10 * s;
-    panel_layout.height = ph + 20 * s;
+    let panel_layout = Layout::panel((pw, ph), if pw >= 384 { 2 } else { 1 });
     let panels: Vec<RgbImage> = ks
         .iter()
         .map(|&k| {
@@ -678,14 +748,7 @@ pub fn preview_png(
             compose(&panel, &panel_layout, &letters, None, Some(&format!("SLICE {}", k + 1)))
         })
         .collect();
-    let gap = 4;
-    let montage_w = (ks.len() as u32 * (panel_layout.width + gap) - gap).max(LEGEND_CHARS as u32 * 6 * s + 4 * s);
-    let mut montage = RgbImage::new(montage_w, panel_layout.height + legend.height(s));
-    for (n, panel) in panels.iter().enumerate() {
-        image::imageops::replace(&mut montage, panel, i64::from(n as u32 * (panel_layout.width + gap)), 0);
-    }
-    legend.draw(&mut montage, 0, panel_layout.height, montage_w, s);
-    Ok(montage)
+    Ok(montage(&panels, &legend, panel_layout.scale))
 }
 
 #[cfg(test)]
@@ -832,6 +895,49 @@ mod tests {
         let l = Letters::of(&sagittal);
         assert_eq!((l.top, l.bottom), ('S', 'I'));
         assert!(matches!((l.left, l.right), ('A', 'P') | ('P', 'A')));
+    }
+
+    /// A reformatted overlay keeps heat and hotspot at their patient position, and nothing is
+    /// coloured where the source does not reach.
+    #[test]
+    fn reformat_keeps_heat_and_hotspot_at_their_position() {
+        use crate::volume::{Plane, acquisition_grid};
+        let source = acquisition_grid(Plane::Oblique, [1.0, 1.0, 1.5], [40.0; 3], [5.0, -3.0, 10.0]).unwrap();
+        let blob = [12usize, 25, 9];
+        let mut heat = Array3::<f32>::zeros(source.shape);
+        heat[blob] = 1.0;
+        let mut o = overlay(heat, Array3::from_elem(source.shape, true), Some(0.6));
+        o.hotspot = Some(blob);
+        let lps = source.voxel_to_world(blob.map(|v| v as f64));
+        // An axial plane through the blob at 0.5 mm, reaching 25 mm out: past the source's edge.
+        let identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let plane = Grid {
+            shape: [101, 101, 1],
+            affine: Affine::from_parts([0.5; 3], identity, [lps[0] - 25.0, lps[1] - 25.0, lps[2]]).unwrap(),
+        };
+        let r = o.reformat(&source.affine, &plane, Some(lps));
+        assert_eq!(r.hotspot, Some([50, 50, 0]));
+        let hot: Vec<[f64; 3]> = r
+            .heat
+            .indexed_iter()
+            .filter(|(_, h)| **h == 1.0)
+            .map(|((i, j, k), _)| plane.voxel_to_world([i as f64, j as f64, k as f64]))
+            .collect();
+        assert!(!hot.is_empty(), "the blob shows on the plane through it");
+        // Nearest voxel: each hot pixel lies in the blob's voxel (half its diagonal away at most).
+        let reach = 0.5 * (1.0f64 + 1.0 + 1.5 * 1.5).sqrt() + 1e-9;
+        for p in &hot {
+            let d = (0..3).map(|a| (p[a] - lps[a]).powi(2)).sum::<f64>().sqrt();
+            assert!(d <= reach, "hot pixel {d:.2} mm from the blob");
+        }
+        let outside = r
+            .heat
+            .iter()
+            .zip(&r.head)
+            .filter(|(h, inside)| h.is_nan() && !**inside)
+            .count();
+        assert!(outside > 100, "beyond the source: no heat, no head ({outside} pixels)");
+        assert!(r.heat.iter().zip(&r.head).all(|(h, inside)| h.is_finite() || !*inside));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use image::RgbImage;
 
 use super::dicom::{
     NewSeries, common_base, ds_multi, finish, frame_of_reference, put_seq, put_str, put_tag, put_u16,
-    source_image_item, source_image_items, source_modality,
+    source_image_item, source_image_items, source_modality, truncate,
 };
 use super::enhanced::{Geometry, put_frame_of_reference, put_pixel_bytes};
 use super::render::{Overlay, Window, frames};
@@ -96,93 +96,44 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Modules both SC flavours share: patient/study/series/equipment, SC Equipment, General
-    /// Image, Image Pixel (less the data).
+    /// Modules both SC flavours share (see [`sc_image_base`]).
     fn base(&self, sop_class: &str, sop_uid: &str, instance: usize) -> Result<InMemDicomObject, ReportError> {
         let inputs = self.inputs;
         let options = inputs.options;
         let g = self.geometry;
-        let mut obj = common_base(
+        let derivation = format!(
+            "{} heatmap over source intensities windowed {}..{}; {}; colour ({:?}) only inside the \
+             head and the model's field of view, above {:.2} of {}; overlay of negatives {:?}",
+            inputs.algorithm.name,
+            self.window.lo,
+            self.window.hi,
+            super::label(inputs.finding.suspected),
+            options.overlay.colour_map,
+            options.overlay.threshold,
+            match options.heat_reference {
+                Some(r) => format!("the model's reference level {r} (absolute scale)"),
+                None => "the study's peak (relative scale: the model has no reference, uncalibrated)".into(),
+            },
+            options.overlay.negative,
+        );
+        sc_image_base(
             inputs,
             sop_class,
             sop_uid,
-            &NewSeries {
-                uid: self.series_uid,
-                modality: &source_modality(inputs),
-                number: options.series_number_sc,
-                description: &options.series_description_sc,
+            &ScImage {
+                series: NewSeries {
+                    uid: self.series_uid,
+                    modality: &source_modality(inputs),
+                    number: options.series_number_sc,
+                    description: &options.series_description_sc,
+                },
+                instance,
+                size: [g.rows, g.columns],
+                patient_orientation: &g.patient_orientation(),
+                derivation: &derivation,
             },
             self.timestamp,
-        )?;
-        // SC Equipment
-        put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
-        let device = inputs.device;
-        put_str(
-            &mut obj,
-            tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER,
-            VR::LO,
-            &super::dicom::truncate(&device.manufacturer, 64),
-        );
-        put_str(
-            &mut obj,
-            tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER_MODEL_NAME,
-            VR::LO,
-            &super::dicom::truncate(&device.model_name, 64),
-        );
-        put_str(
-            &mut obj,
-            tags::SECONDARY_CAPTURE_DEVICE_SOFTWARE_VERSIONS,
-            VR::LO,
-            &super::dicom::truncate(&device.software_versions, 64),
-        );
-        // General Image
-        put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, &instance.to_string());
-        put_str(&mut obj, tags::PATIENT_ORIENTATION, VR::CS, &g.patient_orientation());
-        put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
-        put_str(
-            &mut obj,
-            tags::DERIVATION_DESCRIPTION,
-            VR::ST,
-            &format!(
-                "{} heatmap over source intensities windowed {}..{}; {}; colour ({:?}) only inside the \
-                 head and the model's field of view, above {:.2} of {}; overlay of negatives {:?}",
-                inputs.algorithm.name,
-                self.window.lo,
-                self.window.hi,
-                super::label(inputs.finding.suspected),
-                options.overlay.colour_map,
-                options.overlay.threshold,
-                match options.heat_reference {
-                    Some(r) => format!("the model's reference level {r} (absolute scale)"),
-                    None => "the study's peak (relative scale: the model has no reference, uncalibrated)".into(),
-                },
-                options.overlay.negative,
-            ),
-        );
-        put_str(
-            &mut obj,
-            tags::IMAGE_COMMENTS,
-            VR::LT,
-            &format!(
-                "AI output, unverified: {} (probability {:.3}, threshold {:.2})",
-                super::label(inputs.finding.suspected),
-                inputs.finding.probability,
-                inputs.finding.threshold
-            ),
-        );
-        put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
-        put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
-        // Image Pixel (Multi-frame True Color SC Image module values)
-        put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 3);
-        put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
-        put_u16(&mut obj, tags::PLANAR_CONFIGURATION, 0);
-        put_u16(&mut obj, tags::ROWS, g.rows as u16);
-        put_u16(&mut obj, tags::COLUMNS, g.columns as u16);
-        put_u16(&mut obj, tags::BITS_ALLOCATED, 8);
-        put_u16(&mut obj, tags::BITS_STORED, 8);
-        put_u16(&mut obj, tags::HIGH_BIT, 7);
-        put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
-        Ok(obj)
+        )
     }
 
     /// One Multi-frame True Color SC instance; frame n = source slice n.
@@ -242,4 +193,74 @@ impl Context<'_> {
         put_pixel_bytes(&mut obj, frame.as_raw().clone());
         finish(obj, sop_uid)
     }
+}
+
+/// What one Secondary Capture image instance says about itself beyond the shared modules.
+pub(crate) struct ScImage<'a> {
+    pub series: NewSeries<'a>,
+    /// Instance Number.
+    pub instance: usize,
+    /// Rows, columns.
+    pub size: [usize; 2],
+    /// Patient Orientation (empty when the image has no single orientation).
+    pub patient_orientation: &'a str,
+    /// Derivation Description: how the pixels were made.
+    pub derivation: &'a str,
+}
+
+/// Patient/study/series/equipment, SC Equipment, General Image and Image Pixel (less the data)
+/// of an 8-bit RGB Secondary Capture instance: what the overlay frames and the key image share.
+pub(crate) fn sc_image_base(
+    inputs: &ReportInputs<'_>,
+    sop_class: &str,
+    sop_uid: &str,
+    image: &ScImage<'_>,
+    timestamp: &Timestamp,
+) -> Result<InMemDicomObject, ReportError> {
+    let mut obj = common_base(inputs, sop_class, sop_uid, &image.series, timestamp)?;
+    // SC Equipment
+    put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
+    let device = inputs.device;
+    for (tag, value) in [
+        (tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER, &device.manufacturer),
+        (
+            tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER_MODEL_NAME,
+            &device.model_name,
+        ),
+        (
+            tags::SECONDARY_CAPTURE_DEVICE_SOFTWARE_VERSIONS,
+            &device.software_versions,
+        ),
+    ] {
+        put_str(&mut obj, tag, VR::LO, &truncate(value, 64));
+    }
+    // General Image
+    put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, &image.instance.to_string());
+    put_str(&mut obj, tags::PATIENT_ORIENTATION, VR::CS, image.patient_orientation);
+    put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
+    put_str(&mut obj, tags::DERIVATION_DESCRIPTION, VR::ST, image.derivation);
+    put_str(
+        &mut obj,
+        tags::IMAGE_COMMENTS,
+        VR::LT,
+        &format!(
+            "AI output, unverified: {} (probability {:.3}, threshold {:.2})",
+            super::label(inputs.finding.suspected),
+            inputs.finding.probability,
+            inputs.finding.threshold
+        ),
+    );
+    put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+    put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+    // Image Pixel (the True Color SC Image module's values)
+    put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 3);
+    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
+    put_u16(&mut obj, tags::PLANAR_CONFIGURATION, 0);
+    put_u16(&mut obj, tags::ROWS, image.size[0] as u16);
+    put_u16(&mut obj, tags::COLUMNS, image.size[1] as u16);
+    put_u16(&mut obj, tags::BITS_ALLOCATED, 8);
+    put_u16(&mut obj, tags::BITS_STORED, 8);
+    put_u16(&mut obj, tags::HIGH_BIT, 7);
+    put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
+    Ok(obj)
 }

@@ -72,6 +72,8 @@ impl InstanceRef {
 /// The objects made for the same study that the SR points at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Derived {
+    /// The key image (orthogonal views through the hotspot).
+    pub key_image: Option<InstanceRef>,
     /// The SC instances: one multi-frame instance, or one per source slice in slice order.
     pub sc: Vec<InstanceRef>,
     /// The heatmap's Parametric Map.
@@ -81,9 +83,15 @@ pub struct Derived {
 }
 
 impl Derived {
-    /// Every referenced object: SC, PM, SEG.
+    /// Every referenced object: key image, SC, PM, SEG.
     fn all(&self) -> Vec<InstanceRef> {
-        self.sc.iter().chain(&self.pm).chain(&self.seg).cloned().collect()
+        self.key_image
+            .iter()
+            .chain(&self.sc)
+            .chain(&self.pm)
+            .chain(&self.seg)
+            .cloned()
+            .collect()
     }
 }
 
@@ -321,6 +329,9 @@ fn measurement_group(
         if let Some((r, frame)) = overlay {
             items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_OVERLAY), r, frame)));
         }
+    }
+    if let Some(key) = &derived.key_image {
+        items.push(Some(image("CONTAINS", Some(&codes::KEY_IMAGE), key, None)));
     }
     if let Some(pm) = &derived.pm {
         items.push(Some(image("CONTAINS", Some(&codes::HEATMAP_VALUES), pm, None)));

@@ -14,6 +14,7 @@ pub struct Timings {
     pub preprocess: f64,
     pub infer: f64,
     pub explain: f64,
+    pub key_image: f64,
     pub sc: f64,
     pub pm: f64,
     pub seg: f64,
@@ -62,6 +63,9 @@ pub struct ResultSummary {
     pub study_uid: String,
     /// Model identity.
     pub model: ModelSummary,
+    /// Key image file written (relative to the output directory), if any.
+    #[serde(default)]
+    pub key_image_file: Option<String>,
     /// Secondary Capture files written (relative to the output directory).
     pub sc_files: Vec<String>,
     /// Structured Report file written (relative to the output directory), if any.
@@ -91,6 +95,8 @@ pub fn label(suspected: bool) -> &'static str {
 /// The files one run wrote, relative to its output directory.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OutputFiles {
+    /// Key image.
+    pub key_image: Option<String>,
     /// Secondary Capture files.
     pub sc: Vec<String>,
     /// Parametric Map file.
@@ -128,6 +134,7 @@ pub fn result_json(
             version: algorithm.version.clone(),
             sha256: algorithm.sha256.clone(),
         },
+        key_image_file: files.key_image,
         sc_files: files.sc,
         sr_file: files.sr,
         pm_file: files.pm,
@@ -138,11 +145,12 @@ pub fn result_json(
 }
 
 impl ResultSummary {
-    /// The DICOM files to send, relative to the output directory, in sending order: SC, PM,
-    /// SEG, then the SR that references them.
+    /// The DICOM files to send, relative to the output directory, in sending order: key image,
+    /// SC, PM, SEG, then the SR that references them.
     pub fn dicom_files(&self) -> impl Iterator<Item = &str> {
-        self.sc_files
+        self.key_image_file
             .iter()
+            .chain(&self.sc_files)
             .chain(&self.pm_file)
             .chain(&self.seg_file)
             .chain(&self.sr_file)

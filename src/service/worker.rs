@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::infer::Ensemble;
 use crate::pipeline::{self, Options, PipelineError, Stage};
 use crate::report::sr::InstanceRef;
-use crate::report::{self, ReportOptions, ResultSummary};
+use crate::report::{self, ResultSummary};
 use crate::spool::db::{JobDb, JobFailure, JobRow, JobState};
 
 /// First wait before a job that hit a fault of the node's own disk or database runs again.
@@ -173,7 +173,7 @@ impl Worker {
                     ("preprocess", t.preprocess),
                     ("infer", t.infer),
                     ("explain", t.explain),
-                    ("report", t.sc + t.pm + t.seg + t.sr),
+                    ("report", t.key_image + t.sc + t.pm + t.seg + t.sr),
                 ] {
                     self.metrics.observe_stage(stage, ms / 1000.0);
                 }
@@ -361,15 +361,7 @@ fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
 fn options(config: &Settings) -> Options {
     Options {
         explain: config.pipeline.explain,
-        report: ReportOptions {
-            multiframe: config.pipeline.multiframe_sc,
-            series_number_sc: config.pipeline.sc_series_number,
-            series_number_sr: config.pipeline.sr_series_number,
-            series_number_pm: config.pipeline.pm_series_number,
-            series_number_seg: config.pipeline.seg_series_number,
-            overlay: config.overlay.clone(),
-            ..ReportOptions::default()
-        },
+        report: config.report_options(),
         device: report::Device {
             device_uid: config.node.device_uid.clone(),
             institution_name: config.node.institution_name.clone(),

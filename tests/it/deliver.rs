@@ -121,8 +121,11 @@ fn fixture() -> Fixture {
         mr,
         mr_jls,
         sc: written.sc_paths,
-        pm_seg: vec![written.pm_path, seg],
-        sr: written.sr_path,
+        pm_seg: [written.key_image_path, written.pm_path, Some(seg)]
+            .into_iter()
+            .flatten()
+            .collect(),
+        sr: written.sr_path.expect("the SR is made by default"),
     }
 }
 

@@ -429,14 +429,16 @@ fn sop_class(path: &Path) -> String {
 }
 
 pub(crate) const SC_MULTIFRAME: &str = "1.2.840.10008.5.1.4.1.1.7.4";
+/// The key image: one single-frame Secondary Capture.
+pub(crate) const KEY_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.7";
 pub(crate) const SR_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 pub(crate) const PARAMETRIC_MAP: &str = "1.2.840.10008.5.1.4.1.1.30";
 pub(crate) const SEGMENTATION: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
-/// The SOP classes of a study's outputs, sorted: SC, PM and SR, and the Segmentation when there
-/// is one.
+/// The SOP classes of a study's outputs, sorted: key image, SC, PM and SR, and the Segmentation
+/// when there is one.
 fn output_classes(segmentation: bool) -> Vec<String> {
-    let mut c: Vec<String> = [PARAMETRIC_MAP, SC_MULTIFRAME, SR_3D]
+    let mut c: Vec<String> = [KEY_IMAGE, PARAMETRIC_MAP, SC_MULTIFRAME, SR_3D]
         .into_iter()
         .chain(segmentation.then_some(SEGMENTATION))
         .map(str::to_string)
@@ -445,8 +447,9 @@ fn output_classes(segmentation: bool) -> Vec<String> {
     c
 }
 
-/// The SOP classes `job` delivered, read from its result: SC, PM and SR, and a Segmentation when
-/// the result names one (suspected studies only; the centre-tap model's map may be flat).
+/// The SOP classes `job` delivered, read from its result: key image, SC, PM and SR, and a
+/// Segmentation when the result names one (suspected studies only; the centre-tap model's map
+/// may be flat).
 pub(crate) fn job_classes(node: &NodeProc, job: &serde_json::Value) -> Vec<String> {
     let detail = node.get(&format!("/jobs/{}", job["id"]));
     let result = &detail["result"];

@@ -1,7 +1,7 @@
 //! Orthanc (Debian's `orthanc`, started here on loopback ports with its own configuration) as
 //! the PACS: the series is uploaded to Orthanc over REST, Orthanc C-STOREs it to `fcdnode
-//! serve`, and the node's Secondary Capture, Parametric Map, Segmentation (suspected studies)
-//! and Structured Report come back into the same study. Then Orthanc forwards the whole study
+//! serve` running the demo model, and the node's key image, Secondary Capture, Parametric Map,
+//! Segmentation (the patient is suspected) and Structured Report come back into the same study. Then Orthanc forwards the whole study
 //! (now with our outputs) to the node again, as an auto-routing PACS would: the node
 //! acknowledges it and makes nothing new.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::node::{
-    Destination, NodeProc, PARAMETRIC_MAP, SC_MULTIFRAME, SEGMENTATION, SR_3D, flair_files, free_port, job_classes,
-    model, wait_until,
+    Destination, KEY_IMAGE, NodeProc, PARAMETRIC_MAP, SC_MULTIFRAME, SEGMENTATION, SR_3D, flair_files, free_port,
+    job_classes, wait_until,
 };
 use crate::util::tempdir;
 
@@ -190,7 +190,7 @@ fn series_class(orthanc: &Orthanc, series: &Value) -> String {
 }
 
 #[test]
-fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study() {
+fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_study() {
     let dir = tempdir();
     let orthanc_dicom = free_port();
     let node_dicom = free_port();
@@ -198,7 +198,7 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     // Orthanc forwards whole studies, our outputs included: accept other classes, keep none.
     let node = NodeProc::start_with(
         dir.path(),
-        &model(dir.path()),
+        &crate::util::repo().join("models/demo"),
         node_dicom,
         &Destination {
             name: "orthanc",
@@ -260,11 +260,12 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
     }
     let (sc, sr, pm) = (by_class(SC_MULTIFRAME), by_class(SR_3D), by_class(PARAMETRIC_MAP));
     assert_eq!(text(&sr[0]["MainDicomTags"]["Modality"]), "SR", "{:#}", sr[0]);
-    let seg = by_class(SEGMENTATION);
-    if let Some(seg) = seg.first() {
-        assert_eq!(text(&seg["MainDicomTags"]["Modality"]), "SEG", "{seg:#}");
-    }
-    for s in [sc[0], sr[0], pm[0]].into_iter().chain(seg.first().copied()) {
+    // The demo model suspects the synthetic patient: its hotspot region comes back as a SEG.
+    let (seg, key) = (by_class(SEGMENTATION), by_class(KEY_IMAGE));
+    assert_eq!(seg.len(), 1, "a suspected study gets its Segmentation: {all:#?}");
+    assert_eq!(text(&seg[0]["MainDicomTags"]["Modality"]), "SEG", "{:#}", seg[0]);
+    assert_eq!(text(&key[0]["MainDicomTags"]["SeriesNumber"]), "9905", "{:#}", key[0]);
+    for s in [key[0], sc[0], sr[0], pm[0], seg[0]] {
         assert_ne!(text(&s["MainDicomTags"]["SeriesInstanceUID"]), source_series_uid);
         let tags = orthanc.instance_tags(&text(&s["Instances"][0]));
         assert_eq!(text(&tags["StudyInstanceUID"]), source_study_uid, "{tags:#}");
@@ -290,10 +291,18 @@ fn orthanc_sends_a_series_to_the_node_and_gets_sc_and_sr_back_in_the_same_study(
         referenced.difference(&source_instances).collect::<Vec<_>>()
     );
 
+    // The SR's other evidence lists every output Orthanc now holds.
+    let mut pertinent = BTreeSet::new();
+    referenced_instances(&sr_tags["PertinentOtherEvidenceSequence"], &mut pertinent);
+    for s in [key[0], sc[0], pm[0], seg[0]] {
+        let uid = text(&orthanc.instance_tags(&text(&s["Instances"][0]))["SOPInstanceUID"]);
+        assert!(pertinent.contains(&uid), "the SR does not list {uid}: {pertinent:?}");
+    }
+
     let jobs = node.jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let job = node.get(&format!("/jobs/{}", jobs[0]["id"]));
-    assert!(job["result"]["probability"].as_f64().is_some(), "{job}");
+    assert_eq!(job["result"]["suspected"], true, "{job}");
 
     // Loop guard: Orthanc forwards the whole study, our outputs included, to the node again.
     let instances_before = orthanc.get("/instances").as_array().map(Vec::len);

@@ -15,8 +15,8 @@ use dicom_object::{InMemDicomObject, open_file};
 use fcdnode::assemble::{Assembled, assemble_paths};
 use fcdnode::report::{
     Algorithm, Derived, Device, DicomFile, Finding, Hotspot, InstanceRef, ReportError, ReportInputs, ReportOptions,
-    Timestamp, Timings, UidGenerator, is_own_output, parametric_map, preview_png, secondary_capture, segmentation,
-    structured_report, write_dicom, write_outputs,
+    Timestamp, Timings, UidGenerator, is_own_output, key_image, parametric_map, preview_png, secondary_capture,
+    segmentation, structured_report, write_dicom, write_outputs,
 };
 use fcdnode::synth::dicom::{DicomOptions, SeriesInfo, write_series};
 use fcdnode::volume::Volume;
@@ -300,11 +300,12 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     // FCDNODE_KEEP_OUTPUTS=DIR keeps the outputs for inspection.
     if let Some(keep) = std::env::var_os("FCDNODE_KEEP_OUTPUTS") {
         let keep = Path::new(&keep).join(format!("{plane:?}-{enhanced}-{multiframe}"));
-        let outputs = written
-            .sc_paths
-            .iter()
-            .chain([&written.sr_path, &written.preview_path, &written.pm_path]);
-        for path in outputs.chain(&written.seg_path) {
+        let outputs = written.sc_paths.iter().chain([
+            written.sr_path.as_ref().unwrap(),
+            &written.preview_path,
+            written.pm_path.as_ref().unwrap(),
+        ]);
+        for path in outputs.chain(&written.seg_path).chain(&written.key_image_path) {
             let rel = path.strip_prefix(&f.dir).unwrap();
             std::fs::create_dir_all(keep.join(rel).parent().unwrap()).unwrap();
             std::fs::copy(path, keep.join(rel)).unwrap();
@@ -319,7 +320,12 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     for path in written
         .sc_paths
         .iter()
-        .chain([&written.sr_path, &written.pm_path, seg_path])
+        .chain([
+            written.sr_path.as_ref().unwrap(),
+            written.pm_path.as_ref().unwrap(),
+            seg_path,
+        ])
+        .chain(&written.key_image_path)
     {
         let warnings = dciodvfy(path);
         if !warnings.is_empty() {
@@ -439,7 +445,7 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
     assert!(rendered > 10, "{label}: only {rendered} coloured pixels at the hotspot");
 
     // dsrdump reads the SR tree.
-    let out = run_ok(Command::new(tool("dsrdump")).arg(&written.sr_path));
+    let out = run_ok(Command::new(tool("dsrdump")).arg(written.sr_path.as_ref().unwrap()));
     let dump = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "fcd-resnet18-demo",
@@ -460,7 +466,7 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
         dump.contains(&x[..x.len().min(5)]),
         "{label}: dsrdump lacks hotspot x {x}:\n{dump}"
     );
-    let sr = open_file(&written.sr_path).unwrap();
+    let sr = open_file(written.sr_path.as_ref().unwrap()).unwrap();
     assert_eq!(str_of(&sr, tags::STUDY_INSTANCE_UID), study_uid);
     assert!(is_own_output(&sr, &device.device_uid));
 
@@ -522,7 +528,11 @@ fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
 /// both; values are the display scale, finite, with what they mean said in the mapping.
 fn check_pm_and_seg(label: &str, f: &Fixture, written: &fcdnode::report::WrittenOutputs, json: &serde_json::Value) {
     let seg_path = written.seg_path.as_deref().expect("suspected: a SEG");
-    let read = read_with_highdicom(&written.pm_path, &written.sr_path, Some(seg_path));
+    let read = read_with_highdicom(
+        written.pm_path.as_ref().unwrap(),
+        written.sr_path.as_ref().unwrap(),
+        Some(seg_path),
+    );
     let hotspot = lps_of(&json["hotspot_lps"]);
     let sr_point = lps_of(&read["sr"]["point"]);
     assert!(
@@ -583,7 +593,7 @@ fn check_pm_and_seg(label: &str, f: &Fixture, written: &fcdnode::report::Written
         "{label}: {evidence:?}"
     );
     // The node's loop guard knows both as its own.
-    for path in [&written.pm_path, &written.seg_path.clone().unwrap()] {
+    for path in [written.pm_path.as_ref().unwrap(), &written.seg_path.clone().unwrap()] {
         assert!(
             is_own_output(&open_file(path).unwrap(), &Device::default().device_uid),
             "{label}: loop guard"
@@ -619,13 +629,16 @@ fn outputs_for(finding: Finding, label: &str) -> (String, serde_json::Value) {
         &f.dir,
     )
     .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let written_dicom = written.sc_paths.iter().chain([&written.sr_path, &written.pm_path]);
-    for path in written_dicom.chain(&written.seg_path) {
+    let written_dicom = written
+        .sc_paths
+        .iter()
+        .chain([written.sr_path.as_ref().unwrap(), written.pm_path.as_ref().unwrap()]);
+    for path in written_dicom.chain(&written.seg_path).chain(&written.key_image_path) {
         for warning in dciodvfy(path) {
             eprintln!("{label}: dciodvfy {}: {warning}", path.display());
         }
     }
-    let out = run_ok(Command::new(tool("dsrdump")).arg(&written.sr_path));
+    let out = run_ok(Command::new(tool("dsrdump")).arg(written.sr_path.as_ref().unwrap()));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(f.dir.join("result.json")).unwrap()).unwrap();
     assert_eq!(json["pm_file"], "pm/PM.dcm", "{label}: every study has its map");
@@ -671,6 +684,98 @@ fn a_negative_study_names_no_fcd_finding_and_no_location() {
     assert!(!dump.contains("Referenced Segment"), "negative: {dump}");
     assert!(json["no_hotspot"].as_str().unwrap().contains("not suspected"), "{json}");
     assert_eq!(json["model"]["sha256"], "0f".repeat(32));
+}
+
+/// `[outputs]` decides what is made: an object switched off is neither written nor referenced
+/// by the SR, and `result.json` lists exactly what was written.
+#[test]
+fn outputs_selection_decides_what_is_made_and_referenced() {
+    use fcdnode::report::OutputSelection;
+    let f = fixture(Plane::Axial, false);
+    let algorithm = algorithm();
+    let device = Device::default();
+    for (selection, expected) in [
+        (
+            OutputSelection {
+                overlay_series: false,
+                parametric_map: false,
+                ..OutputSelection::default()
+            },
+            ["key/KEY.dcm", "seg/SEG.dcm", "sr/SR.dcm"].as_slice(),
+        ),
+        (
+            OutputSelection {
+                key_image: false,
+                segmentation: false,
+                structured_report: false,
+                ..OutputSelection::default()
+            },
+            ["sc/SC_0001.dcm", "pm/PM.dcm"].as_slice(),
+        ),
+    ] {
+        let options = ReportOptions {
+            outputs: selection,
+            ..options(true)
+        };
+        let inputs = ReportInputs {
+            source_header: &f.header,
+            source: &f.source,
+            finding: &f.finding,
+            algorithm: &algorithm,
+            device: &device,
+            options: &options,
+        };
+        let out = f
+            .dir
+            .join(format!("{selection:?}").replace([' ', ':', ',', '{', '}'], ""));
+        let written = write_outputs(
+            &inputs,
+            &f.heatmap,
+            &mut UidGenerator::seeded(5),
+            Timings::default(),
+            &out,
+        )
+        .unwrap();
+        let files: Vec<&str> = written.summary.dicom_files().collect();
+        assert_eq!(files, expected, "{selection:?}");
+        assert_eq!(written.objects.len(), expected.len());
+        for dir in ["key", "sc", "pm", "seg", "sr"] {
+            let made = expected.iter().any(|f| f.starts_with(dir));
+            assert_eq!(out.join(dir).exists(), made, "{selection:?}: {dir}/");
+        }
+        assert!(out.join("result.json").is_file() && out.join("preview.png").is_file());
+        if let Some(sr_path) = &written.sr_path {
+            // The SR's other evidence is exactly the other objects made.
+            let sr = open_file(sr_path).unwrap();
+            let mut listed: Vec<String> = Vec::new();
+            for study in sr
+                .get(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE)
+                .and_then(|e| e.items())
+                .unwrap()
+            {
+                for series in study
+                    .get(tags::REFERENCED_SERIES_SEQUENCE)
+                    .and_then(|e| e.items())
+                    .unwrap()
+                {
+                    for sop in series
+                        .get(tags::REFERENCED_SOP_SEQUENCE)
+                        .and_then(|e| e.items())
+                        .unwrap()
+                    {
+                        listed.push(str_of(sop, tags::REFERENCED_SOP_INSTANCE_UID));
+                    }
+                }
+            }
+            let mut made: Vec<String> = written.objects[..written.objects.len() - 1]
+                .iter()
+                .map(|o| str_of(o, tags::SOP_INSTANCE_UID))
+                .collect();
+            listed.sort();
+            made.sort();
+            assert_eq!(listed, made, "{selection:?}");
+        }
+    }
 }
 
 #[test]
@@ -952,13 +1057,15 @@ fn same_seed_same_objects() {
         let seg = segmentation(&inputs, &f.heatmap, &mut uids)
             .unwrap()
             .expect("suspected: a SEG");
+        let key = key_image(&inputs, &f.heatmap, &mut uids).unwrap();
         let derived = Derived {
+            key_image: Some(InstanceRef::of(&key)),
             sc: vec![InstanceRef::of(&sc)],
             pm: Some(InstanceRef::of(&pm)),
             seg: Some(InstanceRef::of(&seg)),
         };
         let sr = structured_report(&inputs, &derived, &mut uids).unwrap();
-        [sc, pm, seg, sr]
+        [key, sc, pm, seg, sr]
     };
     let (a, b) = (make(), make());
     let dir = tempdir();
@@ -1279,10 +1386,7 @@ fn demo_patient_and_control_overlays() {
         let png = image::open(&png_path).unwrap().to_rgb8();
         let rendered = check_frame(&label, &png, &study, k, cross);
         // The map and the hotspot region, as highdicom reads them: the map peaks at the hotspot,
-        // the region holds it; a control has no region. The region is what the overlay colours
-        // around the hotspot: on this coarse model (16 mm feature cells) everything above 0.6 of
-        // the reference is a large blob whose centroid lies centimetres from the peak, so only
-        // the synthetic fixture's checks hold the centroid to 4 mm.
+        // the region holds it and is centred on it (within 4 mm); a control has no region.
         let dicom = |rel: &Option<String>| rel.as_ref().map(|f| out.join(f));
         let (pm_path, seg_path) = (dicom(&summary.pm_file), dicom(&summary.seg_file));
         let pm_path = pm_path.unwrap_or_else(|| panic!("{label}: no PM"));
@@ -1309,6 +1413,10 @@ fn demo_patient_and_control_overlays() {
             );
             assert!(distance(lps_of(&read["sr"]["point"]), lps) < 1e-3, "{label}: {read}");
             assert!(distance(pm_max, lps) <= 4.0, "{label}: PM max {pm_max:?} vs {lps:?}");
+            assert!(
+                distance(centroid, lps) <= 4.0,
+                "{label}: SEG centroid {centroid:?} vs {lps:?}"
+            );
             assert_eq!(read["seg"]["contains_sr_point"], true, "{label}: {}", read["seg"]);
             assert!(
                 read["pm"]["lut_explanation"]
@@ -1334,8 +1442,70 @@ fn demo_patient_and_control_overlays() {
             frames.len(),
             k + 1
         );
+        // The key image, as a viewer renders it: colour for the suspected study only (the
+        // control's shows none, not even a colour bar), the result in words; the SR points at it.
+        let key_path = out.join(
+            summary
+                .key_image_file
+                .as_deref()
+                .unwrap_or_else(|| panic!("{label}: no key image")),
+        );
+        for warning in dciodvfy(&key_path) {
+            eprintln!("{label}: dciodvfy key image: {warning}");
+        }
+        let key = open_file(&key_path).unwrap();
+        assert_eq!(str_of(&key, tags::SERIES_NUMBER), "9905", "{label}");
+        assert!(
+            is_own_output(&key, fcdnode::report::DEFAULT_DEVICE_UID),
+            "{label}: loop guard"
+        );
+        let key_png_path = out.join(format!("{subject}-key.png"));
+        run_ok(
+            Command::new(tool("dcmj2pnm"))
+                .args(["+on", "-il"])
+                .arg(&key_path)
+                .arg(&key_png_path),
+        );
+        let key_png = image::open(&key_png_path).unwrap().to_rgb8();
+        let key_coloured = key_png.pixels().filter(|p| is_coloured(p)).count();
+        // The views lie above the colour bar (the first row with a long run of colour; text is
+        // white): the overlay's columns there fall into one group per view.
+        let (w, h) = key_png.dimensions();
+        let row_colour: Vec<u32> = (0..h)
+            .map(|y| (0..w).filter(|&x| is_coloured(key_png.get_pixel(x, y))).count() as u32)
+            .collect();
+        let bar_top = row_colour.iter().position(|&n| n >= 200).unwrap_or(h as usize);
+        let columns: Vec<u32> = (0..w)
+            .filter(|&x| (0..bar_top as u32).any(|y| is_coloured(key_png.get_pixel(x, y))))
+            .collect();
+        let groups = columns.windows(2).filter(|c| c[1] - c[0] > 20).count() + usize::from(!columns.is_empty());
+        let in_views: u32 = row_colour[..bar_top].iter().sum();
+        eprintln!(
+            "{label}: key image {w}x{h}, {key_coloured} coloured pixels, {in_views} in {groups} group(s) over the views"
+        );
+        if suspected {
+            assert_eq!(
+                groups, 3,
+                "{label}: the hotspot shows in the axial, coronal and sagittal view"
+            );
+        } else {
+            assert_eq!(key_coloured, 0, "{label}: a control's key image shows no colour");
+        }
+        let tree = String::from_utf8_lossy(&run_ok(Command::new(tool("dsrdump")).arg(&sr_path)).stdout).into_owned();
+        if suspected {
+            assert!(
+                tree.contains("Key image"),
+                "{label}: the SR's finding points at the key image"
+            );
+        }
+        let sr_dump = String::from_utf8_lossy(&run_ok(Command::new(tool("dcmdump")).arg(&sr_path)).stdout).into_owned();
+        assert!(
+            sr_dump.contains(&str_of(&key, tags::SOP_INSTANCE_UID)),
+            "{label}: the SR's evidence lists the key image"
+        );
         if let Some(keep) = &keep {
             std::fs::create_dir_all(keep).unwrap();
+            std::fs::copy(&key_png_path, keep.join(format!("{subject}-{group}-key.png"))).unwrap();
             std::fs::copy(&png_path, keep.join(format!("{subject}-{group}-frame{}.png", k + 1))).unwrap();
             std::fs::copy(
                 out.join("preview.png"),
