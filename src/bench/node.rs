@@ -196,6 +196,10 @@ impl TimedSink {
 }
 
 impl InstanceSink for TimedSink {
+    fn staging_dir(&self) -> std::path::PathBuf {
+        self.files.staging_dir()
+    }
+
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
         let class = instance.sop_class_uid.clone();
         let outcome = self.files.store(instance);

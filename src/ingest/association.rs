@@ -34,7 +34,8 @@ use super::dimse::{
     STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
     STATUS_UNRECOGNIZED_OPERATION,
 };
-use super::limits::{MalformedDataSet, check_element_lengths_limited};
+use super::limits::{MalformedDataSet, check_data_set};
+use super::spill::DataSetBuffer;
 use super::stats::{IngestStats, bump};
 use super::syntax::{MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage, trim_uid};
 use super::{InstanceSink, ReceivedInstance, StoreOutcome};
@@ -48,7 +49,7 @@ mod tests;
 
 use link::{Link, ReadError};
 use negotiate::{Negotiated, Offer, Rejection, negotiate};
-use reassembly::{DataSet, Message, Reassembly};
+use reassembly::{DataSet, Dropped, Message, Reassembly};
 
 /// What every connection of one `serve` shares: the checked settings, the sink, the counters,
 /// the abstract syntaxes offered, the association slots and the shutdown flag.
@@ -258,7 +259,7 @@ pub(super) async fn handle_connection(shared: Arc<Shared>, socket: TcpStream, pe
     info!(%peer, calling_ae = %calling_ae, called_ae = %called_ae,
         accepted_contexts = accepted.len(), refused_contexts = refused, "association accepted");
     bump(&stats.associations_accepted);
-    let reassembly = Reassembly::new(accepted, config.max_instance_bytes());
+    let reassembly = Reassembly::new(accepted, config.max_instance_bytes(), shared.sink.staging_dir());
     let mut session = Session {
         shared,
         peer,
@@ -421,11 +422,14 @@ fn check_store(context: &Context, sop_class: &str, data: &DataSet, config: &ScpC
             why,
         });
     }
-    if data.over_cap {
-        let why = format!(
-            "data set of {} bytes exceeds max_instance_mb = {}",
-            data.total, config.max_instance_mb
-        );
+    if let Some(dropped) = &data.dropped {
+        let why = match dropped {
+            Dropped::OverCap => format!(
+                "data set of {} bytes exceeds max_instance_mb = {}",
+                data.total, config.max_instance_mb
+            ),
+            Dropped::Staging(e) => format!("cannot stage the data set of {} bytes: {e}", data.total),
+        };
         return Some(StoreEnd::Failed {
             status: STATUS_OUT_OF_RESOURCES,
             why,
@@ -628,9 +632,16 @@ impl Session {
             let stats = &self.shared.stats;
             stats.bytes_received.fetch_add(fed.data_bytes as u64, Ordering::Relaxed);
         }
-        if let Some(sop_instance) = &fed.went_over_cap {
-            warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance = %sop_instance,
-                max_instance_mb = self.shared.config.max_instance_mb, "data set over the size limit: draining");
+        match &fed.dropped {
+            Some((sop_instance, Dropped::OverCap)) => {
+                warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance = %sop_instance,
+                    max_instance_mb = self.shared.config.max_instance_mb, "data set over the size limit: draining");
+            }
+            Some((sop_instance, Dropped::Staging(e))) => {
+                warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance = %sop_instance,
+                    error = %e, "cannot stage the data set: draining");
+            }
+            None => {}
         }
         match fed.message {
             Some(message) => self.on_message(message).await,
@@ -684,7 +695,7 @@ impl Session {
     /// Decides the C-STORE status: checks, then the sink on a blocking thread; counts and logs
     /// the end.
     async fn store(&mut self, context: &Context, command: &Command, data: DataSet) -> (u16, Option<String>) {
-        let bytes = data.bytes.len();
+        let bytes = data.total;
         let end = match check_store(context, &command.affected_sop_class, &data, &self.shared.config) {
             Some(end) => end,
             None => self.to_sink(context, command, data.bytes).await,
@@ -694,7 +705,7 @@ impl Session {
     }
 
     /// The pre-parse and the sink, on a blocking thread.
-    async fn to_sink(&self, context: &Context, command: &Command, dataset: Vec<u8>) -> StoreEnd {
+    async fn to_sink(&self, context: &Context, command: &Command, dataset: DataSetBuffer) -> StoreEnd {
         let instance = ReceivedInstance {
             calling_ae: self.calling_ae.clone(),
             peer: self.peer,
@@ -706,7 +717,7 @@ impl Session {
         let sink = self.shared.sink.clone();
         let cap = self.shared.config.max_instance_bytes();
         let outcome = tokio::task::spawn_blocking(move || -> Result<StoreOutcome, MalformedDataSet> {
-            check_element_lengths_limited(&instance.dataset, &instance.transfer_syntax, cap)?;
+            check_data_set(&instance.dataset, &instance.transfer_syntax, cap, &sink.staging_dir())?;
             Ok(sink.store(instance))
         })
         .await;
@@ -723,7 +734,7 @@ impl Session {
     }
 
     /// Counts and logs how a C-STORE of `bytes` data set bytes ended.
-    fn record(&self, command: &Command, end: &StoreEnd, bytes: usize) {
+    fn record(&self, command: &Command, end: &StoreEnd, bytes: u64) {
         let stats = &self.shared.stats;
         let (peer, calling_ae) = (self.peer, &self.calling_ae);
         let (sop_class, sop_instance) = (&command.affected_sop_class, &command.affected_sop_instance);

@@ -6,7 +6,9 @@
 //! reads headers and skips values; it allocates nothing except, for the deflated transfer
 //! syntax, the inflated stream (capped).
 
-use std::io::Read;
+use std::io::{Read, Write};
+
+use super::spill::DataSetBuffer;
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
@@ -65,16 +67,55 @@ pub fn check_element_lengths_limited(
     transfer_syntax: &str,
     max_inflated: usize,
 ) -> Result<(), MalformedDataSet> {
+    check_encoded(
+        &dataset,
+        transfer_syntax,
+        |cap| {
+            let mut out = Vec::new();
+            inflate_capped(dataset, &mut out, cap)?;
+            walk_top(&out.as_slice(), Encoding::Explicit)
+        },
+        max_inflated,
+    )
+}
+
+/// [`check_element_lengths_limited`] on a received data set wherever it is held: headers are
+/// read where they lie, and a deflated data set is inflated into a buffer of the same kind (in
+/// memory while small, then in a file), so memory stays bounded whatever the peer sent.
+pub fn check_data_set(
+    dataset: &DataSetBuffer,
+    transfer_syntax: &str,
+    max_inflated: usize,
+    staging: &std::path::Path,
+) -> Result<(), MalformedDataSet> {
+    let unreadable =
+        |e: std::io::Error| MalformedDataSet::at(None, 0, format!("cannot read the received data set: {e}"));
+    check_encoded(
+        dataset,
+        transfer_syntax,
+        |cap| {
+            let mut out = DataSetBuffer::new(staging);
+            inflate_capped(dataset.reader().map_err(unreadable)?, &mut out, cap)?;
+            walk_top(&out, Encoding::Explicit)
+        },
+        max_inflated,
+    )
+}
+
+/// The walk for `transfer_syntax`; `deflated` inflates (to at most its argument) and walks.
+fn check_encoded<B: Bytes + ?Sized>(
+    dataset: &B,
+    transfer_syntax: &str,
+    deflated: impl FnOnce(usize) -> Result<(), MalformedDataSet>,
+    max_inflated: usize,
+) -> Result<(), MalformedDataSet> {
     let ts = trim_uid(transfer_syntax);
     match ts {
         IMPLICIT_VR_LE => walk_top(dataset, Encoding::Implicit),
-        DEFLATED_EXPLICIT_VR_LE => {
-            let inflated = inflate_capped(dataset, max_inflated)?;
-            walk_top(&inflated, Encoding::Explicit).map_err(|mut e| {
-                e.message.push_str(" (offset in the inflated data set)");
-                e
-            })
-        }
+        DEFLATED_EXPLICIT_VR_LE => deflated(max_inflated).map_err(|mut e| {
+            e.message.push_str(" (offset in the inflated data set)");
+            e
+        }),
         EXPLICIT_VR_BE => Err(MalformedDataSet::at(
             None,
             0,
@@ -86,21 +127,46 @@ pub fn check_element_lengths_limited(
     }
 }
 
-fn inflate_capped(deflated: &[u8], cap: usize) -> Result<Vec<u8>, MalformedDataSet> {
-    let mut out = Vec::new();
+/// Inflates `deflated` into `out`, refusing more than `cap` bytes.
+fn inflate_capped(deflated: impl Read, out: &mut impl Write, cap: usize) -> Result<(), MalformedDataSet> {
     let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::DeflateDecoder::new(deflated)
-        .take(limit)
-        .read_to_end(&mut out)
+    let written = std::io::copy(&mut flate2::read::DeflateDecoder::new(deflated).take(limit), out)
         .map_err(|e| MalformedDataSet::at(None, 0, format!("deflated data set does not inflate: {e}")))?;
-    if out.len() > cap {
+    if written > limit - 1 {
         return Err(MalformedDataSet::at(
             None,
             0,
             format!("deflated data set inflates to more than {cap} bytes"),
         ));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Where the walker reads element headers from: a slice, or a received data set wherever it is
+/// held. Reads stay within `len` (the walker checks every length first).
+trait Bytes {
+    fn len(&self) -> usize;
+    /// `N` bytes at `pos`; `None` when they cannot be read.
+    fn array<const N: usize>(&self, pos: usize) -> Option<[u8; N]>;
+}
+
+impl Bytes for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn array<const N: usize>(&self, pos: usize) -> Option<[u8; N]> {
+        self.get(pos..pos + N).and_then(|b| b.try_into().ok())
+    }
+}
+
+impl Bytes for DataSetBuffer {
+    fn len(&self) -> usize {
+        usize::try_from(DataSetBuffer::len(self)).unwrap_or(usize::MAX)
+    }
+    fn array<const N: usize>(&self, pos: usize) -> Option<[u8; N]> {
+        let mut out = [0u8; N];
+        self.read_at(pos as u64, &mut out).ok().map(|()| out)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,24 +189,47 @@ enum Value {
     Bytes,
 }
 
-fn walk_top(buf: &[u8], encoding: Encoding) -> Result<(), MalformedDataSet> {
-    let walker = Walker { buf };
-    let end = walker.dataset(0, buf.len(), encoding, 0, false)?;
+fn walk_top<B: Bytes + ?Sized>(buf: &B, encoding: Encoding) -> Result<(), MalformedDataSet> {
+    let walker = Walker {
+        buf,
+        unreadable: std::cell::Cell::new(None),
+    };
+    let walked = walker.dataset(0, buf.len(), encoding, 0, false);
+    // A header that could not be read was taken as zeros: report that instead.
+    if let Some(pos) = walker.unreadable.get() {
+        return Err(MalformedDataSet::at(
+            None,
+            pos,
+            "cannot read the received data set here",
+        ));
+    }
+    let end = walked?;
     debug_assert_eq!(end, buf.len());
     Ok(())
 }
 
-struct Walker<'a> {
-    buf: &'a [u8],
+struct Walker<'a, B: ?Sized> {
+    buf: &'a B,
+    /// The first position whose bytes could not be read (an I/O error on a staged file).
+    unreadable: std::cell::Cell<Option<usize>>,
 }
 
-impl Walker<'_> {
+impl<B: Bytes + ?Sized> Walker<'_, B> {
+    fn bytes<const N: usize>(&self, pos: usize) -> [u8; N] {
+        self.buf.array(pos).unwrap_or_else(|| {
+            if self.unreadable.get().is_none() {
+                self.unreadable.set(Some(pos));
+            }
+            [0; N]
+        })
+    }
+
     fn u16_at(&self, pos: usize) -> u16 {
-        u16::from_le_bytes([self.buf[pos], self.buf[pos + 1]])
+        u16::from_le_bytes(self.bytes(pos))
     }
 
     fn u32_at(&self, pos: usize) -> u32 {
-        u32::from_le_bytes([self.buf[pos], self.buf[pos + 1], self.buf[pos + 2], self.buf[pos + 3]])
+        u32::from_le_bytes(self.bytes(pos))
     }
 
     fn tag_at(&self, pos: usize) -> (u16, u16) {
@@ -204,7 +293,7 @@ impl Walker<'_> {
             let (header, length, value) = match encoding {
                 Encoding::Implicit => (8, self.u32_at(pos + 4), implicit_value(tag)),
                 Encoding::Explicit => {
-                    let vr_bytes = [self.buf[pos + 4], self.buf[pos + 5]];
+                    let vr_bytes: [u8; 2] = self.bytes(pos + 4);
                     let Some(vr) = VR::from_binary(vr_bytes) else {
                         return Err(MalformedDataSet::at(
                             Some(tag),

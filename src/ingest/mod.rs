@@ -33,10 +33,11 @@
 //! dicom-object) sees the data set.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// One C-STORE request as received: the data set bytes in the negotiated transfer syntax
 /// (no file meta group).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ReceivedInstance {
     /// Calling AE title of the association (trimmed).
     pub calling_ae: String,
@@ -48,8 +49,9 @@ pub struct ReceivedInstance {
     pub sop_instance_uid: String,
     /// Transfer syntax UID of the presentation context the data came on.
     pub transfer_syntax: String,
-    /// The data set, encoded in `transfer_syntax`.
-    pub dataset: Vec<u8>,
+    /// The data set, encoded in `transfer_syntax`: in memory while small, else in a staging
+    /// file in [`InstanceSink::staging_dir`].
+    pub dataset: DataSetBuffer,
 }
 
 /// What the sink did with an instance; decides the C-STORE-RSP status.
@@ -70,6 +72,12 @@ pub enum StoreOutcome {
 pub trait InstanceSink: Send + Sync + 'static {
     /// Stores one instance and says how it went.
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome;
+
+    /// Where data sets too large for memory are staged while they arrive: best on the volume
+    /// the sink stores to, so that its copy stays in the kernel.
+    fn staging_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+    }
 }
 
 mod admission;
@@ -78,11 +86,14 @@ mod config;
 mod dimse;
 mod limits;
 mod listener;
+mod spill;
 mod stats;
 mod syntax;
 
 pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError, ScpSettings};
+pub use limits::check_data_set;
 pub use limits::{MalformedDataSet, check_element_lengths, check_element_lengths_limited};
 pub use listener::{IngestError, bind, serve};
+pub use spill::{DataSetBuffer, IN_MEMORY_BYTES};
 pub use stats::{IngestStats, IngestStatsSnapshot};
 pub use syntax::{ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage};

@@ -77,8 +77,12 @@ struct MeteredSpool {
 }
 
 impl InstanceSink for MeteredSpool {
+    fn staging_dir(&self) -> std::path::PathBuf {
+        self.spool.staging_dir()
+    }
+
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
-        let bytes = instance.dataset.len() as u64;
+        let bytes = instance.dataset.len();
         let outcome = self.spool.store(instance);
         match &outcome {
             StoreOutcome::Failed { status, .. } => self.metrics.instance_refused(*status),

@@ -184,6 +184,11 @@ impl Spool {
 }
 
 impl InstanceSink for Spool {
+    /// `spool/tmp`: on the spool's volume, where the part files are written too.
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join("spool/tmp")
+    }
+
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
         match self.store_inner(&instance) {
             Ok(outcome) => {
@@ -270,6 +275,11 @@ impl FolderSink {
 }
 
 impl InstanceSink for FolderSink {
+    /// The folder itself (unnamed staging files leave no trace in it).
+    fn staging_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
         if let Err(refusal) = check_uid("Affected SOP Instance UID", &instance.sop_instance_uid) {
             return refusal.into();
@@ -293,15 +303,15 @@ fn write_part_file(inst: &ReceivedInstance, tmp: &Path) -> Result<(), Refusal> {
         .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
     let file = File::create(tmp).map_err(|e| Refusal::io(tmp, e))?;
     let mut out = BufWriter::new(file);
-    let write = |out: &mut BufWriter<File>| -> std::io::Result<()> {
+    let head = |out: &mut BufWriter<File>| -> std::io::Result<()> {
         out.write_all(&[0u8; 128])?;
         out.write_all(b"DICM")?;
         meta.write(&mut *out).map_err(std::io::Error::other)?;
-        out.write_all(&inst.dataset)?;
         out.flush()
     };
-    write(&mut out).map_err(|e| Refusal::io(tmp, e))?;
-    let file = out.into_inner().map_err(|e| Refusal::io(tmp, e.into_error()))?;
+    head(&mut out).map_err(|e| Refusal::io(tmp, e))?;
+    let mut file = out.into_inner().map_err(|e| Refusal::io(tmp, e.into_error()))?;
+    inst.dataset.copy_to(&mut file).map_err(|e| Refusal::io(tmp, e))?;
     file.sync_all().map_err(|e| Refusal::io(tmp, e))
 }
 

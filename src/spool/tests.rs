@@ -40,7 +40,7 @@ fn instance(sop: &str, dataset: Vec<u8>) -> ReceivedInstance {
         sop_class_uid: MR.into(),
         sop_instance_uid: sop.into(),
         transfer_syntax: "1.2.840.10008.1.2.1".into(),
-        dataset,
+        dataset: dataset.into(),
     }
 }
 
@@ -49,6 +49,32 @@ fn failed_status(outcome: StoreOutcome) -> u16 {
         StoreOutcome::Failed { status, .. } => status,
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+/// A data set staged in a file (past the memory bound) is stored byte for byte, the copy made
+/// from the staging file, and the staging directory is left empty.
+#[test]
+fn a_staged_data_set_is_stored_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let sop = "1.2.826.0.1.1.2.9";
+    let bytes = dataset(sop, None);
+    let mut staged = crate::ingest::DataSetBuffer::with_limit(&spool.staging_dir(), 16);
+    staged.append(&bytes).unwrap();
+    assert!(staged.is_spilled());
+    let mut inst = instance(sop, Vec::new());
+    inst.dataset = staged;
+    assert_eq!(spool.store(inst), StoreOutcome::Stored);
+    let path = dir
+        .path()
+        .join("spool/1.2.826.0.1.1/1.2.826.0.1.1.2")
+        .join(format!("{sop}.dcm"));
+    let file = std::fs::read(&path).unwrap();
+    assert!(
+        file.ends_with(&bytes),
+        "the data set follows the file meta group unchanged"
+    );
+    assert_eq!(std::fs::read_dir(spool.staging_dir()).unwrap().count(), 0);
 }
 
 #[test]

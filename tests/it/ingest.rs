@@ -83,11 +83,18 @@ impl InstanceSink for DirSink {
                 reason: "test sink refuses everything".into(),
             };
         }
-        if let Err(reason) = parse_dataset(&instance.dataset, &instance.transfer_syntax) {
+        let mut bytes = Vec::new();
+        if let Err(e) = instance.dataset.reader().and_then(|mut r| r.read_to_end(&mut bytes)) {
+            return StoreOutcome::Failed {
+                status: 0xA700,
+                reason: e.to_string(),
+            };
+        }
+        if let Err(reason) = parse_dataset(&bytes, &instance.transfer_syntax) {
             return StoreOutcome::Failed { status: 0xC000, reason };
         }
         let path = self.dir.path().join(format!("{}.bin", instance.sop_instance_uid));
-        if let Err(e) = std::fs::write(&path, &instance.dataset) {
+        if let Err(e) = std::fs::write(&path, &bytes) {
             return StoreOutcome::Failed {
                 status: 0xA700,
                 reason: e.to_string(),
@@ -95,7 +102,7 @@ impl InstanceSink for DirSink {
         }
         let mut received = self.received.lock().unwrap();
         received.push(ReceivedInstance {
-            dataset: Vec::new(),
+            dataset: Vec::new().into(),
             ..instance
         });
         StoreOutcome::Stored
@@ -1063,5 +1070,158 @@ fn element_length_check_passes_real_files_and_catches_truncation() {
     assert_eq!(
         enhanced.meta().media_storage_sop_class_uid().trim_end_matches('\0'),
         "1.2.840.10008.5.1.4.1.1.4.1"
+    );
+}
+
+const LARGE_CHILD: &str = "FCDNODE_IT_INGEST_LARGE_CHILD";
+
+/// Concurrent large instances stream to the spool: the node's peak RSS grows by far less than
+/// what is received, and every byte lands on disk. CI size: 4 × 64 MiB; the long figure
+/// (`FCDNODE_LARGE=8x256`) is in the README. The SCP runs in a child process (this test binary,
+/// re-executed) with the real spool as its sink, so nothing else moves the figure; the senders
+/// are DCMTK `storescu` processes.
+#[test]
+fn concurrent_large_instances_stream_to_the_spool_with_bounded_memory() {
+    if let Some(dir) = std::env::var_os(LARGE_CHILD) {
+        return large_child(Path::new(&dir));
+    }
+    let (count, mb) = match std::env::var("FCDNODE_LARGE") {
+        Ok(v) => {
+            let (n, m) = v.split_once('x').expect("FCDNODE_LARGE=NxMB");
+            (n.parse::<usize>().unwrap(), m.parse::<usize>().unwrap())
+        }
+        Err(_) => (4, 64),
+    };
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("send")).unwrap();
+    for n in 0..count {
+        write_large_instance(&dir.path().join(format!("send/large-{n}.dcm")), n, mb);
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "ingest::concurrent_large_instances_stream_to_the_spool_with_bounded_memory",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(LARGE_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let line = all
+        .lines()
+        .find_map(|l| l.find("peak RSS").map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("the child test did not run: {all}"));
+    println!("{count} x {mb} MiB: {line}");
+    let growth: u64 = line.rsplit(' ').nth(1).unwrap().parse().unwrap();
+    // Before streaming, each data set was held whole (and copied): ≥ count × mb.
+    assert!(growth < 100 * 1024, "{line}");
+}
+
+/// An MR image of `mb` MiB (16-bit pixels, 4096 columns).
+fn write_large_instance(path: &Path, n: usize, mb: usize) {
+    let rows = (mb * 1024 * 1024 / (4096 * 2)) as u16;
+    let sop = format!("1.2.826.0.1.3680043.10.1.77.{n}");
+    let mut obj = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, value: &str| obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    put(tags::SOP_CLASS_UID, VR::UI, MR);
+    put(tags::SOP_INSTANCE_UID, VR::UI, &sop);
+    put(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.1.77");
+    put(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.1.77.100");
+    put(tags::MODALITY, VR::CS, "MR");
+    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    for (tag, value) in [
+        (tags::SAMPLES_PER_PIXEL, 1u16),
+        (tags::ROWS, rows),
+        (tags::COLUMNS, 4096),
+        (tags::BITS_ALLOCATED, 16),
+        (tags::BITS_STORED, 16),
+        (tags::HIGH_BIT, 15),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
+        obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+    }
+    let pixels: Vec<u8> = (0..usize::from(rows) * 4096 * 2).map(|i| (i % 253) as u8).collect();
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(pixels)));
+    obj.with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(EXPLICIT)
+            .media_storage_sop_class_uid(MR)
+            .media_storage_sop_instance_uid(sop.as_str()),
+    )
+    .unwrap()
+    .write_to_file(path)
+    .unwrap();
+}
+
+fn large_child(dir: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spool = Arc::new(fcdnode::spool::Spool::open(&dir.join("node"), fcdnode::report::DEFAULT_DEVICE_UID).unwrap());
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (_shutdown, rx) = tokio::sync::watch::channel(false);
+    let sink: Arc<dyn InstanceSink> = spool.clone();
+    rt.spawn(ingest::serve(
+        listener,
+        Arc::new(config().check().unwrap()),
+        sink,
+        Arc::new(IngestStats::default()),
+        rx,
+    ));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("send"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let before = peak_rss_kb();
+    let senders: Vec<_> = files
+        .iter()
+        .map(|f| {
+            Command::new(tool("storescu"))
+                .env("TCP_NODELAY", "1")
+                .args(["-aec", "FCDNODE", "-aet", "MRI", "127.0.0.1", &port])
+                .arg(f)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for sender in senders {
+        let out = sender.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let after = peak_rss_kb();
+    let received: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    println!(
+        "received {} MiB; peak RSS before {before} kB, after {after} kB, growth {} kB",
+        received / (1024 * 1024),
+        after.saturating_sub(before)
+    );
+    assert_eq!(spool.db().instance_count().unwrap(), files.len() as i64);
+    for (n, f) in files.iter().enumerate() {
+        let sent = std::fs::read(f).unwrap();
+        let sop = format!("1.2.826.0.1.3680043.10.1.77.{n}");
+        let stored = dir
+            .join("node/spool/1.2.826.0.1.3680043.10.1.77/1.2.826.0.1.3680043.10.1.77.100")
+            .join(format!("{sop}.dcm"));
+        let stored = std::fs::read(&stored).unwrap();
+        // Same data set after each file's own meta group (132 + group 2 bytes).
+        let body = |b: &[u8]| {
+            let meta_len = u32::from_le_bytes(b[140..144].try_into().unwrap()) as usize;
+            b[144 + meta_len..].to_vec()
+        };
+        assert!(body(&sent) == body(&stored), "{sop}: the stored data set differs");
+    }
+    assert_eq!(
+        std::fs::read_dir(spool.staging_dir()).unwrap().count(),
+        0,
+        "no staging file left"
     );
 }

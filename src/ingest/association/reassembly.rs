@@ -5,40 +5,40 @@
 //! turn is an [`Abort`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use dicom_ul::pdu::{AbortRQServiceProviderReason, PDataValue, PDataValueType};
 
 use super::{Abort, Context, abort};
 use crate::ingest::dimse::{Command, MAX_COMMAND_SET, RESPONSE_BIT, parse_command};
+use crate::ingest::spill::DataSetBuffer;
 
 /// Where the reassembly of the current DIMSE message stands.
 #[derive(Debug)]
 enum State {
     Idle,
-    Command {
-        pc: u8,
-        bytes: Vec<u8>,
-    },
-    Data {
-        pc: u8,
-        command: Command,
-        bytes: Vec<u8>,
-        /// Bytes received so far (also counted when over the cap and dropped).
-        total: u64,
-        /// The data set went over `max_instance_mb`: the rest is drained and dropped.
-        over_cap: bool,
-    },
+    Command { pc: u8, bytes: Vec<u8> },
+    Data { pc: u8, command: Command, data: DataSet },
 }
 
 /// The data set of a message, as reassembled.
 #[derive(Debug)]
 pub(super) struct DataSet {
-    /// The bytes; empty when `over_cap`.
-    pub(super) bytes: Vec<u8>,
-    /// Bytes received, including those dropped over the cap.
+    /// The bytes; empty once `dropped`.
+    pub(super) bytes: DataSetBuffer,
+    /// Bytes received, including those dropped.
     pub(super) total: u64,
-    /// The data set went over `max_instance_mb` and was dropped.
-    pub(super) over_cap: bool,
+    /// Why the rest was drained and dropped, if it was.
+    pub(super) dropped: Option<Dropped>,
+}
+
+/// Why a data set was not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Dropped {
+    /// It went over `max_instance_mb`.
+    OverCap,
+    /// Its staging file could not be written (disk full, permissions).
+    Staging(String),
 }
 
 /// A complete DIMSE message: a request command set and, when it announced one, its data set.
@@ -55,9 +55,9 @@ pub(super) struct Message {
 pub(super) struct Fed {
     /// Data set bytes the PDV carried (counted in `bytes_received`, kept or not).
     pub(super) data_bytes: usize,
-    /// The SOP Instance UID of the data set when this PDV took it over the cap (the rest is
+    /// The SOP Instance UID of the data set, and why, when this PDV made it dropped (the rest is
     /// drained).
-    pub(super) went_over_cap: Option<String>,
+    pub(super) dropped: Option<(String, Dropped)>,
     /// The message this PDV completed.
     pub(super) message: Option<Message>,
 }
@@ -68,14 +68,17 @@ pub(super) struct Fed {
 pub(super) struct Reassembly {
     contexts: HashMap<u8, Context>,
     max_instance_bytes: usize,
+    /// Where data sets past the memory bound are staged (the sink's choice).
+    staging: PathBuf,
     state: State,
 }
 
 impl Reassembly {
-    pub(super) fn new(contexts: HashMap<u8, Context>, max_instance_bytes: usize) -> Self {
+    pub(super) fn new(contexts: HashMap<u8, Context>, max_instance_bytes: usize, staging: PathBuf) -> Self {
         Self {
             contexts,
             max_instance_bytes,
+            staging,
             state: State::Idle,
         }
     }
@@ -91,7 +94,7 @@ impl Reassembly {
             presentation_context_id: pc,
             value_type,
             is_last,
-            data,
+            data: payload,
         } = pdv;
         if !self.contexts.contains_key(&pc) {
             return Err(abort(
@@ -100,48 +103,44 @@ impl Reassembly {
             ));
         }
         match (std::mem::replace(&mut self.state, State::Idle), value_type) {
-            (State::Idle, PDataValueType::Command) => self.command_fragment(pc, data, is_last),
+            (State::Idle, PDataValueType::Command) => self.command_fragment(pc, payload, is_last),
             (State::Command { pc: current, mut bytes }, PDataValueType::Command) if current == pc => {
-                bytes.extend_from_slice(&data);
+                bytes.extend_from_slice(&payload);
                 self.command_fragment(pc, bytes, is_last)
             }
             (
                 State::Data {
                     pc: current,
                     command,
-                    mut bytes,
-                    mut total,
-                    mut over_cap,
+                    mut data,
                 },
                 PDataValueType::Data,
             ) if current == pc => {
                 let mut fed = Fed {
-                    data_bytes: data.len(),
+                    data_bytes: payload.len(),
                     ..Fed::default()
                 };
-                total += data.len() as u64;
-                if !over_cap && bytes.len().saturating_add(data.len()) <= self.max_instance_bytes {
-                    bytes.extend_from_slice(&data);
-                } else if !over_cap {
-                    over_cap = true;
-                    bytes = Vec::new();
-                    fed.went_over_cap = Some(command.affected_sop_instance.clone());
+                data.total += payload.len() as u64;
+                if data.dropped.is_none() {
+                    if data.bytes.len().saturating_add(payload.len() as u64) > self.max_instance_bytes as u64 {
+                        data.dropped = Some(Dropped::OverCap);
+                    } else if let Err(e) = data.bytes.append(&payload) {
+                        data.dropped = Some(Dropped::Staging(e.to_string()));
+                    }
+                    if let Some(why) = &data.dropped {
+                        data.bytes = DataSetBuffer::new(&self.staging);
+                        fed.dropped = Some((command.affected_sop_instance.clone(), why.clone()));
+                    }
                 }
                 if is_last {
                     fed.message = Some(Message {
                         pc,
                         context: self.contexts[&pc].clone(),
                         command,
-                        data: Some(DataSet { bytes, total, over_cap }),
+                        data: Some(data),
                     });
                 } else {
-                    self.state = State::Data {
-                        pc,
-                        command,
-                        bytes,
-                        total,
-                        over_cap,
-                    };
+                    self.state = State::Data { pc, command, data };
                 }
                 Ok(fed)
             }
@@ -186,9 +185,11 @@ impl Reassembly {
             self.state = State::Data {
                 pc,
                 command,
-                bytes: Vec::new(),
-                total: 0,
-                over_cap: false,
+                data: DataSet {
+                    bytes: DataSetBuffer::new(&self.staging),
+                    total: 0,
+                    dropped: None,
+                },
             };
             return Ok(Fed::default());
         }

@@ -71,14 +71,14 @@ fn context(abstract_syntax: &str) -> Context {
 /// Contexts 1 (Verification) and 3 (MR), data sets capped at `cap` bytes.
 fn reassembly(cap: usize) -> Reassembly {
     let contexts = HashMap::from([(1, context(VERIFICATION)), (3, context(MR))]);
-    Reassembly::new(contexts, cap)
+    Reassembly::new(contexts, cap, std::env::temp_dir())
 }
 
 fn data_set(bytes: &[u8], over_cap: bool) -> DataSet {
     DataSet {
-        bytes: if over_cap { Vec::new() } else { bytes.to_vec() },
+        bytes: if over_cap { Vec::new() } else { bytes.to_vec() }.into(),
         total: bytes.len() as u64,
-        over_cap,
+        dropped: over_cap.then_some(Dropped::OverCap),
     }
 }
 
@@ -449,7 +449,7 @@ fn a_data_set_is_reassembled_on_its_command_context_and_counted() {
     assert!(fed.message.is_none(), "the data set is still to come");
     let first = r.feed(data_pdv(3, false, b"abcd")).unwrap();
     assert_eq!(first.data_bytes, 4);
-    assert!(first.message.is_none() && first.went_over_cap.is_none());
+    assert!(first.message.is_none() && first.dropped.is_none());
     let last = r.feed(data_pdv(3, true, b"efg")).unwrap();
     assert_eq!(last.data_bytes, 3);
     let message = last.message.expect("complete");
@@ -457,9 +457,9 @@ fn a_data_set_is_reassembled_on_its_command_context_and_counted() {
     assert_eq!(message.context, context(MR));
     assert_eq!(message.command.affected_sop_instance, "1.2.3");
     let data = message.data.expect("a data set");
-    assert_eq!(data.bytes, b"abcdefg");
+    assert_eq!(data.bytes.in_memory(), Some(b"abcdefg".as_slice()));
     assert_eq!(data.total, 7);
-    assert!(!data.over_cap);
+    assert!(data.dropped.is_none());
     assert!(r.is_idle());
 }
 
@@ -476,23 +476,56 @@ fn a_data_set_at_the_cap_is_kept_and_one_past_it_is_drained() {
         .unwrap()
         .data
         .unwrap();
-    assert_eq!((data.bytes.len(), data.total, data.over_cap), (10, 10, false));
+    assert_eq!((data.bytes.len(), data.total, data.dropped), (10, 10, None));
 
     let mut r = reassembly(10);
     r.feed(command_pdv(3, true, &request(C_STORE_RQ, MR, "1.2.3", true)))
         .unwrap();
     let first = r.feed(data_pdv(3, false, &[1; 6])).unwrap();
-    assert!(first.went_over_cap.is_none());
+    assert!(first.dropped.is_none());
     let crossing = r.feed(data_pdv(3, false, &[2; 6])).unwrap();
-    assert_eq!(crossing.went_over_cap.as_deref(), Some("1.2.3"));
+    assert_eq!(crossing.dropped, Some(("1.2.3".to_owned(), Dropped::OverCap)));
     assert_eq!(crossing.data_bytes, 6, "dropped bytes still count as received");
     let last = r.feed(data_pdv(3, true, &[3; 5])).unwrap();
-    assert!(last.went_over_cap.is_none(), "reported once");
+    assert!(last.dropped.is_none(), "reported once");
     assert_eq!(last.data_bytes, 5);
     let data = last.message.unwrap().data.unwrap();
-    assert!(data.over_cap);
+    assert_eq!(data.dropped, Some(Dropped::OverCap));
     assert!(data.bytes.is_empty(), "nothing past the cap is kept");
     assert_eq!(data.total, 17);
+}
+
+/// A data set past the memory bound streams into an unnamed file in the sink's staging
+/// directory, every byte kept in order, and nothing is left there once it is dropped.
+#[test]
+fn a_large_data_set_streams_to_the_staging_directory() {
+    let staging = tempfile::tempdir().unwrap();
+    let contexts = HashMap::from([(3, context(MR))]);
+    let mut r = Reassembly::new(contexts, 64 * 1024 * 1024, staging.path().to_owned());
+    r.feed(command_pdv(3, true, &request(C_STORE_RQ, MR, "1.2.3", true)))
+        .unwrap();
+    let fragment = 16 * 1024;
+    let total = 3 * crate::ingest::IN_MEMORY_BYTES + 123;
+    let byte = |n: usize| (n % 251) as u8;
+    let mut sent = 0;
+    let mut message = None;
+    while sent < total {
+        let n = fragment.min(total - sent);
+        let chunk: Vec<u8> = (sent..sent + n).map(byte).collect();
+        sent += n;
+        message = r.feed(data_pdv(3, sent == total, &chunk)).unwrap().message;
+    }
+    let data = message.expect("complete").data.expect("a data set");
+    assert!(data.bytes.is_spilled() && data.dropped.is_none());
+    assert_eq!(data.bytes.len(), total as u64);
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut data.bytes.reader().unwrap(), &mut all).unwrap();
+    assert!(all.iter().enumerate().all(|(n, b)| *b == byte(n)), "bytes in order");
+    assert_eq!(
+        std::fs::read_dir(staging.path()).unwrap().count(),
+        0,
+        "the staging file has no name"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,7 +535,9 @@ fn a_data_set_at_the_cap_is_kept_and_one_past_it_is_drained() {
 fn each_command_field_leads_to_its_action() {
     assert!(matches!(action(C_ECHO_RQ, None), Action::Echo));
     assert!(matches!(action(C_CANCEL_RQ, None), Action::Ignore));
-    assert!(matches!(action(C_STORE_RQ, Some(data_set(b"xy", false))), Action::Store(d) if d.bytes == b"xy"));
+    assert!(
+        matches!(action(C_STORE_RQ, Some(data_set(b"xy", false))), Action::Store(d) if d.bytes.in_memory() == Some(b"xy".as_slice()))
+    );
     assert!(matches!(
         action(C_STORE_RQ, None),
         Action::Refuse(Refusal::StoreWithoutDataSet)
@@ -555,9 +590,9 @@ fn store_checks_run_in_order_class_size_policy() {
         "{end:?}"
     );
     let big = DataSet {
-        bytes: Vec::new(),
+        bytes: Vec::new().into(),
         total: 3 * 1024 * 1024,
-        over_cap: true,
+        dropped: Some(Dropped::OverCap),
     };
     let end = check_store(&context(CT), CT, &big, &discard).unwrap();
     assert_eq!(
@@ -826,7 +861,7 @@ async fn an_association_answers_echo_store_and_unknown_operations_then_releases(
         assert_eq!(received[0].sop_class_uid, MR);
         assert_eq!(received[0].calling_ae, "SCU");
         assert_eq!(received[0].transfer_syntax, IMPLICIT);
-        assert_eq!(received[0].dataset, PATIENT_NAME);
+        assert_eq!(received[0].dataset.in_memory(), Some(PATIENT_NAME));
         let stats = server.stats.snapshot();
         assert_eq!(
             stats,
