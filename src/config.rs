@@ -61,8 +61,8 @@ pub struct NodeConfig {
     /// Institution Name written into the Contributing Equipment Sequence.
     pub institution_name: Option<String>,
     /// Free space, in MiB, below which `/readyz` answers not ready (spool, database or results
-    /// volume): a node that cannot store or write results should not be sent studies. 0: no
-    /// check.
+    /// volume): a node that cannot store or write results should not be sent studies. While
+    /// the spool volume is below it, C-STOREs are refused with 0xA700. 0: no check.
     pub min_free_mb: u64,
 }
 

@@ -70,10 +70,14 @@ pub struct Node {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Counts spool outcomes into the metrics, then answers what the spool said.
+/// Refuses instances while the spool volume is below its free-space floor (0xA700: the
+/// modality keeps them and retries), counts spool outcomes into the metrics, then answers what
+/// the spool said.
 struct MeteredSpool {
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    /// The spool volume and `[node] min_free_mb`.
+    floor: SpaceFloor,
 }
 
 impl InstanceSink for MeteredSpool {
@@ -83,7 +87,13 @@ impl InstanceSink for MeteredSpool {
 
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
         let bytes = instance.dataset.len();
-        let outcome = self.spool.store(instance);
+        let outcome = match self.floor.check() {
+            Ok(()) => self.spool.store(instance),
+            Err(reason) => StoreOutcome::Failed {
+                status: crate::dimse::STATUS_OUT_OF_RESOURCES,
+                reason,
+            },
+        };
         match &outcome {
             StoreOutcome::Failed { status, .. } => self.metrics.instance_refused(*status),
             _ => self.metrics.instance_received(bytes),
@@ -122,6 +132,10 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
     let sink: Arc<dyn InstanceSink> = Arc::new(MeteredSpool {
         spool: spool.clone(),
         metrics: metrics.clone(),
+        floor: SpaceFloor {
+            min_free_mb: settings.node.min_free_mb,
+            volumes: vec![("spool", settings.node.data_dir.join("spool"))],
+        },
     });
     let scp_settings = settings.scp.clone();
     let stats = Arc::new(IngestStats::default());

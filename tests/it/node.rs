@@ -1204,6 +1204,26 @@ fn readiness_follows_the_free_space_floor_in_the_config() {
         body.contains("spool volume") && body.contains("below [node] min_free_mb = 1000000000000"),
         "{body}"
     );
+    // Below the floor the SCP refuses instances as out of resources: the modality keeps them.
+    let refused = Command::new(tool("storescu"))
+        .args(["-v", "-R", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+        .arg(node.dicom_port.to_string())
+        .arg(&flair_files()[0])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    )
+    .to_lowercase();
+    assert!(said.contains("refused: outofresources"), "{said}");
+    assert!(
+        node.log_text().contains("below [node] min_free_mb"),
+        "{}",
+        node.log_text()
+    );
+    assert_eq!(node.jobs().len(), 0, "nothing was stored");
     node.kill();
     node.edit_config(|text| text.replacen("min_free_mb = 1000000000000\n", "", 1));
     node.restart();
