@@ -615,13 +615,13 @@ fn a_failing_sink_status_reaches_storescu() {
 // Raw-socket peers.
 
 /// A requestor on a plain socket speaking PDUs built by dicom-ul's writer.
-struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
     buffer: Vec<u8>,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr) -> Self {
+    pub(crate) fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -632,7 +632,7 @@ impl Raw {
     }
 
     /// Associates with Verification and MR (explicit VR LE) on contexts 1 and 3.
-    fn associate(addr: SocketAddr, max_pdu: u32) -> Self {
+    pub(crate) fn associate(addr: SocketAddr, max_pdu: u32) -> Self {
         let mut raw = Self::connect(addr);
         raw.send(&Pdu::AssociationRQ(AssociationRQ {
             protocol_version: 1,
@@ -670,14 +670,14 @@ impl Raw {
         raw
     }
 
-    fn send(&mut self, pdu: &Pdu) {
+    pub(crate) fn send(&mut self, pdu: &Pdu) {
         let mut bytes = Vec::new();
         dicom_ul::write_pdu(&mut bytes, pdu).unwrap();
         self.stream.write_all(&bytes).unwrap();
     }
 
     /// The next PDU, or None at end of stream / reset.
-    fn receive(&mut self) -> Option<Pdu> {
+    pub(crate) fn receive(&mut self) -> Option<Pdu> {
         loop {
             let mut cursor = std::io::Cursor::new(&self.buffer[..]);
             if let Some(pdu) = dicom_ul::read_pdu(&mut cursor, dicom_ul::pdu::MAXIMUM_PDU_SIZE, false).unwrap() {
@@ -696,7 +696,7 @@ impl Raw {
     }
 
     /// Whether the server closed the connection (EOF or reset) before our read timeout.
-    fn closed_by_peer(&mut self) -> bool {
+    pub(crate) fn closed_by_peer(&mut self) -> bool {
         let mut byte = [0u8; 1];
         match self.stream.read(&mut byte) {
             Ok(0) => true,
@@ -705,12 +705,12 @@ impl Raw {
         }
     }
 
-    fn pdata(&mut self, values: Vec<PDataValue>) {
+    pub(crate) fn pdata(&mut self, values: Vec<PDataValue>) {
         self.send(&Pdu::PData { data: values });
     }
 
     /// The next DIMSE response: (status, error comment).
-    fn response(&mut self) -> (u16, String) {
+    pub(crate) fn response(&mut self) -> (u16, String) {
         let mut command = Vec::new();
         loop {
             match self.receive() {
@@ -736,13 +736,13 @@ impl Raw {
         }
     }
 
-    fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.send(&Pdu::ReleaseRQ);
         assert_eq!(self.receive(), Some(Pdu::ReleaseRP));
     }
 }
 
-fn pdv(pc: u8, value_type: PDataValueType, is_last: bool, data: &[u8]) -> PDataValue {
+pub(crate) fn pdv(pc: u8, value_type: PDataValueType, is_last: bool, data: &[u8]) -> PDataValue {
     PDataValue {
         presentation_context_id: pc,
         value_type,
@@ -752,7 +752,13 @@ fn pdv(pc: u8, value_type: PDataValueType, is_last: bool, data: &[u8]) -> PDataV
 }
 
 /// An Implicit VR LE request command set.
-fn command(field: u16, message_id: u16, sop_class: &str, sop_instance: Option<&str>, with_data: bool) -> Vec<u8> {
+pub(crate) fn command(
+    field: u16,
+    message_id: u16,
+    sop_class: &str,
+    sop_instance: Option<&str>,
+    with_data: bool,
+) -> Vec<u8> {
     fn put(out: &mut Vec<u8>, element: u16, value: &[u8]) {
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&element.to_le_bytes());
@@ -785,7 +791,7 @@ fn command(field: u16, message_id: u16, sop_class: &str, sop_instance: Option<&s
     out
 }
 
-fn echo(raw: &mut Raw, message_id: u16) -> u16 {
+pub(crate) fn echo(raw: &mut Raw, message_id: u16) -> u16 {
     let rq = command(0x0030, message_id, VERIFICATION, None, false);
     raw.pdata(vec![pdv(1, PDataValueType::Command, true, &rq)]);
     raw.response().0

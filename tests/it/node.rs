@@ -1325,3 +1325,152 @@ fn a_pdu_out_of_turn_is_logged_by_type_and_length_never_by_content() {
         assert!(!log.contains(needle), "data set bytes in the log ({needle}):\n{log}");
     }
 }
+
+/// Patient data sent through every way the node refuses or drops an instance never reaches its
+/// log, even at trace level: a data set whose element overruns it (0xC000), one naming another
+/// instance than its command (0xA900), one whose Study Instance UID is not a UID, a C-STORE on
+/// the wrong SOP class (0x0122), one over `max_instance_mb` (0xA700), our own output coming back
+/// (discarded), a data set cut off by an A-ABORT, and one refused below the free-space floor.
+#[test]
+fn canary_patient_data_never_reaches_the_log_on_any_refusal() {
+    use dicom_core::{DataElement, PrimitiveValue, VR, value::DataSetSequence};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    use dicom_ul::pdu::{AbortRQSource, PDataValueType, Pdu};
+
+    use crate::ingest::{Raw, command, echo, pdv};
+
+    const CANARY: &str = "CANARY^PATIENT";
+    const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    let dir = tempdir();
+    let mut node = NodeProc::start_logging(dir.path(), &model(dir.path()), free_port(), "trace");
+    node.kill();
+    node.edit_config(|text| text.replacen("[scp]\n", "[scp]\nmax_instance_mb = 1\n", 1));
+    node.restart();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", node.dicom_port).parse().unwrap();
+    let uid = |n: u32| format!("1.2.826.0.1.3680043.10.1.99.{n}");
+    // A data set with the canary in Patient Name, Patient ID and a private-looking comment.
+    let data_set = |sop: &str, study: &str, extra: &dyn Fn(&mut InMemDicomObject)| -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut put = |tag, vr, value: &str| obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        put(tags::SOP_CLASS_UID, VR::UI, MR);
+        put(tags::SOP_INSTANCE_UID, VR::UI, sop);
+        put(tags::PATIENT_NAME, VR::PN, CANARY);
+        put(tags::PATIENT_ID, VR::LO, CANARY);
+        put(tags::IMAGE_COMMENTS, VR::LT, CANARY);
+        put(tags::STUDY_INSTANCE_UID, VR::UI, study);
+        put(tags::SERIES_INSTANCE_UID, VR::UI, &uid(900));
+        put(tags::MODALITY, VR::CS, "MR");
+        extra(&mut obj);
+        let mut bytes = Vec::new();
+        obj.write_dataset_with_ts(
+            &mut bytes,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        bytes
+    };
+    let none = |_: &mut InMemDicomObject| {};
+    let store = |raw: &mut Raw, id: u16, class: &str, sop: &str, data: &[u8]| -> (u16, String) {
+        let rq = command(0x0001, id, class, Some(sop), true);
+        let mut values = vec![pdv(3, PDataValueType::Command, true, &rq)];
+        let chunks: Vec<&[u8]> = data.chunks(16000).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            values.push(pdv(3, PDataValueType::Data, n + 1 == chunks.len(), chunk));
+            raw.pdata(std::mem::take(&mut values));
+        }
+        raw.response()
+    };
+
+    let mut raw = Raw::associate(addr, 16384);
+    // An element that claims more bytes than the data set has.
+    let mut overrun = data_set(&uid(1), &uid(100), &none);
+    overrun.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    overrun.extend_from_slice(&0x0100_0000u32.to_le_bytes());
+    overrun.extend_from_slice(CANARY.as_bytes());
+    assert_eq!(store(&mut raw, 1, MR, &uid(1), &overrun).0, 0xC000);
+    // The data set names another instance than its command.
+    assert_eq!(
+        store(&mut raw, 2, MR, &uid(2), &data_set(&uid(3), &uid(100), &none)).0,
+        0xA900
+    );
+    // Study Instance UID is not a UID.
+    assert_eq!(
+        store(&mut raw, 3, MR, &uid(4), &data_set(&uid(4), CANARY, &none)).0,
+        0xC000
+    );
+    // The wrong SOP class for the context.
+    assert_eq!(
+        store(&mut raw, 4, SC, &uid(5), &data_set(&uid(5), &uid(100), &none)).0,
+        0x0122
+    );
+    // Over max_instance_mb = 1.
+    let big = data_set(&uid(6), &uid(100), &|obj| {
+        let value = CANARY.repeat(100_000).into_bytes();
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(value)));
+    });
+    assert_eq!(store(&mut raw, 5, MR, &uid(6), &big).0, 0xA700);
+    // Our own output coming back: acknowledged, not kept.
+    let ours = data_set(&uid(7), &uid(100), &|obj| {
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(
+            tags::DEVICE_UID,
+            VR::UI,
+            PrimitiveValue::from(fcdnode::report::DEFAULT_DEVICE_UID),
+        ));
+        obj.put(DataElement::new(
+            tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![item]),
+        ));
+    });
+    assert_eq!(store(&mut raw, 6, MR, &uid(7), &ours).0, 0x0000);
+    assert_eq!(
+        echo(&mut raw, 7),
+        0x0000,
+        "the association went on through every refusal"
+    );
+    // A data set cut off by an A-ABORT.
+    let rq = command(0x0001, 8, MR, Some(&uid(8)), true);
+    let half = data_set(&uid(8), &uid(100), &none);
+    raw.pdata(vec![
+        pdv(3, PDataValueType::Command, true, &rq),
+        pdv(3, PDataValueType::Data, false, &half),
+    ]);
+    raw.send(&Pdu::AbortRQ {
+        source: AbortRQSource::ServiceUser,
+    });
+    assert!(raw.closed_by_peer());
+
+    // Below the free-space floor: refused as out of resources.
+    node.kill();
+    node.edit_config(|text| text.replacen("[node]\n", "[node]\nmin_free_mb = 1000000000000\n", 1));
+    node.restart_unready();
+    let mut raw = Raw::associate(addr, 16384);
+    assert_eq!(
+        store(&mut raw, 9, MR, &uid(9), &data_set(&uid(9), &uid(100), &none)).0,
+        0xA700
+    );
+    raw.release();
+    assert_eq!(node.jobs().len(), 0, "nothing was kept");
+
+    let log = node.log_text();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log is at trace level"
+    );
+    for refusal in ["0xC000", "0xA900", "0x0122", "0xA700"] {
+        assert!(log.contains(refusal), "no log line for {refusal}");
+    }
+    let decimal = CANARY.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+    let hex: String = CANARY.bytes().map(|b| format!("{b:02x}")).collect();
+    for needle in [CANARY, "CANARY", decimal.as_str(), hex.as_str()] {
+        let hits: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        assert!(
+            hits.is_empty(),
+            "patient data in the log ({needle}):\n{}",
+            hits.join("\n")
+        );
+    }
+}
