@@ -1474,3 +1474,116 @@ fn canary_patient_data_never_reaches_the_log_on_any_refusal() {
         );
     }
 }
+
+/// 10,000 malformed connections from a seeded generator (random bytes; A-ASSOCIATE-RQs cut,
+/// bit-flipped or with lying lengths; associations followed by mutated P-DATA, unknown PDU
+/// types and lengths up to 4 GiB), one after another; the node answers or closes each, keeps
+/// running, and then stores a real series and delivers its results.
+#[test]
+fn ten_thousand_malformed_connections_then_a_real_series() {
+    use std::io::{Read, Write};
+
+    use dicom_ul::pdu::{
+        AssociationRQ, PDataValue, PDataValueType, Pdu, PresentationContextProposed, UserVariableItem,
+    };
+    use rand::{Rng, SeedableRng};
+
+    const CONNECTIONS: usize = 10_000;
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "handshake_timeout_s = 2", "");
+    let pid = node.pid();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+    let pdu_bytes = |pdu: &Pdu| {
+        let mut out = Vec::new();
+        dicom_ul::write_pdu(&mut out, pdu).unwrap();
+        out
+    };
+    let rq = pdu_bytes(&Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "FUZZ".into(),
+        called_ae_title: "FCDNODE".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.5.1.4.1.1.4".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2.1".into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    }));
+    let store_rq = crate::ingest::command(0x0001, 1, "1.2.840.10008.5.1.4.1.1.4", Some("1.2.3.4"), true);
+    let mut kinds = [0usize; 5];
+    for _ in 0..CONNECTIONS {
+        let kind = rng.random_range(0..5);
+        kinds[kind] += 1;
+        let mutate = |mut bytes: Vec<u8>, rng: &mut rand_chacha::ChaCha8Rng| {
+            for _ in 0..rng.random_range(1..8) {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] ^= 1 << rng.random_range(0..8);
+            }
+            bytes
+        };
+        let (first, then): (Vec<u8>, Option<Vec<u8>>) = match kind {
+            // Random bytes.
+            0 => ((0..rng.random_range(1..2048)).map(|_| rng.random()).collect(), None),
+            // An RQ with bits flipped.
+            1 => (mutate(rq.clone(), &mut rng), None),
+            // An RQ cut short, or whose PDU length lies (up to 4 GiB).
+            2 => {
+                let mut cut = rq[..rng.random_range(1..rq.len())].to_vec();
+                if cut.len() >= 6 && rng.random_bool(0.5) {
+                    cut[2..6].copy_from_slice(&rng.random::<u32>().to_be_bytes());
+                }
+                (cut, None)
+            }
+            // A good RQ, then a mutated P-DATA with a command.
+            3 => {
+                let pdata = pdu_bytes(&Pdu::PData {
+                    data: vec![PDataValue {
+                        presentation_context_id: 1,
+                        value_type: PDataValueType::Command,
+                        is_last: true,
+                        data: store_rq.clone(),
+                    }],
+                });
+                (rq.clone(), Some(mutate(pdata, &mut rng)))
+            }
+            // A good RQ, then an unknown PDU type or a lying length.
+            _ => {
+                let mut pdu = vec![rng.random_range(0..=0xFFu8), 0];
+                pdu.extend_from_slice(&rng.random::<u32>().to_be_bytes());
+                pdu.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>()));
+                (rq.clone(), Some(pdu))
+            }
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", node.dicom_port)) else {
+            panic!("the node stopped accepting connections");
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = stream.write_all(&first);
+        if let Some(then) = then {
+            // Wait for the answer to the RQ before sending what follows.
+            let mut head = [0u8; 6];
+            if stream.read_exact(&mut head).is_ok() && head[0] == 0x02 {
+                let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+                let mut rest = vec![0u8; len.min(1 << 20)];
+                let _ = stream.read_exact(&mut rest);
+                let _ = stream.write_all(&then);
+            }
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    println!("{CONNECTIONS} malformed connections (random, flipped RQ, cut/lying RQ, bad P-DATA, bad PDU): {kinds:?}");
+    assert_eq!(node.pid(), pid, "the node process survived");
+    assert!(!node.log_text().contains("panicked"), "{}", node.log_text());
+    let sent = node.storescu(&flair_files());
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    wait_until("the real series delivered", Duration::from_secs(240), || {
+        node.jobs().first().is_some_and(|j| j["state"] == "delivered")
+    });
+    assert_eq!(node.jobs().len(), 1, "{:?}", node.jobs());
+    assert!(!pacs.files().is_empty());
+}
