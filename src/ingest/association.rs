@@ -47,7 +47,7 @@ mod reassembly;
 #[cfg(test)]
 mod tests;
 
-use link::{Link, ReadError};
+use link::{Link, ReadError, Stream};
 use negotiate::{Negotiated, Offer, Rejection, negotiate};
 use reassembly::{DataSet, Dropped, Message, Reassembly};
 
@@ -173,13 +173,43 @@ async fn read_associate_rq(link: &mut Link, max: u32) -> Result<AssociationRQ, H
 /// `handshake_timeout_s`, while `pending` holds its place among the connections not yet
 /// associated; then it is answered (AE checks, contexts), and only an acceptable request takes
 /// one of the `max_associations` slots, which it holds until the association ends.
-pub(super) async fn handle_connection(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, pending: PendingGuard) {
+pub(super) async fn handle_connection(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    pending: PendingGuard,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let stats = shared.stats.clone();
     let config = shared.config.clone();
-    let mut link = Link::new(socket);
     let mut shutdown = shared.shutdown.clone();
+    // The TLS handshake and the A-ASSOCIATE-RQ share one deadline.
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout();
+    let stream: Box<dyn Stream> = match tls {
+        None => Box::new(socket),
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                accepted = tokio::time::timeout_at(deadline, acceptor.accept(socket)) => accepted,
+                _ = wait_for_shutdown(&mut shutdown) => return,
+            };
+            match accepted {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    bump(&stats.associations_rejected);
+                    warn!(%peer, error = %e, "TLS handshake failed: connection closed");
+                    return;
+                }
+                Err(_) => {
+                    bump(&stats.associations_rejected);
+                    warn!(%peer, handshake_timeout_s = config.handshake_timeout_s, "no TLS handshake in time: connection closed");
+                    return;
+                }
+            }
+        }
+    };
+    let mut link = Link::new(stream);
     let read = tokio::select! {
-        read = tokio::time::timeout(config.handshake_timeout(), read_associate_rq(&mut link, config.max_associate_pdu_bytes)) => {
+        read = tokio::time::timeout_at(deadline, read_associate_rq(&mut link, config.max_associate_pdu_bytes)) => {
             read.unwrap_or(Err(Handshake::TimedOut))
         }
         _ = wait_for_shutdown(&mut shutdown) => Err(Handshake::ShuttingDown),

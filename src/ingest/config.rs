@@ -3,6 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::tls::{ScpTls, ScpTlsConfig};
+
 use crate::dimse::check_ae_title;
 pub use crate::dimse::{MAX_MAX_PDU, MIN_MAX_PDU};
 /// Largest `max_instance_mb` (a data set is reassembled in memory).
@@ -47,6 +49,9 @@ pub struct ScpConfig {
     /// Storage SOP classes other than (Enhanced) MR: `refuse` their contexts, `discard` (accept,
     /// answer success, keep nothing), or `store` (hand them to the sink like MR).
     pub other_storage: OtherStorage,
+    /// `[scp.tls]`: a DICOM TLS port beside the plain one; absent: no TLS port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ScpTlsConfig>,
 }
 
 impl Default for ScpConfig {
@@ -66,6 +71,7 @@ impl Default for ScpConfig {
             max_pdu: 16384,
             max_instance_mb: 1024,
             other_storage: OtherStorage::Refuse,
+            tls: None,
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct ScpSettings {
     pub bind: SocketAddr,
     /// `allowed_calling`, parsed.
     pub allowed: Vec<AllowedCalling>,
+    /// `[scp.tls]`, its files read.
+    pub tls: Option<ScpTls>,
 }
 
 impl ScpConfig {
@@ -156,6 +164,7 @@ impl ScpConfig {
         Ok(ScpSettings {
             bind: self.bind_addr()?,
             allowed: self.allowed()?,
+            tls: self.tls.as_ref().map(ScpTlsConfig::build).transpose()?,
             config: self,
         })
     }

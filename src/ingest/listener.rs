@@ -13,10 +13,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use super::InstanceSink;
-use super::admission::Pending;
+use super::admission::{Pending, PendingGuard};
 use super::association::{Shared, handle_connection};
 use super::config::ScpSettings;
 use super::stats::{IngestStats, bump};
@@ -34,12 +35,77 @@ pub enum IngestError {
     },
 }
 
-/// Binds the checked `bind` address.
-pub async fn bind(settings: &ScpSettings) -> Result<TcpListener, IngestError> {
-    let addr = settings.bind;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| IngestError::Bind { addr, source })
+/// The SCP's listening sockets: the plain port, and the TLS port with its handshake when
+/// `[scp.tls]` is configured.
+pub struct Listeners {
+    /// The plain DICOM port.
+    pub plain: TcpListener,
+    /// The DICOM TLS port and its acceptor.
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+impl Listeners {
+    /// Address of the plain port.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.plain.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(plain: TcpListener) -> Self {
+        Self { plain, tls: None }
+    }
+}
+
+/// Binds the checked `bind` address, and the TLS port when configured.
+pub async fn bind(settings: &ScpSettings) -> Result<Listeners, IngestError> {
+    let listen = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| IngestError::Bind { addr, source })
+    };
+    let plain = listen(settings.bind).await?;
+    let tls = match &settings.tls {
+        Some(tls) => Some((listen(tls.bind).await?, tls.acceptor.clone())),
+        None => None,
+    };
+    Ok(Listeners { plain, tls })
+}
+
+/// A new connection admitted as pending, or `None` (accept failed, or too many pending: closed
+/// at once).
+async fn admit(
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    pending: &Arc<Pending>,
+    shared: &Shared,
+) -> Option<(tokio::net::TcpStream, SocketAddr, PendingGuard)> {
+    let (socket, peer) = match accepted {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return None;
+        }
+    };
+    if let Err(e) = socket.set_nodelay(true) {
+        warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    match pending.admit(peer.ip()) {
+        Ok(guard) => Some((socket, peer, guard)),
+        Err(refusal) => {
+            bump(&shared.stats.connections_refused);
+            warn!(%peer, reason = refusal.reason(), "connection closed at once: too many pending connections");
+            None
+        }
+    }
+}
+
+/// The next connection on the TLS port; never resolves without one.
+async fn accept_tls(tls: &Option<(TcpListener, TlsAcceptor)>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves DICOM associations on `listener` until `shutdown` turns true (or its sender is
@@ -48,7 +114,7 @@ pub async fn bind(settings: &ScpSettings) -> Result<TcpListener, IngestError> {
 /// aborted, busy ones finish their current message, and after `read_timeout_s` (+5 s) whatever
 /// is left is cancelled. Needs a multi-thread tokio runtime.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     settings: Arc<ScpSettings>,
     sink: Arc<dyn InstanceSink>,
     stats: Arc<IngestStats>,
@@ -58,9 +124,13 @@ pub async fn serve(
     let config = shared.config.clone();
     let pending = Pending::new(config.max_pending, config.max_pending_per_address);
     let mut tasks = JoinSet::new();
+    let Listeners { plain: listener, tls } = listeners.into();
     let local = listener.local_addr().ok();
     info!(addr = ?local, ae_title = %config.ae_title, max_pdu = config.max_pdu,
         max_associations = config.max_associations, max_pending = config.max_pending, "DICOM SCP listening");
+    if let Some((tls_listener, _)) = &tls {
+        info!(addr = ?tls_listener.local_addr().ok(), "DICOM TLS listening");
+    }
     if *shutdown.borrow_and_update() {
         return Ok(());
     }
@@ -79,30 +149,19 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = socket.set_nodelay(true) {
-                    warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                if let Some((socket, peer, guard)) = admit(accepted, &pending, &shared).await {
+                    tasks.spawn(handle_connection(shared.clone(), socket, peer, guard, None));
                 }
-                match pending.admit(peer.ip()) {
-                    Ok(guard) => {
-                        tasks.spawn(handle_connection(shared.clone(), socket, peer, guard));
-                    }
-                    Err(refusal) => {
-                        bump(&shared.stats.connections_refused);
-                        warn!(%peer, reason = refusal.reason(), "connection closed at once: too many pending connections");
-                        drop(socket);
-                    }
+            }
+            accepted = accept_tls(&tls) => {
+                if let Some((socket, peer, guard)) = admit(accepted, &pending, &shared).await {
+                    let acceptor = tls.as_ref().map(|(_, acceptor)| acceptor.clone());
+                    tasks.spawn(handle_connection(shared.clone(), socket, peer, guard, acceptor));
                 }
             }
         }
     }
+    drop(tls);
     drop(listener);
     info!(active = tasks.len(), "DICOM SCP shutting down");
     let grace = config.read_timeout() + Duration::from_secs(5);

@@ -89,11 +89,13 @@ mod listener;
 mod spill;
 mod stats;
 mod syntax;
+mod tls;
 
 pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError, ScpSettings};
 pub use limits::check_data_set;
 pub use limits::{MalformedDataSet, check_element_lengths, check_element_lengths_limited};
-pub use listener::{IngestError, bind, serve};
+pub use listener::{IngestError, Listeners, bind, serve};
 pub use spill::{DataSetBuffer, IN_MEMORY_BYTES};
 pub use stats::{IngestStats, IngestStatsSnapshot};
 pub use syntax::{ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage};
+pub use tls::{ScpTls, ScpTlsConfig};

@@ -624,13 +624,14 @@ fn retry_policy_backs_off_exponentially_with_a_cap() {
 }
 
 /// A throw-away PKI made with the `openssl` command: a CA, a certificate for the PACS
-/// (`localhost`, 127.0.0.1), one for the node, and an unrelated CA.
-struct Pki {
+/// (`localhost`, 127.0.0.1), one for the node, an unrelated CA and a "stranger" certificate it
+/// signed.
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    fn new(work: &Path) -> Self {
+    pub(crate) fn new(work: &Path) -> Self {
         let dir = work.join("pki");
         std::fs::create_dir_all(&dir).unwrap();
         let openssl = |args: &[&str]| {
@@ -672,7 +673,7 @@ impl Pki {
              extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
         )
         .unwrap();
-        for leaf in ["pacs", "node"] {
+        for (leaf, ca) in [("pacs", "ca"), ("node", "ca"), ("stranger", "other-ca")] {
             openssl(&[
                 "req",
                 "-newkey",
@@ -691,9 +692,9 @@ impl Pki {
                 "-in",
                 &format!("{leaf}.csr"),
                 "-CA",
-                "ca.pem",
+                &format!("{ca}.pem"),
                 "-CAkey",
-                "ca.key",
+                &format!("{ca}.key"),
                 "-CAcreateserial",
                 "-days",
                 "2",
@@ -706,7 +707,7 @@ impl Pki {
         Self { dir }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
     }
 

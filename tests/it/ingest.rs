@@ -1231,3 +1231,119 @@ fn large_child(dir: &Path) {
         "no staging file left"
     );
 }
+
+/// `[scp.tls]`: DCMTK's `echoscu` and `storescu` with `+tls` (its three BCP 195 profiles) talk
+/// to the TLS port with a client certificate from the configured CA, and `openssl s_client`
+/// completes both TLS 1.2 and TLS 1.3 there; no client certificate, a certificate from another
+/// CA and plain TCP on the TLS port are refused; the plain port works beside it throughout.
+#[test]
+fn dicom_tls_port_interoperates_with_dcmtk_and_refuses_the_rest() {
+    use fcdnode::ingest::ScpTlsConfig;
+
+    let work = tempdir();
+    let pki = crate::deliver::Pki::new(work.path());
+    let config = ScpConfig {
+        bind: "127.0.0.1:0".into(),
+        tls: Some(ScpTlsConfig {
+            bind: "127.0.0.1:0".into(),
+            certificate: pki.path("node.pem").into(),
+            private_key: pki.path("node.key").into(),
+            ca: Some(pki.path("ca.pem").into()),
+            require_client_certificate: true,
+        }),
+        ..config()
+    };
+    let settings = Arc::new(config.check().unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listeners = rt.block_on(ingest::bind(&settings)).unwrap();
+    let plain_port = listeners.plain.local_addr().unwrap().port().to_string();
+    let tls_port = listeners
+        .tls
+        .as_ref()
+        .unwrap()
+        .0
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let sink = Arc::new(DirSink::new(None));
+    let dyn_sink: Arc<dyn InstanceSink> = sink.clone();
+    let (_shutdown, rx) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(IngestStats::default());
+    rt.spawn(ingest::serve(listeners, settings, dyn_sink, stats.clone(), rx));
+
+    let dcmtk = |name: &str, tls: &[&str], port: &str| {
+        let mut cmd = Command::new(tool(name));
+        cmd.env("TCP_NODELAY", "1")
+            .args(tls)
+            .args(["-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1", port]);
+        cmd
+    };
+    let (key, cert, ca) = (pki.path("pacs.key"), pki.path("pacs.pem"), pki.path("ca.pem"));
+    let with_cert = ["+tls", key.as_str(), cert.as_str(), "+cf", ca.as_str()];
+    for profile in ["+py", "+px", "+pz"] {
+        let mut args = with_cert.to_vec();
+        args.push(profile);
+        let out = dcmtk("echoscu", &args, &tls_port).output().unwrap();
+        assert!(out.status.success(), "echoscu +tls {profile}: {}", text(&out));
+    }
+    let files = small_series(work.path(), EXPLICIT, 3, 61);
+    let out = dcmtk("storescu", &with_cert, &tls_port).args(&files).output().unwrap();
+    assert!(out.status.success(), "storescu +tls: {}", text(&out));
+    assert_eq!(sink.count(), 3, "the series came over TLS");
+
+    // Both protocol versions, as openssl's client negotiates them.
+    for version in ["-tls1_2", "-tls1_3"] {
+        let out = Command::new(tool("openssl"))
+            .args(["s_client", version, "-connect", &format!("127.0.0.1:{tls_port}")])
+            .args([
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-CAfile",
+                &ca,
+                "-verify_return_error",
+                "-brief",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let said = text(&out);
+        let expected = if version == "-tls1_2" { "TLSv1.2" } else { "TLSv1.3" };
+        assert!(said.contains(expected), "openssl s_client {version}: {said}");
+    }
+
+    // Refused: no client certificate, another CA's certificate, plain TCP on the TLS port.
+    let refused = stats.snapshot().associations_rejected;
+    let (stranger_key, stranger_cert) = (pki.path("stranger.key"), pki.path("stranger.pem"));
+    for (what, args) in [
+        ("no client certificate", vec!["+tla", "+cf", ca.as_str()]),
+        (
+            "a certificate from another CA",
+            vec![
+                "+tls",
+                stranger_key.as_str(),
+                stranger_cert.as_str(),
+                "+cf",
+                ca.as_str(),
+            ],
+        ),
+        ("plain TCP on the TLS port", vec![]),
+    ] {
+        let out = dcmtk("echoscu", &args, &tls_port).output().unwrap();
+        assert!(!out.status.success(), "{what}: echoscu succeeded: {}", text(&out));
+    }
+    assert!(
+        stats.snapshot().associations_rejected >= refused + 3,
+        "each refusal is counted"
+    );
+    // The plain port beside it, and the TLS port, still serve.
+    assert!(dcmtk("echoscu", &[], &plain_port).output().unwrap().status.success());
+    let out = dcmtk("echoscu", &with_cert, &tls_port).output().unwrap();
+    assert!(out.status.success(), "after the refusals: {}", text(&out));
+}

@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use dicom_ul::pdu::{MINIMUM_PDU_SIZE, Pdu};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::dimse::pdu_type_name;
 
@@ -20,6 +19,10 @@ const GROWTH: usize = 64 * 1024;
 /// How long, and how many bytes, a close waits for the peer to stop sending.
 const DRAIN_FOR: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// The byte stream under a link: a TCP socket, or TLS over one.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// A PDU header: type and length (the bytes after the 6-byte header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,12 +72,12 @@ fn io_error(e: std::io::Error) -> ReadError {
 
 /// One connection's PDUs.
 pub(super) struct Link {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
     write_buffer: Vec<u8>,
 }
 
 impl Link {
-    pub(super) fn new(socket: TcpStream) -> Self {
+    pub(super) fn new(socket: Box<dyn Stream>) -> Self {
         Self {
             stream: BufReader::with_capacity(READ_BUFFER, socket),
             write_buffer: Vec::new(),

@@ -730,7 +730,7 @@ async fn serve_one(config: ScpConfig) -> Server {
     let task = tokio::spawn(async move {
         let (socket, peer) = listener.accept().await.unwrap();
         let pending = Pending::new(1, 1).admit(peer.ip()).unwrap();
-        handle_connection(shared, socket, peer, pending).await;
+        handle_connection(shared, socket, peer, pending, None).await;
     });
     Server {
         addr,
