@@ -878,6 +878,21 @@ fn peak_rss_kb() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Runs `test` of this binary again in a child process with `var` set to `value` (the child
+/// does the work and prints its peak RSS) and returns the child's "peak RSS …" line.
+fn peak_rss_line_of_child(test: &str, var: &str, value: &std::ffi::OsStr) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(var, value)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    all.lines()
+        .find_map(|l| l.find("peak RSS").map(|at| l[at..].to_owned()))
+        .unwrap_or_else(|| panic!("the child test did not run: {all}"))
+}
+
 /// A 2 KB data set whose pixel data claims 4 GiB gets 0xC000 naming the element, the sink never
 /// sees it, the association goes on, and the process peak RSS stays bounded. Runs the SCP in a
 /// child process (this test binary, re-executed) so other tests cannot disturb the figure.
@@ -886,23 +901,11 @@ fn an_element_claiming_gigabytes_is_refused_with_bounded_memory() {
     if std::env::var_os(CHILD).is_some() {
         return gigabyte_child();
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ingest::an_element_claiming_gigabytes_is_refused_with_bounded_memory",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    let line = all
-        .lines()
-        .find_map(|l| l.find("peak RSS").map(|at| &l[at..]))
-        .unwrap_or_else(|| panic!("the child test did not run: {all}"));
+    let line = peak_rss_line_of_child(
+        "ingest::an_element_claiming_gigabytes_is_refused_with_bounded_memory",
+        CHILD,
+        std::ffi::OsStr::new("1"),
+    );
     println!("{line}");
     let growth: u64 = line.rsplit(' ').nth(1).unwrap().parse().unwrap();
     assert!(growth < 200 * 1024, "{line}");
@@ -1103,23 +1106,11 @@ fn concurrent_large_instances_stream_to_the_spool_with_bounded_memory() {
     for n in 0..count {
         write_large_instance(&dir.path().join(format!("send/large-{n}.dcm")), n, mb);
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ingest::concurrent_large_instances_stream_to_the_spool_with_bounded_memory",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(LARGE_CHILD, dir.path())
-        .output()
-        .unwrap();
-    let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    let line = all
-        .lines()
-        .find_map(|l| l.find("peak RSS").map(|at| &l[at..]))
-        .unwrap_or_else(|| panic!("the child test did not run: {all}"));
+    let line = peak_rss_line_of_child(
+        "ingest::concurrent_large_instances_stream_to_the_spool_with_bounded_memory",
+        LARGE_CHILD,
+        dir.path().as_os_str(),
+    );
     println!("{count} x {mb} MiB: {line}");
     let growth: u64 = line.rsplit(' ').nth(1).unwrap().parse().unwrap();
     // Before streaming, each data set was held whole (and copied): ≥ count × mb.
