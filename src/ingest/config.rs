@@ -32,7 +32,8 @@ pub struct ScpConfig {
     /// Most connections still waiting for their A-ASSOCIATE-RQ, in all; more are closed at once,
     /// so silent sockets cannot crowd out the association slots.
     pub max_pending: usize,
-    /// Most such connections from one source address.
+    /// Most such connections from one source address (room for a sender that opens several
+    /// associations at the same instant).
     pub max_pending_per_address: usize,
     /// Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ (PS3.8's ARTIM timer);
     /// then it is closed.
@@ -63,7 +64,7 @@ impl Default for ScpConfig {
             check_called_ae: true,
             max_associations: 16,
             max_pending: 32,
-            max_pending_per_address: 4,
+            max_pending_per_address: 8,
             handshake_timeout_s: 10,
             // DCMTK's bound for the A-ASSOCIATE PDUs it reads.
             max_associate_pdu_bytes: 1024 * 1024,
