@@ -25,6 +25,14 @@ impl SpaceFloor {
         }
     }
 
+    /// The spool volume alone: what the SCP checks before it accepts an instance.
+    pub fn for_spool(data_dir: &Path, min_free_mb: u64) -> Self {
+        Self {
+            min_free_mb,
+            volumes: vec![("spool", data_dir.join("spool"))],
+        }
+    }
+
     /// `Err(reason)` for the first volume with less free space than the floor, or whose free
     /// space cannot be read.
     pub fn check(&self) -> Result<(), String> {

@@ -747,7 +747,7 @@ impl Session {
         let sink = self.shared.sink.clone();
         let cap = self.shared.config.max_instance_bytes();
         let outcome = tokio::task::spawn_blocking(move || -> Result<StoreOutcome, MalformedDataSet> {
-            check_data_set(&instance.dataset, &instance.transfer_syntax, cap, &sink.staging_dir())?;
+            check_data_set(&instance.dataset, &instance.transfer_syntax, cap)?;
             Ok(sink.store(instance))
         })
         .await;

@@ -81,12 +81,11 @@ pub fn check_element_lengths_limited(
 
 /// [`check_element_lengths_limited`] on a received data set wherever it is held: headers are
 /// read where they lie, and a deflated data set is inflated into a buffer of the same kind (in
-/// memory while small, then in a file), so memory stays bounded whatever the peer sent.
+/// memory while small, then in a file beside it), so memory stays bounded whatever the peer sent.
 pub fn check_data_set(
     dataset: &DataSetBuffer,
     transfer_syntax: &str,
     max_inflated: usize,
-    staging: &std::path::Path,
 ) -> Result<(), MalformedDataSet> {
     let unreadable =
         |e: std::io::Error| MalformedDataSet::at(None, 0, format!("cannot read the received data set: {e}"));
@@ -94,7 +93,7 @@ pub fn check_data_set(
         dataset,
         transfer_syntax,
         |cap| {
-            let mut out = DataSetBuffer::new(staging);
+            let mut out = dataset.empty_like();
             inflate_capped(dataset.reader().map_err(unreadable)?, &mut out, cap)?;
             walk_top(&out, Encoding::Explicit)
         },

@@ -39,6 +39,11 @@ impl DataSetBuffer {
         }
     }
 
+    /// An empty buffer with the same staging directory and memory bound.
+    pub fn empty_like(&self) -> Self {
+        Self::with_limit(&self.dir, self.limit)
+    }
+
     /// Bytes held.
     pub fn len(&self) -> u64 {
         self.len

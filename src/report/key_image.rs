@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::dicom::{NewSeries, finish, put_seq, put_str, source_image_item, source_modality};
 use super::enhanced::put_pixel_bytes;
-use super::render::{Layout, Letters, Overlay, Window, compose, montage, render_slice};
+use super::render::{Layout, Letters, Overlay, compose, montage, render_slice};
 use super::sc::{SECONDARY_CAPTURE, ScImage, sc_image_base};
 use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
 use crate::volume::{Affine, Grid, Interp, Volume};
@@ -95,7 +95,6 @@ pub(crate) fn key_image_over(
 pub(crate) fn orthogonal_views(inputs: &ReportInputs<'_>, overlay: &Overlay) -> Result<RgbImage, ReportError> {
     let source = &inputs.source.volume;
     let finding = inputs.finding;
-    let window = Window::robust(source.data(), inputs.options.window_percentiles);
     let shape = source.shape();
     let hotspot = finding.hotspot().map(|h| h.lps);
     let centre = hotspot.unwrap_or_else(|| source.voxel_to_world(shape.map(|n| (n as f64 - 1.0) / 2.0)));
@@ -130,7 +129,7 @@ pub(crate) fn orthogonal_views(inputs: &ReportInputs<'_>, overlay: &Overlay) -> 
                 .resample(&grid, Interp::Linear, f32::NAN)
                 .map_err(reformat_error)?;
             let view = overlay.reformat(source.affine(), &grid, hotspot);
-            let image = render_slice(grey.data(), &view, 0, window);
+            let image = render_slice(grey.data(), &view, 0);
             Ok(compose(
                 &image,
                 &Layout::panel((image.width(), image.height()), SCALE),

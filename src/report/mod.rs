@@ -428,7 +428,7 @@ pub fn write_outputs(
     };
     check_all(inputs, heatmap)?;
     let selected = inputs.options.outputs;
-    // One overlay (display scale, head mask) for the key image, the SC and the SEG.
+    // One overlay (display scale, head mask, grey window) for every picture and the SEG.
     let overlay = render::Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
     let mut files = OutputFiles::default();
     let mut objects = Vec::new();
@@ -475,7 +475,7 @@ pub fn write_outputs(
         objects.push(sr);
         timings.sr = ms(t);
     }
-    let preview = preview_png(inputs.source, heatmap, inputs.finding, inputs.options)?;
+    let preview = render::preview_over(inputs.source, &overlay, inputs.finding);
     let preview_path = dir.join("preview.png");
     write_png(&preview, &preview_path)?;
     files.preview_png = Some("preview.png".into());

@@ -152,6 +152,8 @@ pub(crate) struct Overlay {
     hotspot: Option<[usize; 3]>,
     /// Why nothing is coloured, when nothing is.
     off_reason: Option<&'static str>,
+    /// Grey window of the source (every picture of the study uses the same).
+    window: Window,
 }
 
 impl Overlay {
@@ -179,7 +181,13 @@ impl Overlay {
             calibrated: options.heat_reference.is_some(),
             hotspot,
             off_reason,
+            window: Window::robust(source.volume.data(), options.window_percentiles),
         }
+    }
+
+    /// The source's grey window.
+    pub fn window(&self) -> Window {
+        self.window
     }
 
     /// Whether voxel `[i, j, k]` is coloured: the overlay is on, and the voxel lies inside the
@@ -285,9 +293,22 @@ impl Overlay {
     }
 }
 
-/// Renders slice `k`: grey source; colour where the model looked, inside the head, above the
-/// threshold; a crosshair on the hotspot when it lies on this slice. Pixels are RGB, row-major.
-pub(crate) fn render_slice(source: &Array3<f32>, overlay: &Overlay, k: usize, window: Window) -> RgbImage {
+/// Renders slice `k`: grey source in the overlay's window; colour where the model looked,
+/// inside the head, above the threshold; a crosshair on the hotspot when it lies on this slice.
+/// Pixels are RGB, row-major.
+pub(crate) fn render_slice(source: &Array3<f32>, overlay: &Overlay, k: usize) -> RgbImage {
+    let mut img = paint_slice(source, overlay, k);
+    if let Some([i, j, hk]) = overlay.hotspot
+        && hk == k
+    {
+        draw_crosshair(&mut img, i as f64 + 0.5, j as f64 + 0.5, 1.0);
+    }
+    img
+}
+
+/// [`render_slice`] without the crosshair (for pictures that draw it after resizing).
+fn paint_slice(source: &Array3<f32>, overlay: &Overlay, k: usize) -> RgbImage {
+    let window = overlay.window;
     let [n_i, n_j] = [source.shape()[0], source.shape()[1]];
     let mut img = RgbImage::new(n_i as u32, n_j as u32);
     for r in 0..n_j {
@@ -302,11 +323,6 @@ pub(crate) fn render_slice(source: &Array3<f32>, overlay: &Overlay, k: usize, wi
             };
             img.put_pixel(c as u32, r as u32, Rgb(px));
         }
-    }
-    if let Some([i, j, hk]) = overlay.hotspot
-        && hk == k
-    {
-        draw_crosshair(&mut img, i as f64 + 0.5, j as f64 + 0.5, 1.0);
     }
     img
 }
@@ -585,12 +601,7 @@ pub(crate) fn compose(
 }
 
 /// Renders every slice of the study as an SC frame (image + margins + band), and the layout.
-pub(crate) fn frames(
-    source: &Assembled,
-    overlay: &Overlay,
-    legend: &Legend,
-    window: Window,
-) -> (Vec<RgbImage>, Layout) {
+pub(crate) fn frames(source: &Assembled, overlay: &Overlay, legend: &Legend) -> (Vec<RgbImage>, Layout) {
     use rayon::prelude::*;
     let data = source.volume.data();
     let [n_i, n_j, depth] = source.volume.shape();
@@ -598,15 +609,7 @@ pub(crate) fn frames(
     let letters = Letters::of(&source.volume);
     let frames = (0..depth)
         .into_par_iter()
-        .map(|k| {
-            compose(
-                &render_slice(data, overlay, k, window),
-                &layout,
-                &letters,
-                Some(legend),
-                None,
-            )
-        })
+        .map(|k| compose(&render_slice(data, overlay, k), &layout, &letters, Some(legend), None))
         .collect();
     (frames, layout)
 }
@@ -706,13 +709,21 @@ pub fn preview_png(
     super::check_inputs(source, finding)?;
     super::check_options(&source.meta.series_uid, options)?;
     super::check_heatmap(source, heatmap)?;
+    Ok(preview_over(
+        source,
+        &Overlay::new(source, heatmap, finding, options),
+        finding,
+    ))
+}
+
+/// [`preview_png`] with the overlay already built (and the inputs checked), so that
+/// `write_outputs` builds it once for every picture.
+pub(crate) fn preview_over(source: &Assembled, overlay: &Overlay, finding: &Finding) -> RgbImage {
     let data = source.volume.data();
     let depth = data.shape()[2];
-    let window = Window::robust(data, options.window_percentiles);
-    let mut overlay = Overlay::new(source, heatmap, finding, options);
     let legend = overlay.legend(finding, None);
     // The crosshair is drawn after resampling, at the panel's resolution.
-    let hotspot = overlay.hotspot.take();
+    let hotspot = overlay.hotspot;
     let step = (depth / 12).max(1) as isize;
     // Around the reported hotspot; a study without one is shown around its middle slice.
     let centre = finding.hotspot().map_or(depth / 2, |h| h.slice);
@@ -734,7 +745,7 @@ pub fn preview_png(
     let panels: Vec<RgbImage> = ks
         .iter()
         .map(|&k| {
-            let slice = render_slice(data, &overlay, k, window);
+            let slice = paint_slice(data, overlay, k);
             let mut panel = image::imageops::resize(&slice, pw, ph, image::imageops::FilterType::Triangle);
             if let Some([i, j, hk]) = hotspot
                 && hk == k
@@ -748,7 +759,7 @@ pub fn preview_png(
             compose(&panel, &panel_layout, &letters, None, Some(&format!("SLICE {}", k + 1)))
         })
         .collect();
-    Ok(montage(&panels, &legend, panel_layout.scale))
+    montage(&panels, &legend, panel_layout.scale)
 }
 
 #[cfg(test)]
@@ -807,6 +818,7 @@ mod tests {
             calibrated: true,
             hotspot: None,
             off_reason: None,
+            window: Window { lo: 0.0, hi: 100.0 },
         }
     }
 
@@ -820,15 +832,14 @@ mod tests {
         heat[[4, 1, 0]] = f32::NAN; // not seen
         let mut head = Array3::from_elem((5, 3, 1), true);
         head[[3, 1, 0]] = false;
-        let window = Window { lo: 0.0, hi: 100.0 };
         let grey = |p: [u8; 3]| p[0] == p[1] && p[1] == p[2];
-        let img = render_slice(&source, &overlay(heat.clone(), head.clone(), Some(0.6)), 0, window);
+        let img = render_slice(&source, &overlay(heat.clone(), head.clone(), Some(0.6)), 0);
         assert!(!grey(img.get_pixel(2, 1).0), "hot inside the head is coloured");
         for x in [1, 3, 4] {
             assert!(grey(img.get_pixel(x, 1).0), "pixel {x} must stay grey");
         }
         assert_eq!(img.dimensions(), (5, 3));
-        let off = render_slice(&source, &overlay(heat, head, None), 0, window);
+        let off = render_slice(&source, &overlay(heat, head, None), 0);
         assert!(off.pixels().all(|p| grey(p.0)), "overlay off: no colour at all");
     }
 

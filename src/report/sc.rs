@@ -53,9 +53,9 @@ pub(crate) fn secondary_capture_over(
 ) -> Result<Vec<DicomFile>, ReportError> {
     let source = inputs.source;
     let options = inputs.options;
-    let window = Window::robust(source.volume.data(), options.window_percentiles);
+    let window = overlay.window();
     let legend = overlay.legend(inputs.finding, Some(inputs.algorithm));
-    let (frames, layout) = frames(source, overlay, &legend, window);
+    let (frames, layout) = frames(source, overlay, &legend);
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
     let series_uid = uids.next_uid();
     // The source grid widened by the margins.

@@ -132,10 +132,7 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
     let sink: Arc<dyn InstanceSink> = Arc::new(MeteredSpool {
         spool: spool.clone(),
         metrics: metrics.clone(),
-        floor: SpaceFloor {
-            min_free_mb: settings.node.min_free_mb,
-            volumes: vec![("spool", settings.node.data_dir.join("spool"))],
-        },
+        floor: SpaceFloor::for_spool(&settings.node.data_dir, settings.node.min_free_mb),
     });
     let scp_settings = settings.scp.clone();
     let stats = Arc::new(IngestStats::default());

@@ -94,7 +94,7 @@ impl Spool {
         {
             return Ok(StoreOutcome::Duplicate);
         }
-        let tmp = self.root.join("spool/tmp").join(format!(
+        let tmp = self.staging_dir().join(format!(
             "{}-{}.part",
             std::process::id(),
             self.tmp_counter.fetch_add(1, Ordering::Relaxed)
