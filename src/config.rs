@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::ApiConfig;
+use crate::audit::AuditConfig;
 use crate::deliver::{Destination, RetryPolicy};
 use crate::dicom_build::is_uid;
 use crate::infer::runtime::Device;
@@ -43,6 +44,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[runtime]`: where ONNX Runtime is and where it runs.
     pub runtime: RuntimeConfig,
+    /// `[audit]`: the PS3.15 audit trail.
+    pub audit: AuditConfig,
 }
 
 /// `[node]`: what the service runs and where it keeps its state.
@@ -219,6 +222,8 @@ pub struct Settings {
     pub api: ApiConfig,
     /// `[runtime]`.
     pub runtime: RuntimeConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
 }
 
 impl Settings {
@@ -302,6 +307,7 @@ impl Config {
         self.tracker.validate().map_err(|e| invalid(e.to_string()))?;
         self.outbox.retry.validate().map_err(|e| invalid(e.to_string()))?;
         self.api.validate().map_err(|e| invalid(format!("[api] {e}")))?;
+        self.audit.validate().map_err(|e| invalid(e.to_string()))?;
         self.overlay.validate().map_err(|e| invalid(format!("[overlay] {e}")))?;
         for (i, d) in self.destinations.iter().enumerate() {
             d.validate()
@@ -361,6 +367,7 @@ impl Config {
             retention: self.retention.clone(),
             api: self.api.clone(),
             runtime: self.runtime.clone(),
+            audit: self.audit.clone(),
         })
     }
 }

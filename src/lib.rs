@@ -29,6 +29,8 @@
 #[cfg(feature = "node")]
 pub mod api;
 pub mod assemble;
+#[cfg(feature = "node")]
+pub mod audit;
 pub mod baseline;
 #[cfg(feature = "node")]
 pub mod config;

@@ -118,7 +118,16 @@ pub enum FaultReason {
 }
 
 fn comment_suffix(comment: &Option<String>) -> String {
-    comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+    comment.as_deref().map(withheld_comment).unwrap_or_default()
+}
+
+/// A peer's Error Comment is free text that may name a patient: messages (log, dead letters,
+/// API) say that there was one and how long, never what it says.
+pub(crate) fn withheld_comment(comment: &str) -> String {
+    format!(
+        "; Error Comment withheld ({} characters of the peer's free text)",
+        comment.chars().count()
+    )
 }
 
 impl FaultReason {
@@ -283,12 +292,23 @@ mod tests {
             FaultReason::Status {
                 status: 0xC000,
                 meaning: "cannot understand",
-                comment: Some("bad".into()),
+                comment: Some("Patient DOE^JANE rejected".into()),
             },
         );
         let text = f.to_string();
-        for needle in ["permanent", "pacs", "PACS@10.0.0.1:104", "/x/SR.dcm", "0xC000", "bad"] {
+        for needle in [
+            "permanent",
+            "pacs",
+            "PACS@10.0.0.1:104",
+            "/x/SR.dcm",
+            "0xC000",
+            "25 characters",
+        ] {
             assert!(text.contains(needle), "{needle}: {text}");
         }
+        assert!(
+            !text.contains("DOE"),
+            "the peer's Error Comment reached the message: {text}"
+        );
     }
 }

@@ -29,4 +29,4 @@ pub use fault::{DeliveryFault, FaultKind, FaultReason, StatusClass, status_class
 pub use files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 pub use scu::{FileOutcome, Stored, send};
 pub use settings::{Destination, MAX_MAX_PDU, MAX_TIMEOUT_S, MIN_MAX_PDU, RetryPolicy, SettingsError, check_ae_title};
-pub use tls::TlsSettings;
+pub use tls::{TlsSettings, TlsSettingsError};

@@ -504,7 +504,7 @@ async fn store_one(
         }),
         StatusClass::Warning(meaning) => {
             let warning = match &rsp.comment {
-                Some(c) => format!("{meaning}: {c}"),
+                Some(c) => format!("{meaning}{}", super::fault::withheld_comment(c)),
                 None => meaning.to_owned(),
             };
             warn!(

@@ -53,15 +53,18 @@ pub struct TlsSettings {
 }
 
 /// Why the TLS settings cannot be used; names the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct TlsSettingsError {
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {message}")]
+pub struct TlsSettingsError {
+    /// The key at fault.
     pub field: &'static str,
+    /// What is wrong with it.
     pub message: String,
 }
 
 /// What a TLS association needs, built from [`TlsSettings`] once per delivery.
 #[derive(Clone, Debug)]
-pub(super) struct TlsClient {
+pub(crate) struct TlsClient {
     config: Arc<ClientConfig>,
     /// The name the destination's certificate must carry.
     server_name: ServerName<'static>,
@@ -71,7 +74,7 @@ impl TlsSettings {
     /// Reads the PEM files and builds the client configuration (ring provider, TLS 1.2 and
     /// 1.3, the provider's safe cipher suites) for a destination at `host`. Files are read on
     /// every call, so renewed certificates take effect at the next delivery.
-    pub(super) fn client(&self, host: &str) -> Result<TlsClient, TlsSettingsError> {
+    pub(crate) fn client(&self, host: &str) -> Result<TlsClient, TlsSettingsError> {
         let err = |field: &'static str, message: String| TlsSettingsError { field, message };
         match (&self.certificate, &self.private_key) {
             (Some(_), None) => return Err(err("private_key", "is required with `certificate`".into())),
@@ -113,6 +116,14 @@ impl TlsSettings {
             config: Arc::new(config),
             server_name,
         })
+    }
+}
+
+impl TlsClient {
+    /// The rustls configuration and the name the peer's certificate must carry, for the node's
+    /// other TLS clients (the audit trail's syslog connection).
+    pub(crate) fn into_parts(self) -> (Arc<ClientConfig>, ServerName<'static>) {
+        (self.config, self.server_name)
     }
 }
 

@@ -38,7 +38,7 @@ use super::limits::{MalformedDataSet, check_data_set};
 use super::spill::DataSetBuffer;
 use super::stats::{IngestStats, bump};
 use super::syntax::{MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_mr_storage, trim_uid};
-use super::{InstanceSink, ReceivedInstance, StoreOutcome};
+use super::{ConnectionEvent, InstanceSink, ReceivedInstance, StoreOutcome};
 use crate::dimse::{pdu_name, pdu_summary};
 
 mod link;
@@ -197,6 +197,8 @@ pub(super) async fn handle_connection(
                 Ok(Err(e)) => {
                     bump(&stats.associations_rejected);
                     warn!(%peer, error = %e, "TLS handshake failed: connection closed");
+                    let why = e.to_string();
+                    shared.sink.connection_event(ConnectionEvent::TlsRefused { peer, why });
                     return;
                 }
                 Err(_) => {
@@ -252,6 +254,11 @@ pub(super) async fn handle_connection(
         Err(Rejection { rj, why }) => {
             warn!(%peer, calling_ae = %calling_ae, called_ae = %called_ae, why, "association rejected");
             bump(&stats.associations_rejected);
+            shared.sink.connection_event(ConnectionEvent::AssociationRejected {
+                peer,
+                calling_ae: calling_ae.clone(),
+                why: why.to_string(),
+            });
             last_word(&mut link, &Pdu::AssociationRJ(rj), &config, peer).await;
             return;
         }
@@ -290,16 +297,18 @@ pub(super) async fn handle_connection(
         accepted_contexts = accepted.len(), refused_contexts = refused, "association accepted");
     bump(&stats.associations_accepted);
     let reassembly = Reassembly::new(accepted, config.max_instance_bytes(), shared.sink.staging_dir());
+    let sink = shared.sink.clone();
     let mut session = Session {
         shared,
         peer,
-        calling_ae,
+        calling_ae: calling_ae.clone(),
         reassembly,
         link,
         peer_max_pdu,
         _slot: permit,
     };
     session.run().await;
+    sink.connection_event(ConnectionEvent::AssociationEnded { peer, calling_ae });
 }
 
 /// Sends a last PDU (A-ABORT, A-ASSOCIATE-RJ), best effort, and closes the connection so that

@@ -68,8 +68,27 @@ pub enum StoreOutcome {
     Failed { status: u16, reason: String },
 }
 
+/// What happened to a connection besides its instances, for the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// An association ended (released, aborted or broken) after every instance it carried was
+    /// handed to the sink.
+    AssociationEnded { peer: SocketAddr, calling_ae: String },
+    /// The TLS handshake on the TLS port failed.
+    TlsRefused { peer: SocketAddr, why: String },
+    /// The A-ASSOCIATE-RQ was rejected for its AE titles.
+    AssociationRejected {
+        peer: SocketAddr,
+        calling_ae: String,
+        why: String,
+    },
+}
+
 /// Where received instances go. Called from a blocking thread (it may fsync).
 pub trait InstanceSink: Send + Sync + 'static {
+    /// Hears about connections (default: nothing). Called from async tasks: must not block long.
+    fn connection_event(&self, _event: ConnectionEvent) {}
+
     /// Stores one instance and says how it went.
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome;
 

@@ -6,20 +6,22 @@ mod outbox;
 mod repeats;
 mod worker;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState, Metrics, SpaceFloor};
+use crate::audit::{Alert, AuditError, AuditEvent, AuditTrail, Direction, Peer, Transfers};
 use crate::config::Settings;
 use crate::infer::runtime::{self, RuntimeError};
 use crate::infer::{Ensemble, InferError};
-use crate::ingest::{self, IngestStats, InstanceSink, ReceivedInstance, StoreOutcome};
+use crate::ingest::{self, ConnectionEvent, IngestStats, InstanceSink, ReceivedInstance, StoreOutcome};
 use crate::package::manifest::{ModelPackage, PackageError};
 use crate::spool::{Spool, SpoolError};
 use crate::tracker::Tracker;
@@ -47,6 +49,9 @@ pub enum ServiceError {
     /// The DICOM listening socket.
     #[error(transparent)]
     Listen(#[from] ingest::IngestError),
+    /// The audit trail.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// A listening socket.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -66,18 +71,22 @@ pub struct Node {
     /// The job database (tests and the demo watch it).
     pub db: Arc<crate::spool::db::JobDb>,
     shutdown: watch::Sender<bool>,
+    audit: AuditTrail,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Refuses instances while the spool volume is below its free-space floor (0xA700: the
-/// modality keeps them and retries), counts spool outcomes into the metrics, then answers what
-/// the spool said.
+/// modality keeps them and retries), counts spool outcomes into the metrics, gathers what each
+/// association stored for the audit trail, then answers what the spool said.
 struct MeteredSpool {
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
     /// The spool volume and `[node] min_free_mb`.
     floor: SpaceFloor,
+    audit: AuditTrail,
+    /// Studies stored per open association (keyed by the peer's address and port).
+    received: Mutex<HashMap<SocketAddr, Transfers>>,
 }
 
 impl InstanceSink for MeteredSpool {
@@ -87,18 +96,50 @@ impl InstanceSink for MeteredSpool {
 
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
         let bytes = instance.dataset.len();
-        let outcome = match self.floor.check() {
-            Ok(()) => self.spool.store(instance),
-            Err(reason) => StoreOutcome::Failed {
-                status: crate::dimse::STATUS_OUT_OF_RESOURCES,
-                reason,
-            },
+        let peer = instance.peer;
+        let (outcome, identity) = match self.floor.check() {
+            Ok(()) => self.spool.store_identified(instance),
+            Err(reason) => {
+                let status = crate::dimse::STATUS_OUT_OF_RESOURCES;
+                (StoreOutcome::Failed { status, reason }, None)
+            }
         };
         match &outcome {
             StoreOutcome::Failed { status, .. } => self.metrics.instance_refused(*status),
             _ => self.metrics.instance_received(bytes),
         }
+        if let (StoreOutcome::Stored, Some(identity)) = (&outcome, identity) {
+            let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            received.entry(peer).or_default().add(&identity);
+        }
         outcome
+    }
+
+    fn connection_event(&self, event: ConnectionEvent) {
+        let peer_of = |address: SocketAddr, ae: &str| Peer {
+            ae_title: Some(ae.to_owned()).filter(|a| !a.is_empty()),
+            address: address.ip().to_string(),
+        };
+        match event {
+            ConnectionEvent::AssociationEnded { peer, calling_ae } => {
+                let transfers = self.received.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                if let Some(transfers) = transfers {
+                    transfers.record(&self.audit, Direction::Received, &peer_of(peer, &calling_ae));
+                }
+            }
+            ConnectionEvent::TlsRefused { peer, why } => self.audit.record(&AuditEvent::Security {
+                alert: Alert::TlsHandshakeFailed,
+                peer: peer_of(peer, ""),
+                description: format!("TLS handshake failed: {why}"),
+            }),
+            ConnectionEvent::AssociationRejected { peer, calling_ae, why } => {
+                self.audit.record(&AuditEvent::Security {
+                    alert: Alert::AssociationRejected,
+                    peer: peer_of(peer, &calling_ae),
+                    description: format!("association rejected: {why}"),
+                })
+            }
+        }
     }
 }
 
@@ -111,6 +152,7 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         tracing::warn!("{requeued} unfinished job(s) from before the restart run again");
     }
     let ensemble = load_model(&settings)?;
+    let audit = AuditTrail::start(&settings.audit, &settings.node.data_dir, &settings.scp.config.ae_title)?;
     let channels = ensemble.manifest().channels.clone();
     tracing::info!(
         model = %ensemble.manifest().name,
@@ -133,6 +175,8 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         spool: spool.clone(),
         metrics: metrics.clone(),
         floor: SpaceFloor::for_spool(&settings.node.data_dir, settings.node.min_free_mb),
+        audit: audit.clone(),
+        received: Mutex::default(),
     });
     let scp_settings = settings.scp.clone();
     let stats = Arc::new(IngestStats::default());
@@ -188,15 +232,18 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         db.clone(),
         settings.clone(),
         metrics.clone(),
+        audit.clone(),
         shutdown_rx.clone(),
     )));
     ready.store(true, Ordering::SeqCst);
+    audit.record(&AuditEvent::Application { started: true });
     tracing::info!(%dicom_addr, ?api_addr, ae_title = %settings.scp.config.ae_title, "node ready");
     Ok(Node {
         dicom_addr,
         api_addr,
         db,
         shutdown,
+        audit,
         tasks,
         threads,
     })
@@ -210,10 +257,12 @@ impl Node {
             let _ = task.await;
         }
         let threads = self.threads;
+        let audit = self.audit;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
+            audit.stop();
         })
         .await;
     }

@@ -11,11 +11,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::api::{DeliveryOutcome, Metrics};
+use crate::audit::{AuditTrail, Direction, InstanceIdentity, Peer, Transfers};
 use crate::config::Settings;
-use crate::deliver::{self, FaultKind};
+use crate::deliver::{self, Destination, FaultKind};
 use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb, JobState};
 
-pub(super) async fn run(db: Arc<JobDb>, config: Settings, metrics: Arc<Metrics>, mut rx: watch::Receiver<bool>) {
+pub(super) async fn run(
+    db: Arc<JobDb>,
+    config: Settings,
+    metrics: Arc<Metrics>,
+    audit: AuditTrail,
+    mut rx: watch::Receiver<bool>,
+) {
     let poll = Duration::from_secs_f64(config.outbox.poll_s);
     let mut repeats = super::repeats::Repeats::new(super::REPEATS_EVERY);
     loop {
@@ -29,7 +36,7 @@ pub(super) async fn run(db: Arc<JobDb>, config: Settings, metrics: Arc<Metrics>,
                     tracing::info!(failed_polls = times, "outbox: recovered");
                 }
                 if !due.is_empty() {
-                    pass(&db, &config, &metrics, due).await;
+                    pass(&db, &config, &metrics, &audit, due).await;
                 }
             }
             Ok(Err(e)) => super::log_repeated(&mut repeats, "outbox", &e.to_string()),
@@ -45,7 +52,7 @@ pub(super) async fn run(db: Arc<JobDb>, config: Settings, metrics: Arc<Metrics>,
     }
 }
 
-async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, due: Vec<DeliveryRow>) {
+async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, audit: &AuditTrail, due: Vec<DeliveryRow>) {
     let mut by_destination: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
     for row in due {
         by_destination.entry(row.destination.clone()).or_default().push(row);
@@ -62,6 +69,7 @@ async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, due: Vec<De
         let start = Instant::now();
         let outcomes = deliver::send(dest, &config.scp.config.ae_title, &files).await;
         metrics.observe_stage("deliver", start.elapsed().as_secs_f64());
+        audit_sent(audit, dest, &files, &outcomes).await;
         for (i, row) in rows.iter().enumerate() {
             let result = match &outcomes {
                 Ok(per_file) => per_file
@@ -95,6 +103,42 @@ async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, due: Vec<De
                 }
             }
         }
+    }
+}
+
+/// One audit message per study offered to `dest` in this pass: the files it stored, and those
+/// it did not with the first reason. Nothing when the association could not be used at all.
+async fn audit_sent(
+    audit: &AuditTrail,
+    dest: &Destination,
+    files: &[PathBuf],
+    outcomes: &Result<Vec<deliver::FileOutcome>, deliver::DeliveryFault>,
+) {
+    let Ok(per_file) = outcomes else { return };
+    let results: Vec<Option<String>> = per_file
+        .iter()
+        .map(|o| o.result.as_ref().err().map(|fault| fault.to_string()))
+        .collect();
+    let files = files.to_vec();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut transfers = Transfers::default();
+        for (path, failed) in files.iter().zip(results) {
+            if let Some(id) = InstanceIdentity::read_file(path) {
+                match failed {
+                    None => transfers.add(&id),
+                    Some(why) => transfers.fail(&id, &why),
+                }
+            }
+        }
+        transfers
+    })
+    .await;
+    if let Ok(transfers) = read {
+        let peer = Peer {
+            ae_title: Some(dest.ae_title.clone()),
+            address: dest.host.clone(),
+        };
+        transfers.record(audit, Direction::Sent, &peer);
     }
 }
 

@@ -17,6 +17,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 
 use crate::assemble::InstanceHeader;
+use crate::audit::InstanceIdentity;
 use crate::dicom_build::{get_str, is_own_output, is_uid};
 pub use crate::dimse::{STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES};
 use crate::ingest::{InstanceSink, ReceivedInstance, StoreOutcome};
@@ -85,14 +86,14 @@ impl Spool {
         &self.root
     }
 
-    fn store_inner(&self, inst: &ReceivedInstance) -> Result<StoreOutcome, Refusal> {
+    fn store_inner(&self, inst: &ReceivedInstance) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
         check_uid("Affected SOP Instance UID", &inst.sop_instance_uid)?;
         if self
             .db
             .has_instance(&inst.sop_instance_uid)
             .map_err(Refusal::resources)?
         {
-            return Ok(StoreOutcome::Duplicate);
+            return Ok((StoreOutcome::Duplicate, None));
         }
         let tmp = self.staging_dir().join(format!(
             "{}-{}.part",
@@ -100,13 +101,22 @@ impl Spool {
             self.tmp_counter.fetch_add(1, Ordering::Relaxed)
         ));
         let result = self.write_and_record(inst, &tmp);
-        if result.is_err() || matches!(result, Ok(StoreOutcome::Discarded { .. } | StoreOutcome::Duplicate)) {
+        if result.is_err()
+            || matches!(
+                result,
+                Ok((StoreOutcome::Discarded { .. } | StoreOutcome::Duplicate, _))
+            )
+        {
             let _ = fs::remove_file(&tmp);
         }
         result
     }
 
-    fn write_and_record(&self, inst: &ReceivedInstance, tmp: &Path) -> Result<StoreOutcome, Refusal> {
+    fn write_and_record(
+        &self,
+        inst: &ReceivedInstance,
+        tmp: &Path,
+    ) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
         write_part_file(inst, tmp)?;
         let header = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
@@ -126,9 +136,8 @@ impl Spool {
             });
         }
         if is_own_output(&header, &self.device_uid) {
-            return Ok(StoreOutcome::Discarded {
-                reason: "our own output (Contributing Equipment Device UID): not analysed again".into(),
-            });
+            let reason = "our own output (Contributing Equipment Device UID): not analysed again".into();
+            return Ok((StoreOutcome::Discarded { reason }, None));
         }
         let study = text(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
         let series = text(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
@@ -165,10 +174,33 @@ impl Spool {
                 header: &planning,
             })
             .map_err(Refusal::resources)?;
-        Ok(match recorded {
+        let outcome = match recorded {
             Recorded::New => StoreOutcome::Stored,
             Recorded::Duplicate => StoreOutcome::Duplicate,
-        })
+        };
+        Ok((outcome, InstanceIdentity::read(&header)))
+    }
+
+    /// Stores one instance like [`InstanceSink::store`], and says which study and patient it
+    /// belongs to when it was stored (for the audit trail).
+    pub fn store_identified(&self, instance: ReceivedInstance) -> (StoreOutcome, Option<InstanceIdentity>) {
+        match self.store_inner(&instance) {
+            Ok((outcome, identity)) => {
+                if let StoreOutcome::Discarded { reason } = &outcome {
+                    tracing::info!(sop_uid = %instance.sop_instance_uid, calling_ae = %instance.calling_ae, "discarded: {reason}");
+                }
+                (outcome, identity)
+            }
+            Err(refusal) => {
+                tracing::error!(
+                    sop_uid = %instance.sop_instance_uid,
+                    calling_ae = %instance.calling_ae,
+                    status = format!("{:#06X}", refusal.status),
+                    "not stored: {}", refusal.reason
+                );
+                (refusal.into(), None)
+            }
+        }
     }
 
     /// Deletes spooled instances received more than `max_age_s` ago; returns how many.
@@ -190,23 +222,7 @@ impl InstanceSink for Spool {
     }
 
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
-        match self.store_inner(&instance) {
-            Ok(outcome) => {
-                if let StoreOutcome::Discarded { reason } = &outcome {
-                    tracing::info!(sop_uid = %instance.sop_instance_uid, calling_ae = %instance.calling_ae, "discarded: {reason}");
-                }
-                outcome
-            }
-            Err(refusal) => {
-                tracing::error!(
-                    sop_uid = %instance.sop_instance_uid,
-                    calling_ae = %instance.calling_ae,
-                    status = format!("{:#06X}", refusal.status),
-                    "not stored: {}", refusal.reason
-                );
-                refusal.into()
-            }
-        }
+        self.store_identified(instance).0
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod assemble;
+mod audit;
 mod deliver;
 mod demo_model;
 mod dicom_parity;

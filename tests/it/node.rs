@@ -199,6 +199,17 @@ impl NodeProc {
         node
     }
 
+    /// Writes the config into `dir` (results to PACS@`pacs_port`, `scp` added to `[scp]`);
+    /// starts nothing: edit the config, then [`NodeProc::restart`].
+    pub fn configured(dir: &Path, model: &Path, pacs_port: u16, scp: &str) -> Self {
+        let pacs = Destination {
+            name: "pacs",
+            ae_title: "PACS",
+            port: pacs_port,
+        };
+        Self::configure(dir, model, free_port(), &pacs, scp, "")
+    }
+
     /// Writes the config into `dir`; starts nothing.
     fn configure(
         dir: &Path,
@@ -348,6 +359,23 @@ bind = "127.0.0.1:{api_port}"
         }
     }
 
+    /// SIGTERM, as `systemctl stop` or `docker stop` sends, and waits for the node to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the node is running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -410,7 +438,7 @@ fn state_of(job: &Value) -> &str {
 
 /// Waits until the node has `count` jobs, all delivered: only then has the PACS answered every
 /// C-STORE, so its files are whole (storescp writes in place while receiving).
-fn wait_all_delivered(node: &NodeProc, count: usize, timeout: Duration) {
+pub(crate) fn wait_all_delivered(node: &NodeProc, count: usize, timeout: Duration) {
     wait_until(&format!("{count} delivered jobs"), timeout, || {
         let jobs = node.jobs();
         jobs.len() == count && jobs.iter().all(|j| state_of(j) == "delivered")
