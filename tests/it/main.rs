@@ -7,6 +7,7 @@ mod audit;
 mod deliver;
 mod demo_model;
 mod dicom_parity;
+mod faults;
 mod infer;
 mod ingest;
 mod node;

@@ -432,7 +432,7 @@ impl Drop for NodeProc {
     }
 }
 
-fn state_of(job: &Value) -> &str {
+pub(crate) fn state_of(job: &Value) -> &str {
     job["state"].as_str().unwrap_or("?")
 }
 
@@ -445,7 +445,7 @@ pub(crate) fn wait_all_delivered(node: &NodeProc, count: usize, timeout: Duratio
     });
 }
 
-fn sop_class(path: &Path) -> String {
+pub(crate) fn sop_class(path: &Path) -> String {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -813,7 +813,7 @@ fn a_two_channel_model_waits_for_both_series_or_says_which_is_missing() {
     assert_eq!(jobs[0]["series"].as_array().map(Vec::len), Some(2), "{jobs:?}");
 }
 
-fn sop_instance(path: &Path) -> String {
+pub(crate) fn sop_instance(path: &Path) -> String {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -824,7 +824,7 @@ fn sop_instance(path: &Path) -> String {
         .to_string()
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
