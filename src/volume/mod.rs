@@ -264,10 +264,20 @@ fn otsu_threshold(data: &Array3<f32>) -> f32 {
 /// (6-connectivity).
 fn fill_holes(mask: &Array3<bool>) -> Array3<bool> {
     let [ni, nj, nk] = dim3(mask);
-    let border = ndarray::indices((ni, nj, nk))
-        .into_iter()
-        .filter(|&(i, j, k)| i == 0 || j == 0 || k == 0 || i == ni - 1 || j == nj - 1 || k == nk - 1)
-        .map(|(i, j, k)| [i, j, k]);
+    // The six faces, without walking the interior.
+    let mut border = Vec::with_capacity(2 * (ni * nj + nj * nk + ni * nk));
+    for i in 0..ni {
+        for j in 0..nj {
+            if i == 0 || j == 0 || i + 1 == ni || j + 1 == nj {
+                border.extend((0..nk).map(|k| [i, j, k]));
+            } else {
+                border.push([i, j, 0]);
+                if nk > 1 {
+                    border.push([i, j, nk - 1]);
+                }
+            }
+        }
+    }
     connected_region(&mask.mapv(|m| !m), border).mapv(|outside| !outside)
 }
 
@@ -284,31 +294,50 @@ pub fn nearest_distance(points: &[[f64; 3]], p: [f64; 3]) -> Option<f64> {
 /// through a corner.
 pub fn connected_region(mask: &Array3<bool>, seeds: impl IntoIterator<Item = [usize; 3]>) -> Array3<bool> {
     let [ni, nj, nk] = dim3(mask);
-    let mut region = Array3::from_elem((ni, nj, nk), false);
-    let mut stack = Vec::new();
-    let visit = |[i, j, k]: [usize; 3], region: &mut Array3<bool>, stack: &mut Vec<[usize; 3]>| {
-        if i < ni && j < nj && k < nk && mask[[i, j, k]] && !region[[i, j, k]] {
-            region[[i, j, k]] = true;
-            stack.push([i, j, k]);
-        }
-    };
-    for seed in seeds {
-        visit(seed, &mut region, &mut stack);
-    }
-    while let Some([i, j, k]) = stack.pop() {
-        // wrapping_sub turns -1 into usize::MAX, which the bounds check drops.
-        for n in [
-            [i.wrapping_sub(1), j, k],
-            [i + 1, j, k],
-            [i, j.wrapping_sub(1), k],
-            [i, j + 1, k],
-            [i, j, k.wrapping_sub(1)],
-            [i, j, k + 1],
-        ] {
-            visit(n, &mut region, &mut stack);
+    // Flat indices over a standard-layout copy: the flood fill visits millions of voxels in a
+    // head-sized volume, and ndarray's per-access index arithmetic and bounds checks dominated.
+    let mask = mask.as_standard_layout();
+    let inside = mask.as_slice().unwrap_or(&[]);
+    let mut region = vec![false; inside.len()];
+    let (stride_i, stride_j) = (nj * nk, nk);
+    let mut stack: Vec<usize> = Vec::new();
+    for [i, j, k] in seeds {
+        if i < ni && j < nj && k < nk {
+            let at = i * stride_i + j * stride_j + k;
+            if inside[at] && !region[at] {
+                region[at] = true;
+                stack.push(at);
+            }
         }
     }
-    region
+    while let Some(at) = stack.pop() {
+        let (i, j, k) = (at / stride_i, (at / stride_j) % nj, at % nk);
+        let mut visit = |n: usize| {
+            if inside[n] && !region[n] {
+                region[n] = true;
+                stack.push(n);
+            }
+        };
+        if i > 0 {
+            visit(at - stride_i);
+        }
+        if i + 1 < ni {
+            visit(at + stride_i);
+        }
+        if j > 0 {
+            visit(at - stride_j);
+        }
+        if j + 1 < nj {
+            visit(at + stride_j);
+        }
+        if k > 0 {
+            visit(at - 1);
+        }
+        if k + 1 < nk {
+            visit(at + 1);
+        }
+    }
+    Array3::from_shape_vec((ni, nj, nk), region).unwrap_or_else(|_| Array3::from_elem((ni, nj, nk), false))
 }
 
 #[cfg(test)]

@@ -249,6 +249,34 @@ fn connected_region_follows_faces_from_the_seed() {
         "seeds outside the mask or the grid start nothing"
     );
 }
+/// fill_holes seeds from the six faces only; on random masks (including thin grids where faces
+/// meet) it equals the definition: every voxel not reachable through background from any
+/// border voxel is foreground.
+#[test]
+fn fill_holes_matches_its_definition_on_random_masks() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for shape in [[1, 1, 1], [1, 5, 7], [2, 2, 9], [9, 8, 7], [12, 3, 1]] {
+        for density in [0.2, 0.5, 0.7] {
+            let mask = Array3::from_shape_fn(shape, |_| rng.random_bool(density));
+            let [ni, nj, nk] = shape;
+            let border = ndarray::indices((ni, nj, nk))
+                .into_iter()
+                .filter(|&(i, j, k)| i == 0 || j == 0 || k == 0 || i == ni - 1 || j == nj - 1 || k == nk - 1)
+                .map(|(i, j, k)| [i, j, k]);
+            let expected = connected_region(&mask.mapv(|m| !m), border).mapv(|outside| !outside);
+            assert_eq!(fill_holes(&mask), expected, "{shape:?} at {density}");
+        }
+    }
+    // A closed shell keeps its cavity.
+    let mut shell = Array3::from_elem((7, 7, 7), false);
+    for ((i, j, k), v) in shell.indexed_iter_mut() {
+        *v = (1..=5).contains(&i) && (1..=5).contains(&j) && (1..=5).contains(&k);
+    }
+    shell[[3, 3, 3]] = false;
+    assert!(fill_holes(&shell)[[3, 3, 3]]);
+}
+
 #[test]
 fn zscore_inside_mask() {
     let shape = [10, 10, 10];
