@@ -23,6 +23,17 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// The log filter without `RUST_LOG`: the running node logs its associations and jobs
+    /// (ONNX Runtime only from warn); the one-shot tools only warnings.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Serve { .. } => "info,ort=warn",
+            _ => "warn",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate a seeded synthetic FCD-II cohort: a BIDS tree (ds004199 layout) from the MNI152

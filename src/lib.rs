@@ -78,10 +78,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Logging for both binaries: `tracing` to stderr, level from `RUST_LOG` (default `warn`).
-pub fn init_logging() {
+/// Logging for both binaries: `tracing` to stderr, filter from `RUST_LOG`, else `default`
+/// (e.g. `info,ort=warn` for the running node: its associations and jobs at info, ONNX
+/// Runtime's own graph-optimiser chatter only from warn). Colour only on a terminal, so that
+/// redirected logs carry no ANSI codes.
+pub fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

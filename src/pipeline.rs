@@ -451,7 +451,7 @@ fn choose_series(
                     slices: plan.shape()[2],
                     slice_step_mm: Some(plan.ordered.slice_step_mm),
                 });
-                tracing::info!(series_uid = %uid, channel = ?decision.channel, reason = %decision.reason, "routing");
+                tracing::info!(series_uid = %uid, channel = %decision.channel.map_or_else(|| "none".to_owned(), |c| c.to_string()), reason = %decision.reason, "routing");
                 match decision.channel {
                     Some(c) if series.is_none() || c != channels[0] => {
                         candidates.entry(c).or_default().push(Candidate {

@@ -125,11 +125,12 @@ pub async fn serve(
     let pending = Pending::new(config.max_pending, config.max_pending_per_address);
     let mut tasks = JoinSet::new();
     let Listeners { plain: listener, tls } = listeners.into();
-    let local = listener.local_addr().ok();
-    info!(addr = ?local, ae_title = %config.ae_title, max_pdu = config.max_pdu,
+    let local = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    info!(addr = %local, ae_title = %config.ae_title, max_pdu = config.max_pdu,
         max_associations = config.max_associations, max_pending = config.max_pending, "DICOM SCP listening");
     if let Some((tls_listener, _)) = &tls {
-        info!(addr = ?tls_listener.local_addr().ok(), "DICOM TLS listening");
+        let addr = tls_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        info!(addr = %addr, "DICOM TLS listening");
     }
     if *shutdown.borrow_and_update() {
         return Ok(());

@@ -237,7 +237,8 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
     )));
     ready.store(true, Ordering::SeqCst);
     audit.record(&AuditEvent::Application { started: true });
-    tracing::info!(%dicom_addr, ?api_addr, ae_title = %settings.scp.config.ae_title, "node ready");
+    let api = api_addr.map_or_else(|| "off".into(), |a| a.to_string());
+    tracing::info!(%dicom_addr, api_addr = %api, ae_title = %settings.scp.config.ae_title, "node ready");
     Ok(Node {
         dicom_addr,
         api_addr,

@@ -173,7 +173,7 @@ impl Tracker {
                 tracing::info!(
                     series_uid = %series.series_uid,
                     instances = series.instances,
-                    channel = ?decision.channel,
+                    channel = %decision.channel.map_or_else(|| "none".to_owned(), |c| c.to_string()),
                     "series complete: {}", decision.reason
                 );
                 match decision.channel {
@@ -234,7 +234,7 @@ impl Tracker {
             }
             let id = self.db.create_job(study, &chosen, &calling_ae)?;
             let series: Vec<&str> = chosen.iter().map(|c| c.series_uid.as_str()).collect();
-            tracing::info!(job = id, study_uid = study, series = ?series, "job created");
+            tracing::info!(job = id, study_uid = study, series = %series.join(","), "job created");
             return Ok(Some(id));
         }
         if expired {

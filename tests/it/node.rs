@@ -181,7 +181,8 @@ impl NodeProc {
         Self::launch(dir, model, pacs_port, wrapper, "info")
     }
 
-    /// Like [`NodeProc::start`], logging at `rust_log` (a `RUST_LOG` value).
+    /// Like [`NodeProc::start`], logging at `rust_log` (a `RUST_LOG` value; empty: unset, the
+    /// node's default).
     pub fn start_logging(dir: &Path, model: &Path, pacs_port: u16, rust_log: &str) -> Self {
         Self::launch(dir, model, pacs_port, &[], rust_log)
     }
@@ -313,8 +314,12 @@ bind = "127.0.0.1:{api_port}"
             }
             None => fcdnode(),
         };
+        if self.rust_log.is_empty() {
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env("RUST_LOG", &self.rust_log);
+        }
         let child = command
-            .env("RUST_LOG", &self.rust_log)
             .args(["serve", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -1614,4 +1619,41 @@ fn ten_thousand_malformed_connections_then_a_real_series() {
     });
     assert_eq!(node.jobs().len(), 1, "{:?}", node.jobs());
     assert!(!pacs.files().is_empty());
+}
+
+/// Without `RUST_LOG` the node logs what an administrator reads (associations, jobs, deliveries)
+/// and none of ONNX Runtime's info chatter; a redirected log has no colour codes and no
+/// `Some(...)` wrappers.
+#[test]
+fn the_default_log_is_info_for_the_node_plain_and_readable() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let _pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let mut node = NodeProc::start_logging(dir.path(), &model(dir.path()), pacs_port, "");
+    let sent = node.storescu(&flair_files());
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    wait_all_delivered(&node, 1, Duration::from_secs(180));
+    node.kill();
+    let log = node.log_text();
+    for expected in [
+        "DICOM SCP listening",
+        "node ready",
+        "association accepted",
+        "association released",
+        "job created",
+        "job reported",
+        "job delivered",
+    ] {
+        assert!(log.contains(expected), "{expected:?} missing:\n{log}");
+    }
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a redirected log");
+    assert!(!log.contains("Some("), "Option wrappers in the log:\n{log}");
+    let ort_info = log.lines().filter(|l| l.contains(" INFO ort")).count();
+    assert_eq!(ort_info, 0, "ONNX Runtime info lines:\n{log}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[node]\nbogus = 1\n").unwrap();
+    let out = fcdnode().args(["check-config", "--config"]).arg(&bad).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(said.matches("unknown field `bogus`").count(), 1, "{said}");
 }

@@ -14,11 +14,11 @@ fn main() -> ExitCode {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { fcdnode::infer::runtime::switch_off_telemetry() };
     let cli = cli::Cli::parse();
-    fcdnode::init_logging();
+    fcdnode::init_logging("warn");
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", fcdnode::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
