@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing)
+APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing systemd)
 PY_PACKAGES=("dcm2niix==1.0.20260724" "onnxruntime==1.31.1" "onnx==1.23.2" "pydicom==3.0.2" "highdicom==0.28.2")
 VENV=.tools/venv
 

@@ -1657,3 +1657,27 @@ fn the_default_log_is_info_for_the_node_plain_and_readable() {
     assert!(!out.status.success());
     assert_eq!(said.matches("unknown field `bogus`").count(), 1, "{said}");
 }
+
+/// `deploy/fcdnode.service` passes `systemd-analyze verify` (pointed at the binary under test).
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = tempdir();
+    let unit = std::fs::read_to_string(repo().join("deploy/fcdnode.service"))
+        .unwrap()
+        .replace("/usr/local/bin/fcdnode", env!("CARGO_BIN_EXE_fcdnode"));
+    assert!(unit.contains("DynamicUser=yes") && unit.contains("StateDirectory=fcdnode"));
+    assert!(unit.contains("Restart=on-failure"));
+    let path = dir.path().join("fcdnode.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is required (Debian package systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
