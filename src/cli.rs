@@ -21,6 +21,8 @@ use fcdnode::volume::Plane;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pub log: fcdnode::LogOptions,
 }
 
 impl Cli {

@@ -78,15 +78,65 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Logging for both binaries: `tracing` to stderr, filter from `RUST_LOG`, else `default`
+/// How log lines look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
+}
+
+/// The logging options of both binaries (global: they go before or after the command).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LogOptions {
+    /// Level (error, warn, info, debug, trace) or a full `RUST_LOG`-style filter; overrides
+    /// `RUST_LOG`. A bare level keeps ONNX Runtime's own messages at warn.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Line format.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Append the log to this file (created with mode 0640) instead of writing it to stderr.
+    #[arg(long, global = true)]
+    pub log_file: Option<std::path::PathBuf>,
+}
+
+/// Logging for both binaries: the filter from `--log-level`, else `RUST_LOG`, else `default`
 /// (e.g. `info,ort=warn` for the running node: its associations and jobs at info, ONNX
-/// Runtime's own graph-optimiser chatter only from warn). Colour only on a terminal, so that
-/// redirected logs carry no ANSI codes.
-pub fn init_logging(default: &str) {
+/// Runtime's own graph-optimiser chatter only from warn); text or JSON; stderr or a file.
+/// Colour only on a terminal, so that redirected logs carry no ANSI codes.
+pub fn init_logging(default: &str, options: &LogOptions) -> std::io::Result<()> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    use std::os::unix::fs::OpenOptionsExt;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+    let filter = match &options.log_level {
+        Some(level) if level.contains('=') || level.contains(',') => EnvFilter::new(level),
+        Some(level) => EnvFilter::new(format!("{level},ort=warn")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+    };
+    let (writer, ansi) = match &options.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--log-file {}: {e}", path.display())))?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+        }
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal()),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match options.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
 }

@@ -11,7 +11,10 @@ fn main() -> ExitCode {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { fcdnode::infer::runtime::switch_off_telemetry() };
     let cli = cli::Cli::parse();
-    fcdnode::init_logging(cli.default_log_filter());
+    if let Err(e) = fcdnode::init_logging(cli.default_log_filter(), &cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -141,6 +141,8 @@ pub struct NodeProc {
     wrapper: Vec<String>,
     /// `RUST_LOG` for the node.
     rust_log: String,
+    /// More arguments after `serve --config FILE`.
+    args: Vec<String>,
     config: PathBuf,
     pub dicom_port: u16,
     pub api_port: u16,
@@ -269,6 +271,7 @@ bind = "127.0.0.1:{api_port}"
             child: None,
             wrapper: Vec::new(),
             rust_log: "info".into(),
+            args: Vec::new(),
             config,
             dicom_port,
             api_port,
@@ -287,6 +290,11 @@ bind = "127.0.0.1:{api_port}"
     pub fn restart_unready(&mut self) {
         self.spawn();
         self.wait_for("/healthz", "the node's API");
+    }
+
+    /// Adds arguments after `serve --config FILE` for the next start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
     }
 
     /// Rewrites the configuration file with `edit`; it takes effect at the next start.
@@ -322,6 +330,7 @@ bind = "127.0.0.1:{api_port}"
         let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -1680,4 +1689,45 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// `--log-format json --log-file F --log-level debug`: every line of the file is a JSON object
+/// with a timestamp, a level and the event's fields, debug events included; nothing on stderr.
+#[test]
+fn the_node_logs_json_lines_to_a_file_when_asked() {
+    let dir = tempdir();
+    let mut node = NodeProc::configured(dir.path(), &model(dir.path()), free_port(), "");
+    let file = dir.path().join("fcdnode.jsonl");
+    node.add_args(&["--log-format", "json", "--log-level", "debug", "--log-file"]);
+    node.add_args(&[file.to_str().unwrap()]);
+    node.restart();
+    let echo = Command::new(tool("echoscu"))
+        .args(["-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+        .arg(node.dicom_port.to_string())
+        .output()
+        .unwrap();
+    assert!(echo.status.success());
+    assert!(node.terminate().success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["timestamp"].is_string() && e["level"].is_string())
+    );
+    let message = |m: &str| {
+        events
+            .iter()
+            .any(|e| e["fields"]["message"].as_str().is_some_and(|s| s.contains(m)))
+    };
+    assert!(message("node ready") && message("association accepted"), "{text}");
+    assert!(
+        events.iter().any(|e| e["level"] == "DEBUG"),
+        "--log-level debug shows debug events"
+    );
+    // stderr keeps only the console lines of `serve` ("listening", "stopping").
+    assert!(!node.log_text().contains("association accepted"), "{}", node.log_text());
 }

@@ -19,6 +19,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pub log: fcdnode::LogOptions,
 }
 
 #[derive(Debug, Subcommand)]

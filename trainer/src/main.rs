@@ -14,7 +14,10 @@ fn main() -> ExitCode {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { fcdnode::infer::runtime::switch_off_telemetry() };
     let cli = cli::Cli::parse();
-    fcdnode::init_logging("warn");
+    if let Err(e) = fcdnode::init_logging("warn", &cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
