@@ -307,17 +307,24 @@ impl Xml {
         self.close("AuditSourceIdentification");
     }
 
-    fn study(&mut self, transfer: &StudyTransfer) {
+    /// Opens a ParticipantObjectIdentification: its ID, type and role (A.5.1 value sets), the
+    /// coded kind of ID and a name (required by the stricter editions of the schema).
+    fn object(&mut self, id: &str, type_code: &str, role: &str, id_type: Code, name: &str) {
         self.open(
             "ParticipantObjectIdentification",
             &[
-                ("ParticipantObjectID", transfer.study_uid.as_str()),
-                ("ParticipantObjectTypeCode", "2"),
-                ("ParticipantObjectTypeCodeRole", "3"),
+                ("ParticipantObjectID", id),
+                ("ParticipantObjectTypeCode", type_code),
+                ("ParticipantObjectTypeCodeRole", role),
             ],
         );
-        self.code("ParticipantObjectIDTypeCode", STUDY_INSTANCE_UID);
-        self.text_element("ParticipantObjectName", "");
+        self.code("ParticipantObjectIDTypeCode", id_type);
+        self.text_element("ParticipantObjectName", name);
+    }
+
+    /// The study (system object, report role) and its instance count per SOP class.
+    fn study(&mut self, transfer: &StudyTransfer) {
+        self.object(&transfer.study_uid, "2", "3", STUDY_INSTANCE_UID, "");
         self.open("ParticipantObjectDescription", &[]);
         for (class, count) in &transfer.sop_classes {
             let count = count.to_string();
@@ -330,17 +337,9 @@ impl Xml {
         self.close("ParticipantObjectIdentification");
     }
 
+    /// The patient (person, patient role).
     fn patient(&mut self, transfer: &StudyTransfer) {
-        self.open(
-            "ParticipantObjectIdentification",
-            &[
-                ("ParticipantObjectID", transfer.patient_id.as_str()),
-                ("ParticipantObjectTypeCode", "1"),
-                ("ParticipantObjectTypeCodeRole", "1"),
-            ],
-        );
-        self.code("ParticipantObjectIDTypeCode", PATIENT_NUMBER);
-        self.text_element("ParticipantObjectName", &transfer.patient_name);
+        self.object(&transfer.patient_id, "1", "1", PATIENT_NUMBER, &transfer.patient_name);
         self.close("ParticipantObjectIdentification");
     }
 
@@ -349,16 +348,8 @@ impl Xml {
     fn alert_subject(&mut self, peer: &Peer, description: &str) {
         use base64::Engine;
         let address = peer.address.as_str();
-        self.open(
-            "ParticipantObjectIdentification",
-            &[
-                ("ParticipantObjectID", address),
-                ("ParticipantObjectTypeCode", "2"),
-                ("ParticipantObjectTypeCodeRole", "13"),
-            ],
-        );
-        self.code("ParticipantObjectIDTypeCode", NODE_ID);
-        self.text_element("ParticipantObjectName", address);
+        // System object, security resource role.
+        self.object(address, "2", "13", NODE_ID, address);
         let value = base64::engine::general_purpose::STANDARD.encode(description.as_bytes());
         self.empty(
             "ParticipantObjectDetail",

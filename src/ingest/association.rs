@@ -41,6 +41,9 @@ use super::syntax::{MR_STORAGE_CLASSES, OTHER_STORAGE_CLASSES, VERIFICATION, is_
 use super::{ConnectionEvent, InstanceSink, ReceivedInstance, StoreOutcome};
 use crate::dimse::{pdu_name, pdu_summary};
 
+// Entry points for the fuzz targets (`fuzz/`), beside the private items they drive.
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod negotiate;
 mod reassembly;

@@ -289,8 +289,8 @@ impl<B: Bytes + ?Sized> Walker<'_, B> {
                     "item or delimiter tag where a data element was expected",
                 ));
             }
-            let (header, length, value) = match encoding {
-                Encoding::Implicit => (8, self.u32_at(pos + 4), implicit_value(tag)),
+            let (header, length, value, vr) = match encoding {
+                Encoding::Implicit => (8, self.u32_at(pos + 4), implicit_value(tag), implicit_vr(tag)),
                 Encoding::Explicit => {
                     let vr_bytes: [u8; 2] = self.bytes(pos + 4);
                     let Some(vr) = VR::from_binary(vr_bytes) else {
@@ -315,9 +315,9 @@ impl<B: Bytes + ?Sized> Walker<'_, B> {
                                 format!("truncated element header: {} bytes left, 12 needed", end - pos),
                             ));
                         }
-                        (12, self.u32_at(pos + 8), value)
+                        (12, self.u32_at(pos + 8), value, vr)
                     } else {
-                        (8, u32::from(self.u16_at(pos + 6)), value)
+                        (8, u32::from(self.u16_at(pos + 6)), value, vr)
                     }
                 }
             };
@@ -338,6 +338,7 @@ impl<B: Bytes + ?Sized> Walker<'_, B> {
                 }
             } else {
                 let value_end = value_end(tag, pos, start, length, end, "")?;
+                check_unit(tag, pos, vr, length)?;
                 if let Value::Sequence(items) = value {
                     self.sequence(start, value_end, items, depth + 1, false, tag, pos)?;
                 }
@@ -459,6 +460,41 @@ fn implicit_value(tag: (u16, u16)) -> Value {
         Some(_) => Value::Bytes,
         None => Value::SequenceIfUndefined(Encoding::Implicit),
     }
+}
+
+/// The VR dicom-parser reads an implicit VR element with: OW for pixel and overlay data, the
+/// dictionary's (US for US-or-SS, OW for OB-or-OW), UN for unknown elements.
+fn implicit_vr(tag: (u16, u16)) -> VR {
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return VR::OW;
+    }
+    StandardDataDictionary
+        .by_tag(Tag(tag.0, tag.1))
+        .map_or(VR::UN, |e| e.vr().relaxed())
+}
+
+/// Refuses a value whose length is not a whole number of its VR's values (PS3.5 6.2). dicom-parser
+/// reads `length / size` values but counts `length` bytes as read, so the rest of the data set
+/// is parsed from the wrong offset and any length it then finds (4 GiB at most) is allocated
+/// before reading: a data set this walker passed made it allocate 2.8 GB (found by `fuzz/`).
+fn check_unit(tag: (u16, u16), pos: usize, vr: VR, length: u32) -> Result<(), MalformedDataSet> {
+    let size = match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::UL | VR::SL | VR::FL | VR::OF | VR::OL | VR::AT => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
+    };
+    // With signed pixel data dicom-parser reads a US-or-SS element as SS whatever its header says.
+    let xs = StandardDataDictionary.by_tag(Tag(tag.0, tag.1)).map(|e| e.vr()) == Some(VirtualVr::Xs);
+    let size = if xs { size.max(2) } else { size };
+    if !length.is_multiple_of(size) {
+        return Err(MalformedDataSet::at(
+            Some(tag),
+            pos,
+            format!("{vr:?} value of {length} bytes is not a multiple of {size}"),
+        ));
+    }
+    Ok(())
 }
 
 /// End of a defined-length value starting at `start`, or the error when it declares more bytes
@@ -733,6 +769,28 @@ mod tests {
             err.message.contains("(7FE1,0010)") && err.message.contains("inflated"),
             "{err}"
         );
+    }
+
+    /// dicom-parser reads whole values and counts the declared length: a remainder would shift
+    /// everything after it (the fuzz target `data_set` found this with an implicit UL of 1 byte).
+    #[test]
+    fn binary_values_must_be_whole_values() {
+        let mut ds = im((0x0000, 0x0000), &[0x40]);
+        ds.extend(im((0x0008, 0x0018), b"1.2\0"));
+        let err = check_element_lengths(&ds, IMPLICIT_VR_LE).unwrap_err();
+        assert!(
+            err.message.contains("(0000,0000)") && err.message.contains("multiple of 4"),
+            "{err}"
+        );
+        let err = check_element_lengths(&im((0x0028, 0x0010), &[1, 0, 0]), IMPLICIT_VR_LE).unwrap_err();
+        assert!(err.message.contains("multiple of 2"), "{err}");
+        let err = check_element_lengths(&ex((0x0018, 0x9087), b"FD", &[0; 4]), EX).unwrap_err();
+        assert!(err.message.contains("multiple of 8"), "{err}");
+        // Pixel Padding Value is US-or-SS in the dictionary: even whatever the header says.
+        assert!(check_element_lengths(&ex((0x0028, 0x0120), b"OB", &[1, 0, 0]), EX).is_err());
+        check_element_lengths(&ex((0x0028, 0x0120), b"OB", &[1, 0]), EX).unwrap();
+        check_element_lengths(&im((0x0028, 0x0010), &[1, 0]), IMPLICIT_VR_LE).unwrap();
+        check_element_lengths(&ex((0x0018, 0x9087), b"FD", &[0; 16]), EX).unwrap();
     }
 
     #[test]

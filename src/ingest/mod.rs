@@ -110,6 +110,8 @@ mod stats;
 mod syntax;
 mod tls;
 
+#[doc(hidden)]
+pub use association::fuzzing;
 pub use config::{AllowedCalling, OtherStorage, ScpConfig, ScpConfigError, ScpSettings};
 pub use limits::check_data_set;
 pub use limits::{MalformedDataSet, check_element_lengths, check_element_lengths_limited};
