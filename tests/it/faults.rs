@@ -43,15 +43,6 @@ fn new_study(files: &[PathBuf], dir: &Path, tag: u32) -> Vec<PathBuf> {
     copies
 }
 
-fn storescu(port: u16, files: &[PathBuf]) -> Command {
-    let mut c = Command::new(tool("storescu"));
-    c.env("TCP_NODELAY", "1")
-        .args(["-v", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
-        .arg(port.to_string())
-        .args(files);
-    c
-}
-
 /// SOP Instance UIDs of the complete, readable instances in the spool.
 fn spooled(data: &Path) -> BTreeSet<String> {
     walk(&data.join("spool"))
@@ -77,7 +68,8 @@ fn twenty_kill_9_cycles_at_random_points_lose_no_acknowledged_instance() {
     for cycle in 0..20 {
         let files = new_study(&source, &dir.path().join(format!("send/{cycle}")), cycle);
         let delay = Duration::from_millis(rng.random_range(0..2500));
-        let sender = storescu(node.dicom_port, &files)
+        let sender = node
+            .storescu_command(&files)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -117,7 +109,7 @@ fn twenty_kill_9_cycles_at_random_points_lose_no_acknowledged_instance() {
 
     // The modality sends every study again; each job runs and is delivered exactly once.
     for files in &studies {
-        let out = storescu(node.dicom_port, files).output().unwrap();
+        let out = node.storescu(files);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let all: BTreeSet<String> = studies.iter().flatten().map(|f| sop_instance(f)).collect();
@@ -191,7 +183,7 @@ fn a_full_data_volume_refuses_with_a700_and_recovers_without_a_restart() {
     node.restart();
     let pid = node.pid();
     let files = flair_files();
-    let out = storescu(node.dicom_port, &files).output().unwrap();
+    let out = node.storescu(&files);
     let log = String::from_utf8_lossy(&out.stderr).to_lowercase();
     let acknowledged = log.matches("received store response (success)").count();
     let refused = log.matches("outofresources").count();
@@ -223,7 +215,7 @@ fn a_full_data_volume_refuses_with_a700_and_recovers_without_a_restart() {
 
     volume.resize("256m");
     let start = Instant::now();
-    let out = storescu(node.dicom_port, &files).output().unwrap();
+    let out = node.storescu(&files);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the job delivered", Duration::from_secs(300), || {
         node.jobs().first().is_some_and(|j| state_of(j) == "delivered")

@@ -414,14 +414,22 @@ bind = "127.0.0.1:{api_port}"
 
     /// Sends files with storescu as a modality would.
     pub fn storescu(&self, files: &[PathBuf]) -> std::process::Output {
-        Command::new(tool("storescu"))
-            .env("TCP_NODELAY", "1")
-            // -R: propose exactly the SOP classes of the files.
-            .args(["-R", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
-            .arg(self.dicom_port.to_string())
-            .args(files)
+        self.storescu_command(files)
             .output()
             .unwrap_or_else(|e| panic!("cannot run storescu: {e}"))
+    }
+
+    /// The storescu a modality runs (verbose: one "Received Store Response" line per
+    /// acknowledged file, in the order given), for callers that start it in the background.
+    pub fn storescu_command(&self, files: &[PathBuf]) -> Command {
+        let mut command = Command::new(tool("storescu"));
+        command
+            .env("TCP_NODELAY", "1")
+            // -R: propose exactly the SOP classes of the files.
+            .args(["-v", "-R", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
+            .arg(self.dicom_port.to_string())
+            .args(files);
+        command
     }
 }
 
@@ -613,11 +621,8 @@ fn kill_9_while_receiving_and_while_inferring_loses_nothing_and_delivers_once() 
             .count()
     };
     // Kill while receiving: storescu runs in the background; the node dies mid-series.
-    let sender = Command::new(tool("storescu"))
-        .env("TCP_NODELAY", "1")
-        .args(["-v", "-aet", "MRI", "-aec", "FCDNODE", "127.0.0.1"])
-        .arg(node.dicom_port.to_string())
-        .args(&files)
+    let sender = node
+        .storescu_command(&files)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
