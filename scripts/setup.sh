@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Project-local setup: Debian peers (DCMTK, dicom3tools, Orthanc, GDCM, cmake, strace) and a Python
-# virtual environment under .tools/venv with dcm2niix and ONNX Runtime (for libonnxruntime.so).
+# Project-local setup: Debian peers (DCMTK, dicom3tools, Orthanc, GDCM, cmake, strace, Chromium and
+# its WebDriver for the console test) and a Python virtual environment under .tools/venv with
+# dcm2niix and ONNX Runtime (for libonnxruntime.so).
 # Idempotent: returns in a second when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing systemd)
+APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing systemd chromium chromium-driver fonts-dejavu-core)
 PY_PACKAGES=("dcm2niix==1.0.20260724" "onnxruntime==1.31.1" "onnx==1.23.2" "pydicom==3.0.2" "highdicom==0.28.2")
 VENV=.tools/venv
 
@@ -33,7 +34,7 @@ ort=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 
 [ -n "$ort" ] || { echo "setup: libonnxruntime.so not found in $VENV" >&2; exit 1; }
 ln -sf "$(realpath "$ort")" .tools/libonnxruntime.so
 ln -sf "$(realpath "$VENV/bin/dcm2niix")" .tools/dcm2niix
-for tool in storescu storescp dcmdump dciodvfy gdcmconv Orthanc cmake strace; do
+for tool in storescu storescp dcmdump dciodvfy gdcmconv Orthanc cmake strace chromium chromedriver; do
   command -v "$tool" >/dev/null || { echo "setup: $tool missing after install" >&2; exit 1; }
 done
 echo "setup: ok (.tools/dcm2niix, .tools/libonnxruntime.so)"

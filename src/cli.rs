@@ -112,6 +112,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read a password from standard input (one line) and print its Argon2id hash for an
+    /// `[[api.users]]` entry's `password_hash`.
+    HashPassword,
     /// Run the node: DICOM listener, tracker, pipeline, outbox and HTTP API, until Ctrl-C or
     /// SIGTERM.
     Serve {
@@ -350,6 +353,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             fcdnode::config::settings(Some(&config))?;
             println!("{}: valid", config.display());
+            Ok(())
+        }
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            println!("{}", fcdnode::api::auth::hash_password(password)?);
             Ok(())
         }
         Command::Serve { config } => {

@@ -57,6 +57,9 @@ pub const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 /// Largest command set accepted from a peer while reassembling command fragments.
 pub(crate) const MAX_COMMAND_SET: usize = 64 * 1024;
 
+/// Verification SOP Class (C-ECHO).
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+
 /// Command Field of C-STORE-RQ.
 pub(crate) const C_STORE_RQ: u16 = 0x0001;
 /// Command Field of C-ECHO-RQ.

@@ -1,5 +1,5 @@
-//! The node's HTTP API (axum): liveness and readiness probes, Prometheus metrics, and read-only
-//! views of the job database for operators.
+//! The node's HTTP API (axum): liveness and readiness probes, Prometheus metrics, the job
+//! database for operators as JSON, the actions they take, and the web console ([`console`]).
 //!
 //! | Route | Answer |
 //! |---|---|
@@ -9,16 +9,31 @@
 //! | `GET /jobs?limit=N` | the latest jobs, newest first (default 100, at most 1000) |
 //! | `GET /jobs/{id}` | one job with its deliveries and its parsed `result.json` |
 //! | `GET /jobs/{id}/preview.png` | the job's preview image |
+//! | `POST /jobs/{id}/rerun` | 201 `{"job": new id}`: the job again on the same series |
+//! | `POST /jobs/{id}/resend` | `{"resent": n}`: every dead letter of the job back in the outbox |
 //! | `GET /deliveries/dead` | dead letters: deliveries that will not be retried on their own |
+//! | `POST /deliveries/{id}/resend` | one dead letter back in the outbox, with a fresh retry budget |
+//! | `GET /destinations` | the configured destinations |
+//! | `POST /destinations/{name}/echo` | C-ECHO now: 200 on success, 502 with the fault |
+//! | `GET /`, `/console/…` | the web console (HTML) |
+//! | `GET`/`POST /sign-in`, `POST /sign-out` | console sign-in ([`auth`]) |
 //!
-//! Errors are JSON `{ "error": "..." }` with the matching status. Database work runs on the
-//! blocking pool, so a slow database never stalls the reactor and a panic there becomes a 500.
+//! With `[[api.users]]` configured every route but the probes, the metrics and the sign-in
+//! page needs a session cookie or HTTP Basic credentials; actions from another site are
+//! refused. Errors are JSON `{ "error": "..." }` with the matching status (HTML on console
+//! pages). Database work runs on the blocking pool, so a slow database never stalls the
+//! reactor and a panic there becomes a 500.
 
+mod actions;
+pub mod auth;
+mod console;
 mod metrics;
 mod space;
+mod study;
 
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, DeliveryOutcome, Metrics, STAGE_BUCKETS, STAGES};
 pub use space::SpaceFloor;
+pub use study::{StudyCache, StudyFacts};
 
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
@@ -28,27 +43,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
+use crate::audit::AuditTrail;
+use crate::deliver::Destination;
 use crate::report::ResultSummary;
 use crate::spool::db::{DeliveryRow, DeliveryState, JobDb, JobFailure, JobRow, JobState};
+use auth::{ApiUser, Auth, Viewer};
 
 /// Default number of jobs `/jobs` returns.
 pub const DEFAULT_JOB_LIMIT: usize = 100;
 /// Most jobs `/jobs` returns.
 pub const MAX_JOB_LIMIT: usize = 1000;
 
-/// `[api]`: the HTTP API.
+/// `[api]`: the HTTP API and the web console.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// `IP:port` the HTTP API listens on; loopback by default (it has no authentication).
+    /// `IP:port` the HTTP API listens on; loopback by default. Any other address needs users.
     pub bind: String,
     /// Whether the HTTP API runs at all.
     pub enabled: bool,
+    /// Hours a console sign-in lasts.
+    pub session_hours: f64,
+    /// `[[api.users]]`: with any, every page and API route but the probes and metrics needs a
+    /// sign-in (the pages show patient names and IDs).
+    pub users: Vec<ApiUser>,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +79,8 @@ impl Default for ApiConfig {
         Self {
             bind: "127.0.0.1:8080".into(),
             enabled: true,
+            session_hours: 8.0,
+            users: Vec::new(),
         }
     }
 }
@@ -73,7 +98,39 @@ pub struct ApiConfigError {
 impl ApiConfig {
     /// Checks every value; the first bad one is reported with its key.
     pub fn validate(&self) -> Result<(), ApiConfigError> {
-        self.bind_addr().map(drop)
+        let bind = self.bind_addr()?;
+        if !(self.session_hours > 0.0 && self.session_hours <= 24.0 * 30.0) {
+            return Err(ApiConfigError {
+                key: "session_hours",
+                message: format!("{} is not within (0, 720]", self.session_hours),
+            });
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            let bad = |message: String| ApiConfigError { key: "users", message };
+            if user.name.trim().is_empty() || user.name.chars().any(char::is_control) {
+                return Err(bad(format!("user {} has an empty or unprintable name", i + 1)));
+            }
+            if self.users[..i].iter().any(|u| u.name == user.name) {
+                return Err(bad(format!("user {:?} is listed twice", user.name)));
+            }
+            auth::check_hash(&user.password_hash)
+                .map_err(|e| bad(format!("user {:?}: password_hash: {e}", user.name)))?;
+        }
+        if self.enabled && !bind.ip().is_loopback() && self.users.is_empty() {
+            return Err(ApiConfigError {
+                key: "users",
+                message: format!(
+                    "the API listens on {bind}, beyond this machine, and its pages show patient data: \
+                     add an [[api.users]] entry (password_hash from `fcdnode hash-password`) or bind to 127.0.0.1"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sign-in lifetime.
+    pub fn session_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.session_hours * 3600.0)
     }
 
     /// `bind` as a socket address.
@@ -96,18 +153,63 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// The free space readiness needs.
     pub space: SpaceFloor,
+    /// `[[destinations]]`, for the destination views and Echo.
+    pub destinations: Arc<[Destination]>,
+    /// The node's AE title: the calling AE of Echo unless a destination sets its own.
+    pub node_ae: String,
+    /// Users and sessions.
+    pub auth: Arc<Auth>,
+    /// Where sign-ins are recorded.
+    pub audit: AuditTrail,
+    /// Patient and study facts per job, for the console.
+    pub studies: Arc<StudyCache>,
+}
+
+impl ApiState {
+    /// A state with no destinations, no users and no audit trail; set those fields as needed.
+    pub fn new(db: Arc<JobDb>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>, space: SpaceFloor) -> Self {
+        Self {
+            db,
+            metrics,
+            ready,
+            space,
+            destinations: Arc::from(Vec::new()),
+            node_ae: "FCDNODE".into(),
+            auth: Arc::new(Auth::open()),
+            audit: AuditTrail::off(),
+            studies: Arc::default(),
+        }
+    }
 }
 
 /// The API's routes over `state`.
 pub fn router(state: ApiState) -> Router {
+    let gated = Router::new()
+        .route("/", get(console::jobs_page))
+        .route("/console/jobs/{id}", get(console::job_page))
+        .route("/console/jobs/{id}/rerun", post(console::rerun))
+        .route("/console/jobs/{id}/resend", post(console::resend_job))
+        .route("/console/dead", get(console::dead_page))
+        .route("/console/deliveries/{id}/resend", post(console::resend))
+        .route("/console/destinations", get(console::destinations_page))
+        .route("/console/destinations/{name}/echo", post(console::echo))
+        .route("/sign-out", post(console::sign_out))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .route("/jobs/{id}/preview.png", get(preview))
+        .route("/jobs/{id}/rerun", post(rerun))
+        .route("/jobs/{id}/resend", post(resend_job))
+        .route("/deliveries/dead", get(dead_letters))
+        .route("/deliveries/{id}/resend", post(resend))
+        .route("/destinations", get(destinations))
+        .route("/destinations/{name}/echo", post(echo))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::gate));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/jobs", get(jobs))
-        .route("/jobs/{id}", get(job))
-        .route("/jobs/{id}/preview.png", get(preview))
-        .route("/deliveries/dead", get(dead_letters))
+        .route("/sign-in", get(console::sign_in_page).post(console::sign_in))
+        .merge(gated)
         .fallback(not_found)
         .with_state(state)
 }
@@ -122,7 +224,8 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
     }
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             // Err: the sender is gone, nobody can ask any more; stop as well.
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -401,6 +504,89 @@ async fn dead_letters(State(state): State<ApiState>) -> Response {
     }
 }
 
+async fn rerun(
+    State(state): State<ApiState>,
+    Extension(viewer): Extension<Viewer>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Response {
+    let id = match job_id(path) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let db = state.db.clone();
+    match blocking(move || actions::rerun(&db, id, viewer.user.as_deref())).await {
+        Ok(new) => (StatusCode::CREATED, Json(serde_json::json!({ "job": new }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn resend_job(
+    State(state): State<ApiState>,
+    Extension(viewer): Extension<Viewer>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Response {
+    let id = match job_id(path) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let db = state.db.clone();
+    match blocking(move || actions::resend_job(&db, id, viewer.user.as_deref())).await {
+        Ok(n) => Json(serde_json::json!({ "job": id, "resent": n })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn resend(
+    State(state): State<ApiState>,
+    Extension(viewer): Extension<Viewer>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Response {
+    let id = match job_id(path) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let db = state.db.clone();
+    match blocking(move || actions::resend(&db, id, viewer.user.as_deref())).await {
+        Ok(job) => Json(serde_json::json!({ "delivery": id, "job": job, "state": "pending" })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A destination as the API shows it (no key material).
+#[derive(Debug, serde::Serialize)]
+struct DestinationView<'a> {
+    name: &'a str,
+    ae_title: &'a str,
+    host: &'a str,
+    port: u16,
+    calling_ae_title: &'a str,
+    tls: bool,
+}
+
+async fn destinations(State(state): State<ApiState>) -> Response {
+    let views: Vec<DestinationView<'_>> = state
+        .destinations
+        .iter()
+        .map(|d| DestinationView {
+            name: &d.name,
+            ae_title: &d.ae_title,
+            host: &d.host,
+            port: d.port,
+            calling_ae_title: d.calling_ae(&state.node_ae),
+            tls: d.tls.is_some(),
+        })
+        .collect();
+    Json(views).into_response()
+}
+
+async fn echo(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match actions::echo(&state.destinations, &state.node_ae, &name).await {
+        Some(result) if result.success => Json(result).into_response(),
+        Some(result) => (StatusCode::BAD_GATEWAY, Json(result)).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no destination {name:?}")).into_response(),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
@@ -426,5 +612,30 @@ mod tests {
         assert!(err.to_string().starts_with("api.bind: \"localhost\""), "{err}");
         let back: ApiConfig = toml::from_str(&toml::to_string(&ApiConfig::default()).unwrap()).unwrap();
         assert_eq!(back, ApiConfig::default());
+    }
+
+    #[test]
+    fn beyond_loopback_the_api_needs_users_with_argon2_hashes() {
+        let open: ApiConfig = toml::from_str("bind = \"0.0.0.0:9000\"").unwrap();
+        let err = open.validate().unwrap_err();
+        assert_eq!(err.key, "users");
+        assert!(err.to_string().contains("fcdnode hash-password"), "{err}");
+        let off: ApiConfig = toml::from_str("bind = \"0.0.0.0:9000\"\nenabled = false").unwrap();
+        assert_eq!(off.validate(), Ok(()), "a disabled API needs nobody");
+        let hash = auth::hash_password("pw").unwrap();
+        let with_user = format!(
+            "bind = \"10.0.0.5:8080\"\n[[users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n"
+        );
+        let c: ApiConfig = toml::from_str(&with_user).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.session_ttl(), std::time::Duration::from_secs(8 * 3600));
+        let plain: ApiConfig = toml::from_str(&with_user.replace(&hash, "pw")).unwrap();
+        let err = plain.validate().unwrap_err();
+        assert!(err.to_string().contains("not a PHC password hash"), "{err}");
+        let twice = format!("{with_user}[[users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n");
+        let err = toml::from_str::<ApiConfig>(&twice).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let c: ApiConfig = toml::from_str("session_hours = 0").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "session_hours");
     }
 }

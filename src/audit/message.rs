@@ -18,6 +18,9 @@ const APPLICATION_START: Code = Code("110120", "DCM", "Application Start");
 const APPLICATION_STOP: Code = Code("110121", "DCM", "Application Stop");
 const INSTANCES_TRANSFERRED: Code = Code("110104", "DCM", "DICOM Instances Transferred");
 const SECURITY_ALERT: Code = Code("110113", "DCM", "Security Alert");
+const USER_AUTHENTICATION: Code = Code("110114", "DCM", "User Authentication");
+const LOGIN: Code = Code("110122", "DCM", "Login");
+const LOGOUT: Code = Code("110123", "DCM", "Logout");
 const NODE_AUTHENTICATION: Code = Code("110126", "DCM", "Node Authentication");
 const RESTRICTED_FUNCTION: Code = Code("110132", "DCM", "Use of Restricted Function");
 const ROLE_APPLICATION: Code = Code("110150", "DCM", "Application");
@@ -92,6 +95,18 @@ pub enum AuditEvent {
         peer: Peer,
         transfer: StudyTransfer,
     },
+    /// A console or API user signed in, failed to, or signed out.
+    UserAuthentication {
+        /// The user name when it is a configured user; otherwise a placeholder (a mistyped
+        /// name may be a password).
+        user: String,
+        /// The client's IP address.
+        address: String,
+        /// Sign-in (true) or sign-out (false).
+        login: bool,
+        /// Whether it succeeded.
+        success: bool,
+    },
     /// A refused connection or association.
     Security {
         alert: Alert,
@@ -140,6 +155,23 @@ impl AuditEvent {
                 xml.audit_source(source);
                 xml.study(transfer);
                 xml.patient(transfer);
+            }
+            AuditEvent::UserAuthentication {
+                user,
+                address,
+                login,
+                success,
+            } => {
+                let kind = if *login { LOGIN } else { LOGOUT };
+                let (outcome, description) = if *success {
+                    ("0", None)
+                } else {
+                    ("4", Some("wrong user name or password"))
+                };
+                xml.event(USER_AUTHENTICATION, &[kind], "E", when, outcome, description);
+                xml.participant(user, None, true, address, None);
+                xml.node(source, false, &[ROLE_APPLICATION], None);
+                xml.audit_source(source);
             }
             AuditEvent::Security {
                 alert,
@@ -268,18 +300,29 @@ impl Xml {
     /// The peer as an active participant: its AE title as UserID and `AETITLES=` alternative
     /// (its address when it never sent an AE title), its IP address as access point.
     fn peer_participant(&mut self, peer: &Peer, requestor: bool, role: Option<Code>) {
-        let address = peer.address.clone();
         let (user, alternative) = match &peer.ae_title {
             Some(ae) => (ae.clone(), Some(format!("AETITLES={ae}"))),
-            None => (address.clone(), None),
+            None => (peer.address.clone(), None),
         };
-        let mut attributes = vec![("UserID", user.as_str())];
-        if let Some(alt) = &alternative {
-            attributes.push(("AlternativeUserID", alt.as_str()));
+        self.participant(&user, alternative.as_deref(), requestor, &peer.address, role);
+    }
+
+    /// An active participant other than this node, reached at `address`.
+    fn participant(
+        &mut self,
+        user: &str,
+        alternative: Option<&str>,
+        requestor: bool,
+        address: &str,
+        role: Option<Code>,
+    ) {
+        let mut attributes = vec![("UserID", user)];
+        if let Some(alt) = alternative {
+            attributes.push(("AlternativeUserID", alt));
         }
         attributes.extend([
             ("UserIsRequestor", if requestor { "true" } else { "false" }),
-            ("NetworkAccessPointID", address.as_str()),
+            ("NetworkAccessPointID", address),
             // 2: IP address, 1: machine name.
             (
                 "NetworkAccessPointTypeCode",

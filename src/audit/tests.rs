@@ -53,6 +53,18 @@ fn events() -> Vec<AuditEvent> {
             peer,
             description: "peer sent no certificate".into(),
         },
+        AuditEvent::UserAuthentication {
+            user: "admin<&>".into(),
+            address: "10.1.2.4".into(),
+            login: true,
+            success: false,
+        },
+        AuditEvent::UserAuthentication {
+            user: "admin".into(),
+            address: "::1".into(),
+            login: false,
+            success: true,
+        },
     ]
 }
 

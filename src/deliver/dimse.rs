@@ -1,10 +1,22 @@
-//! The SCU's side of DIMSE: C-STORE-RQ encoding and C-STORE-RSP decoding, on the shared
+//! The SCU's side of DIMSE: C-STORE-RQ and C-ECHO-RQ encoding and response decoding, on the shared
 //! command-set codec ([`crate::dimse`]).
 
-use crate::dimse::{C_STORE_RQ, CommandWriter, DimseError, elements, text, us};
+use crate::dimse::{C_ECHO_RQ, C_STORE_RQ, CommandWriter, DimseError, NO_DATA_SET, VERIFICATION, elements, text, us};
 
 /// Command Field of C-STORE-RSP.
 pub const C_STORE_RSP: u16 = C_STORE_RQ | crate::dimse::RESPONSE_BIT;
+/// Command Field of C-ECHO-RSP.
+pub const C_ECHO_RSP: u16 = C_ECHO_RQ | crate::dimse::RESPONSE_BIT;
+
+/// The command set of a C-ECHO-RQ (no data set follows).
+pub fn c_echo_rq(message_id: u16) -> Vec<u8> {
+    CommandWriter::new()
+        .uid(0x0002, VERIFICATION)
+        .us(0x0100, C_ECHO_RQ)
+        .us(0x0110, message_id)
+        .us(0x0800, NO_DATA_SET)
+        .finish()
+}
 
 /// The command set of a C-STORE-RQ (priority medium, a data set follows).
 pub fn c_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
@@ -71,7 +83,7 @@ mod tests {
             .uid(0x0002, "1.2.3")
             .us(0x0100, C_STORE_RSP)
             .us(0x0120, message_id)
-            .us(0x0800, 0x0101)
+            .us(0x0800, NO_DATA_SET)
             .us(0x0900, status);
         if let Some(c) = comment {
             w = w.text(0x0902, c);

@@ -10,13 +10,13 @@ use dicom_ul::pdu::{AssociationRJResult, PDV_HEADER_SIZE, PDataValue, PDataValue
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::dimse::{self, C_STORE_RSP};
+use super::dimse::{self, C_ECHO_RSP, C_STORE_RSP};
 use super::fault::{DeliveryFault, FaultReason, StatusClass, status_class};
 use super::files::{EXPLICIT_VR_LE, FileError, FileInfo, IMPLICIT_VR_LE, Loaded, scan, transcodable};
 use super::settings::{Destination, check_ae_title};
 use super::tls::{Relay, TlsClient};
 use crate::dicom_build::is_uid;
-use crate::dimse::{MAX_COMMAND_SET, pdu_name, ul_error_text};
+use crate::dimse::{MAX_COMMAND_SET, VERIFICATION, pdu_name, ul_error_text};
 
 /// Presentation contexts one association can carry (odd IDs 1..=255).
 const MAX_CONTEXTS: usize = 128;
@@ -176,6 +176,67 @@ pub async fn send(dest: &Destination, node_ae: &str, files: &[PathBuf]) -> Resul
             })
         })
         .collect())
+}
+
+/// A destination that answered C-ECHO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Echoed {
+    /// From connecting to the C-ECHO-RSP.
+    pub elapsed: Duration,
+}
+
+/// Tests `dest` the way the outbox reaches it (same AE titles, TLS, timeouts and fault
+/// reasons): one association proposing Verification, one C-ECHO, release.
+pub async fn echo(dest: &Destination, node_ae: &str) -> Result<Echoed, DeliveryFault> {
+    let start = std::time::Instant::now();
+    let ctx = Ctx {
+        dest,
+        peer: dest.peer(),
+    };
+    let tls = dest
+        .prepare()
+        .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
+    let calling_ae = dest.calling_ae(node_ae).to_owned();
+    check_ae_title(&calling_ae)
+        .map_err(|m| ctx.fault(None, FaultReason::InvalidDestination(format!("calling AE title: {m}"))))?;
+    let key = (VERIFICATION.to_owned(), IMPLICIT_VR_LE.to_owned());
+    let mut assoc = associate(&ctx, &calling_ae, &[&key], tls.as_ref()).await?;
+    let during = "sending the C-ECHO-RQ";
+    let Some(pc_id) = assoc.presentation_contexts().first().map(|pc| pc.id) else {
+        finish(&ctx, assoc, true).await;
+        return Err(ctx.fault(
+            None,
+            FaultReason::NoContextAtAll {
+                proposed: VERIFICATION.into(),
+            },
+        ));
+    };
+    let sent = send_pdvs(
+        &mut assoc,
+        dest.max_pdu,
+        pc_id,
+        PDataValueType::Command,
+        &dimse::c_echo_rq(1),
+    )
+    .await;
+    let answer = match sent {
+        Ok(()) => receive_rsp(&mut assoc, 1, C_ECHO_RSP).await.map_err(|e| match e {
+            StoreError::File(reason) | StoreError::Association(reason) => reason,
+        }),
+        Err(e) => Err(reason_of(e, during, &[])),
+    };
+    let answer = answer.and_then(|rsp| match rsp.status {
+        0x0000 => Ok(()),
+        status => Err(FaultReason::Protocol {
+            during: "C-ECHO".into(),
+            detail: format!("status 0x{status:04X}"),
+        }),
+    });
+    finish(&ctx, assoc, answer.is_err()).await;
+    answer.map_err(|reason| ctx.fault(None, reason))?;
+    Ok(Echoed {
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Transfer syntaxes proposed for a file in `ts`.
@@ -375,12 +436,18 @@ async fn send_pdvs(
     Ok(())
 }
 
-/// Waits for the C-STORE-RSP to `message_id`.
+/// Waits for the response (`command_field`, e.g. C-STORE-RSP) to `message_id`.
 async fn receive_rsp(
     assoc: &mut AsyncClientAssociation<TcpStream>,
     message_id: u16,
+    command_field: u16,
 ) -> Result<dimse::StoreRsp, StoreError> {
-    let during = || format!("waiting for the C-STORE-RSP to message {message_id}");
+    let name = if command_field == C_ECHO_RSP {
+        "C-ECHO-RSP"
+    } else {
+        "C-STORE-RSP"
+    };
+    let during = || format!("waiting for the {name} to message {message_id}");
     let mut command = Vec::new();
     loop {
         let pdu = assoc
@@ -408,7 +475,7 @@ async fn receive_rsp(
                                 detail: e.0,
                             })
                         })?;
-                        if rsp.command_field != C_STORE_RSP || rsp.responding_to != message_id {
+                        if rsp.command_field != command_field || rsp.responding_to != message_id {
                             return Err(StoreError::Association(FaultReason::Protocol {
                                 during: during(),
                                 detail: format!(
@@ -483,7 +550,7 @@ async fn store_one(
         .await
         .map_err(|e| StoreError::Association(reason_of(e, &during, &[])))?;
     drop(dataset);
-    let rsp = receive_rsp(assoc, message_id).await?;
+    let rsp = receive_rsp(assoc, message_id, C_STORE_RSP).await?;
     if let Some(uid) = &rsp.sop_instance
         && *uid != info.sop_instance
     {

@@ -1,7 +1,6 @@
 //! Which SOP classes and transfer syntaxes the SCP negotiates.
 
-/// Verification SOP Class (C-ECHO).
-pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+pub use crate::dimse::VERIFICATION;
 
 /// The storage SOP classes the node processes: MR Image Storage and Enhanced MR Image Storage.
 pub const MR_STORAGE_CLASSES: &[&str] = &["1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"];

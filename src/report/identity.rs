@@ -48,6 +48,19 @@ pub fn rfc3339_utc_now() -> String {
     )
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`, for people.
+pub fn utc_text(unix_secs: f64) -> String {
+    let secs = unix_secs.max(0.0) as u64;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -114,6 +127,7 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(utc_text(19_782.0 * 86_400.0 + 3_725.9), "2024-02-29 01:02:05 UTC");
         let now = Timestamp::now_utc();
         assert_eq!(now.date.len(), 8);
         assert_eq!(now.time.len(), 6);

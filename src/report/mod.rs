@@ -47,7 +47,7 @@ use crate::volume::Volume;
 pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
-pub use identity::{Timestamp, UidGenerator, rfc3339_utc_now};
+pub use identity::{Timestamp, UidGenerator, rfc3339_utc_now, utc_text};
 pub use key_image::key_image;
 pub use pm::parametric_map;
 pub use render::{ColourMap, glyph, preview_png};

@@ -191,10 +191,16 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         let listener = bind("HTTP [api] bind", &settings.api.bind).await?;
         let addr = listener.local_addr().ok();
         let state = ApiState {
-            db: db.clone(),
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-            space: SpaceFloor::for_data_dir(&settings.node.data_dir, settings.node.min_free_mb),
+            destinations: settings.destinations.clone().into(),
+            node_ae: settings.scp.config.ae_title.clone(),
+            auth: Arc::new(api::auth::Auth::new(settings.api.users.clone(), settings.api.session_ttl())),
+            audit: audit.clone(),
+            ..ApiState::new(
+                db.clone(),
+                metrics.clone(),
+                ready.clone(),
+                SpaceFloor::for_data_dir(&settings.node.data_dir, settings.node.min_free_mb),
+            )
         };
         let rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {

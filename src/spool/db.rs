@@ -163,7 +163,8 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    fn as_str(self) -> &'static str {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
@@ -212,6 +213,30 @@ pub struct JobSettled {
     /// settlement, as `fcdnode bench node` measures turnaround from outside; `None` when those
     /// instances are gone (retention).
     pub turnaround_s: Option<f64>,
+}
+
+/// What [`JobDb::resend_delivery`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Queued again; the job it belongs to.
+    Requeued { job_id: i64 },
+    /// Only dead letters are resent by hand; this one is in another state.
+    NotDead(DeliveryState),
+    /// No delivery with that id.
+    NoSuchDelivery,
+}
+
+/// What [`JobDb::rerun_job`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rerun {
+    /// The new job's id.
+    Created(i64),
+    /// The job is still on its way; it cannot be run twice at once.
+    NotFinished(JobState),
+    /// The job never had input series (it failed before it was routed).
+    NoInputs,
+    /// No job with that id.
+    NoSuchJob,
 }
 
 /// Result of recording an instance.
@@ -867,6 +892,61 @@ impl JobDb {
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(settled)
+    }
+
+    /// Puts a dead letter back in the queue at an operator's request: pending now, with a fresh
+    /// retry budget (its last error stays for the record); an undeliverable job goes back to
+    /// `reported` until the outbox settles it again. One transaction.
+    pub fn resend_delivery(&self, id: i64) -> Result<Requeue, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let row: Option<(i64, String)> = tx
+            .query_row("SELECT job_id, state FROM deliveries WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((job_id, state)) = row else {
+            return Ok(Requeue::NoSuchDelivery);
+        };
+        let state = DeliveryState::parse(&state);
+        if state != DeliveryState::Dead {
+            return Ok(Requeue::NotDead(state));
+        }
+        let now = now();
+        tx.execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE jobs SET state = 'reported', reason = NULL, updated_at = ?2
+             WHERE id = ?1 AND state = 'undeliverable'",
+            params![job_id, now],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Requeue::Requeued { job_id })
+    }
+
+    /// A new job on the same inputs as job `id` (an operator's re-run, e.g. after a model
+    /// update); it supersedes the latest job on those series. Only a job that has finished
+    /// (delivered, undeliverable or failed) with inputs can be run again.
+    pub fn rerun_job(&self, id: i64) -> Result<Rerun, DbError> {
+        let Some(job) = self.job(id)? else {
+            return Ok(Rerun::NoSuchJob);
+        };
+        if !matches!(
+            job.state,
+            JobState::Delivered | JobState::Undeliverable | JobState::Failed
+        ) {
+            return Ok(Rerun::NotFinished(job.state));
+        }
+        if job.inputs.is_empty() {
+            return Ok(Rerun::NoInputs);
+        }
+        self.insert_job(&job.study_uid, &job.inputs, &job.calling_ae, JobState::Received, None)
+            .map(Rerun::Created)
     }
 
     /// Instances received in total (for readiness and metrics after a restart).

@@ -205,15 +205,22 @@ fn serve() -> Served {
 
 /// Serves with the free-space floor `space` makes for the data directory.
 fn serve_with(space: impl FnOnce(&Path) -> SpaceFloor) -> Served {
+    serve_state(space, |_| {})
+}
+
+/// Serves with the free-space floor `space` makes for the data directory and the state as
+/// `adjust` leaves it (destinations, users).
+fn serve_state(space: impl FnOnce(&Path) -> SpaceFloor, adjust: impl FnOnce(&mut ApiState)) -> Served {
     let tmp = tempdir();
     let db = Arc::new(JobDb::open(&tmp.path().join("jobs.sqlite")).unwrap());
     let jobs = fill(&db, tmp.path());
-    let state = ApiState {
+    let mut state = ApiState::new(
         db,
-        metrics: Arc::new(Metrics::new()),
-        ready: Arc::new(AtomicBool::new(false)),
-        space: space(tmp.path()),
-    };
+        Arc::new(Metrics::new()),
+        Arc::new(AtomicBool::new(false)),
+        space(tmp.path()),
+    );
+    adjust(&mut state);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -517,4 +524,230 @@ fn serve_stops_on_shutdown() {
     assert!(result.is_ok(), "{result:?}");
     let after = Client::new().get(format!("{}/healthz", s.base)).send();
     assert!(after.is_err(), "still serving after shutdown");
+}
+
+impl Served {
+    fn post(&self, path: &str) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    fn post_json(&self, path: &str, status: StatusCode) -> Value {
+        let resp = self.post(path);
+        assert_eq!(resp.status(), status, "POST {path}");
+        resp.json().unwrap_or_else(|e| panic!("POST {path}: not JSON: {e}"))
+    }
+}
+
+/// A job whose input instance file is gone (retention), failed so it may be re-run.
+fn job_with_a_missing_input(s: &Served) -> i64 {
+    let db = &s.state.db;
+    let inputs = vec![ChannelSeries {
+        channel: Modality::Flair,
+        series_uid: "1.2.826.0.2.9".into(),
+        files: vec![s._tmp.path().join("expired.dcm")],
+        plan: None,
+    }];
+    let id = db.create_job("1.2.826.0.3.9", &inputs, "SCANNER").unwrap();
+    let failure = JobFailure {
+        stage: "assemble".into(),
+        series_uid: None,
+        message: "gone".into(),
+    };
+    db.fail_job(id, &failure).unwrap();
+    id
+}
+
+#[test]
+fn dead_letters_are_resent_and_finished_jobs_run_again() {
+    let s = serve();
+    let dead = s.json("/deliveries/dead", StatusCode::OK)[0]["id"].as_i64().unwrap();
+    let answer = s.post_json(&format!("/deliveries/{dead}/resend"), StatusCode::OK);
+    assert_eq!(answer["job"], s.jobs.undeliverable, "{answer}");
+    let detail = s.json(&format!("/jobs/{}", s.jobs.undeliverable), StatusCode::OK);
+    assert_eq!(detail["job"]["state"], "reported", "back in the outbox: {detail}");
+    assert!(detail["job"]["reason"].is_null(), "{detail}");
+    let resent = detail["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == dead)
+        .unwrap();
+    assert_eq!(resent["state"], "pending");
+    assert_eq!(resent["attempts"], 0, "a fresh retry budget");
+    assert_eq!(
+        resent["last_error"], "association rejected permanently",
+        "the history stays"
+    );
+    assert!(s.json("/deliveries/dead", StatusCode::OK).as_array().unwrap().is_empty());
+    let err = s.post_json(&format!("/deliveries/{dead}/resend"), StatusCode::CONFLICT);
+    assert!(err["error"].as_str().unwrap().contains("pending, not dead"), "{err}");
+    s.post_json("/deliveries/424242/resend", StatusCode::NOT_FOUND);
+    let err = s.post_json(&format!("/jobs/{}/resend", s.jobs.delivered), StatusCode::CONFLICT);
+    assert!(err["error"].as_str().unwrap().contains("no dead letters"), "{err}");
+
+    let answer = s.post_json(&format!("/jobs/{}/rerun", s.jobs.delivered), StatusCode::CREATED);
+    let new = answer["job"].as_i64().unwrap();
+    let job = s.json(&format!("/jobs/{new}"), StatusCode::OK)["job"].clone();
+    assert_eq!(job["state"], "received");
+    assert_eq!(job["supersedes"], s.jobs.delivered);
+    assert_eq!(job["study_uid"], "1.2.826.0.3.2");
+    assert_eq!(job["series"], serde_json::json!(["1.2.826.0.2.2"]));
+    let err = s.post_json(&format!("/jobs/{new}/rerun"), StatusCode::CONFLICT);
+    assert!(err["error"].as_str().unwrap().contains("is received"), "{err}");
+    let gone = job_with_a_missing_input(&s);
+    let err = s.post_json(&format!("/jobs/{gone}/rerun"), StatusCode::CONFLICT);
+    assert!(err["error"].as_str().unwrap().contains("expired.dcm is gone"), "{err}");
+    s.post_json("/jobs/424242/rerun", StatusCode::NOT_FOUND);
+    s.post_json("/jobs/x/rerun", StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn echo_tests_destinations_against_dcmtk() {
+    let (up, down) = (crate::node::free_port(), crate::node::free_port());
+    let work = tempdir();
+    let _pacs = crate::node::Pacs::start(up, &work.path().join("pacs"));
+    let s = serve_state(
+        |_| SpaceFloor::default(),
+        |state| {
+            state.destinations = vec![
+                fcdnode::deliver::Destination::new("pacs", "PACS", "127.0.0.1", up),
+                fcdnode::deliver::Destination::new("down", "NOBODY", "127.0.0.1", down),
+            ]
+            .into();
+        },
+    );
+    let listed = s.json("/destinations", StatusCode::OK);
+    assert_eq!(listed[0]["name"], "pacs");
+    assert_eq!(listed[0]["port"], up);
+    assert_eq!(listed[0]["calling_ae_title"], "FCDNODE");
+    assert_eq!(listed[1]["tls"], false);
+    let ok = s.post_json("/destinations/pacs/echo", StatusCode::OK);
+    assert_eq!(ok["success"], true, "{ok}");
+    assert!(ok["ms"].as_f64().unwrap() > 0.0, "{ok}");
+    let failed = s.post_json("/destinations/down/echo", StatusCode::BAD_GATEWAY);
+    assert_eq!(failed["success"], false);
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("cannot connect") && error.contains("(transient)"), "{error}");
+    s.post_json("/destinations/nowhere/echo", StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn with_users_everything_but_probes_needs_a_sign_in() {
+    let hash = fcdnode::api::auth::hash_password("s3cret pass").unwrap();
+    let s = serve_state(
+        |_| SpaceFloor::default(),
+        |state| {
+            let user = fcdnode::api::auth::ApiUser {
+                name: "admin".into(),
+                password_hash: hash,
+            };
+            state.auth = Arc::new(fcdnode::api::auth::Auth::new(
+                vec![user],
+                std::time::Duration::from_secs(60),
+            ));
+        },
+    );
+    let plain = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("{}{path}", s.base);
+    for open in ["/healthz", "/metrics", "/sign-in"] {
+        assert_eq!(plain.get(url(open)).send().unwrap().status(), StatusCode::OK, "{open}");
+    }
+    for closed in ["/jobs", "/deliveries/dead", "/destinations", "/jobs/1/preview.png"] {
+        let resp = plain.get(url(closed)).send().unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{closed}");
+    }
+    let resp = plain.post(url(&format!("/jobs/{}/rerun", s.jobs.delivered))).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    for page in ["/", "/console/dead", "/console/jobs/1"] {
+        let resp = plain.get(url(page)).send().unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(resp.headers()["location"], "/sign-in");
+    }
+
+    // Scripts: HTTP Basic.
+    let resp = plain.get(url("/jobs")).basic_auth("admin", Some("wrong")).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = plain.get(url("/jobs")).basic_auth("admin", Some("s3cret pass")).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Browsers: the form, then the cookie.
+    let form = |password: &str| [("user", "admin".to_owned()), ("password", password.to_owned())];
+    let resp = plain.post(url("/sign-in")).form(&form("guess")).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get("set-cookie").is_none());
+    assert!(resp.text().unwrap().contains("Wrong user name or password"));
+    let resp = plain.post(url("/sign-in")).form(&form("s3cret pass")).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = plain.get(url("/")).header("cookie", &session).send().unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let html = page.text().unwrap();
+    assert!(html.contains("Signed in as admin") && html.contains("FCD type II suspected"), "{html}");
+
+    // Another site cannot act with the cookie.
+    let resp = plain
+        .post(url(&format!("/console/jobs/{}/rerun", s.jobs.delivered)))
+        .header("cookie", &session)
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = plain
+        .post(url(&format!("/console/jobs/{}/rerun", s.jobs.delivered)))
+        .header("cookie", &session)
+        .header("origin", &s.base)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "same-site form post");
+
+    let resp = plain.post(url("/sign-out")).header("cookie", &session).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(resp.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let resp = plain.get(url("/jobs")).header("cookie", &session).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the session ended");
+}
+
+#[test]
+fn console_pages_show_jobs_results_and_dead_letters() {
+    let s = serve();
+    let (status, ct, html) = s.text("/");
+    assert_eq!(status, StatusCode::OK);
+    assert!(ct.starts_with("text/html"), "{ct}");
+    for id in [s.jobs.undeliverable, s.jobs.delivered, s.jobs.failed, s.jobs.received] {
+        assert!(html.contains(&format!("href=\"/console/jobs/{id}\"")), "job {id}");
+    }
+    assert!(html.contains(&format!("src=\"/jobs/{}/preview.png\"", s.jobs.delivered)));
+    assert!(html.contains("87.0 %"), "probability");
+    let (status, _, html) = s.text(&format!("/console/jobs/{}", s.jobs.undeliverable));
+    assert_eq!(status, StatusCode::OK);
+    for expected in [
+        "FCD type II suspected",
+        "probability 87.0 %",
+        "threshold 50.0 %",
+        "Hotspot on source slice 18",
+        "fcd-demo 1.0",
+        "association rejected permanently",
+        "/console/jobs/1/rerun",
+        "Resend 1 dead letter(s)",
+    ] {
+        assert!(html.contains(expected), "{expected:?} missing");
+    }
+    let (_, _, html) = s.text("/console/dead");
+    assert!(html.contains("/console/deliveries/") && html.contains("archive"));
+    let (status, _, html) = s.text("/console/jobs/424242");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("no job 424242"));
+    // Values are escaped: a job's reason with markup stays text.
+    s.state.db.set_state(s.jobs.received, JobState::Failed, Some("<script>x</script>")).unwrap();
+    let (_, _, html) = s.text(&format!("/console/jobs/{}", s.jobs.received));
+    assert!(html.contains("&lt;script&gt;x&lt;/script&gt;") && !html.contains("<script>x"));
 }
