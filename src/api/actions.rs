@@ -14,12 +14,20 @@ use crate::spool::db::{DeliveryState, JobDb, Requeue, Rerun};
 pub fn resend(db: &JobDb, id: i64, user: Option<&str>) -> Result<i64, ApiError> {
     match db.resend_delivery(id).map_err(ApiError::internal)? {
         Requeue::Requeued { job_id } => {
-            tracing::info!(delivery = id, job = job_id, user = user.unwrap_or("-"), "dead letter resent");
+            tracing::info!(
+                delivery = id,
+                job = job_id,
+                user = user.unwrap_or("-"),
+                "dead letter resent"
+            );
             Ok(job_id)
         }
         Requeue::NotDead(state) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("delivery {id} is {}, not dead: only dead letters are resent", state.as_str()),
+            format!(
+                "delivery {id} is {}, not dead: only dead letters are resent",
+                state.as_str()
+            ),
         )),
         Requeue::NoSuchDelivery => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no delivery {id}"))),
     }

@@ -309,7 +309,10 @@ mod tests {
             Duration::from_millis(200),
         );
         assert!(auth.required());
-        assert_eq!(auth.check_password("admin", "correct horse").await.as_deref(), Some("admin"));
+        assert_eq!(
+            auth.check_password("admin", "correct horse").await.as_deref(),
+            Some("admin")
+        );
         assert_eq!(auth.check_password("admin", "wrong").await, None);
         assert_eq!(auth.check_password("nobody", "correct horse").await, None);
         assert_eq!(auth.check_password("admin", &"x".repeat(5000)).await, None);
@@ -354,7 +357,10 @@ mod tests {
     #[test]
     fn only_same_site_actions_pass() {
         let request = |method: Method, origin: Option<&str>| {
-            let mut b = Request::builder().method(method).uri("/x").header(header::HOST, "10.0.0.5:8080");
+            let mut b = Request::builder()
+                .method(method)
+                .uri("/x")
+                .header(header::HOST, "10.0.0.5:8080");
             if let Some(o) = origin {
                 b = b.header(header::ORIGIN, o);
             }

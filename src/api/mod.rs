@@ -623,9 +623,7 @@ mod tests {
         let off: ApiConfig = toml::from_str("bind = \"0.0.0.0:9000\"\nenabled = false").unwrap();
         assert_eq!(off.validate(), Ok(()), "a disabled API needs nobody");
         let hash = auth::hash_password("pw").unwrap();
-        let with_user = format!(
-            "bind = \"10.0.0.5:8080\"\n[[users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n"
-        );
+        let with_user = format!("bind = \"10.0.0.5:8080\"\n[[users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n");
         let c: ApiConfig = toml::from_str(&with_user).unwrap();
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.session_ttl(), std::time::Duration::from_secs(8 * 3600));

@@ -52,7 +52,13 @@ fn person_name(pn: &str) -> String {
     let alphabetic = pn.split('=').next().unwrap_or("");
     let parts: Vec<&str> = alphabetic.split('^').map(str::trim).collect();
     let family = parts.first().copied().unwrap_or("");
-    let given: Vec<&str> = parts.iter().skip(1).take(2).copied().filter(|p| !p.is_empty()).collect();
+    let given: Vec<&str> = parts
+        .iter()
+        .skip(1)
+        .take(2)
+        .copied()
+        .filter(|p| !p.is_empty())
+        .collect();
     match (family.is_empty(), given.is_empty()) {
         (_, true) => family.to_owned(),
         (true, false) => given.join(" "),
@@ -80,7 +86,11 @@ impl StudyCache {
         if let Some(facts) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&job.id) {
             return facts.clone();
         }
-        let candidates = job.inputs.iter().filter_map(|c| c.files.first().cloned()).chain(sr_file);
+        let candidates = job
+            .inputs
+            .iter()
+            .filter_map(|c| c.files.first().cloned())
+            .chain(sr_file);
         let Some(facts) = candidates.filter(|p| p.is_file()).find_map(|p| StudyFacts::read(&p)) else {
             return StudyFacts::default();
         };

@@ -193,7 +193,10 @@ pub async fn start(settings: Settings) -> Result<Node, ServiceError> {
         let state = ApiState {
             destinations: settings.destinations.clone().into(),
             node_ae: settings.scp.config.ae_title.clone(),
-            auth: Arc::new(api::auth::Auth::new(settings.api.users.clone(), settings.api.session_ttl())),
+            auth: Arc::new(api::auth::Auth::new(
+                settings.api.users.clone(),
+                settings.api.session_ttl(),
+            )),
             audit: audit.clone(),
             ..ApiState::new(
                 db.clone(),

@@ -581,7 +581,12 @@ fn dead_letters_are_resent_and_finished_jobs_run_again() {
         resent["last_error"], "association rejected permanently",
         "the history stays"
     );
-    assert!(s.json("/deliveries/dead", StatusCode::OK).as_array().unwrap().is_empty());
+    assert!(
+        s.json("/deliveries/dead", StatusCode::OK)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let err = s.post_json(&format!("/deliveries/{dead}/resend"), StatusCode::CONFLICT);
     assert!(err["error"].as_str().unwrap().contains("pending, not dead"), "{err}");
     s.post_json("/deliveries/424242/resend", StatusCode::NOT_FOUND);
@@ -630,7 +635,10 @@ fn echo_tests_destinations_against_dcmtk() {
     let failed = s.post_json("/destinations/down/echo", StatusCode::BAD_GATEWAY);
     assert_eq!(failed["success"], false);
     let error = failed["error"].as_str().unwrap();
-    assert!(error.contains("cannot connect") && error.contains("(transient)"), "{error}");
+    assert!(
+        error.contains("cannot connect") && error.contains("(transient)"),
+        "{error}"
+    );
     s.post_json("/destinations/nowhere/echo", StatusCode::NOT_FOUND);
 }
 
@@ -662,7 +670,10 @@ fn with_users_everything_but_probes_needs_a_sign_in() {
         let resp = plain.get(url(closed)).send().unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{closed}");
     }
-    let resp = plain.post(url(&format!("/jobs/{}/rerun", s.jobs.delivered))).send().unwrap();
+    let resp = plain
+        .post(url(&format!("/jobs/{}/rerun", s.jobs.delivered)))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     for page in ["/", "/console/dead", "/console/jobs/1"] {
         let resp = plain.get(url(page)).send().unwrap();
@@ -671,9 +682,17 @@ fn with_users_everything_but_probes_needs_a_sign_in() {
     }
 
     // Scripts: HTTP Basic.
-    let resp = plain.get(url("/jobs")).basic_auth("admin", Some("wrong")).send().unwrap();
+    let resp = plain
+        .get(url("/jobs"))
+        .basic_auth("admin", Some("wrong"))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let resp = plain.get(url("/jobs")).basic_auth("admin", Some("s3cret pass")).send().unwrap();
+    let resp = plain
+        .get(url("/jobs"))
+        .basic_auth("admin", Some("s3cret pass"))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 
     // Browsers: the form, then the cookie.
@@ -685,13 +704,19 @@ fn with_users_everything_but_probes_needs_a_sign_in() {
     let resp = plain.post(url("/sign-in")).form(&form("s3cret pass")).send().unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let session = cookie.split(';').next().unwrap().to_owned();
     let page = plain.get(url("/")).header("cookie", &session).send().unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()["cache-control"], "no-store");
     let html = page.text().unwrap();
-    assert!(html.contains("Signed in as admin") && html.contains("FCD type II suspected"), "{html}");
+    assert!(
+        html.contains("Signed in as admin") && html.contains("FCD type II suspected"),
+        "{html}"
+    );
 
     // Another site cannot act with the cookie.
     let resp = plain
@@ -747,7 +772,10 @@ fn console_pages_show_jobs_results_and_dead_letters() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("no job 424242"));
     // Values are escaped: a job's reason with markup stays text.
-    s.state.db.set_state(s.jobs.received, JobState::Failed, Some("<script>x</script>")).unwrap();
+    s.state
+        .db
+        .set_state(s.jobs.received, JobState::Failed, Some("<script>x</script>"))
+        .unwrap();
     let (_, _, html) = s.text(&format!("/console/jobs/{}", s.jobs.received));
     assert!(html.contains("&lt;script&gt;x&lt;/script&gt;") && !html.contains("<script>x"));
 }
