@@ -97,7 +97,7 @@ pub struct EchoResult {
     /// Milliseconds to the answer (success only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<f64>,
-    /// Why it failed, and whether the outbox would retry such a fault.
+    /// Why it failed, saying whether the outbox would retry such a fault (transient).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -117,7 +117,7 @@ pub async fn echo(destinations: &Arc<[Destination]>, node_ae: &str, name: &str) 
             destination: name.to_owned(),
             success: false,
             ms: None,
-            error: Some(format!("{fault} ({})", fault.kind())),
+            error: Some(fault.to_string()),
         },
     };
     tracing::info!(destination = %name, success = echo.success, "C-ECHO from the console or API");

@@ -46,7 +46,7 @@ form.inline{display:inline;margin:0}button{cursor:pointer;padding:4px 12px;borde
 button.primary{background:#1f3a5f;color:#fff}
 .signin{max-width:320px;margin:60px auto;background:#fff;padding:20px 24px;border:1px solid #dde1e6}
 .signin label{display:block;margin:10px 0 4px}.signin input{width:100%;padding:6px;box-sizing:border-box}
-.muted{color:#5b7083;font-size:12px}code{font-size:12px}
+.muted{color:#5b7083;font-size:12px}p.patient{margin:-8px 0 12px;font-size:15px}code{font-size:12px}
 ";
 
 /// A page in the console's frame.
@@ -252,6 +252,10 @@ pub(super) async fn job_page(
     let dead = deliveries.iter().filter(|d| d.state == DeliveryState::Dead).count();
     let body = html! {
         h1 { "Job #" (id) " " (state_badge(f.job.state.as_str())) }
+        p.patient {
+            b { (f.study.patient_name) } " · " (f.study.patient_id) " · accession " (f.study.accession_number)
+            " · " (f.study.study_date) " · " (f.study.study_description)
+        }
         @if let Some(r) = &f.result {
             div class={ "result" @if r.suspected { " suspected" } } {
                 (decision(Some(r))) " — probability " (percent(r.probability))
@@ -286,6 +290,11 @@ pub(super) async fn job_page(
                 }
             }
         }
+        @if f.has_preview {
+            img.preview src={ "/jobs/" (id) "/preview.png" } alt={ "preview of job " (id) };
+        }
+        h2 { "Outputs and their delivery" }
+        (deliveries_table(&deliveries, false))
         h2 { "Study" }
         dl.facts {
             dt { "Patient" } dd { (f.study.patient_name) }
@@ -329,12 +338,6 @@ pub(super) async fn job_page(
                     }
                 } }
             }
-        }
-        h2 { "Outputs and their delivery" }
-        (deliveries_table(&deliveries, false))
-        @if f.has_preview {
-            h2 { "Preview" }
-            img.preview src={ "/jobs/" (id) "/preview.png" } alt={ "preview of job " (id) };
         }
     };
     html_response(StatusCode::OK, page(&format!("Job {id}"), Some(&viewer), body))

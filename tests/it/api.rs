@@ -636,7 +636,7 @@ fn echo_tests_destinations_against_dcmtk() {
     assert_eq!(failed["success"], false);
     let error = failed["error"].as_str().unwrap();
     assert!(
-        error.contains("cannot connect") && error.contains("(transient)"),
+        error.contains("cannot connect") && error.starts_with("transient fault"),
         "{error}"
     );
     s.post_json("/destinations/nowhere/echo", StatusCode::NOT_FOUND);

@@ -4,6 +4,7 @@
 mod api;
 mod assemble;
 mod audit;
+mod console;
 mod deliver;
 mod demo_model;
 mod dicom_parity;
