@@ -4,7 +4,9 @@
 //! Frames (single-frame instances or Enhanced MR frames) are grouped into stacks by orientation
 //! (within tolerance), matrix, pixel spacing, echo and temporal position; the largest stack is
 //! assembled and the others are reported ([`plan_series`] says what happens on ties and mixed
-//! matrices). Order comes from Image Position (Patient) along the normal ([`sort`]).
+//! matrices). Order comes from Image Position (Patient) along the normal ([`sort`]); a single
+//! slice becomes a one-slice volume stepped by Spacing Between Slices or Slice Thickness, as
+//! dcm2niix converts it (whether a model can use it is routing's and preprocessing's call).
 //!
 //! Pixels: any transfer syntax dicom-pixeldata decodes (native, deflated, RLE, JPEG lossless,
 //! JPEG-LS, JPEG 2000); 8 or 16 bits allocated, any stored width, signed or unsigned (bits
@@ -85,7 +87,8 @@ pub enum AssembleError {
         value: String,
         rule: &'static str,
     },
-    /// The stack's geometry breaks a rule (gap, duplicate, uneven spacing, tilt, single slice…).
+    /// The stack's geometry breaks a rule (gap, duplicate, uneven spacing, tilt, a single slice
+    /// with no stated step…).
     #[error("series {series_uid}: {source}")]
     Stack {
         series_uid: String,

@@ -311,6 +311,10 @@ fn frames_of(obj: &InMemDicomObject, label: &str, uid: &str) -> Result<Vec<Frame
                 "must be 2 numbers",
             ));
         }
+        let stated_step_mm = [tags::SPACING_BETWEEN_SLICES, tags::SLICE_THICKNESS]
+            .into_iter()
+            .filter_map(|tag| lookup(tags::PIXEL_MEASURES_SEQUENCE, tag)?.first().copied())
+            .find(|s| s.is_finite() && *s > 0.0);
         let (slope, intercept) = frame_rescale(obj, f).map_err(|v| {
             bad(
                 "Rescale Slope/Intercept (0028,1053/0028,1052)",
@@ -336,6 +340,7 @@ fn frames_of(obj: &InMemDicomObject, label: &str, uid: &str) -> Result<Vec<Frame
                 pixel_spacing: [spacing[0], spacing[1]],
                 rows: rows as u32,
                 columns: columns as u32,
+                stated_step_mm,
             },
             slope,
             intercept,

@@ -20,6 +20,11 @@ pub struct FrameGeometry {
     pub rows: u32,
     /// Columns.
     pub columns: u32,
+    /// Step along the normal the header states, in mm: Spacing Between Slices (0018,0088), else
+    /// Slice Thickness (0018,0050), the first that is a positive number (dcm2niix's order).
+    /// Only a single slice uses it: it has no neighbour to measure the step from.
+    #[serde(default)]
+    pub stated_step_mm: Option<f64>,
 }
 
 impl FrameGeometry {
@@ -63,9 +68,15 @@ impl Default for Tolerances {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StackError {
-    /// One frame cannot make a volume.
-    #[error("a single slice: a volume needs at least 2")]
-    SingleSlice,
+    /// No frame was given.
+    #[error("no frames: a stack needs at least one")]
+    NoFrames,
+    /// A single slice whose header states no step along the normal.
+    #[error(
+        "a single slice needs its step along the normal from Spacing Between Slices (0018,0088) \
+         or Slice Thickness (0018,0050), and neither is a positive number of mm"
+    )]
+    NoSliceStep,
     /// Image Orientation (Patient) is not two orthogonal unit vectors.
     #[error("Image Orientation (Patient) {row:?} / {column:?} is not two orthogonal unit vectors")]
     BadOrientation { row: [f64; 3], column: [f64; 3] },
@@ -115,25 +126,35 @@ pub struct OrderedStack {
     /// Indices into the input frames, from the first slice (voxel k = 0) to the last.
     pub order: Vec<usize>,
     /// Voxel index (i along a row, j down a column, k across slices) → LPS mm. The third
-    /// column is the measured step between slice positions, not Slice Thickness.
+    /// column is the measured step between slice positions, not Slice Thickness; for a single
+    /// slice, the normal times the header's stated step ([`FrameGeometry::stated_step_mm`]).
     pub affine: Affine,
-    /// Mean step between slices in mm.
+    /// Mean step between slices in mm (the stated step for a single slice).
     pub slice_step_mm: f64,
 }
 
 /// Orders frames by Image Position (Patient) projected on the slice normal and checks the stack.
+/// A single slice is a one-slice stack along its normal, as dcm2niix converts it.
 pub fn order_stack(frames: &[FrameGeometry], tol: &Tolerances) -> Result<OrderedStack, StackError> {
     let Some(first) = frames.first() else {
-        return Err(StackError::SingleSlice);
+        return Err(StackError::NoFrames);
     };
     check_frame(first)?;
     for f in &frames[1..] {
         check_same_plane(first, f, tol)?;
     }
-    if frames.len() < 2 {
-        return Err(StackError::SingleSlice);
-    }
     let normal = Vector3::from(first.normal());
+    if frames.len() == 1 {
+        let step_mm = first
+            .stated_step_mm
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .ok_or(StackError::NoSliceStep)?;
+        return Ok(OrderedStack {
+            order: vec![0],
+            affine: affine(first, first.position, normal * step_mm)?,
+            slice_step_mm: step_mm,
+        });
+    }
     let along = |f: &FrameGeometry| Vector3::from(f.position).dot(&normal);
     let mut order: Vec<usize> = (0..frames.len()).collect();
     order.sort_by(|&a, &b| along(&frames[a]).total_cmp(&along(&frames[b])));
@@ -201,24 +222,24 @@ pub fn order_stack(frames: &[FrameGeometry], tol: &Tolerances) -> Result<Ordered
         }
     }
 
-    let [dr, dc] = first.pixel_spacing;
-    let mut columns = [[0.0; 3]; 3];
-    let mut spacing = [0.0; 3];
-    columns[0] = first.row_direction;
-    spacing[0] = dc; // moving along a row crosses columns
-    columns[1] = first.column_direction;
-    spacing[1] = dr;
-    let step_len = step.norm();
-    columns[2] = (step / step_len).into();
-    spacing[2] = step_len;
-    let affine = Affine::from_parts(spacing, columns, p0.into()).map_err(|_| StackError::BadOrientation {
-        row: first.row_direction,
-        column: first.column_direction,
-    })?;
     Ok(OrderedStack {
+        affine: affine(first, p0.into(), step)?,
         order,
-        affine,
-        slice_step_mm: step_len,
+        slice_step_mm: step.norm(),
+    })
+}
+
+/// Voxel index → LPS mm: in-plane axes and pixel spacing from `plane`, voxel 0 at `origin` (LPS
+/// mm), each slice `step` (LPS mm) after the one before.
+fn affine(plane: &FrameGeometry, origin: [f64; 3], step: Vector3<f64>) -> Result<Affine, StackError> {
+    let [dr, dc] = plane.pixel_spacing;
+    let step_len = step.norm();
+    // Moving along a row crosses columns: the first axis steps by the column spacing.
+    let spacing = [dc, dr, step_len];
+    let columns = [plane.row_direction, plane.column_direction, (step / step_len).into()];
+    Affine::from_parts(spacing, columns, origin).map_err(|_| StackError::BadOrientation {
+        row: plane.row_direction,
+        column: plane.column_direction,
     })
 }
 
@@ -291,6 +312,7 @@ mod tests {
             pixel_spacing: [0.9, 0.8],
             rows: 256,
             columns: 240,
+            stated_step_mm: Some(1.2),
         }
     }
 
@@ -320,6 +342,7 @@ mod tests {
                 pixel_spacing: [1.0, 1.0],
                 rows: 10,
                 columns: 10,
+                stated_step_mm: None,
             })
             .collect();
         let s = order_stack(&frames, &Tolerances::default()).unwrap();
@@ -330,10 +353,31 @@ mod tests {
     }
 
     #[test]
+    fn a_single_slice_steps_along_its_normal_by_the_stated_step() {
+        // Coronal: normal = row × column = (1,0,0) × (0,0,−1) = (0,1,0).
+        let frame = FrameGeometry {
+            row_direction: [1.0, 0.0, 0.0],
+            column_direction: [0.0, 0.0, -1.0],
+            ..axial(7.0)
+        };
+        let s = order_stack(&[frame], &Tolerances::default()).unwrap();
+        assert_eq!((s.order, s.slice_step_mm), (vec![0], 1.2));
+        let col = s.affine.matrix().column(2);
+        assert_eq!([col[0], col[1], col[2]], [0.0, 1.2, 0.0]);
+        assert_eq!(s.affine.spacing(), [0.8, 0.9, 1.2]);
+        assert_eq!(s.affine.origin(), [-100.0, -120.0, 7.0]);
+    }
+
+    #[test]
     fn stack_errors() {
         let t = Tolerances::default();
         let err = |frames: Vec<FrameGeometry>| order_stack(&frames, &t).unwrap_err();
-        assert_eq!(err(zs(&[1.0])), StackError::SingleSlice);
+        assert_eq!(err(Vec::new()), StackError::NoFrames);
+        for stated in [None, Some(0.0), Some(-1.0), Some(f64::NAN)] {
+            let mut single = zs(&[1.0]);
+            single[0].stated_step_mm = stated;
+            assert_eq!(err(single), StackError::NoSliceStep, "{stated:?}");
+        }
         assert!(matches!(
             err(zs(&[0.0, 1.0, 1.0, 2.0])),
             StackError::DuplicatePosition { count: 2, .. }

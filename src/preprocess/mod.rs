@@ -30,6 +30,11 @@ pub struct Recipe {
     pub normalisation: Normalisation,
 }
 
+/// Fewest voxels a channel volume needs along each of its axes. Trilinear resampling onto the
+/// model grid needs two samples per axis: a single slice (which `fcdnode volume` converts, as
+/// dcm2niix does) would become a sheet one model voxel thick, or nothing between model voxels.
+pub const MIN_VOXELS_PER_AXIS: usize = 2;
+
 /// Why preprocessing failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,6 +49,12 @@ pub enum PreprocessError {
     /// No channel was given.
     #[error("no input volume given")]
     NoChannels,
+    /// A channel is too thin for the model (a single slice).
+    #[error(
+        "channel {channel}: a volume of {shape:?} voxels is too thin for the model: it needs at least \
+         {MIN_VOXELS_PER_AXIS} voxels along each axis"
+    )]
+    TooThin { channel: usize, shape: [usize; 3] },
     /// A channel has no foreground (blank image).
     #[error("channel {channel}: no head foreground found (blank or constant image)")]
     NoForeground { channel: usize },
@@ -108,6 +119,12 @@ impl Recipe {
     pub fn apply(&self, channels: &[&Volume]) -> Result<ModelInput, PreprocessError> {
         self.validate()?;
         let reference = channels.first().ok_or(PreprocessError::NoChannels)?;
+        for (channel, volume) in channels.iter().enumerate() {
+            let shape = volume.shape();
+            if shape.iter().any(|&n| n < MIN_VOXELS_PER_AXIS) {
+                return Err(PreprocessError::TooThin { channel, shape });
+            }
+        }
         let centre = foreground_centre(reference).ok_or(PreprocessError::NoForeground { channel: 0 })?;
         let grid = self
             .grid(centre)
@@ -297,6 +314,19 @@ mod tests {
                 .contains("voxel_mm")
         );
         assert!(matches!(recipe().apply(&[]), Err(PreprocessError::NoChannels)));
+        let one_slice = head(Plane::Axial).window([0, 0, 20], [60, 60, 1], 0.0).unwrap();
+        let err = recipe().apply(&[&head(Plane::Axial), &one_slice]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooThin {
+                    channel: 1,
+                    shape: [60, 60, 1]
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("too thin for the model"), "{err}");
         let blank = Volume::filled(&head(Plane::Axial).grid(), 0.0).unwrap();
         assert!(matches!(
             recipe().apply(&[&blank]),

@@ -5,6 +5,7 @@ use regex::Regex;
 
 use crate::assemble::{Plan, SeriesMeta};
 pub use crate::package::manifest::Modality as Channel;
+use crate::preprocess::MIN_VOXELS_PER_AXIS;
 
 /// One routing rule as written in TOML. Every condition present must hold.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -241,8 +242,20 @@ impl Router {
         Ok(Self { rules })
     }
 
-    /// Routes one series: the first rule whose conditions all hold decides.
+    /// Routes one series: the first rule whose conditions all hold decides. A series too thin
+    /// for any model (a single slice, which assembles as dcm2niix converts it) is never routed,
+    /// whatever the rules say: preprocessing would refuse it.
     pub fn route(&self, facts: &SeriesFacts<'_>) -> Decision {
+        if facts.slices < MIN_VOXELS_PER_AXIS {
+            return Decision {
+                channel: None,
+                rule: None,
+                reason: format!(
+                    "too thin for the model: {} slice(s), a 3D model needs at least {MIN_VOXELS_PER_AXIS}",
+                    facts.slices
+                ),
+            };
+        }
         let mut failures = Vec::new();
         for rule in &self.rules {
             match rule.check(facts) {
@@ -431,6 +444,23 @@ mod tests {
             "{}",
             d.reason
         );
+    }
+
+    #[test]
+    fn a_single_slice_is_never_routed_whatever_the_rules() {
+        let mut config = RoutingConfig::default();
+        config.rules.iter_mut().for_each(|r| r.min_slices = None);
+        let router = Router::new(&config).unwrap();
+        let m = meta("3D FLAIR", "3D", 1.0, Some(1800.0));
+        let facts = |slices| SeriesFacts {
+            meta: &m,
+            slices,
+            slice_step_mm: Some(1.0),
+        };
+        let d = router.route(&facts(1));
+        assert_eq!((d.channel, d.rule.as_deref()), (None, None), "{}", d.reason);
+        assert!(d.reason.contains("too thin for the model: 1 slice(s)"), "{}", d.reason);
+        assert_eq!(router.route(&facts(2)).channel, Some(Channel::Flair));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!   `fcdnode volume` equals dcm2niix and the BIDS NIfTI synth wrote (identical voxels after
 //!   canonical reorientation, affines within 1e-3 mm);
 //! - real files shipped by pydicom (MR_small in six encodings, MR_truncated);
+//! - a single slice (MR_small, and one slice of a series in every plane) equals dcm2niix;
 //! - a table of broken series, each refused with the right error naming series/file and rule;
 //! - 8/12/16-bit signed and unsigned samples and rescale slope/intercept;
 //! - `fcdnode inspect` on a cohort, text and JSON.
@@ -278,6 +279,45 @@ fn pydicom_mr_small_variants_decode_identically() {
     // A frame that does not exist is an error, not a panic.
     let err = assemble::decode_frame(&read_one(&dir.join("MR_small.dcm")), 1).unwrap_err();
     assert!(err.to_string().contains("MR_small.dcm"), "{err}");
+}
+
+#[test]
+fn a_single_slice_matches_dcm2niix() {
+    let work = tempdir();
+    let check = |label: &str, file: &Path, step_mm: f64| {
+        // dcm2niix reads a directory; `fcdnode volume` is given the file itself.
+        let series = work.path().join(label).join("series");
+        std::fs::create_dir_all(&series).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let copy = series.join("slice.dcm");
+        std::fs::copy(file, &copy).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let ours = fcdnode_volume(&copy, &work.path().join(label).join("ours.nii.gz"), label);
+        let theirs = dcm2niix(&series, &work.path().join(label).join("dcm2niix"), label);
+        let theirs = nifti::read(&theirs).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_same_volume(&format!("{label}: fcdnode vs dcm2niix"), &ours, &theirs, AFFINE_TOL_MM);
+        // NIfTI stores single precision.
+        let spacing = ours.spacing();
+        assert!((spacing[2] - step_mm).abs() < 1e-6, "{label}: spacing {spacing:?}");
+        ours
+    };
+    // pydicom's MR_small: one axial 64×64 slice, Slice Thickness 0.8 mm, no Spacing Between
+    // Slices.
+    let mr_small = pydicom_test_files().join("MR_small.dcm");
+    assert_eq!(check("MR_small", &mr_small, 0.8).shape(), [64, 64, 1]);
+    // Spacing Between Slices comes first, as in dcm2niix.
+    let mut obj = open(&mr_small);
+    set_ds(&mut obj, tags::SPACING_BETWEEN_SLICES, &[1.5]);
+    let spaced = work.path().join("MR_small_spaced.dcm");
+    save(&obj, &spaced);
+    check("MR_small with Spacing Between Slices", &spaced, 1.5);
+    // One slice of a series in every plane: the step runs along row × column, as in dcm2niix.
+    for plane in [Plane::Axial, Plane::Sagittal, Plane::Coronal, Plane::Oblique] {
+        let label = format!("{plane:?} slice");
+        let dir = work.path().join(format!("{plane:?}-series"));
+        let volume = small_volume(plane, [12, 10, 3]);
+        let files = write_series(&volume, &SeriesInfo::new(31), &DicomOptions::default(), &dir)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(check(&label, &files[1], 2.0).shape(), [12, 10, 1]);
+    }
 }
 
 #[test]
@@ -559,24 +599,28 @@ fn broken_series_are_refused_with_the_rule_and_the_series() {
         vec!["no single main stack"],
     ));
 
-    let dir = edited(&base, "single", |b, d| {
+    let dir = edited(&base, "single-no-step", |b, d| {
         for f in &b.files[1..] {
             std::fs::remove_file(d.join(f.file_name().unwrap_or_default())).unwrap_or_default();
         }
+        modify(d, "IM_0001.dcm", |obj| {
+            obj.remove_element(tags::SLICE_THICKNESS);
+            obj.remove_element(tags::SPACING_BETWEEN_SLICES);
+        });
     });
     cases.push((
-        "single slice",
+        "single slice without a stated step",
         dir,
         |e| {
             matches!(
                 e,
                 AssembleError::Stack {
-                    source: StackError::SingleSlice,
+                    source: StackError::NoSliceStep,
                     ..
                 }
             )
         },
-        vec!["single slice"],
+        vec!["single slice", "Slice Thickness (0018,0050)"],
     ));
 
     for (name, tag, attribute) in [

@@ -160,6 +160,22 @@ fn instances_stored_before_header_facts_were_kept_are_read_from_their_files() {
 }
 
 #[test]
+fn a_single_slice_series_is_not_routed_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(JobDb::open(&dir.path().join("jobs.sqlite")).unwrap());
+    // The rules set no minimum slice count: the floor is the router's own.
+    let (series, _) = receive(&db, dir.path(), 7, "FLAIR 3D", 1);
+    let t0 = now();
+    let mut tracker = Tracker::new(db.clone(), router(), vec![Modality::Flair], config(), t0).unwrap();
+    let tick = tracker.tick(t0 + 61.0).unwrap();
+    assert_eq!((tick.completed, tick.jobs.len()), (1, 0));
+    let row = db.series(&series).unwrap().unwrap();
+    assert_eq!(row.channel, None);
+    let reason = row.routing.unwrap();
+    assert!(reason.contains("too thin for the model: 1 slice(s)"), "{reason}");
+}
+
+#[test]
 fn an_unusable_header_makes_the_series_not_usable_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(JobDb::open(&dir.path().join("jobs.sqlite")).unwrap());
