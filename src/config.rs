@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::api::ApiConfig;
 use crate::audit::AuditConfig;
-use crate::deliver::{Destination, RetryPolicy};
+use crate::deliver::{Destination, NotifyConfig, RetryPolicy};
 use crate::dicom_build::is_uid;
 use crate::infer::runtime::Device;
 use crate::ingest::{ScpConfig, ScpSettings};
@@ -36,6 +36,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[[destinations]]`: DICOM peers results can be sent to.
     pub destinations: Vec<Destination>,
+    /// `[notify]`: HTTP endpoints told about finished jobs (FHIR, webhooks).
+    pub notify: NotifyConfig,
     /// `[retention]`: how long files are kept.
     pub retention: RetentionConfig,
     /// `[api]`: the HTTP API.
@@ -216,6 +218,8 @@ pub struct Settings {
     pub outbox: OutboxConfig,
     /// `[[destinations]]`, names unique, every `send_to` defined.
     pub destinations: Vec<Destination>,
+    /// `[notify]`, endpoint names unique among endpoints and destinations.
+    pub notify: NotifyConfig,
     /// `[retention]`.
     pub retention: RetentionConfig,
     /// `[api]`.
@@ -239,6 +243,7 @@ impl Settings {
             series_number_key: self.pipeline.key_image_series_number,
             outputs: self.outputs,
             overlay: self.overlay.clone(),
+            notify_sr_url: (!self.notify.endpoints.is_empty()).then(|| self.notify.sr_url.clone()),
             ..ReportOptions::default()
         }
     }
@@ -316,6 +321,18 @@ impl Config {
                 return Err(invalid(format!("[[destinations]] name {:?} is used twice", d.name)));
             }
         }
+        self.notify.validate().map_err(|e| invalid(e.to_string()))?;
+        if let Some(e) = self
+            .notify
+            .endpoints
+            .iter()
+            .find(|e| self.destinations.iter().any(|d| d.name == e.name))
+        {
+            return Err(invalid(format!(
+                "[[notify.endpoints]] name {:?} is also a [[destinations]] name: the outbox needs them apart",
+                e.name
+            )));
+        }
         for name in &self.outbox.send_to {
             if !self.destinations.iter().any(|d| &d.name == name) {
                 return Err(invalid(format!(
@@ -364,6 +381,7 @@ impl Config {
             outputs: self.outputs,
             outbox: self.outbox.clone(),
             destinations: self.destinations.clone(),
+            notify: self.notify.clone(),
             retention: self.retention.clone(),
             api: self.api.clone(),
             runtime: self.runtime.clone(),

@@ -10,6 +10,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 
 use crate::dicom_build::get_str;
+use crate::report::{date_text, person_name_text};
 use crate::spool::db::JobRow;
 
 /// Jobs whose facts are kept; the cache starts over beyond this.
@@ -38,40 +39,12 @@ impl StudyFacts {
             .ok()?;
         let text = |tag| get_str(&header, tag).unwrap_or_default();
         Some(Self {
-            patient_name: person_name(&text(tags::PATIENT_NAME)),
+            patient_name: person_name_text(&text(tags::PATIENT_NAME)),
             patient_id: text(tags::PATIENT_ID),
             accession_number: text(tags::ACCESSION_NUMBER),
-            study_date: date(&text(tags::STUDY_DATE)),
+            study_date: date_text(&text(tags::STUDY_DATE)),
             study_description: text(tags::STUDY_DESCRIPTION),
         })
-    }
-}
-
-/// `Family^Given^Middle^Prefix^Suffix` (first component group) as `Family, Given Middle`.
-fn person_name(pn: &str) -> String {
-    let alphabetic = pn.split('=').next().unwrap_or("");
-    let parts: Vec<&str> = alphabetic.split('^').map(str::trim).collect();
-    let family = parts.first().copied().unwrap_or("");
-    let given: Vec<&str> = parts
-        .iter()
-        .skip(1)
-        .take(2)
-        .copied()
-        .filter(|p| !p.is_empty())
-        .collect();
-    match (family.is_empty(), given.is_empty()) {
-        (_, true) => family.to_owned(),
-        (true, false) => given.join(" "),
-        (false, false) => format!("{family}, {}", given.join(" ")),
-    }
-}
-
-/// `YYYYMMDD` as `YYYY-MM-DD`.
-fn date(da: &str) -> String {
-    if da.len() == 8 && da.bytes().all(|b| b.is_ascii_digit()) {
-        format!("{}-{}-{}", &da[..4], &da[4..6], &da[6..])
-    } else {
-        da.to_owned()
     }
 }
 
@@ -100,21 +73,5 @@ impl StudyCache {
         }
         cache.insert(job.id, facts.clone());
         facts
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_dates_read_as_people_write_them() {
-        assert_eq!(person_name("Doe^Jane^Q"), "Doe, Jane Q");
-        assert_eq!(person_name("Doe"), "Doe");
-        assert_eq!(person_name("^Jane"), "Jane");
-        assert_eq!(person_name("Yamada^Tarou=山田^太郎"), "Yamada, Tarou");
-        assert_eq!(person_name(""), "");
-        assert_eq!(date("20261203"), "2026-12-03");
-        assert_eq!(date("2026"), "2026");
     }
 }

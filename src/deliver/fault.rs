@@ -105,6 +105,13 @@ pub enum FaultReason {
         /// Why re-encoding is impossible.
         detail: String,
     },
+    /// An HTTP endpoint answered with a status other than 2xx (its body is not kept: it may
+    /// echo patient data).
+    #[error("HTTP status {status}")]
+    HttpStatus {
+        /// The status code.
+        status: u16,
+    },
     /// A C-STORE-RSP with a failure status.
     #[error("C-STORE failed with status 0x{status:04X} ({meaning}){}", comment_suffix(.comment))]
     Status {
@@ -155,6 +162,12 @@ impl FaultReason {
             FaultReason::Unreadable(_) => Permanent,
             FaultReason::NoContext { .. } => Permanent,
             FaultReason::NotTranscodable { .. } => Permanent,
+            // Timeout, too early, too many requests and server errors may pass; the others
+            // are the request's own fault.
+            FaultReason::HttpStatus { status } => match status {
+                408 | 425 | 429 | 500..=599 => Transient,
+                _ => Permanent,
+            },
             FaultReason::Status { status, .. } => match status_class(*status) {
                 StatusClass::Success | StatusClass::Warning(_) => Transient,
                 StatusClass::Failure { kind, .. } => kind,

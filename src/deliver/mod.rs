@@ -6,6 +6,9 @@
 //! - [`send`] opens one association, C-STOREs every file and reports a [`FileOutcome`] per
 //!   file. It re-encodes uncompressed data sets when the destination accepted only another
 //!   uncompressed transfer syntax (e.g. Implicit VR Little Endian only).
+//! - [`post`] sends a notification (FHIR DiagnosticReport or webhook JSON) to an HTTP
+//!   [`Endpoint`] of `[notify]`; HTTP 408, 425, 429 and 5xx are transient, other statuses
+//!   permanent.
 //! - [`echo`] tests a destination with C-ECHO over the same association settings.
 //! - [`DeliveryFault::kind`] says whether a failure is [`FaultKind::Transient`] (connection
 //!   refused or lost, timeouts, A-ABORT, association rejected-transient, status 0xA7xx) or
@@ -22,12 +25,14 @@
 mod dimse;
 mod fault;
 mod files;
+mod notify;
 mod scu;
 mod settings;
 mod tls;
 
 pub use fault::{DeliveryFault, FaultKind, FaultReason, StatusClass, status_class};
 pub use files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
+pub use notify::{Endpoint, EndpointKind, NotifyConfig, NotifyWhen, post};
 pub use scu::{Echoed, FileOutcome, Stored, echo, send};
 pub use settings::{Destination, MAX_MAX_PDU, MAX_TIMEOUT_S, MIN_MAX_PDU, RetryPolicy, SettingsError, check_ae_title};
 pub use tls::{TlsSettings, TlsSettingsError};

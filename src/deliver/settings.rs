@@ -82,19 +82,7 @@ impl Destination {
             field,
             message,
         };
-        if self.name.is_empty() {
-            return Err(err("name", "must not be empty".into()));
-        }
-        if let Some(c) = self
-            .name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
-            return Err(err(
-                "name",
-                format!("contains {c:?}; use letters, digits, '-', '_' or '.'"),
-            ));
-        }
+        check_name(&self.name).map_err(|m| err("name", m))?;
         check_ae_title(&self.ae_title).map_err(|m| err("ae_title", m.to_string()))?;
         if let Some(calling) = &self.calling_ae_title {
             check_ae_title(calling).map_err(|m| err("calling_ae_title", m.to_string()))?;
@@ -142,6 +130,21 @@ impl Destination {
     /// `AE@host:port`, for messages.
     pub fn peer(&self) -> String {
         format!("{}@{}:{}", self.ae_title, self.host, self.port)
+    }
+}
+
+/// Checks an outbox name (a destination's or a notification endpoint's): it appears in logs,
+/// metrics labels and console URLs.
+pub(super) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!("contains {c:?}; use letters, digits, '-', '_' or '.'")),
+        None => Ok(()),
     }
 }
 

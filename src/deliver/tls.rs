@@ -119,6 +119,23 @@ impl TlsSettings {
     }
 }
 
+impl TlsSettings {
+    /// A client configuration that trusts no certificate: for an HTTP client that must be
+    /// given one but only ever speaks plain `http://`.
+    pub(crate) fn trusting_nobody() -> Result<Arc<ClientConfig>, TlsSettingsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSettingsError {
+                field: "ca",
+                message: format!("TLS provider: {e}"),
+            })?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
 impl TlsClient {
     /// The rustls configuration and the name the peer's certificate must carry, for the node's
     /// other TLS clients (the audit trail's syslog connection).

@@ -61,6 +61,35 @@ pub fn utc_text(unix_secs: f64) -> String {
     )
 }
 
+/// A DICOM person name (`Family^Given^Middle^Prefix^Suffix`, first component group) as people
+/// write it: `Family, Given Middle`.
+pub fn person_name_text(pn: &str) -> String {
+    let alphabetic = pn.split('=').next().unwrap_or("");
+    let parts: Vec<&str> = alphabetic.split('^').map(str::trim).collect();
+    let family = parts.first().copied().unwrap_or("");
+    let given: Vec<&str> = parts
+        .iter()
+        .skip(1)
+        .take(2)
+        .copied()
+        .filter(|p| !p.is_empty())
+        .collect();
+    match (family.is_empty(), given.is_empty()) {
+        (_, true) => family.to_owned(),
+        (true, false) => given.join(" "),
+        (false, false) => format!("{family}, {}", given.join(" ")),
+    }
+}
+
+/// A DICOM date (`YYYYMMDD`) as `YYYY-MM-DD` (ISO 8601, also a FHIR date); other text as is.
+pub fn date_text(da: &str) -> String {
+    if da.len() == 8 && da.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{}-{}-{}", &da[..4], &da[4..6], &da[6..])
+    } else {
+        da.to_owned()
+    }
+}
+
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -128,6 +157,17 @@ mod tests {
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(utc_text(19_782.0 * 86_400.0 + 3_725.9), "2024-02-29 01:02:05 UTC");
+    }
+
+    #[test]
+    fn names_and_dates_read_as_people_write_them() {
+        assert_eq!(person_name_text("Doe^Jane^Q"), "Doe, Jane Q");
+        assert_eq!(person_name_text("Doe"), "Doe");
+        assert_eq!(person_name_text("^Jane"), "Jane");
+        assert_eq!(person_name_text("Yamada^Tarou=山田^太郎"), "Yamada, Tarou");
+        assert_eq!(person_name_text(""), "");
+        assert_eq!(date_text("20261203"), "2026-12-03");
+        assert_eq!(date_text("2026"), "2026");
         let now = Timestamp::now_utc();
         assert_eq!(now.date.len(), 8);
         assert_eq!(now.time.len(), 6);

@@ -30,6 +30,7 @@ mod enhanced;
 mod error;
 mod identity;
 pub mod key_image;
+pub mod notify;
 pub mod pm;
 mod render;
 pub mod sc;
@@ -47,7 +48,7 @@ use crate::volume::Volume;
 pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
-pub use identity::{Timestamp, UidGenerator, rfc3339_utc_now, utc_text};
+pub use identity::{Timestamp, UidGenerator, date_text, person_name_text, rfc3339_utc_now, utc_text};
 pub use key_image::key_image;
 pub use pm::parametric_map;
 pub use render::{ColourMap, glyph, preview_png};
@@ -184,6 +185,9 @@ pub struct ReportOptions {
     /// The SR this one supersedes (late instances reopened the series): listed in the
     /// Predecessor Documents Sequence.
     pub predecessor: Option<sr::InstanceRef>,
+    /// `Some([notify] sr_url)` when notification endpoints are configured: the FHIR
+    /// DiagnosticReport and the webhook document are written too.
+    pub notify_sr_url: Option<String>,
 }
 
 impl Default for ReportOptions {
@@ -206,6 +210,7 @@ impl Default for ReportOptions {
             window_percentiles: [0.5, 99.5],
             timestamp: None,
             predecessor: None,
+            notify_sr_url: None,
         }
     }
 }
@@ -380,6 +385,23 @@ pub fn write_dicom(obj: &DicomFile, path: &Path) -> Result<(), ReportError> {
     })
 }
 
+/// Writes a JSON document to `dir/rel` (parent directories created); returns `rel`.
+fn write_json(dir: &Path, rel: &str, value: &serde_json::Value) -> Result<String, ReportError> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ReportError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    let text = serde_json::to_vec_pretty(value).map_err(|source| ReportError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, text).map_err(|source| ReportError::Io { path, source })?;
+    Ok(rel.to_owned())
+}
+
 /// Writes a preview image as PNG.
 pub fn write_png(image: &image::RgbImage, path: &Path) -> Result<(), ReportError> {
     image
@@ -468,10 +490,12 @@ pub fn write_outputs(
         }
         timings.seg = ms(t);
     }
+    let mut sr_ref = None;
     if selected.structured_report {
         let t = std::time::Instant::now();
         let sr = structured_report(inputs, &derived, uids)?;
         files.sr = Some(write(&sr, "sr/SR.dcm".into())?);
+        sr_ref = Some(InstanceRef::of(&sr));
         objects.push(sr);
         timings.sr = ms(t);
     }
@@ -480,6 +504,19 @@ pub fn write_outputs(
     write_png(&preview, &preview_path)?;
     files.preview_png = Some("preview.png".into());
     let mut summary = result_json(inputs.source, inputs.finding, inputs.algorithm, files, timings);
+    if let Some(sr_url) = &inputs.options.notify_sr_url {
+        let issued = rfc3339_utc_now();
+        let notice = notify::NoticeInputs {
+            summary: &summary,
+            header: inputs.source_header,
+            sr: sr_ref.as_ref(),
+            sr_url,
+            issued: &issued,
+        };
+        let (fhir, hook) = (notify::diagnostic_report(&notice), notify::webhook(&notice));
+        summary.fhir_file = Some(write_json(dir, "notify/DiagnosticReport.json", &fhir)?);
+        summary.webhook_file = Some(write_json(dir, "notify/webhook.json", &hook)?);
+    }
     summary.timings_ms.total += ms(t0);
     summary.write(&dir.join("result.json"))?;
     let path = |rel: &Option<String>| rel.as_ref().map(|f| dir.join(f));

@@ -79,6 +79,12 @@ pub struct ResultSummary {
     pub seg_file: Option<String>,
     /// PNG preview written (relative to the output directory), if any.
     pub preview_png: Option<String>,
+    /// FHIR R4 DiagnosticReport for `[notify]` endpoints of kind `fhir`, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_file: Option<String>,
+    /// JSON document for `[notify]` endpoints of kind `webhook`, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_file: Option<String>,
     /// Stage timings.
     pub timings_ms: Timings,
 }
@@ -140,6 +146,8 @@ pub fn result_json(
         pm_file: files.pm,
         seg_file: files.seg,
         preview_png: files.preview_png,
+        fhir_file: None,
+        webhook_file: None,
         timings_ms,
     }
 }

@@ -1,7 +1,7 @@
-//! The outbox: sends due deliveries, one association per destination and pass, and records each
-//! file's outcome. Transient faults are retried with exponential backoff, persisted in the job
-//! database (so retries survive restarts); permanent faults and exhausted budgets go to the
-//! dead letters, visible in the API.
+//! The outbox: sends due deliveries, one association per destination and pass (one POST per
+//! notification), and records each file's outcome. Transient faults are retried with
+//! exponential backoff, persisted in the job database (so retries survive restarts); permanent
+//! faults and exhausted budgets go to the dead letters, visible in the API.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::api::{DeliveryOutcome, Metrics};
 use crate::audit::{AuditTrail, Direction, InstanceIdentity, Peer, Transfers};
 use crate::config::Settings;
-use crate::deliver::{self, Destination, FaultKind};
+use crate::deliver::{self, DeliveryFault, Destination, FaultKind};
 use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb, JobState};
 
 pub(super) async fn run(
@@ -58,6 +58,15 @@ async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, audit: &Aud
         by_destination.entry(row.destination.clone()).or_default().push(row);
     }
     for (name, rows) in by_destination {
+        if let Some(endpoint) = config.notify.endpoint(&name) {
+            for row in &rows {
+                let start = Instant::now();
+                let result = deliver::post(endpoint, &row.path).await.map(drop);
+                metrics.observe_stage("deliver", start.elapsed().as_secs_f64());
+                record(db, config, metrics, &name, row, result).await;
+            }
+            continue;
+        }
         let Some(dest) = config.destinations.iter().find(|d| d.name == name) else {
             for row in &rows {
                 let reason = format!("destination {name:?} is no longer configured");
@@ -78,29 +87,42 @@ async fn pass(db: &Arc<JobDb>, config: &Settings, metrics: &Metrics, audit: &Aud
                     .unwrap_or_else(|| Ok(())),
                 Err(fault) => Err(fault.clone()),
             };
-            match result {
-                Ok(()) => {
-                    tracing::info!(destination = %name, file = %row.path.display(), "delivered");
-                    settle(db, metrics, &name, row, DeliveryState::Delivered, 0.0, None).await;
-                }
-                Err(fault) => {
-                    let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
-                    let retry = fault.kind() == FaultKind::Transient && !config.outbox.retry.exhausted(attempts);
-                    let message = fault.to_string();
-                    if retry {
-                        let next = db::now() + config.outbox.retry.delay(attempts).as_secs_f64();
-                        tracing::warn!(attempt = attempts, "{message}; retrying later");
-                        settle(db, metrics, &name, row, DeliveryState::Pending, next, Some(&message)).await;
-                    } else {
-                        let why = if fault.kind() == FaultKind::Transient {
-                            format!("{message} (gave up after {attempts} attempts)")
-                        } else {
-                            message
-                        };
-                        tracing::error!("dead letter: {why}");
-                        settle(db, metrics, &name, row, DeliveryState::Dead, 0.0, Some(&why)).await;
-                    }
-                }
+            record(db, config, metrics, &name, row, result).await;
+        }
+    }
+}
+
+/// Settles one delivery attempt: delivered, pending again after the retry policy's wait
+/// (transient fault with attempts left), or dead.
+async fn record(
+    db: &Arc<JobDb>,
+    config: &Settings,
+    metrics: &Metrics,
+    name: &str,
+    row: &DeliveryRow,
+    result: Result<(), DeliveryFault>,
+) {
+    match result {
+        Ok(()) => {
+            tracing::info!(destination = %name, file = %row.path.display(), "delivered");
+            settle(db, metrics, name, row, DeliveryState::Delivered, 0.0, None).await;
+        }
+        Err(fault) => {
+            let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+            let retry = fault.kind() == FaultKind::Transient && !config.outbox.retry.exhausted(attempts);
+            let message = fault.to_string();
+            if retry {
+                let next = db::now() + config.outbox.retry.delay(attempts).as_secs_f64();
+                tracing::warn!(attempt = attempts, "{message}; retrying later");
+                settle(db, metrics, name, row, DeliveryState::Pending, next, Some(&message)).await;
+            } else {
+                let why = if fault.kind() == FaultKind::Transient {
+                    format!("{message} (gave up after {attempts} attempts)")
+                } else {
+                    message
+                };
+                tracing::error!("dead letter: {why}");
+                settle(db, metrics, name, row, DeliveryState::Dead, 0.0, Some(&why)).await;
             }
         }
     }

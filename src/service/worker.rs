@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::repeats::Repeats;
 use crate::api::Metrics;
 use crate::config::Settings;
+use crate::deliver::EndpointKind;
 use crate::infer::Ensemble;
 use crate::pipeline::{self, Options, PipelineError, Stage};
 use crate::report::sr::InstanceRef;
@@ -154,6 +155,31 @@ impl Worker {
         }
     }
 
+    /// What the outbox sends for a job: every DICOM output to each of its destinations, then
+    /// the notification documents to the endpoints that want this decision.
+    fn deliveries(&self, job: &JobRow, summary: &ResultSummary, out: &Path) -> Vec<(String, PathBuf)> {
+        let mut deliveries: Vec<(String, PathBuf)> = Vec::new();
+        for destination in self.settings.destinations_for(&job.calling_ae) {
+            deliveries.extend(summary.dicom_files().map(|f| (destination.clone(), out.join(f))));
+        }
+        for endpoint in self
+            .settings
+            .notify
+            .endpoints
+            .iter()
+            .filter(|e| e.wants(summary.suspected))
+        {
+            let file = match endpoint.kind {
+                EndpointKind::Fhir => &summary.fhir_file,
+                EndpointKind::Webhook => &summary.webhook_file,
+            };
+            if let Some(file) = file {
+                deliveries.push((endpoint.name.clone(), out.join(file)));
+            }
+        }
+        deliveries
+    }
+
     /// Runs one job and records how it ended; `Some` when that needs another try.
     fn process(&mut self, job: &JobRow) -> Option<Again> {
         let start = Instant::now();
@@ -161,9 +187,8 @@ impl Worker {
         tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
         match self.run_job(job, &out) {
             Ok(summary) => {
-                let files: Vec<PathBuf> = summary.dicom_files().map(|f| out.join(f)).collect();
-                let destinations = self.settings.destinations_for(&job.calling_ae);
-                if let Err(e) = self.db.report_job(job.id, &out, &files, &destinations) {
+                let deliveries = self.deliveries(job, &summary, &out);
+                if let Err(e) = self.db.report_job(job.id, &out, &deliveries) {
                     tracing::error!(job = job.id, "cannot record the job's results: {e}");
                     return Some(Again::Run);
                 }
@@ -181,7 +206,7 @@ impl Worker {
                     job = job.id,
                     probability = summary.probability,
                     label = %summary.label,
-                    destinations = ?destinations,
+                    deliveries = deliveries.len(),
                     "job reported in {:.1} s", start.elapsed().as_secs_f64()
                 );
                 None

@@ -705,19 +705,14 @@ impl JobDb {
             .map_err(|e| self.err(e))
     }
 
-    /// Marks a job reported with its result directory and queues one delivery per file and
-    /// destination, in one transaction: a crash leaves either both or neither.
-    pub fn report_job(
-        &self,
-        id: i64,
-        result_dir: &Path,
-        files: &[PathBuf],
-        destinations: &[String],
-    ) -> Result<(), DbError> {
+    /// Marks a job reported with its result directory and queues its deliveries (destination
+    /// or notification endpoint, file), in one transaction: a crash leaves either both or
+    /// neither. With nothing to deliver the job is delivered at once.
+    pub fn report_job(&self, id: i64, result_dir: &Path, deliveries: &[(String, PathBuf)]) -> Result<(), DbError> {
         let now = now();
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let state = if destinations.is_empty() || files.is_empty() {
+        let state = if deliveries.is_empty() {
             JobState::Delivered
         } else {
             JobState::Reported
@@ -727,15 +722,13 @@ impl JobDb {
             params![id, state.as_str(), result_dir.to_string_lossy(), now],
         )
         .map_err(|e| self.err(e))?;
-        for destination in destinations {
-            for file in files {
-                tx.execute(
-                    "INSERT OR IGNORE INTO deliveries (job_id, destination, path, state, attempts, next_attempt_at)
-                     VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
-                    params![id, destination, file.to_string_lossy(), now],
-                )
-                .map_err(|e| self.err(e))?;
-            }
+        for (destination, file) in deliveries {
+            tx.execute(
+                "INSERT OR IGNORE INTO deliveries (job_id, destination, path, state, attempts, next_attempt_at)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+                params![id, destination, file.to_string_lossy(), now],
+            )
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }

@@ -180,8 +180,11 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
     assert_eq!(db.requeue_unfinished().unwrap(), 1);
     assert_eq!(db.claim_job().unwrap().unwrap().attempts, 2);
     let files = [PathBuf::from("sc.dcm"), PathBuf::from("sr.dcm")];
-    db.report_job(first, dir.path(), &files, &["a".into(), "b".into()])
-        .unwrap();
+    let deliveries: Vec<(String, PathBuf)> = ["a", "b"]
+        .iter()
+        .flat_map(|d| files.iter().map(move |f| (d.to_string(), f.clone())))
+        .collect();
+    db.report_job(first, dir.path(), &deliveries).unwrap();
     assert_eq!(db.job(first).unwrap().unwrap().state, JobState::Reported);
     let due = db.due_deliveries(db::now()).unwrap();
     assert_eq!(due.len(), 4);

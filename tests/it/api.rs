@@ -155,8 +155,11 @@ fn fill(db: &JobDb, root: &Path) -> Jobs {
     db.set_state(undeliverable, JobState::Inferred, None).unwrap();
     let dir = root.join("results/1");
     let files = write_result(&dir, "1.2.826.0.3.1", "1.2.826.0.2.1", false);
-    db.report_job(undeliverable, &dir, &files, &["pacs".into(), "archive".into()])
-        .unwrap();
+    let deliveries: Vec<(String, PathBuf)> = ["pacs", "archive"]
+        .iter()
+        .flat_map(|d| files.iter().map(move |f| (d.to_string(), f.clone())))
+        .collect();
+    db.report_job(undeliverable, &dir, &deliveries).unwrap();
     for d in db.job_deliveries(undeliverable).unwrap() {
         if d.destination == "pacs" {
             db.settle_delivery(d.id, DeliveryState::Delivered, 0.0, None).unwrap();
@@ -171,7 +174,8 @@ fn fill(db: &JobDb, root: &Path) -> Jobs {
         .unwrap();
     let dir = root.join("results/2");
     let files = write_result(&dir, "1.2.826.0.3.2", "1.2.826.0.2.2", true);
-    db.report_job(delivered, &dir, &files, &["pacs".into()]).unwrap();
+    let deliveries: Vec<(String, PathBuf)> = files.iter().map(|f| ("pacs".to_owned(), f.clone())).collect();
+    db.report_job(delivered, &dir, &deliveries).unwrap();
     for d in db.job_deliveries(delivered).unwrap() {
         db.settle_delivery(d.id, DeliveryState::Delivered, 0.0, None).unwrap();
     }

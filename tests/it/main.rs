@@ -4,6 +4,7 @@
 mod api;
 mod assemble;
 mod audit;
+mod conformance;
 mod console;
 mod deliver;
 mod demo_model;
@@ -12,6 +13,7 @@ mod faults;
 mod infer;
 mod ingest;
 mod node;
+mod notify;
 mod orthanc;
 mod report;
 mod synth;
