@@ -2,13 +2,14 @@
 # Project-local setup: Debian peers (DCMTK, dicom3tools, Orthanc, GDCM, cmake, strace, Chromium and
 # its WebDriver for the console test) and a Python virtual environment under .tools/venv with
 # dcm2niix, ONNX Runtime (for libonnxruntime.so) and the independent readers the tests use
-# (pydicom, highdicom, fhir.resources 6.1.0 = FHIR R4 4.0.1, which needs pydantic 1).
+# (pydicom, highdicom, fhir.resources 6.1.0 = FHIR R4 4.0.1, which needs pydantic 1) and
+# kubernetes-validate (with the Kubernetes schemas, for the manifests in deploy/).
 # Idempotent: returns in a second when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing systemd chromium chromium-driver fonts-dejavu-core)
-PY_PACKAGES=("dcm2niix==1.0.20260724" "onnxruntime==1.31.1" "onnx==1.23.2" "pydicom==3.0.2" "highdicom==0.28.2" "fhir.resources==6.1.0" "pydantic==1.10.27")
+PY_PACKAGES=("dcm2niix==1.0.20260724" "onnxruntime==1.31.1" "onnx==1.23.2" "pydicom==3.0.2" "highdicom==0.28.2" "fhir.resources==6.1.0" "pydantic==1.10.27" "kubernetes-validate==1.37.0")
 VENV=.tools/venv
 
 missing=()

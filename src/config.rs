@@ -311,7 +311,7 @@ impl Config {
         let scp = self.scp.clone().check().map_err(|e| invalid(format!("[scp] {e}")))?;
         self.tracker.validate().map_err(|e| invalid(e.to_string()))?;
         self.outbox.retry.validate().map_err(|e| invalid(e.to_string()))?;
-        self.api.validate().map_err(|e| invalid(format!("[api] {e}")))?;
+        let api = self.api.resolved().map_err(|e| invalid(format!("[api] {e}")))?;
         self.audit.validate().map_err(|e| invalid(e.to_string()))?;
         self.overlay.validate().map_err(|e| invalid(format!("[overlay] {e}")))?;
         for (i, d) in self.destinations.iter().enumerate() {
@@ -383,7 +383,7 @@ impl Config {
             destinations: self.destinations.clone(),
             notify: self.notify.clone(),
             retention: self.retention.clone(),
-            api: self.api.clone(),
+            api,
             runtime: self.runtime.clone(),
             audit: self.audit.clone(),
         })

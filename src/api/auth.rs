@@ -40,7 +40,12 @@ pub struct ApiUser {
     /// Sign-in name.
     pub name: String,
     /// Argon2id PHC string from `fcdnode hash-password` (never the password itself).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password_hash: String,
+    /// A file holding that string instead (a Docker or Kubernetes secret); read when the
+    /// configuration is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash_file: Option<std::path::PathBuf>,
 }
 
 /// Why a password could not be hashed or a configured hash is unusable.
@@ -305,6 +310,7 @@ mod tests {
             vec![ApiUser {
                 name: "admin".into(),
                 password_hash: hash,
+                password_hash_file: None,
             }],
             Duration::from_millis(200),
         );

@@ -96,7 +96,8 @@ pub struct ApiConfigError {
 }
 
 impl ApiConfig {
-    /// Checks every value; the first bad one is reported with its key.
+    /// Checks every value; the first bad one is reported with its key. Users given by
+    /// `password_hash_file` pass only through [`ApiConfig::resolved`].
     pub fn validate(&self) -> Result<(), ApiConfigError> {
         let bind = self.bind_addr()?;
         if !(self.session_hours > 0.0 && self.session_hours <= 24.0 * 30.0) {
@@ -113,8 +114,23 @@ impl ApiConfig {
             if self.users[..i].iter().any(|u| u.name == user.name) {
                 return Err(bad(format!("user {:?} is listed twice", user.name)));
             }
-            auth::check_hash(&user.password_hash)
-                .map_err(|e| bad(format!("user {:?}: password_hash: {e}", user.name)))?;
+            match (&user.password_hash_file, user.password_hash.is_empty()) {
+                (Some(_), false) => {
+                    return Err(bad(format!(
+                        "user {:?}: give password_hash or password_hash_file, not both",
+                        user.name
+                    )));
+                }
+                (Some(file), true) => {
+                    return Err(bad(format!(
+                        "user {:?}: password_hash_file {} is not read yet",
+                        user.name,
+                        file.display()
+                    )));
+                }
+                (None, _) => auth::check_hash(&user.password_hash)
+                    .map_err(|e| bad(format!("user {:?}: password_hash: {e}", user.name)))?,
+            }
         }
         if self.enabled && !bind.ip().is_loopback() && self.users.is_empty() {
             return Err(ApiConfigError {
@@ -126,6 +142,31 @@ impl ApiConfig {
             });
         }
         Ok(())
+    }
+
+    /// This section with every `password_hash_file` read into `password_hash` (surrounding
+    /// whitespace dropped), then checked.
+    pub fn resolved(&self) -> Result<Self, ApiConfigError> {
+        let mut resolved = self.clone();
+        for user in &mut resolved.users {
+            if let Some(file) = &user.password_hash_file
+                && user.password_hash.is_empty()
+            {
+                let text = std::fs::read_to_string(file).map_err(|e| ApiConfigError {
+                    key: "users",
+                    message: format!("user {:?}: password_hash_file {}: {e}", user.name, file.display()),
+                })?;
+                let hash = text.trim().to_owned();
+                auth::check_hash(&hash).map_err(|e| ApiConfigError {
+                    key: "users",
+                    message: format!("user {:?}: password_hash_file {}: {e}", user.name, file.display()),
+                })?;
+                user.password_hash = hash;
+                user.password_hash_file = None;
+            }
+        }
+        resolved.validate()?;
+        Ok(resolved)
     }
 
     /// Sign-in lifetime.
@@ -630,6 +671,21 @@ mod tests {
         let plain: ApiConfig = toml::from_str(&with_user.replace(&hash, "pw")).unwrap();
         let err = plain.validate().unwrap_err();
         assert!(err.to_string().contains("not a PHC password hash"), "{err}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("{hash}\n")).unwrap();
+        let from_file = format!(
+            "bind = \"0.0.0.0:8080\"\n[[users]]\nname = \"admin\"\npassword_hash_file = \"{}\"\n",
+            file.path().display()
+        );
+        let c: ApiConfig = toml::from_str(&from_file).unwrap();
+        assert!(c.validate().is_err(), "unread, the file gives no hash");
+        assert_eq!(c.resolved().unwrap().users[0].password_hash, hash, "read and trimmed");
+        let missing = from_file.replace(&file.path().display().to_string(), "/nonexistent/hash");
+        let err = toml::from_str::<ApiConfig>(&missing).unwrap().resolved().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/hash"), "{err}");
+        let both = format!("{from_file}password_hash = \"{hash}\"\n");
+        let err = toml::from_str::<ApiConfig>(&both).unwrap().resolved().unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
         let twice = format!("{with_user}[[users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n");
         let err = toml::from_str::<ApiConfig>(&twice).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");

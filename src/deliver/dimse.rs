@@ -3,6 +3,11 @@
 
 use crate::dimse::{C_ECHO_RQ, C_STORE_RQ, CommandWriter, DimseError, NO_DATA_SET, VERIFICATION, elements, text, us};
 
+/// Command Field of C-MOVE-RQ.
+const C_MOVE_RQ: u16 = 0x0021;
+/// Command Field of C-MOVE-RSP.
+pub const C_MOVE_RSP: u16 = C_MOVE_RQ | crate::dimse::RESPONSE_BIT;
+
 /// Command Field of C-STORE-RSP.
 pub const C_STORE_RSP: u16 = C_STORE_RQ | crate::dimse::RESPONSE_BIT;
 /// Command Field of C-ECHO-RSP.
@@ -119,4 +124,63 @@ mod tests {
         assert!(parse_rsp(&bad).unwrap_err().0.contains("declares"));
         assert!(parse_rsp(&rsp(1, 0, None)[..30]).is_err());
     }
+}
+
+/// The command set of a C-MOVE-RQ: move what the identifier that follows selects to
+/// `destination_ae` (priority medium).
+pub fn c_move_rq(message_id: u16, sop_class: &str, destination_ae: &str) -> Vec<u8> {
+    CommandWriter::new()
+        .uid(0x0002, sop_class)
+        .us(0x0100, C_MOVE_RQ)
+        .us(0x0110, message_id)
+        .text(0x0600, destination_ae)
+        .us(0x0700, 0x0000)
+        .us(0x0800, 0x0000)
+        .finish()
+}
+
+/// A C-MOVE-RSP: status and the sub-operation counters.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MoveRsp {
+    /// Command Field.
+    pub command_field: u16,
+    /// Message ID Being Responded To.
+    pub responding_to: u16,
+    /// Status (0xFF00 pending, 0x0000 done, 0xB000 some failed, …).
+    pub status: u16,
+    /// Whether an identifier data set follows (Failed SOP Instance UID List).
+    pub data_set: bool,
+    /// Number of Remaining, Completed, Failed and Warning Sub-operations, when given.
+    pub remaining: Option<u16>,
+    pub completed: Option<u16>,
+    pub failed: Option<u16>,
+    pub warning: Option<u16>,
+}
+
+/// Parses a C-MOVE-RSP command set.
+pub fn parse_move_rsp(bytes: &[u8]) -> Result<MoveRsp, DimseError> {
+    let mut rsp = MoveRsp::default();
+    let (mut field, mut responding, mut status) = (None, None, None);
+    for (group, element, value) in elements(bytes)? {
+        if group != 0x0000 {
+            return Err(DimseError(format!(
+                "element ({group:04X},{element:04X}) outside the command group"
+            )));
+        }
+        match element {
+            0x0100 => field = Some(us(element, value)?),
+            0x0120 => responding = Some(us(element, value)?),
+            0x0800 => rsp.data_set = us(element, value)? != NO_DATA_SET,
+            0x0900 => status = Some(us(element, value)?),
+            0x1020 => rsp.remaining = Some(us(element, value)?),
+            0x1021 => rsp.completed = Some(us(element, value)?),
+            0x1022 => rsp.failed = Some(us(element, value)?),
+            0x1023 => rsp.warning = Some(us(element, value)?),
+            _ => {}
+        }
+    }
+    rsp.command_field = field.ok_or_else(|| DimseError("no Command Field (0000,0100)".into()))?;
+    rsp.responding_to = responding.ok_or_else(|| DimseError("no Message ID Being Responded To (0000,0120)".into()))?;
+    rsp.status = status.ok_or_else(|| DimseError("no Status (0000,0900)".into()))?;
+    Ok(rsp)
 }

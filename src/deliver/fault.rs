@@ -112,6 +112,14 @@ pub enum FaultReason {
         /// The status code.
         status: u16,
     },
+    /// The final C-MOVE-RSP of a retrieval was a failure (or cancel).
+    #[error("C-MOVE failed with status 0x{status:04X} ({meaning})")]
+    Move {
+        /// DIMSE status.
+        status: u16,
+        /// What it means for a retrieval.
+        meaning: &'static str,
+    },
     /// A C-STORE-RSP with a failure status.
     #[error("C-STORE failed with status 0x{status:04X} ({meaning}){}", comment_suffix(.comment))]
     Status {
@@ -168,6 +176,13 @@ impl FaultReason {
                 408 | 425 | 429 | 500..=599 => Transient,
                 _ => Permanent,
             },
+            FaultReason::Move { status, .. } => {
+                if status >> 8 == 0xA7 {
+                    Transient
+                } else {
+                    Permanent
+                }
+            }
             FaultReason::Status { status, .. } => match status_class(*status) {
                 StatusClass::Success | StatusClass::Warning(_) => Transient,
                 StatusClass::Failure { kind, .. } => kind,

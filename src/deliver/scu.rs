@@ -46,13 +46,13 @@ pub struct FileOutcome {
 }
 
 /// Who we talk to, for messages.
-struct Ctx<'a> {
-    dest: &'a Destination,
-    peer: String,
+pub(super) struct Ctx<'a> {
+    pub(super) dest: &'a Destination,
+    pub(super) peer: String,
 }
 
 impl Ctx<'_> {
-    fn fault(&self, file: Option<&Path>, reason: FaultReason) -> DeliveryFault {
+    pub(super) fn fault(&self, file: Option<&Path>, reason: FaultReason) -> DeliveryFault {
         DeliveryFault::new(&self.dest.name, &self.peer, file.map(Path::to_path_buf), reason)
     }
 }
@@ -252,7 +252,7 @@ fn proposal(ts: &str) -> Vec<String> {
     list
 }
 
-async fn associate(
+pub(super) async fn associate(
     ctx: &Ctx<'_>,
     calling_ae: &str,
     keys: &[&(String, String)],
@@ -321,7 +321,7 @@ async fn associate(
 }
 
 /// Maps a dicom-ul error to a fault reason; `during` says what we were doing.
-fn reason_of(e: UlError, during: &str, keys: &[&(String, String)]) -> FaultReason {
+pub(super) fn reason_of(e: UlError, during: &str, keys: &[&(String, String)]) -> FaultReason {
     let during = during.to_owned();
     match e {
         UlError::Connect { source, .. } | UlError::ToAddress { source, .. } => FaultReason::Connect(source.to_string()),
@@ -409,7 +409,7 @@ fn choose_context(assoc: &AsyncClientAssociation<TcpStream>, info: &FileInfo) ->
 }
 
 /// Sends one PDV (command or data), fragmented to the PDU size both sides allow.
-async fn send_pdvs(
+pub(super) async fn send_pdvs(
     assoc: &mut AsyncClientAssociation<TcpStream>,
     max_pdu: u32,
     pc_id: u8,
@@ -598,7 +598,7 @@ async fn store_one(
 }
 
 /// Releases the association, or aborts it when it is in an unknown state.
-async fn finish(ctx: &Ctx<'_>, assoc: AsyncClientAssociation<TcpStream>, broken: bool) {
+pub(super) async fn finish(ctx: &Ctx<'_>, assoc: AsyncClientAssociation<TcpStream>, broken: bool) {
     let grace = ctx.dest.timeout().min(Duration::from_secs(5));
     if broken {
         let _ = tokio::time::timeout(grace, assoc.abort()).await;

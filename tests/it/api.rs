@@ -655,6 +655,7 @@ fn with_users_everything_but_probes_needs_a_sign_in() {
             let user = fcdnode::api::auth::ApiUser {
                 name: "admin".into(),
                 password_hash: hash,
+                password_hash_file: None,
             };
             state.auth = Arc::new(fcdnode::api::auth::Auth::new(
                 vec![user],

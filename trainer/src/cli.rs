@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use fcdnode::package::arch::{Layout, Pooling};
 use fcdnode::preprocess::Normalisation;
 use fcdnode_trainer::config::{CvConfig, Preset, ThresholdRule, parse_modalities};
+use fcdnode_trainer::cv::{FoldChoice, RunOutcome};
 use fcdnode_trainer::data::bids::{Dataset, Group, ImageKind};
 
 /// Set by Ctrl-C; training checks it between epochs.
@@ -37,8 +38,17 @@ enum Command {
     },
     /// Cross-validate every combination of architecture × initialisation × modality and write
     /// RUN/report.md, metrics.json, metrics.csv, ROC and Grad-CAM PNGs. Ctrl-C stops between
-    /// epochs; rerunning the same command resumes (finished folds are kept).
+    /// epochs; rerunning the same command resumes (finished folds are kept). With --fold K it
+    /// trains one fold only (a cluster task) and writes no report: see `fcdtrain report`.
     Cv(Box<CvArgs>),
+    /// Merge the folds of a run trained by separate `fcdtrain cv … --fold K` processes and write
+    /// the report a one-machine `fcdtrain cv` writes (report.md, metrics.json, metrics.csv,
+    /// PNGs); refuses, naming them, while folds are missing.
+    Report {
+        /// Run directory (the --out of the fold processes).
+        #[arg(long)]
+        run: PathBuf,
+    },
     /// Export one experiment of a finished run as a model package (one ONNX graph per fold +
     /// manifest.toml) for the node. The threshold and the probability calibration are chosen on
     /// the exported folds' out-of-fold predictions by the run's threshold rule; a fold whose
@@ -230,6 +240,13 @@ struct CvArgs {
     /// Out-of-fold sensitivity the threshold must keep (with --threshold-rule sensitivity).
     #[arg(long, default_value_t = 0.9)]
     target_sensitivity: f64,
+    /// Train only fold K (0-based: K = 0 writes `RUN/<experiment>/fold-1`) of every experiment and
+    /// write no report. For a Kubernetes Indexed Job (--fold $(JOB_COMPLETION_INDEX)) or a
+    /// Slurm array (--array=0-(folds-1), --fold $SLURM_ARRAY_TASK_ID): every task runs the same
+    /// command into the same shared --out; then `fcdtrain report --run OUT`. A task whose
+    /// options differ from those the run directory holds is refused.
+    #[arg(long, value_name = "K")]
+    fold: Option<usize>,
 }
 
 fn parse_normalisation(text: &str) -> Result<Normalisation, String> {
@@ -304,6 +321,26 @@ impl CvArgs {
     }
 }
 
+/// Writes the report of a finished run and prints its summary: the end of `fcdtrain cv` and of
+/// `fcdtrain report` alike.
+fn write_report(out: &std::path::Path, run: &RunOutcome) -> anyhow::Result<()> {
+    fcdnode_trainer::report::write(out, run).context("report")?;
+    println!(
+        "{}: {} experiment(s); report {}",
+        out.display(),
+        run.experiments.len(),
+        out.join("report.md").display()
+    );
+    for (exp, folds) in &run.experiments {
+        let (mean, std) = fcdnode_trainer::report::summary(folds);
+        println!(
+            "  {}: accuracy {:.3} ± {:.3}, ROC-AUC {:.3} ± {:.3}, Heat-Score {:.2} ± {:.2}",
+            exp.name, mean.accuracy, std.accuracy, mean.roc_auc, std.roc_auc, mean.heat_score, std.heat_score
+        );
+    }
+    Ok(())
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -331,7 +368,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cv(args) => {
-            let out = args.out.clone();
+            let (out, fold) = (args.out.clone(), args.fold);
             let config = args.config()?;
             // A second Ctrl-C kills the process as usual.
             ctrlc::set_handler(|| {
@@ -341,23 +378,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("stopping after this epoch (Ctrl-C again to abort now)");
             })
             .context("installing the Ctrl-C handler")?;
-            let run = fcdnode_trainer::cv::run(&config, &out, &STOP)?;
-            fcdnode_trainer::report::write(&out, &run).context("report")?;
+            let Some(k) = fold else {
+                let run = fcdnode_trainer::cv::run(&config, &out, &STOP)?;
+                println!("{}: {} fold(s) resumed", out.display(), run.resumed);
+                return write_report(&out, &run);
+            };
+            let done = fcdnode_trainer::cv::train(&config, &out, FoldChoice::One(k), &STOP)?;
             println!(
-                "{}: {} experiment(s), {} fold(s) resumed; report {}",
+                "{}: fold-{} of {} ({} trained, {} finished earlier); once every fold is done: fcdtrain report --run {}",
                 out.display(),
-                run.experiments.len(),
-                run.resumed,
-                out.join("report.md").display()
+                k + 1,
+                done.folds,
+                done.trained,
+                done.resumed,
+                out.display()
             );
-            for (exp, folds) in &run.experiments {
-                let (mean, std) = fcdnode_trainer::report::summary(folds);
-                println!(
-                    "  {}: accuracy {:.3} ± {:.3}, ROC-AUC {:.3} ± {:.3}, Heat-Score {:.2} ± {:.2}",
-                    exp.name, mean.accuracy, std.accuracy, mean.roc_auc, std.roc_auc, mean.heat_score, std.heat_score
-                );
-            }
             Ok(())
+        }
+        Command::Report { run } => {
+            let outcome = fcdnode_trainer::cv::merge(&run)?;
+            write_report(&run, &outcome)
         }
         #[cfg(feature = "onnx")]
         Command::Evaluate(args) => {

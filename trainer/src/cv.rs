@@ -4,6 +4,10 @@
 //! resume, test-fold evaluation and Grad-CAM Heat-Scores (with a panel PNG per lesion subject,
 //! drawn by [`crate::figures`]).
 //!
+//! A run is [`train`] (all folds, or one: several processes, e.g. the tasks of a cluster job
+//! array, may share the run directory) then [`merge`] of what is on disk; [`run`] is both in one
+//! process, so a one-machine run and a cluster run report alike. Every process writes the
+//! options (`config.json`) and the [`Plan`] once and checks them when they are already there.
 //! A fold is finished when its `result.json` exists: a rerun of the same command skips it.
 //! Heat-Score background: the head foreground outside the lesion ROI
 //! ([`Background::ForegroundOutsideRoi`]), on the model grid.
@@ -21,6 +25,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic;
 use crate::config::{ConfigError, CvConfig, Experiment};
 use crate::data::batcher::{PrepareError, Sample, Skip, batch, prepare};
 use crate::data::bids::{BidsError, Dataset};
@@ -69,8 +74,28 @@ pub enum CvError {
     #[error("participants.tsv has no column `{column}` (needed by {option})")]
     NoColumn { column: String, option: &'static str },
     /// The output directory holds a run with other options.
-    #[error("{path} holds a run with different options; use another --out or delete it")]
-    OtherRun { path: PathBuf },
+    #[error("{path} holds a run with different options ({differences}); use another --out or delete it")]
+    OtherRun { path: PathBuf, differences: String },
+    /// The output directory's plan differs from the one this process derives from the same
+    /// options: the dataset (or its preprocessing) changed since the run began.
+    #[error("{path}: the run's plan and this process's disagree: {rule}; has the dataset changed since the run began?")]
+    PlanChanged { path: PathBuf, rule: String },
+    /// `--fold` beyond the run's folds.
+    #[error("--fold {fold}: the run has {folds} fold(s), numbered from 0")]
+    NoFold { fold: usize, folds: usize },
+    /// A merge of a directory where no run was started.
+    #[error("{path} holds no run ({file} missing): start it with `fcdtrain cv` (or a `--fold`) first")]
+    NoRun { path: PathBuf, file: &'static str },
+    /// A merge while folds are still missing.
+    #[error("{path}: unfinished fold(s): {}; train them (`fcdtrain cv … --fold K`) and merge again", .missing.join(", "))]
+    Unfinished { path: PathBuf, missing: Vec<String> },
+    /// A JSON file of the run could not be parsed.
+    #[error("{path}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A file of the run could not be written or read.
     #[error("{path}")]
     Io {
@@ -261,7 +286,7 @@ pub struct Prediction {
     pub note: Option<String>,
 }
 
-/// `RUN/<experiment>/fold-K/result.json`: written last, so its presence marks the fold done.
+/// [`RESULT_FILE`] of a fold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FoldResult {
     pub experiment: String,
@@ -281,20 +306,82 @@ pub struct FoldResult {
     pub before: Option<Metrics>,
 }
 
-/// One outer fold: subject indices.
-#[derive(Clone, Debug, PartialEq)]
+/// One outer fold by subject id (ids, not sample positions, so a fold means the same subjects
+/// to every process that reads the plan).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fold {
+    /// `fold-1`, or the held-out group.
     pub name: String,
-    pub train: Vec<usize>,
-    pub val: Vec<usize>,
-    pub test: Vec<usize>,
+    pub train: Vec<String>,
+    pub val: Vec<String>,
+    pub test: Vec<String>,
 }
 
-/// How the folds were made (for the report).
+/// `RUN/plan.json`: what every process of a run derives alike from the options and the dataset,
+/// written once by whichever starts first. A fold process that derives another plan (the data
+/// changed under the run) is refused; [`merge`] reads the scheme, skips and warnings from here.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FoldScheme(pub String);
+pub struct Plan {
+    /// How the folds were made (the report states one: the last experiment's).
+    pub scheme: String,
+    /// The folds of each experiment, in [`CvConfig::experiments`] order.
+    pub experiments: Vec<PlannedExperiment>,
+    pub skipped: Vec<Skip>,
+    pub warnings: Vec<String>,
+}
 
-/// Everything a run produced: [`run`] returns it, `report::write` reports it.
+/// The folds of one experiment (experiments with other channels may skip other subjects).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedExperiment {
+    pub name: String,
+    pub folds: Vec<Fold>,
+}
+
+impl Plan {
+    /// The parts in which `self` and `other` differ, for the refusal.
+    fn differences(&self, other: &Plan) -> Vec<&'static str> {
+        [
+            ("scheme", self.scheme == other.scheme),
+            ("folds", self.experiments == other.experiments),
+            ("skipped subjects", self.skipped == other.skipped),
+            ("dataset warnings", self.warnings == other.warnings),
+        ]
+        .into_iter()
+        .filter_map(|(part, same)| (!same).then_some(part))
+        .collect()
+    }
+}
+
+/// Which folds a process trains: all (one machine) or one of every experiment (a task of a
+/// Kubernetes Indexed Job or a Slurm job array).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoldChoice {
+    All,
+    /// 0-based: `fold-(K+1)`.
+    One(usize),
+}
+
+impl FoldChoice {
+    fn includes(self, k: usize) -> bool {
+        match self {
+            Self::All => true,
+            Self::One(j) => j == k,
+        }
+    }
+}
+
+/// What [`train`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainedFolds {
+    /// Folds of the run's largest experiment.
+    pub folds: usize,
+    /// Folds trained by this call.
+    pub trained: usize,
+    /// Folds found finished (by an earlier or another process) and left as they were.
+    pub resumed: usize,
+}
+
+/// Everything a run produced: [`merge`] (and [`run`]) return it, `report::write` reports it.
 #[derive(Debug)]
 pub struct RunOutcome {
     pub config: CvConfig,
@@ -302,7 +389,7 @@ pub struct RunOutcome {
     pub scheme: String,
     pub skipped: Vec<Skip>,
     pub warnings: Vec<String>,
-    /// Folds loaded from an earlier run instead of trained.
+    /// Folds [`run`] found finished instead of training them (0 from [`merge`]).
     pub resumed: usize,
     /// The non-learned baseline on every subject it could score (it learns nothing, so one
     /// value per subject serves every fold); also written to `RUN/baseline.json`.
@@ -311,6 +398,17 @@ pub struct RunOutcome {
 
 /// `RUN/baseline.json`: the baseline per subject, for `export`'s comparison.
 pub const BASELINE_FILE: &str = "baseline.json";
+/// `RUN/config.json`: the options, written once; a process with others is refused.
+pub const CONFIG_FILE: &str = "config.json";
+/// `RUN/plan.json`: the [`Plan`].
+pub const PLAN_FILE: &str = "plan.json";
+/// `RUN/<experiment>/fold-K/result.json`: written last, so its presence marks the fold done.
+pub const RESULT_FILE: &str = "result.json";
+
+/// The directory of fold `k` (0-based) of experiment `experiment`: `RUN/<experiment>/fold-(k+1)`.
+pub fn fold_dir(out: &Path, experiment: &str, k: usize) -> PathBuf {
+    out.join(experiment).join(format!("fold-{}", k + 1))
+}
 
 /// Stratified k-fold over `labels`: each class shuffled with `seed`, dealt round-robin.
 pub fn stratified_folds(labels: &[bool], k: usize, seed: u64) -> Vec<Vec<usize>> {
@@ -427,13 +525,19 @@ pub fn make_folds(samples: &[Sample], config: &CvConfig) -> Result<(Vec<Fold>, S
         (1.0 - config.val_fraction) * 100.0,
         config.val_fraction * 100.0
     );
+    let ids = |idx: &[usize]| idx.iter().map(|&i| samples[i].id.clone()).collect();
     let folds = tests
         .into_iter()
         .enumerate()
         .map(|(k, (name, test))| {
             let rest: Vec<usize> = (0..samples.len()).filter(|i| !test.contains(i)).collect();
             let (train, val) = inner_split(&rest, &labels, config.val_fraction, config.seed.wrapping_add(k as u64));
-            Fold { name, train, val, test }
+            Fold {
+                name,
+                train: ids(&train),
+                val: ids(&val),
+                test: ids(&test),
+            }
         })
         .collect();
     Ok((folds, scheme))
@@ -446,27 +550,151 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CvError + '_ {
     }
 }
 
-/// Runs every experiment of `config`, writing per-fold results under `out`, and returns the
-/// outcome; the report is the caller's (`report::write`, as `fcdtrain cv` does). Finished folds of an earlier
-/// run with the same options are loaded, not retrained. `stop` is Ctrl-C: checked between epochs.
+/// Every fold on this machine, then [`merge`]: the one-machine run is a cluster run in one
+/// process, so both give the same report. Finished folds of an earlier run with the same options
+/// are kept, not retrained; the report is the caller's (`report::write`, as `fcdtrain cv` does).
+/// `stop` is Ctrl-C: checked between epochs.
 pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcome, CvError> {
+    let trained = train(config, out, FoldChoice::All, stop)?;
+    Ok(RunOutcome {
+        resumed: trained.resumed,
+        ..merge(out)?
+    })
+}
+
+/// Trains the folds `choice` names, of every experiment, into `out`, keeping folds finished
+/// earlier. Several processes may share `out` with no other coordination (one fold each,
+/// started together by a cluster): each derives the same options and [`Plan`] and writes them
+/// once, and a process whose options or plan differ from those in `out` is refused before it
+/// trains. Only a one-machine run ([`FoldChoice::All`]) may change the threshold rule, which
+/// is applied after training; a fold process must match the run exactly.
+pub fn train(config: &CvConfig, out: &Path, choice: FoldChoice, stop: &AtomicBool) -> Result<TrainedFolds, CvError> {
+    let joined = join(config, out, choice)?;
+    let folds = joined.plan.experiments.iter().map(|e| e.folds.len()).max().unwrap_or(0);
+    if let FoldChoice::One(fold) = choice
+        && fold >= folds
+    {
+        return Err(CvError::NoFold { fold, folds });
+    }
+    let recipe = config.recipe();
+    let mut done = TrainedFolds {
+        folds,
+        trained: 0,
+        resumed: 0,
+    };
+    for (exp, planned) in joined.experiments.iter().zip(&joined.plan.experiments) {
+        let mine: Vec<(usize, &Fold)> = planned
+            .folds
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| choice.includes(*k))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        // Read back from the cache the plan filled; the plan held no tensors, so that a grid of
+        // experiments keeps one experiment's samples in memory at a time.
+        let samples = prepare(&joined.dataset, &exp.modalities, &recipe, &out.join("cache"))?.samples;
+        for (k, fold) in mine {
+            let dir = fold_dir(out, &exp.name, k);
+            if read_result(&dir).is_some() {
+                tracing::info!(experiment = %exp.name, fold = k + 1, "finished earlier; skipped");
+                done.resumed += 1;
+                continue;
+            }
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let parts = pick(&samples, fold, out)?;
+            let result = run_fold(
+                config,
+                exp,
+                joined.init.as_ref(),
+                fold,
+                &parts,
+                k,
+                &dir,
+                &joined.device,
+                stop,
+            )?;
+            let path = dir.join(RESULT_FILE);
+            let text = serde_json::to_string_pretty(&result).unwrap_or_default();
+            atomic::replace(&path, text.as_bytes()).map_err(io_err(&path))?;
+            eprintln!(
+                "{} {} ({}): accuracy {:.3}, ROC-AUC {:.3}, Heat-Score {:.2} [{:.0} s]",
+                exp.name,
+                result.name,
+                k + 1,
+                result.metrics.accuracy,
+                result.metrics.roc_auc,
+                result.metrics.heat_score,
+                result.seconds
+            );
+            done.trained += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// The run in `out` as one [`RunOutcome`] for the report: its options, plan, baseline and every
+/// fold's result, whichever processes wrote them. Refuses, naming them, while folds are missing.
+pub fn merge(out: &Path) -> Result<RunOutcome, CvError> {
+    let config: CvConfig = read_run_file(out, CONFIG_FILE)?;
+    let plan: Plan = read_run_file(out, PLAN_FILE)?;
+    let baseline: BTreeMap<String, BaselineOutcome> = read_run_file(out, BASELINE_FILE)?;
+    let experiments = config.experiments()?;
+    if experiments.len() != plan.experiments.len()
+        || experiments.iter().zip(&plan.experiments).any(|(e, p)| e.name != p.name)
+    {
+        return Err(CvError::PlanChanged {
+            path: out.join(PLAN_FILE),
+            rule: format!("its experiments are not those of {CONFIG_FILE}"),
+        });
+    }
+    let mut missing = Vec::new();
+    let mut merged = Vec::new();
+    for (exp, planned) in experiments.into_iter().zip(&plan.experiments) {
+        let mut results = Vec::new();
+        for k in 0..planned.folds.len() {
+            match read_result(&fold_dir(out, &exp.name, k)) {
+                Some(result) => results.push(result),
+                None => missing.push(format!("{} fold-{} (--fold {k})", exp.name, k + 1)),
+            }
+        }
+        merged.push((exp, results));
+    }
+    if !missing.is_empty() {
+        return Err(CvError::Unfinished {
+            path: out.to_owned(),
+            missing,
+        });
+    }
+    Ok(RunOutcome {
+        config,
+        experiments: merged,
+        scheme: plan.scheme,
+        skipped: plan.skipped,
+        warnings: plan.warnings,
+        resumed: 0,
+        baseline,
+    })
+}
+
+/// A run directory as this process joined it: options claimed, baseline written, plan written
+/// or checked; with what training needs.
+struct Joined {
+    experiments: Vec<Experiment>,
+    plan: Plan,
+    dataset: Dataset,
+    device: Device,
+    init: Option<InitPackage>,
+}
+
+/// Checks everything it can before it writes a file of the run (a process with bad options must
+/// not claim the directory for the others), then claims the options, scores the baseline,
+/// preprocesses (filling the cache) and derives the plan.
+fn join(config: &CvConfig, out: &Path, choice: FoldChoice) -> Result<Joined, CvError> {
     config.validate()?;
     let experiments = config.experiments()?;
     let dataset = Dataset::open(&config.data)?;
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let config_path = out.join("config.json");
-    if let Ok(bytes) = std::fs::read(&config_path) {
-        // The threshold rule is applied after training: another one resumes the same run.
-        let earlier = serde_json::from_slice::<CvConfig>(&bytes).ok().map(|e| CvConfig {
-            threshold_rule: config.threshold_rule,
-            ..e
-        });
-        if earlier.as_ref() != Some(config) {
-            return Err(CvError::OtherRun { path: out.to_owned() });
-        }
-    }
-    let text = serde_json::to_string_pretty(config).unwrap_or_default();
-    std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
     let device = device_from_name(&config.device)?;
     let recipe = config.recipe();
     let init = config.init_from.as_deref().map(InitPackage::open).transpose()?;
@@ -475,21 +703,21 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
             init.check(&exp.arch, &exp.modalities, &recipe)?;
         }
     }
-    let mut outcome = RunOutcome {
-        config: config.clone(),
-        experiments: Vec::new(),
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    claim_options(config, out, choice == FoldChoice::All)?;
+    let mut plan = Plan {
         scheme: String::new(),
+        experiments: Vec::new(),
         skipped: Vec::new(),
         warnings: dataset.warnings.clone(),
-        resumed: 0,
-        baseline: BTreeMap::new(),
     };
+    let mut baseline = BTreeMap::new();
     for subject in &dataset.subjects {
         match baseline_on(subject) {
             Ok(b) => {
-                outcome.baseline.insert(subject.id.clone(), b);
+                baseline.insert(subject.id.clone(), b);
             }
-            Err(reason) => outcome.warnings.push(format!(
+            Err(reason) => plan.warnings.push(format!(
                 "{}: no baseline: {}",
                 subject.id,
                 fcdnode::error_chain(&reason)
@@ -497,18 +725,18 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
         }
     }
     let baseline_path = out.join(BASELINE_FILE);
-    let text = serde_json::to_string_pretty(&outcome.baseline).unwrap_or_default();
-    std::fs::write(&baseline_path, text).map_err(io_err(&baseline_path))?;
-    for exp in experiments {
+    let text = serde_json::to_string_pretty(&baseline).unwrap_or_default();
+    atomic::replace(&baseline_path, text.as_bytes()).map_err(io_err(&baseline_path))?;
+    for exp in &experiments {
         let prepared = prepare(&dataset, &exp.modalities, &recipe, &out.join("cache"))?;
         for s in prepared.skipped {
-            if !outcome.skipped.contains(&s) {
-                outcome.skipped.push(s);
+            if !plan.skipped.contains(&s) {
+                plan.skipped.push(s);
             }
         }
         for n in prepared.notes {
-            if !outcome.warnings.contains(&n) {
-                outcome.warnings.push(n);
+            if !plan.warnings.contains(&n) {
+                plan.warnings.push(n);
             }
         }
         let samples = prepared.samples;
@@ -523,44 +751,131 @@ pub fn run(config: &CvConfig, out: &Path, stop: &AtomicBool) -> Result<RunOutcom
             });
         }
         let (folds, scheme) = make_folds(&samples, config)?;
-        outcome.scheme = scheme;
+        plan.scheme = scheme;
+        plan.experiments.push(PlannedExperiment {
+            name: exp.name.clone(),
+            folds,
+        });
         let exp_dir = out.join(&exp.name);
         std::fs::create_dir_all(&exp_dir).map_err(io_err(&exp_dir))?;
-        let exp_json = exp_dir.join("config.json");
-        std::fs::write(&exp_json, serde_json::to_string_pretty(&exp).unwrap_or_default()).map_err(io_err(&exp_json))?;
-        let mut results = Vec::new();
-        for (k, fold) in folds.iter().enumerate() {
-            let dir = exp_dir.join(format!("fold-{}", k + 1));
-            let result_path = dir.join("result.json");
-            if let Some(done) = std::fs::read(&result_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<FoldResult>(&b).ok())
-            {
-                tracing::info!(experiment = %exp.name, fold = k + 1, "finished earlier; skipped");
-                outcome.resumed += 1;
-                results.push(done);
-                continue;
-            }
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            let result = run_fold(config, &exp, init.as_ref(), &samples, fold, k, &dir, &device, stop)?;
-            let tmp = dir.join("result.json.tmp");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&result).unwrap_or_default()).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &result_path).map_err(io_err(&result_path))?;
-            eprintln!(
-                "{} {} ({}): accuracy {:.3}, ROC-AUC {:.3}, Heat-Score {:.2} [{:.0} s]",
-                exp.name,
-                result.name,
-                k + 1,
-                result.metrics.accuracy,
-                result.metrics.roc_auc,
-                result.metrics.heat_score,
-                result.seconds
-            );
-            results.push(result);
-        }
-        outcome.experiments.push((exp, results));
+        let exp_json = exp_dir.join(CONFIG_FILE);
+        let text = serde_json::to_string_pretty(&exp).unwrap_or_default();
+        atomic::replace(&exp_json, text.as_bytes()).map_err(io_err(&exp_json))?;
     }
-    Ok(outcome)
+    claim_plan(&plan, out)?;
+    Ok(Joined {
+        experiments,
+        plan,
+        dataset,
+        device,
+        init,
+    })
+}
+
+/// Writes `config` as the run's options, or checks it against those already there. With
+/// `rerule` (a one-machine run) a different threshold rule is recorded instead of refused.
+fn claim_options(config: &CvConfig, out: &Path, rerule: bool) -> Result<(), CvError> {
+    let path = out.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(config).unwrap_or_default();
+    let Some(held) = atomic::create_once(&path, text.as_bytes()).map_err(io_err(&path))? else {
+        return Ok(());
+    };
+    let differences = match serde_json::from_slice::<CvConfig>(&held) {
+        Ok(held) => option_differences(config, &held),
+        Err(e) => BTreeMap::from([(CONFIG_FILE.to_string(), format!("unreadable ({e})"))]),
+    };
+    if differences.is_empty() {
+        return Ok(());
+    }
+    if rerule && differences.keys().eq(["threshold_rule"]) {
+        return atomic::replace(&path, text.as_bytes()).map_err(io_err(&path));
+    }
+    Err(CvError::OtherRun {
+        path: out.to_owned(),
+        differences: differences
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// The options in which `asked` differs from `held`: name → `ASKED here, HELD in the run`.
+fn option_differences(asked: &CvConfig, held: &CvConfig) -> BTreeMap<String, String> {
+    if asked == held {
+        return BTreeMap::new();
+    }
+    let fields = |c: &CvConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (a, h) = (fields(asked), fields(held));
+    let mut out: BTreeMap<String, String> = a
+        .iter()
+        .filter(|(k, v)| h.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let there = h.get(k).map_or_else(|| "nothing".to_string(), ToString::to_string);
+            (k.clone(), format!("{v} here, {there} in the run"))
+        })
+        .collect();
+    if out.is_empty() {
+        out.insert("options".into(), "differ".into());
+    }
+    out
+}
+
+/// Writes `plan` as the run's plan, or checks it equals the one already there.
+fn claim_plan(plan: &Plan, out: &Path) -> Result<(), CvError> {
+    let path = out.join(PLAN_FILE);
+    let text = serde_json::to_string_pretty(plan).unwrap_or_default();
+    let Some(held) = atomic::create_once(&path, text.as_bytes()).map_err(io_err(&path))? else {
+        return Ok(());
+    };
+    let rule = match serde_json::from_slice::<Plan>(&held) {
+        Ok(held) if held == *plan => return Ok(()),
+        Ok(held) => format!("{} differ", plan.differences(&held).join(", ")),
+        Err(e) => format!("unreadable ({e})"),
+    };
+    Err(CvError::PlanChanged { path, rule })
+}
+
+/// A JSON file of the run in `out`; a missing one means the run was never started there.
+fn read_run_file<T: serde::de::DeserializeOwned>(out: &Path, file: &'static str) -> Result<T, CvError> {
+    let path = out.join(file);
+    let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => CvError::NoRun {
+            path: out.to_owned(),
+            file,
+        },
+        _ => CvError::Io {
+            path: path.clone(),
+            source,
+        },
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| CvError::Json { path, source })
+}
+
+/// The result of the fold in `dir`, if it finished (an unreadable one counts as unfinished, so
+/// the fold is trained again).
+fn read_result(dir: &Path) -> Option<FoldResult> {
+    let bytes = std::fs::read(dir.join(RESULT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The train, validation and test samples of `fold`.
+fn pick<'a>(samples: &'a [Sample], fold: &Fold, out: &Path) -> Result<[Vec<&'a Sample>; 3], CvError> {
+    let by_id: BTreeMap<&str, &Sample> = samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    let part = |ids: &[String]| {
+        ids.iter()
+            .map(|id| {
+                by_id.get(id.as_str()).copied().ok_or_else(|| CvError::PlanChanged {
+                    path: out.join(PLAN_FILE),
+                    rule: format!("{id} of {} is no longer a usable subject", fold.name),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok([part(&fold.train)?, part(&fold.val)?, part(&fold.test)?])
 }
 
 /// The weight file of a finished fold.
@@ -573,16 +888,14 @@ fn run_fold(
     config: &CvConfig,
     exp: &Experiment,
     init: Option<&InitPackage>,
-    samples: &[Sample],
     fold: &Fold,
+    [train, val, test]: &[Vec<&Sample>; 3],
     k: usize,
     dir: &Path,
     device: &Device,
     stop: &AtomicBool,
 ) -> Result<FoldResult, CvError> {
     let started = std::time::Instant::now();
-    let pick = |idx: &[usize]| idx.iter().map(|&i| &samples[i]).collect::<Vec<_>>();
-    let (train, val, test) = (pick(&fold.train), pick(&fold.val), pick(&fold.test));
     let autodiff = device.clone().autodiff();
     let seed = config.seed.wrapping_add(1000 * k as u64);
     autodiff.seed(seed);
@@ -599,7 +912,7 @@ fn run_fold(
     if let Some(init) = init {
         model = model.load_weights(init.fold(k))?;
         let as_is = ResNet3d::new(&exp.arch, device)?.load_weights(init.fold(k))?;
-        before = Some(evaluate_test(&as_is, &test, config.batch_size, device, None)?.1);
+        before = Some(evaluate_test(&as_is, test, config.batch_size, device, None)?.1);
     }
     let layers: TrainLayers = exp.train_layers.parse()?;
     let model = model.freeze_except(&layers);
@@ -621,19 +934,19 @@ fn run_fold(
         fold: k + 1,
         source: Box::new(source),
     };
-    let trained = train_fold(model, &train, &val, &options, device, stop).map_err(train_err)?;
+    let trained = train_fold(model, train, val, &options, device, stop).map_err(train_err)?;
     let weights = trained.model.to_weights()?;
     save_weights(&weights_path(dir), &weights).map_err(train_err)?;
     // Reload to evaluate exactly what was saved (and what export will read).
     let model =
         ResNet3d::new(&exp.arch, device)?.load_weights(&load_weights(&weights_path(dir)).map_err(train_err)?)?;
-    let (predictions, metrics) = evaluate_test(&model, &test, config.batch_size, device, Some(dir))?;
+    let (predictions, metrics) = evaluate_test(&model, test, config.batch_size, device, Some(dir))?;
     Ok(FoldResult {
         experiment: exp.name.clone(),
         fold: k,
         name: fold.name.clone(),
-        train: train.iter().map(|s| s.id.clone()).collect(),
-        val: val.iter().map(|s| s.id.clone()).collect(),
+        train: fold.train.clone(),
+        val: fold.val.clone(),
         metrics,
         predictions,
         history: trained.history,

@@ -6,10 +6,12 @@
 //! - [`config`]: options → [`config::CvConfig`] (saved as `RUN/config.json`) → experiment grid.
 //! - [`data::batcher`]: subjects → cached preprocessed samples → augmented batches.
 //! - [`train`]: one fold (Adam, ReduceLROnPlateau, early stopping, balanced sampling).
-//! - [`cv`]: folds (stratified, grouped, own split), the fold loop with resume, Heat-Scores →
-//!   [`cv::RunOutcome`] (per-fold results on disk; writes no report).
-//! - [`report`]: a [`cv::RunOutcome`] → report.md, metrics.json/csv; the caller (`fcdtrain cv`)
-//!   writes it after [`cv::run`]. Imports `cv`; `cv` does not import it.
+//! - [`cv`]: folds (stratified, grouped, own split) written once as the run's plan, the fold
+//!   loop with resume (all folds, or one per process sharing the run directory), Heat-Scores,
+//!   the merge of the folds on disk → [`cv::RunOutcome`] (writes no report).
+//! - [`report`]: a [`cv::RunOutcome`] → report.md, metrics.json/csv; the caller (`fcdtrain cv`,
+//!   `fcdtrain report`) writes it after [`cv::run`] or [`cv::merge`]. Imports `cv`; `cv` does
+//!   not import it.
 //! - [`figures`]: PNG drawing (ROC curve, per-subject Grad-CAM panel, montage), used by both.
 //! - [`finetune`]: `--init-from`: a model package's weights as each fold's start.
 //! - [`calibrate`]: pooled out-of-fold predictions → Platt calibration and decision threshold
@@ -21,6 +23,7 @@
 //!
 //! The `fcdtrain` binary adds the command line and `fcdtrain bench step` (timing, not library).
 
+mod atomic;
 pub mod calibrate;
 pub mod config;
 pub mod cv;

@@ -1,9 +1,11 @@
-//! A finished run ([`RunOutcome`], as [`crate::cv::run`] returns it) → `RUN/report.md`,
+//! A finished run ([`RunOutcome`], as [`crate::cv::run`] or [`crate::cv::merge`] returns it) → `RUN/report.md`,
 //! `RUN/metrics.json`, `RUN/metrics.csv`, a ROC curve PNG per experiment and a Grad-CAM montage of
 //! the best and worst Heat-Score cases; owns the tables (with the decision threshold and
 //! calibration an export would write) and the paired t-tests, and picks what the pictures show
 //! ([`crate::figures`] draws them). The caller writes the report after the run
-//! (`fcdtrain cv` does); the cross-validation itself never imports this module.
+//! (`fcdtrain cv` and `fcdtrain report` do); the cross-validation itself never imports this
+//! module. The report describes the run, not which process trained which fold, so a merge of
+//! folds trained on several machines reports exactly as a one-machine run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,7 +16,7 @@ use ndarray::Array3;
 use serde_json::{Value, json};
 
 use crate::calibrate::Decision;
-use crate::cv::{FoldResult, Metrics, RunOutcome};
+use crate::cv::{FoldResult, Metrics, RunOutcome, fold_dir};
 use crate::data::lesion::{BaselineOutcome, baseline_figures};
 use crate::figures::{PngError, write_montage, write_roc_png};
 use crate::metrics::{Confusion, mean_std, paired_t_test, roc_auc, roc_curve};
@@ -131,13 +133,6 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
         md,
         "- Heat-Score null: the same map scored against the ROI moved to ten random places in the head (whole-voxel shifts, ≥ 90 % in the head, off the real ROI), mean per subject: what a map that ignores the lesion scores. A map that knows the lesion scores well above it.\n- Hotspot ≤ 10 mm / ≤ 2 mm: the share of each test fold's lesion subjects whose Grad-CAM maximum (on the model grid, inside the head) lies within 10 mm / 2 mm of the ROI; a flat map counts as a miss."
     );
-    if run.resumed > 0 {
-        let _ = writeln!(
-            md,
-            "- {} fold(s) were finished by an earlier run and loaded.",
-            run.resumed
-        );
-    }
     let _ = writeln!(
         md,
         "\n| Model | TL | Modality | Accuracy ± std | ROC-AUC ± std | Heat-Score | Heat-Score null | Sensitivity | Specificity | Macro-F1 | Hotspot ≤ 10 mm | Hotspot ≤ 2 mm | Folds |"
@@ -400,7 +395,7 @@ pub fn write(out: &Path, run: &RunOutcome) -> Result<(), ReportError> {
         let mut cases: Vec<(f64, PathBuf, String)> = folds
             .iter()
             .flat_map(|f| {
-                let dir = out.join(&exp.name).join(format!("fold-{}", f.fold + 1));
+                let dir = fold_dir(out, &exp.name, f.fold);
                 f.predictions.iter().filter_map(move |p| {
                     p.heat_score
                         .filter(|h| h.is_finite())

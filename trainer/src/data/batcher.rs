@@ -403,9 +403,10 @@ fn write_cache(
         let path = path.to_owned();
         move |source| PrepareError::Cache { path, source }
     };
-    std::fs::write(bin, bytes).map_err(io(bin))?;
+    // Whole files only: fold processes of one run may fill the shared cache at the same time.
+    crate::atomic::replace(bin, &bytes).map_err(io(bin))?;
     // The JSON is written last: a cache entry without it is ignored.
-    std::fs::write(json, serde_json::to_vec(&meta).unwrap_or_default()).map_err(io(json))?;
+    crate::atomic::replace(json, &serde_json::to_vec(&meta).unwrap_or_default()).map_err(io(json))?;
     Ok(())
 }
 
