@@ -123,3 +123,50 @@ pub async fn echo(destinations: &Arc<[Destination]>, node_ae: &str, name: &str) 
     tracing::info!(destination = %name, success = echo.success, "C-ECHO from the console or API");
     Some(echo)
 }
+
+/// The outcome of asking a destination (a PACS) to send a study to the node, as both front
+/// ends show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RetrieveResult {
+    /// The PACS's name.
+    pub source: String,
+    /// The study asked for.
+    pub study_uid: String,
+    /// Whether the PACS reported the move done (all or some instances sent).
+    pub success: bool,
+    /// Instances the PACS sent (and the node acknowledged).
+    pub completed: u16,
+    /// Instances the PACS failed to send.
+    pub failed: u16,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// C-MOVE of study `study_uid` from the destination called `source` to this node; `None` when
+/// there is no destination by that name. The instances arrive through the node's own SCP and
+/// become a job like pushed ones.
+pub async fn retrieve(
+    destinations: &Arc<[Destination]>,
+    node_ae: &str,
+    source: &str,
+    study_uid: &str,
+    user: Option<&str>,
+) -> Option<RetrieveResult> {
+    let dest = destinations.iter().find(|d| d.name == source)?;
+    let study_uid = study_uid.trim();
+    let result = deliver::retrieve(dest, node_ae, study_uid).await;
+    let (success, completed, failed, error) = match result {
+        Ok(r) => (true, r.completed, r.failed, None),
+        Err(fault) => (false, 0, 0, Some(fault.to_string())),
+    };
+    tracing::info!(source = %source, study_uid = %study_uid, success, completed, failed, user = user.unwrap_or("-"), "study retrieval asked for");
+    Some(RetrieveResult {
+        source: source.to_owned(),
+        study_uid: study_uid.chars().take(64).collect(),
+        success,
+        completed,
+        failed,
+        error,
+    })
+}

@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::actions::{self, EchoResult};
+use super::actions::{self, EchoResult, RetrieveResult};
 use super::auth::{self, Viewer};
 use super::study::StudyFacts;
 use super::{ApiError, ApiState, blocking, job_id};
@@ -391,9 +391,33 @@ pub(super) async fn dead_page(State(state): State<ApiState>, Extension(viewer): 
     html_response(StatusCode::OK, page("Dead letters", Some(&viewer), body))
 }
 
-fn destinations_body(state: &ApiState, echo: Option<&EchoResult>) -> Markup {
+/// What the destinations page reports after an action.
+enum Outcome<'a> {
+    None,
+    Echo(&'a EchoResult),
+    Retrieve(&'a RetrieveResult),
+}
+
+fn destinations_body(state: &ApiState, outcome: Outcome<'_>) -> Markup {
+    let echo = match outcome {
+        Outcome::Echo(e) => Some(e),
+        _ => None,
+    };
+    let retrieved = match outcome {
+        Outcome::Retrieve(r) => Some(r),
+        _ => None,
+    };
     html! {
         h1 { "Destinations" }
+        @if let Some(r) = retrieved {
+            @if r.success {
+                p.note.ok #retrieve-result { b { (r.source) } " sent study " code { (r.study_uid) } ": "
+                    (r.completed) " instance(s), " (r.failed) " failed. The node analyses its T1w/FLAIR series once they are complete." }
+            } @else {
+                p.note.bad #retrieve-result { "Retrieving study " code { (r.study_uid) } " from " b { (r.source) } " failed: "
+                    (r.error.as_deref().unwrap_or("")) }
+            }
+        }
         @if let Some(e) = echo {
             @if e.success {
                 p.note.ok #echo-result { "C-ECHO to " b { (e.destination) } " succeeded in "
@@ -406,7 +430,7 @@ fn destinations_body(state: &ApiState, echo: Option<&EchoResult>) -> Markup {
             p.muted { "No [[destinations]] configured: results stay on the node." }
         } @else {
             table #destinations {
-                thead { tr { th { "Name" } th { "Called AE" } th { "Address" } th { "Calling AE" } th { "TLS" } th {} } }
+                thead { tr { th { "Name" } th { "Called AE" } th { "Address" } th { "Calling AE" } th { "TLS" } th {} th { "Retrieve a study (C-MOVE to this node)" } } }
                 tbody {
                     @for d in state.destinations.iter() {
                         tr {
@@ -417,6 +441,11 @@ fn destinations_body(state: &ApiState, echo: Option<&EchoResult>) -> Markup {
                             td { @if d.tls.is_some() { "yes" } @else { "no" } }
                             td { form.inline method="post" action={ "/console/destinations/" (d.name) "/echo" } {
                                 button type="submit" { "Echo" }
+                            } }
+                            td { form.inline method="post" action={ "/console/destinations/" (d.name) "/retrieve" } {
+                                input name="study_uid" placeholder="Study Instance UID" size="40" required;
+                                " "
+                                button type="submit" { "Retrieve" }
                             } }
                         }
                     }
@@ -430,7 +459,7 @@ fn destinations_body(state: &ApiState, echo: Option<&EchoResult>) -> Markup {
 pub(super) async fn destinations_page(State(state): State<ApiState>, Extension(viewer): Extension<Viewer>) -> Response {
     html_response(
         StatusCode::OK,
-        page("Destinations", Some(&viewer), destinations_body(&state, None)),
+        page("Destinations", Some(&viewer), destinations_body(&state, Outcome::None)),
     )
 }
 
@@ -443,7 +472,54 @@ pub(super) async fn echo(
     match actions::echo(&state.destinations, &state.node_ae, &name).await {
         Some(result) => html_response(
             StatusCode::OK,
-            page("Destinations", Some(&viewer), destinations_body(&state, Some(&result))),
+            page(
+                "Destinations",
+                Some(&viewer),
+                destinations_body(&state, Outcome::Echo(&result)),
+            ),
+        ),
+        None => error_page(
+            &viewer,
+            ApiError::new(StatusCode::NOT_FOUND, format!("no destination {name:?}")),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RetrieveForm {
+    study_uid: String,
+}
+
+/// `POST /console/destinations/{name}/retrieve`: C-MOVE the study to the node, the result on
+/// the page (the study UID travels in the form body, not the URL).
+pub(super) async fn retrieve(
+    State(state): State<ApiState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+    form: Result<Form<RetrieveForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return error_page(
+            &viewer,
+            ApiError::new(StatusCode::BAD_REQUEST, "no study_uid in the form"),
+        );
+    };
+    let answer = actions::retrieve(
+        &state.destinations,
+        &state.node_ae,
+        &name,
+        &form.study_uid,
+        viewer.user.as_deref(),
+    )
+    .await;
+    match answer {
+        Some(result) => html_response(
+            StatusCode::OK,
+            page(
+                "Destinations",
+                Some(&viewer),
+                destinations_body(&state, Outcome::Retrieve(&result)),
+            ),
         ),
         None => error_page(
             &viewer,

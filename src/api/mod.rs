@@ -15,6 +15,7 @@
 //! | `POST /deliveries/{id}/resend` | one dead letter back in the outbox, with a fresh retry budget |
 //! | `GET /destinations` | the configured destinations |
 //! | `POST /destinations/{name}/echo` | C-ECHO now: 200 on success, 502 with the fault |
+//! | `POST /retrieve` | `{"source": destination, "study_uid": uid}`: C-MOVE the study from that PACS to the node, which analyses it like a pushed one; 200 with the counts, 502 with the fault |
 //! | `GET /`, `/console/…` | the web console (HTML) |
 //! | `GET`/`POST /sign-in`, `POST /sign-out` | console sign-in ([`auth`]) |
 //!
@@ -244,6 +245,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/deliveries/{id}/resend", post(resend))
         .route("/destinations", get(destinations))
         .route("/destinations/{name}/echo", post(echo))
+        .route("/retrieve", post(retrieve))
+        .route("/console/destinations/{name}/retrieve", post(console::retrieve))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::gate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -625,6 +628,37 @@ async fn echo(State(state): State<ApiState>, Path(name): Path<String>) -> Respon
         Some(result) if result.success => Json(result).into_response(),
         Some(result) => (StatusCode::BAD_GATEWAY, Json(result)).into_response(),
         None => ApiError::new(StatusCode::NOT_FOUND, format!("no destination {name:?}")).into_response(),
+    }
+}
+
+/// `POST /retrieve` body.
+#[derive(Debug, serde::Deserialize)]
+struct RetrieveRequest {
+    source: String,
+    study_uid: String,
+}
+
+async fn retrieve(
+    State(state): State<ApiState>,
+    Extension(viewer): Extension<Viewer>,
+    body: Result<Json<RetrieveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    let answer = actions::retrieve(
+        &state.destinations,
+        &state.node_ae,
+        &request.source,
+        &request.study_uid,
+        viewer.user.as_deref(),
+    )
+    .await;
+    match answer {
+        Some(result) if result.success => Json(result).into_response(),
+        Some(result) => (StatusCode::BAD_GATEWAY, Json(result)).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no destination {:?}", request.source)).into_response(),
     }
 }
 

@@ -325,3 +325,78 @@ fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_stu
     assert_eq!(orthanc.get("/instances").as_array().map(Vec::len), instances_before);
     assert!(node.log_text().contains("discarded"), "{}", node.log_text());
 }
+
+/// On-demand analysis: a study uploaded to Orthanc and not routed anywhere is retrieved when a
+/// user asks the node's API (C-MOVE from Orthanc to the node), analysed like a pushed study, and
+/// its SR lands back in Orthanc's study. Asking for a study Orthanc does not have brings nothing.
+#[test]
+fn a_study_in_orthanc_is_retrieved_on_request_and_its_results_land_back_in_orthanc() {
+    let dir = tempdir();
+    let orthanc_dicom = free_port();
+    let node_dicom = free_port();
+    let orthanc = Orthanc::start(dir.path(), orthanc_dicom, node_dicom);
+    let node = NodeProc::start_with(
+        dir.path(),
+        &crate::util::repo().join("models/demo"),
+        node_dicom,
+        &Destination {
+            name: "orthanc",
+            ae_title: "ORTHANC",
+            port: orthanc_dicom,
+        },
+        "",
+        "",
+    );
+    let files = flair_files();
+    let mut study = String::new();
+    for f in &files {
+        let answer = orthanc.post("/instances", std::fs::read(f).unwrap());
+        study = text(&answer["ParentStudy"]);
+    }
+    let study_uid = text(&orthanc.get(&format!("/studies/{study}"))["MainDicomTags"]["StudyInstanceUID"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(node.jobs().is_empty(), "nothing is routed to the node");
+
+    let api = format!("http://127.0.0.1:{}/retrieve", node.api_port);
+    let ask = |uid: &str| {
+        let response = http()
+            .post(&api)
+            .json(&json!({ "source": "orthanc", "study_uid": uid }))
+            .send()
+            .unwrap();
+        (response.status(), response.json::<Value>().unwrap())
+    };
+    let (status, answer) = ask(&study_uid);
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}\n{}", orthanc.log_text());
+    assert_eq!(answer["completed"], files.len(), "{answer}");
+    assert_eq!(answer["failed"], 0, "{answer}");
+
+    wait_until("the retrieved study's job delivered", Duration::from_secs(240), || {
+        node.jobs().first().is_some_and(|j| j["state"] == "delivered")
+    });
+    let job = &node.jobs()[0];
+    assert_eq!(job["study_uid"], study_uid.as_str());
+    assert_eq!(
+        job["calling_ae"], "ORTHANC",
+        "the C-STORE sub-operations came from Orthanc"
+    );
+    let outputs = job_classes(&node, job);
+    wait_until("the outputs in Orthanc's study", Duration::from_secs(30), || {
+        orthanc.study_series(&study).len() == 1 + outputs.len()
+    });
+    let series = orthanc.study_series(&study);
+    let sr: Vec<&Value> = series.iter().filter(|s| series_class(&orthanc, s) == SR_3D).collect();
+    assert_eq!(sr.len(), 1, "the SR is in Orthanc's study: {series:#?}");
+
+    let (status, answer) = ask("1.2.826.0.1.3680043.8.498.999999");
+    let nothing = status == reqwest::StatusCode::OK && answer["completed"] == 0;
+    assert!(
+        nothing || status == reqwest::StatusCode::BAD_GATEWAY,
+        "{status}: {answer}"
+    );
+    let (status, answer) = ask("not a uid");
+    assert_eq!(status, reqwest::StatusCode::BAD_GATEWAY, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("not a UID"), "{answer}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node.jobs().len(), 1);
+}
