@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
@@ -296,7 +296,7 @@ pub(super) async fn handle_connection(
     let _active = ActiveGuard(stats.clone());
     let accepted = accepted_contexts(&contexts);
     let refused = contexts.len() - accepted.len();
-    info!(%peer, calling_ae = %calling_ae, called_ae = %called_ae,
+    debug!(%peer, calling_ae = %calling_ae, called_ae = %called_ae,
         accepted_contexts = accepted.len(), refused_contexts = refused, "association accepted");
     bump(&stats.associations_accepted);
     let reassembly = Reassembly::new(accepted, config.max_instance_bytes(), shared.sink.staging_dir());
@@ -309,8 +309,16 @@ pub(super) async fn handle_connection(
         link,
         peer_max_pdu,
         _slot: permit,
+        tally: Tally::default(),
+        ending: "ended",
     };
     session.run().await;
+    // The association's one line at info: who, how it ended, what it carried.
+    let t = &session.tally;
+    info!(%peer, calling_ae = %session.calling_ae, called_ae = %called_ae, result = %session.ending,
+        stored = t.stored.load(Ordering::Relaxed), duplicates = t.duplicates.load(Ordering::Relaxed),
+        discarded = t.discarded.load(Ordering::Relaxed), refused = t.refused.load(Ordering::Relaxed),
+        "association ended");
     sink.connection_event(ConnectionEvent::AssociationEnded { peer, calling_ae });
 }
 
@@ -537,6 +545,23 @@ struct Session {
     peer_max_pdu: u32,
     /// The association slot, held until the session ends.
     _slot: OwnedSemaphorePermit,
+    /// What its C-STOREs came to.
+    tally: Tally,
+    /// How it ended, for the association's log line.
+    ending: &'static str,
+}
+
+/// C-STORE outcomes of one association.
+#[derive(Default)]
+struct Tally {
+    stored: AtomicU32,
+    duplicates: AtomicU32,
+    discarded: AtomicU32,
+    refused: AtomicU32,
+}
+
+fn count(counter: &AtomicU32) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Why no PDU came within an association.
@@ -588,12 +613,14 @@ impl Session {
                         warn!(peer = %self.peer, error = %e, "cannot send A-RELEASE-RP");
                     }
                     let _ = self.link.shutdown().await;
-                    info!(peer = %self.peer, calling_ae = %self.calling_ae, "association released");
+                    debug!(peer = %self.peer, calling_ae = %self.calling_ae, "association released");
+                    self.ending = "released";
                     return;
                 }
                 Pdu::AbortRQ { source } => {
                     bump(&self.shared.stats.associations_aborted);
-                    info!(peer = %self.peer, calling_ae = %self.calling_ae, ?source, "association aborted by the peer");
+                    debug!(peer = %self.peer, calling_ae = %self.calling_ae, ?source, "association aborted by the peer");
+                    self.ending = "aborted by the peer";
                     return;
                 }
                 Pdu::Unknown { pdu_type, .. } => {
@@ -640,6 +667,7 @@ impl Session {
             ReceiveError::Read(ReadError::Closed) => {
                 bump(&self.shared.stats.associations_aborted);
                 warn!(peer = %self.peer, calling_ae = %self.calling_ae, "connection closed by the peer without release");
+                self.ending = "closed without release";
                 return;
             }
             ReceiveError::Read(e @ ReadError::Malformed { .. }) => {
@@ -656,6 +684,7 @@ impl Session {
     /// Sends A-ABORT (best effort) and closes the connection.
     async fn abort(&mut self, a: Abort) {
         bump(&self.shared.stats.associations_aborted);
+        self.ending = "aborted by the node";
         warn!(peer = %self.peer, calling_ae = %self.calling_ae, reason = %a.reason, why = %a.why, "aborting association");
         let pdu = Pdu::AbortRQ {
             source: AbortRQSource::ServiceProvider(a.reason),
@@ -782,23 +811,28 @@ impl Session {
         let (sop_class, sop_instance) = (&command.affected_sop_class, &command.affected_sop_instance);
         match end {
             StoreEnd::Stored => {
+                count(&self.tally.stored);
                 bump(&stats.instances_stored);
                 debug!(%peer, calling_ae = %calling_ae, sop_instance = %sop_instance, "stored");
             }
             StoreEnd::Duplicate => {
+                count(&self.tally.duplicates);
                 bump(&stats.instances_stored);
                 info!(%peer, calling_ae = %calling_ae, sop_instance = %sop_instance, "duplicate (already stored)");
             }
             StoreEnd::NotMr => {
+                count(&self.tally.discarded);
                 bump(&stats.instances_discarded);
                 info!(%peer, calling_ae = %calling_ae, sop_class = %sop_class, sop_instance = %sop_instance,
                     bytes, "discarded: not an MR storage class (other_storage = discard)");
             }
             StoreEnd::DiscardedBySink { reason } => {
+                count(&self.tally.discarded);
                 bump(&stats.instances_discarded);
                 info!(%peer, calling_ae = %calling_ae, sop_instance = %sop_instance, reason = %reason, "discarded by the spool");
             }
             StoreEnd::Failed { status, why } => {
+                count(&self.tally.refused);
                 bump(&stats.instances_failed);
                 warn!(%peer, calling_ae = %calling_ae, sop_class = %sop_class, sop_instance = %sop_instance,
                     status = format!("0x{status:04X}"), why = %why, "C-STORE failed");

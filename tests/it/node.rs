@@ -1652,8 +1652,9 @@ fn the_default_log_is_info_for_the_node_plain_and_readable() {
     for expected in [
         "DICOM SCP listening",
         "node ready",
-        "association accepted",
-        "association released",
+        "association ended",
+        "result=released",
+        "stored=180",
         "job created",
         "job reported",
         "job delivered",
