@@ -124,49 +124,90 @@ pub async fn echo(destinations: &Arc<[Destination]>, node_ae: &str, name: &str) 
     Some(echo)
 }
 
-/// The outcome of asking a destination (a PACS) to send a study to the node, as both front
+/// Which studies to fetch from a PACS.
+#[derive(Clone, Debug)]
+pub enum RetrieveTarget {
+    /// One study by its Study Instance UID.
+    Study(String),
+    /// Every study of a patient on a date (or a `YYYYMMDD-YYYYMMDD` range), found by C-FIND.
+    Patient { patient_id: String, study_date: String },
+}
+
+/// The outcome of asking a destination (a PACS) to send studies to the node, as both front
 /// ends show it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RetrieveResult {
     /// The PACS's name.
     pub source: String,
-    /// The study asked for.
-    pub study_uid: String,
-    /// Whether the PACS reported the move done (all or some instances sent).
+    /// The studies asked for (found by the query, or the one given).
+    pub studies: Vec<String>,
+    /// Whether every move was reported done (all or some instances sent).
     pub success: bool,
-    /// Instances the PACS sent (and the node acknowledged).
-    pub completed: u16,
+    /// Instances the PACS sent (and the node acknowledged), over all studies.
+    pub completed: u32,
     /// Instances the PACS failed to send.
-    pub failed: u16,
+    pub failed: u32,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// C-MOVE of study `study_uid` from the destination called `source` to this node; `None` when
-/// there is no destination by that name. The instances arrive through the node's own SCP and
-/// become a job like pushed ones.
+/// C-MOVE of the target's studies from the destination called `source` to this node; `None`
+/// when there is no destination by that name. The instances arrive through the node's own SCP
+/// and become jobs like pushed ones.
 pub async fn retrieve(
     destinations: &Arc<[Destination]>,
     node_ae: &str,
     source: &str,
-    study_uid: &str,
+    target: &RetrieveTarget,
     user: Option<&str>,
 ) -> Option<RetrieveResult> {
     let dest = destinations.iter().find(|d| d.name == source)?;
-    let study_uid = study_uid.trim();
-    let result = deliver::retrieve(dest, node_ae, study_uid).await;
-    let (success, completed, failed, error) = match result {
-        Ok(r) => (true, r.completed, r.failed, None),
-        Err(fault) => (false, 0, 0, Some(fault.to_string())),
-    };
-    tracing::info!(source = %source, study_uid = %study_uid, success, completed, failed, user = user.unwrap_or("-"), "study retrieval asked for");
-    Some(RetrieveResult {
+    let mut result = RetrieveResult {
         source: source.to_owned(),
-        study_uid: study_uid.chars().take(64).collect(),
-        success,
-        completed,
-        failed,
-        error,
-    })
+        studies: Vec::new(),
+        success: false,
+        completed: 0,
+        failed: 0,
+        error: None,
+    };
+    let studies = match target {
+        RetrieveTarget::Study(uid) => Ok(vec![uid.trim().to_owned()]),
+        RetrieveTarget::Patient { patient_id, study_date } => {
+            deliver::find_studies(dest, node_ae, patient_id.trim(), study_date.trim()).await
+        }
+    };
+    match studies {
+        Err(fault) => result.error = Some(fault.to_string()),
+        Ok(studies) if studies.is_empty() => result.error = Some("no study matches".into()),
+        Ok(studies) => {
+            result.success = true;
+            for uid in studies {
+                match deliver::retrieve(dest, node_ae, &uid).await {
+                    Ok(r) => {
+                        result.completed += u32::from(r.completed);
+                        result.failed += u32::from(r.failed);
+                    }
+                    Err(fault) => {
+                        result.success = false;
+                        result.error = Some(fault.to_string());
+                    }
+                }
+                result.studies.push(uid.chars().take(64).collect());
+                if !result.success {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(
+        source = %source,
+        studies = result.studies.len(),
+        success = result.success,
+        completed = result.completed,
+        failed = result.failed,
+        user = user.unwrap_or("-"),
+        "study retrieval asked for"
+    );
+    Some(result)
 }

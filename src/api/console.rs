@@ -411,10 +411,11 @@ fn destinations_body(state: &ApiState, outcome: Outcome<'_>) -> Markup {
         h1 { "Destinations" }
         @if let Some(r) = retrieved {
             @if r.success {
-                p.note.ok #retrieve-result { b { (r.source) } " sent study " code { (r.study_uid) } ": "
-                    (r.completed) " instance(s), " (r.failed) " failed. The node analyses its T1w/FLAIR series once they are complete." }
+                p.note.ok #retrieve-result { b { (r.source) } " sent " (r.studies.len()) " study(ies) ("
+                    @for (i, uid) in r.studies.iter().enumerate() { @if i > 0 { ", " } code { (uid) } }
+                    "): " (r.completed) " instance(s), " (r.failed) " failed. The node analyses their T1w/FLAIR series once they are complete." }
             } @else {
-                p.note.bad #retrieve-result { "Retrieving study " code { (r.study_uid) } " from " b { (r.source) } " failed: "
+                p.note.bad #retrieve-result { "Retrieving from " b { (r.source) } " failed: "
                     (r.error.as_deref().unwrap_or("")) }
             }
         }
@@ -443,7 +444,11 @@ fn destinations_body(state: &ApiState, outcome: Outcome<'_>) -> Markup {
                                 button type="submit" { "Echo" }
                             } }
                             td { form.inline method="post" action={ "/console/destinations/" (d.name) "/retrieve" } {
-                                input name="study_uid" placeholder="Study Instance UID" size="40" required;
+                                input name="study_uid" placeholder="Study Instance UID" size="34";
+                                " or "
+                                input name="patient_id" placeholder="Patient ID" size="12";
+                                " "
+                                input name="study_date" type="date" title="Study date";
                                 " "
                                 button type="submit" { "Retrieve" }
                             } }
@@ -487,28 +492,42 @@ pub(super) async fn echo(
 
 #[derive(serde::Deserialize)]
 pub(super) struct RetrieveForm {
+    #[serde(default)]
     study_uid: String,
+    #[serde(default)]
+    patient_id: String,
+    #[serde(default)]
+    study_date: String,
 }
 
-/// `POST /console/destinations/{name}/retrieve`: C-MOVE the study to the node, the result on
-/// the page (the study UID travels in the form body, not the URL).
+/// `POST /console/destinations/{name}/retrieve`: C-MOVE a study (given by its UID, or found by
+/// patient ID and date) to the node, the result on the page (the form body carries the
+/// identifiers, never the URL).
 pub(super) async fn retrieve(
     State(state): State<ApiState>,
     Extension(viewer): Extension<Viewer>,
     Path(name): Path<String>,
     form: Result<Form<RetrieveForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return error_page(
-            &viewer,
-            ApiError::new(StatusCode::BAD_REQUEST, "no study_uid in the form"),
-        );
+    let target = match form {
+        Ok(Form(f)) if !f.study_uid.trim().is_empty() => actions::RetrieveTarget::Study(f.study_uid),
+        Ok(Form(f)) if !f.patient_id.trim().is_empty() => actions::RetrieveTarget::Patient {
+            patient_id: f.patient_id,
+            study_date: f.study_date.replace('-', ""),
+        },
+        _ => {
+            let e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "give a Study Instance UID, or a patient ID and a date",
+            );
+            return error_page(&viewer, e);
+        }
     };
     let answer = actions::retrieve(
         &state.destinations,
         &state.node_ae,
         &name,
-        &form.study_uid,
+        &target,
         viewer.user.as_deref(),
     )
     .await;

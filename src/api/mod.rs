@@ -15,7 +15,7 @@
 //! | `POST /deliveries/{id}/resend` | one dead letter back in the outbox, with a fresh retry budget |
 //! | `GET /destinations` | the configured destinations |
 //! | `POST /destinations/{name}/echo` | C-ECHO now: 200 on success, 502 with the fault |
-//! | `POST /retrieve` | `{"source": destination, "study_uid": uid}`: C-MOVE the study from that PACS to the node, which analyses it like a pushed one; 200 with the counts, 502 with the fault |
+//! | `POST /retrieve` | `{"source": destination, "study_uid": uid}` (or `"patient_id"` and `"study_date"`, found by C-FIND): C-MOVE the studies from that PACS to the node, which analyses them like pushed ones; 200 with the counts, 502 with the fault |
 //! | `GET /`, `/console/…` | the web console (HTML) |
 //! | `GET`/`POST /sign-in`, `POST /sign-out` | console sign-in ([`auth`]) |
 //!
@@ -631,11 +631,30 @@ async fn echo(State(state): State<ApiState>, Path(name): Path<String>) -> Respon
     }
 }
 
-/// `POST /retrieve` body.
+/// `POST /retrieve` body: `source` and either `study_uid`, or `patient_id` with `study_date`.
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RetrieveRequest {
     source: String,
-    study_uid: String,
+    study_uid: Option<String>,
+    patient_id: Option<String>,
+    study_date: Option<String>,
+}
+
+impl RetrieveRequest {
+    fn target(self) -> Result<(String, actions::RetrieveTarget), ApiError> {
+        let target = match (self.study_uid, self.patient_id, self.study_date) {
+            (Some(uid), None, None) => actions::RetrieveTarget::Study(uid),
+            (None, Some(patient_id), Some(study_date)) => actions::RetrieveTarget::Patient { patient_id, study_date },
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "give study_uid, or patient_id with study_date (YYYYMMDD or YYYYMMDD-YYYYMMDD)",
+                ));
+            }
+        };
+        Ok((self.source, target))
+    }
 }
 
 async fn retrieve(
@@ -643,22 +662,26 @@ async fn retrieve(
     Extension(viewer): Extension<Viewer>,
     body: Result<Json<RetrieveRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    let request = match body {
+        Ok(Json(body)) => body.target(),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.body_text())),
+    };
+    let (source, target) = match request {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
     };
     let answer = actions::retrieve(
         &state.destinations,
         &state.node_ae,
-        &request.source,
-        &request.study_uid,
+        &source,
+        &target,
         viewer.user.as_deref(),
     )
     .await;
     match answer {
         Some(result) if result.success => Json(result).into_response(),
         Some(result) => (StatusCode::BAD_GATEWAY, Json(result)).into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, format!("no destination {:?}", request.source)).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no destination {source:?}")).into_response(),
     }
 }
 

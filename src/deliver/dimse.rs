@@ -7,6 +7,10 @@ use crate::dimse::{C_ECHO_RQ, C_STORE_RQ, CommandWriter, DimseError, NO_DATA_SET
 const C_MOVE_RQ: u16 = 0x0021;
 /// Command Field of C-MOVE-RSP.
 pub const C_MOVE_RSP: u16 = C_MOVE_RQ | crate::dimse::RESPONSE_BIT;
+/// Command Field of C-FIND-RQ.
+const C_FIND_RQ: u16 = 0x0020;
+/// Command Field of C-FIND-RSP.
+pub const C_FIND_RSP: u16 = C_FIND_RQ | crate::dimse::RESPONSE_BIT;
 
 /// Command Field of C-STORE-RSP.
 pub const C_STORE_RSP: u16 = C_STORE_RQ | crate::dimse::RESPONSE_BIT;
@@ -139,7 +143,18 @@ pub fn c_move_rq(message_id: u16, sop_class: &str, destination_ae: &str) -> Vec<
         .finish()
 }
 
-/// A C-MOVE-RSP: status and the sub-operation counters.
+/// The command set of a C-FIND-RQ (priority medium, an identifier follows).
+pub fn c_find_rq(message_id: u16, sop_class: &str) -> Vec<u8> {
+    CommandWriter::new()
+        .uid(0x0002, sop_class)
+        .us(0x0100, C_FIND_RQ)
+        .us(0x0110, message_id)
+        .us(0x0700, 0x0000)
+        .us(0x0800, 0x0000)
+        .finish()
+}
+
+/// A C-FIND-RSP or C-MOVE-RSP: status and, for C-MOVE, the sub-operation counters.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MoveRsp {
     /// Command Field.
@@ -157,7 +172,7 @@ pub struct MoveRsp {
     pub warning: Option<u16>,
 }
 
-/// Parses a C-MOVE-RSP command set.
+/// Parses a C-FIND-RSP or C-MOVE-RSP command set.
 pub fn parse_move_rsp(bytes: &[u8]) -> Result<MoveRsp, DimseError> {
     let mut rsp = MoveRsp::default();
     let (mut field, mut responding, mut status) = (None, None, None);

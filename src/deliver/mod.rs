@@ -9,7 +9,8 @@
 //! - [`post`] sends a notification (FHIR DiagnosticReport or webhook JSON) to an HTTP
 //!   [`Endpoint`] of `[notify]`; HTTP 408, 425, 429 and 5xx are transient, other statuses
 //!   permanent.
-//! - [`retrieve`] asks a destination that is also a PACS to C-MOVE a study to the node.
+//! - [`retrieve`] asks a destination that is also a PACS to C-MOVE a study to the node;
+//!   [`find_studies`] finds a patient's studies of a date there first (C-FIND).
 //! - [`echo`] tests a destination with C-ECHO over the same association settings.
 //! - [`DeliveryFault::kind`] says whether a failure is [`FaultKind::Transient`] (connection
 //!   refused or lost, timeouts, A-ABORT, association rejected-transient, status 0xA7xx) or
@@ -35,7 +36,7 @@ mod tls;
 pub use fault::{DeliveryFault, FaultKind, FaultReason, StatusClass, status_class};
 pub use files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 pub use notify::{Endpoint, EndpointKind, NotifyConfig, NotifyWhen, post};
-pub use retrieve::{Retrieved, STUDY_ROOT_MOVE, retrieve};
+pub use retrieve::{MAX_MATCHES, Retrieved, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, find_studies, retrieve};
 pub use scu::{Echoed, FileOutcome, Stored, echo, send};
 pub use settings::{Destination, MAX_MAX_PDU, MAX_TIMEOUT_S, MIN_MAX_PDU, RetryPolicy, SettingsError, check_ae_title};
 pub use tls::{TlsSettings, TlsSettingsError};

@@ -1100,8 +1100,8 @@ fn dicom_files(dir: &Path) -> Vec<PathBuf> {
 /// A job of the node with the demo model on the synthetic FCD patient (suspected, so every
 /// object is made) sends exactly the objects of Table 8.1-1, written as its Transfer Syntax
 /// column and Table 4.2-3 say, over associations proposing the contexts of Table 4.2-4 with
-/// the SCU's identity; a C-ECHO to the destination proposes the Verification row and a C-MOVE
-/// the Query/Retrieve row; and
+/// the SCU's identity; a C-ECHO to the destination proposes the Verification row, a C-MOVE and
+/// a C-FIND the Query/Retrieve rows; and
 /// `fcdnode infer --single-frame` makes the per-slice overlay row.
 #[test]
 fn created_objects_and_scu_proposals_are_the_tables() {
@@ -1191,9 +1191,15 @@ fn created_objects_and_scu_proposals_are_the_tables() {
         .block_on(deliver::echo(&dest, "FCDNODE"))
         .unwrap_or_else(|e| panic!("C-ECHO to the PACS: {e}"));
     // storescp offers no retrieval: the association carries no context, but its request shows
-    // what the MOVE SCU proposes.
+    // what the MOVE and FIND SCU propose.
     let refused = runtime.block_on(deliver::retrieve(&dest, "FCDNODE", "1.2.826.0.1.3680043.8.498.1"));
     let err = refused.expect_err("storescp is no C-MOVE SCP").to_string();
+    assert!(
+        err.contains("accepted none of the proposed presentation contexts"),
+        "{err}"
+    );
+    let refused = runtime.block_on(deliver::find_studies(&dest, "FCDNODE", "SYNTH00001", "20240101"));
+    let err = refused.expect_err("storescp is no C-FIND SCP").to_string();
     assert!(
         err.contains("accepted none of the proposed presentation contexts"),
         "{err}"
@@ -1201,8 +1207,8 @@ fn created_objects_and_scu_proposals_are_the_tables() {
     let requests = recorder.requests();
     assert_eq!(
         requests.len(),
-        before + 2,
-        "the C-ECHO and the C-MOVE took one association each"
+        before + 3,
+        "the C-ECHO, the C-MOVE and the C-FIND took one association each"
     );
     let echo_classes: Vec<String> = requests[before]
         .presentation_contexts
@@ -1216,6 +1222,12 @@ fn created_objects_and_scu_proposals_are_the_tables() {
         .map(|pc| pc.abstract_syntax.trim_end_matches('\0').to_owned())
         .collect();
     assert_eq!(move_classes, [deliver::STUDY_ROOT_MOVE]);
+    let find_classes: Vec<String> = requests[before + 2]
+        .presentation_contexts
+        .iter()
+        .map(|pc| pc.abstract_syntax.trim_end_matches('\0').to_owned())
+        .collect();
+    assert_eq!(find_classes, [deliver::STUDY_ROOT_FIND]);
     let mut proposed = BTreeSet::new();
     for rq in &requests {
         assert_eq!(

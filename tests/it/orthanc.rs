@@ -326,9 +326,10 @@ fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_stu
     assert!(node.log_text().contains("discarded"), "{}", node.log_text());
 }
 
-/// On-demand analysis: a study uploaded to Orthanc and not routed anywhere is retrieved when a
-/// user asks the node's API (C-MOVE from Orthanc to the node), analysed like a pushed study, and
-/// its SR lands back in Orthanc's study. Asking for a study Orthanc does not have brings nothing.
+/// On-demand analysis: a study uploaded to Orthanc and not routed anywhere is found by patient
+/// ID and date (C-FIND) and retrieved (C-MOVE from Orthanc to the node) when a user asks the
+/// node's API, analysed like a pushed study, and its SR lands back in Orthanc's study. Asking
+/// for a study Orthanc does not have brings nothing.
 #[test]
 fn a_study_in_orthanc_is_retrieved_on_request_and_its_results_land_back_in_orthanc() {
     let dir = tempdir();
@@ -358,16 +359,15 @@ fn a_study_in_orthanc_is_retrieved_on_request_and_its_results_land_back_in_ortha
     assert!(node.jobs().is_empty(), "nothing is routed to the node");
 
     let api = format!("http://127.0.0.1:{}/retrieve", node.api_port);
-    let ask = |uid: &str| {
-        let response = http()
-            .post(&api)
-            .json(&json!({ "source": "orthanc", "study_uid": uid }))
-            .send()
-            .unwrap();
+    let post = |body: Value| {
+        let response = http().post(&api).json(&body).send().unwrap();
         (response.status(), response.json::<Value>().unwrap())
     };
-    let (status, answer) = ask(&study_uid);
+    let ask = |uid: &str| post(json!({ "source": "orthanc", "study_uid": uid }));
+    // By patient ID and study date: C-FIND finds the study, C-MOVE brings it.
+    let (status, answer) = post(json!({ "source": "orthanc", "patient_id": "SYNTH00001", "study_date": "20240101" }));
     assert_eq!(status, reqwest::StatusCode::OK, "{answer}\n{}", orthanc.log_text());
+    assert_eq!(answer["studies"], json!([study_uid]), "{answer}");
     assert_eq!(answer["completed"], files.len(), "{answer}");
     assert_eq!(answer["failed"], 0, "{answer}");
 
@@ -394,6 +394,17 @@ fn a_study_in_orthanc_is_retrieved_on_request_and_its_results_land_back_in_ortha
         nothing || status == reqwest::StatusCode::BAD_GATEWAY,
         "{status}: {answer}"
     );
+    let (status, answer) = post(json!({ "source": "orthanc", "patient_id": "SYNTH00001", "study_date": "20230101" }));
+    assert_eq!(status, reqwest::StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(answer["error"], "no study matches", "{answer}");
+    let (status, answer) = post(json!({ "source": "orthanc", "patient_id": "SYNTH*", "study_date": "20240101" }));
+    assert_eq!(status, reqwest::StatusCode::BAD_GATEWAY, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("without wildcards"),
+        "{answer}"
+    );
+    let (status, _) = post(json!({ "source": "orthanc", "patient_id": "SYNTH00001" }));
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "a patient ID needs a date");
     let (status, answer) = ask("not a uid");
     assert_eq!(status, reqwest::StatusCode::BAD_GATEWAY, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("not a UID"), "{answer}");
