@@ -4,11 +4,28 @@
 
 use std::sync::Arc;
 
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
 
-use super::ApiError;
+use super::auth::Viewer;
+use super::{ApiError, ApiState, blocking, job_id};
 use crate::deliver::{self, Destination};
 use crate::spool::db::{DeliveryState, JobDb, Requeue, Rerun};
+
+/// An action on the database for the id in the request path, by the viewer, on the blocking
+/// pool (the console and the JSON API differ only in how they answer); returns the id and what
+/// the action returned.
+pub(super) async fn on_id<T: Send + 'static>(
+    state: &ApiState,
+    viewer: &Viewer,
+    path: Result<Path<i64>, PathRejection>,
+    action: fn(&JobDb, i64, Option<&str>) -> Result<T, ApiError>,
+) -> Result<(i64, T), ApiError> {
+    let id = job_id(path)?;
+    let (db, user) = (state.db.clone(), viewer.user.clone());
+    blocking(move || action(&db, id, user.as_deref()).map(|t| (id, t))).await
+}
 
 /// Puts dead letter `id` back in the outbox; returns its job.
 pub fn resend(db: &JobDb, id: i64, user: Option<&str>) -> Result<i64, ApiError> {

@@ -547,19 +547,14 @@ pub(super) async fn retrieve(
     }
 }
 
-/// `POST /console/deliveries/{id}/resend`.
+/// `POST /console/deliveries/{id}/resend`: to the job's page.
 pub(super) async fn resend(
     State(state): State<ApiState>,
     Extension(viewer): Extension<Viewer>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Response {
-    let id = match job_id(path) {
-        Ok(id) => id,
-        Err(e) => return error_page(&viewer, e),
-    };
-    let (db, user) = (state.db.clone(), viewer.user.clone());
-    match blocking(move || actions::resend(&db, id, user.as_deref())).await {
-        Ok(job) => Redirect::to(&format!("/console/jobs/{job}")).into_response(),
+    match actions::on_id(&state, &viewer, path, actions::resend).await {
+        Ok((_, job)) => Redirect::to(&format!("/console/jobs/{job}")).into_response(),
         Err(e) => error_page(&viewer, e),
     }
 }
@@ -570,13 +565,8 @@ pub(super) async fn resend_job(
     Extension(viewer): Extension<Viewer>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Response {
-    let id = match job_id(path) {
-        Ok(id) => id,
-        Err(e) => return error_page(&viewer, e),
-    };
-    let (db, user) = (state.db.clone(), viewer.user.clone());
-    match blocking(move || actions::resend_job(&db, id, user.as_deref())).await {
-        Ok(_) => Redirect::to(&format!("/console/jobs/{id}")).into_response(),
+    match actions::on_id(&state, &viewer, path, actions::resend_job).await {
+        Ok((id, _)) => Redirect::to(&format!("/console/jobs/{id}")).into_response(),
         Err(e) => error_page(&viewer, e),
     }
 }
@@ -587,13 +577,8 @@ pub(super) async fn rerun(
     Extension(viewer): Extension<Viewer>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Response {
-    let id = match job_id(path) {
-        Ok(id) => id,
-        Err(e) => return error_page(&viewer, e),
-    };
-    let (db, user) = (state.db.clone(), viewer.user.clone());
-    match blocking(move || actions::rerun(&db, id, user.as_deref())).await {
-        Ok(new) => Redirect::to(&format!("/console/jobs/{new}")).into_response(),
+    match actions::on_id(&state, &viewer, path, actions::rerun).await {
+        Ok((_, new)) => Redirect::to(&format!("/console/jobs/{new}")).into_response(),
         Err(e) => error_page(&viewer, e),
     }
 }

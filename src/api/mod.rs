@@ -553,13 +553,8 @@ async fn rerun(
     Extension(viewer): Extension<Viewer>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Response {
-    let id = match job_id(path) {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
-    let db = state.db.clone();
-    match blocking(move || actions::rerun(&db, id, viewer.user.as_deref())).await {
-        Ok(new) => (StatusCode::CREATED, Json(serde_json::json!({ "job": new }))).into_response(),
+    match actions::on_id(&state, &viewer, path, actions::rerun).await {
+        Ok((_, new)) => (StatusCode::CREATED, Json(serde_json::json!({ "job": new }))).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -569,13 +564,8 @@ async fn resend_job(
     Extension(viewer): Extension<Viewer>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Response {
-    let id = match job_id(path) {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
-    let db = state.db.clone();
-    match blocking(move || actions::resend_job(&db, id, viewer.user.as_deref())).await {
-        Ok(n) => Json(serde_json::json!({ "job": id, "resent": n })).into_response(),
+    match actions::on_id(&state, &viewer, path, actions::resend_job).await {
+        Ok((id, n)) => Json(serde_json::json!({ "job": id, "resent": n })).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -585,13 +575,8 @@ async fn resend(
     Extension(viewer): Extension<Viewer>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Response {
-    let id = match job_id(path) {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
-    let db = state.db.clone();
-    match blocking(move || actions::resend(&db, id, viewer.user.as_deref())).await {
-        Ok(job) => Json(serde_json::json!({ "delivery": id, "job": job, "state": "pending" })).into_response(),
+    match actions::on_id(&state, &viewer, path, actions::resend).await {
+        Ok((id, job)) => Json(serde_json::json!({ "delivery": id, "job": job, "state": "pending" })).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -15,7 +15,7 @@ use super::dimse::{self, C_MOVE_RSP, MoveRsp};
 use super::fault::{DeliveryFault, FaultReason};
 use super::files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 use super::scu::{Ctx, associate, finish, reason_of, send_pdvs};
-use super::settings::{Destination, check_ae_title};
+use super::settings::Destination;
 use crate::dicom_build::is_uid;
 use crate::dimse::{MAX_COMMAND_SET, pdu_name};
 
@@ -44,10 +44,7 @@ pub struct Retrieved {
 /// Asks `source` to C-MOVE study `study_uid` to `node_ae` (this node) and waits for the final
 /// response. `Err` when the association or the move failed as a whole.
 pub async fn retrieve(source: &Destination, node_ae: &str, study_uid: &str) -> Result<Retrieved, DeliveryFault> {
-    let ctx = Ctx {
-        dest: source,
-        peer: source.peer(),
-    };
+    let (ctx, tls, calling_ae) = Ctx::open(source, node_ae)?;
     if !is_uid(study_uid) {
         return Err(ctx.fault(
             None,
@@ -57,12 +54,6 @@ pub async fn retrieve(source: &Destination, node_ae: &str, study_uid: &str) -> R
             )),
         ));
     }
-    let tls = source
-        .prepare()
-        .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
-    let calling_ae = source.calling_ae(node_ae).to_owned();
-    check_ae_title(&calling_ae)
-        .map_err(|m| ctx.fault(None, FaultReason::InvalidDestination(format!("calling AE title: {m}"))))?;
     let key = (STUDY_ROOT_MOVE.to_owned(), IMPLICIT_VR_LE.to_owned());
     let mut assoc = associate(&ctx, &calling_ae, &[&key], tls.as_ref()).await?;
     let Some((pc_id, ts)) = assoc
@@ -129,10 +120,7 @@ pub async fn find_studies(
     patient_id: &str,
     study_date: &str,
 ) -> Result<Vec<String>, DeliveryFault> {
-    let ctx = Ctx {
-        dest: source,
-        peer: source.peer(),
-    };
+    let (ctx, tls, calling_ae) = Ctx::open(source, node_ae)?;
     let bad = |message: String| ctx.fault(None, FaultReason::InvalidDestination(message));
     if patient_id.is_empty()
         || patient_id.len() > 64
@@ -154,9 +142,6 @@ pub async fn find_studies(
             study_date.chars().take(40).collect::<String>()
         )));
     }
-    let tls = source.prepare().map_err(|e| bad(e.to_string()))?;
-    let calling_ae = source.calling_ae(node_ae).to_owned();
-    check_ae_title(&calling_ae).map_err(|m| bad(format!("calling AE title: {m}")))?;
     let key = (STUDY_ROOT_FIND.to_owned(), IMPLICIT_VR_LE.to_owned());
     let mut assoc = associate(&ctx, &calling_ae, &[&key], tls.as_ref()).await?;
     let accepted = assoc

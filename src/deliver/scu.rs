@@ -51,7 +51,27 @@ pub(super) struct Ctx<'a> {
     pub(super) peer: String,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// What every association to `dest` starts from: the context for messages, the TLS client
+    /// when `[destinations.tls]` is set, and the calling AE title (ours unless overridden),
+    /// each checked.
+    pub(super) fn open(
+        dest: &'a Destination,
+        node_ae: &str,
+    ) -> Result<(Self, Option<TlsClient>, String), DeliveryFault> {
+        let ctx = Ctx {
+            dest,
+            peer: dest.peer(),
+        };
+        let tls = dest
+            .prepare()
+            .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
+        let calling_ae = dest.calling_ae(node_ae).to_owned();
+        check_ae_title(&calling_ae)
+            .map_err(|m| ctx.fault(None, FaultReason::InvalidDestination(format!("calling AE title: {m}"))))?;
+        Ok((ctx, tls, calling_ae))
+    }
+
     pub(super) fn fault(&self, file: Option<&Path>, reason: FaultReason) -> DeliveryFault {
         DeliveryFault::new(&self.dest.name, &self.peer, file.map(Path::to_path_buf), reason)
     }
@@ -72,16 +92,7 @@ impl Ctx<'_> {
 ///
 /// Needs a multi-thread tokio runtime (file reading and re-encoding run on blocking threads).
 pub async fn send(dest: &Destination, node_ae: &str, files: &[PathBuf]) -> Result<Vec<FileOutcome>, DeliveryFault> {
-    let ctx = Ctx {
-        dest,
-        peer: dest.peer(),
-    };
-    let tls = dest
-        .prepare()
-        .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
-    let calling_ae = dest.calling_ae(node_ae).to_owned();
-    check_ae_title(&calling_ae)
-        .map_err(|m| ctx.fault(None, FaultReason::InvalidDestination(format!("calling AE title: {m}"))))?;
+    let (ctx, tls, calling_ae) = Ctx::open(dest, node_ae)?;
 
     let paths = files.to_vec();
     let scanned = tokio::task::spawn_blocking(move || paths.iter().map(|p| scan(p)).collect::<Vec<_>>())
@@ -189,16 +200,7 @@ pub struct Echoed {
 /// reasons): one association proposing Verification, one C-ECHO, release.
 pub async fn echo(dest: &Destination, node_ae: &str) -> Result<Echoed, DeliveryFault> {
     let start = std::time::Instant::now();
-    let ctx = Ctx {
-        dest,
-        peer: dest.peer(),
-    };
-    let tls = dest
-        .prepare()
-        .map_err(|e| ctx.fault(None, FaultReason::InvalidDestination(e.to_string())))?;
-    let calling_ae = dest.calling_ae(node_ae).to_owned();
-    check_ae_title(&calling_ae)
-        .map_err(|m| ctx.fault(None, FaultReason::InvalidDestination(format!("calling AE title: {m}"))))?;
+    let (ctx, tls, calling_ae) = Ctx::open(dest, node_ae)?;
     let key = (VERIFICATION.to_owned(), IMPLICIT_VR_LE.to_owned());
     let mut assoc = associate(&ctx, &calling_ae, &[&key], tls.as_ref()).await?;
     let during = "sending the C-ECHO-RQ";

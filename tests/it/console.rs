@@ -121,12 +121,21 @@ impl Browser {
         self.call(Some(json!({})), &format!("/element/{id}/click"));
     }
 
-    /// Clicks and waits until the browser is at a URL ending in `to`.
-    fn click_to(&self, css: &str, to: &str) {
+    /// Clicks something that loads a page (a link, a form's button) and waits until the new
+    /// page has replaced the old one: the old document is marked first, so nothing is read
+    /// from it by mistake.
+    fn click_and_load(&self, css: &str) {
+        self.script("document.documentElement.dataset.old = '1';");
         self.click(css);
-        wait_until(&format!("the browser at …{to}"), Duration::from_secs(60), || {
-            self.url().ends_with(to) && self.script("return document.readyState;") == "complete"
-        });
+        wait_until(
+            &format!("the page after clicking {css}"),
+            Duration::from_secs(60),
+            || {
+                self.script(
+                    "return document.readyState === 'complete' && document.documentElement.dataset.old === undefined;",
+                ) == true
+            },
+        );
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -235,12 +244,12 @@ fn a_physicist_signs_in_sees_the_job_echoes_resends_and_reruns_in_chromium() {
     browser.screenshot("01-sign-in.png");
     browser.type_into("#user", USER);
     browser.type_into("#password", "wrong password");
-    browser.click("#sign-in");
+    browser.click_and_load("#sign-in");
     assert!(browser.text("#sign-in-failed").contains("Wrong user name or password"));
     browser.screenshot("02-sign-in-failed.png");
     browser.type_into("#user", USER);
     browser.type_into("#password", PASSWORD);
-    browser.click("#sign-in");
+    browser.click_and_load("#sign-in");
     assert_eq!(browser.url(), format!("{api}/"));
     assert!(browser.text("header").contains(&format!("Signed in as {USER}")));
 
@@ -267,7 +276,7 @@ fn a_physicist_signs_in_sees_the_job_echoes_resends_and_reruns_in_chromium() {
     assert!(row.contains("FCD type II suspected") && row.contains('%'), "{row}");
     browser.screenshot("03-jobs.png");
 
-    browser.click(&format!("a[href='/console/jobs/{job}']"));
+    browser.click_and_load(&format!("a[href='/console/jobs/{job}']"));
     let result = browser.text(".result");
     assert!(
         result.contains("probability") && result.contains("Hotspot on source slice"),
@@ -279,12 +288,12 @@ fn a_physicist_signs_in_sees_the_job_echoes_resends_and_reruns_in_chromium() {
     browser.screenshot("04-job-dead-letters.png");
 
     browser.go(&format!("{api}/console/destinations"));
-    browser.click("form[action='/console/destinations/pacs/echo'] button");
+    browser.click_and_load("form[action='/console/destinations/pacs/echo'] button");
     let echo = browser.text("#echo-result");
     assert!(echo.contains("failed") && echo.contains("cannot connect"), "{echo}");
     browser.screenshot("05-echo-failed.png");
     let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
-    browser.click("form[action='/console/destinations/pacs/echo'] button");
+    browser.click_and_load("form[action='/console/destinations/pacs/echo'] button");
     let echo = browser.text("#echo-result");
     assert!(echo.contains("succeeded"), "{echo}");
     browser.screenshot("06-echo-ok.png");
@@ -293,11 +302,9 @@ fn a_physicist_signs_in_sees_the_job_echoes_resends_and_reruns_in_chromium() {
     browser.go(&format!("{api}/console/dead"));
     assert_eq!(browser.count(".deliveries tbody tr"), dead);
     browser.screenshot("07-dead-letters.png");
-    browser.click_to(
-        ".deliveries form[action$='/resend'] button",
-        &format!("/console/jobs/{job}"),
-    );
-    browser.click(&format!("form[action='/console/jobs/{job}/resend'] button"));
+    browser.click_and_load(".deliveries form[action$='/resend'] button");
+    assert_eq!(browser.url(), format!("{api}/console/jobs/{job}"));
+    browser.click_and_load(&format!("form[action='/console/jobs/{job}/resend'] button"));
     wait_until("the job to be delivered", Duration::from_secs(60), || {
         job_state(&api, job) == "delivered"
     });
@@ -306,7 +313,7 @@ fn a_physicist_signs_in_sees_the_job_echoes_resends_and_reruns_in_chromium() {
     assert_eq!(browser.count(".deliveries .s-delivered"), dead);
     browser.screenshot("08-job-delivered.png");
 
-    browser.click(&format!("form[action='/console/jobs/{job}/rerun'] button"));
+    browser.click_and_load(&format!("form[action='/console/jobs/{job}/rerun'] button"));
     let rerun = browser.url();
     let new: i64 = rerun
         .rsplit('/')
@@ -325,7 +332,7 @@ fn a_physicist_signs_in_sees_the_job_echoes_resends_and_reruns_in_chromium() {
     browser.screenshot("09-rerun-delivered.png");
     assert_eq!(pacs.files().len(), 2 * dead, "the re-run's outputs are new instances");
 
-    browser.click("header form[action='/sign-out'] button");
+    browser.click_and_load("header form[action='/sign-out'] button");
     assert!(browser.url().ends_with("/sign-in"));
     browser.go(&format!("{api}/console/dead"));
     assert!(browser.url().ends_with("/sign-in"), "signed out");
