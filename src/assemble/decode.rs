@@ -212,9 +212,25 @@ fn decode_pixels(
     if s.object.get(tags::PIXEL_DATA).is_none() {
         return Err(blame.missing("Pixel Data (7FE0,0010)"));
     }
-    let decoded = s
-        .object
-        .decode_pixel_data_frame(frame)
+    if s.object.meta().transfer_syntax().trim_end_matches('\0') == RLE_LOSSLESS {
+        check_rle(s, frame, rows * cols, format.bytes_per_sample()).map_err(|why| {
+            bad(
+                "Pixel Data (7FE0,0010)",
+                why,
+                "an RLE Lossless frame needs one well-formed segment per byte of a sample (PS3.5 G)",
+            )
+        })?;
+    }
+    // The codecs behind dicom-pixeldata index by what a stream says and can panic on malformed
+    // data (seen by fuzzing: JPEG and RLE); one bad file must fail its series, not the worker.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.object.decode_pixel_data_frame(frame)))
+        .map_err(|_| {
+            bad(
+                "Pixel Data (7FE0,0010)",
+                format!("frame {} stopped the decoder", frame + 1),
+                "the encoded frame must be well formed for its transfer syntax",
+            )
+        })?
         .map_err(|source| AssembleError::Decode {
             series_uid: uid.to_string(),
             source_label: s.label.clone(),
@@ -246,6 +262,81 @@ fn decode_pixels(
     }
     format.convert(&bytes[..needed], slope, intercept, out);
     Ok(())
+}
+
+/// RLE Lossless.
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks an RLE Lossless frame before dicom-pixeldata decodes it: its decoder trusts the
+/// header (a segment count it allocates for, segments it indexes into) and panics on a segment
+/// that decodes short. Hand-written because the fix belongs upstream; this walks the header and
+/// each segment's PackBits runs (PS3.5 G.3.1) without decoding, until `pixels` bytes are
+/// accounted for (later bytes, e.g. padding, are not read by the decoder either).
+fn check_rle(s: &Source, frame: u32, pixels: usize, bytes_per_sample: usize) -> Result<(), String> {
+    let fragments = s
+        .object
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().fragments())
+        .ok_or_else(|| "not encapsulated".to_owned())?;
+    let fragment = fragments
+        .get(frame as usize)
+        .ok_or_else(|| format!("no fragment for frame {}", frame + 1))?;
+    let le32 = |at: usize| u32::from_le_bytes([fragment[at], fragment[at + 1], fragment[at + 2], fragment[at + 3]]);
+    if fragment.len() < 64 {
+        return Err(format!("a {}-byte fragment has no 64-byte RLE header", fragment.len()));
+    }
+    let segments = le32(0) as usize;
+    if segments != bytes_per_sample {
+        return Err(format!(
+            "{segments} segment(s) for {bytes_per_sample} byte(s) per sample"
+        ));
+    }
+    let mut bounds: Vec<usize> = (0..segments).map(|i| le32(4 + 4 * i) as usize).collect();
+    bounds.push(fragment.len());
+    for (i, w) in bounds.windows(2).enumerate() {
+        if w[0] < 64 || w[0] > w[1] {
+            return Err(format!(
+                "segment {} starts at byte {}, outside 64..={}",
+                i + 1,
+                w[0],
+                w[1]
+            ));
+        }
+        let decoded =
+            packbits_length(&fragment[w[0]..w[1]], pixels).map_err(|why| format!("segment {}: {why}", i + 1))?;
+        if decoded < pixels {
+            return Err(format!("segment {} decodes to {decoded} bytes, {pixels} needed", i + 1));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a PackBits segment decodes to, counted up to `enough`; an error for a run cut short.
+fn packbits_length(segment: &[u8], enough: usize) -> Result<usize, String> {
+    let (mut pos, mut out) = (0usize, 0usize);
+    while pos < segment.len() && out < enough {
+        let header = segment[pos] as i8;
+        pos += 1;
+        match header {
+            0..=127 => {
+                let run = header as usize + 1;
+                if segment.len() - pos < run {
+                    return Err(format!("a literal run of {run} bytes past the end at byte {pos}"));
+                }
+                pos += run;
+                out += run;
+            }
+            -127..=-1 => {
+                if pos >= segment.len() {
+                    return Err("a repeat run without its byte".into());
+                }
+                pos += 1;
+                out += (1 - isize::from(header)) as usize;
+            }
+            -128 => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Rows and Columns, present and within 1..=65535 (what a u16 can state; also bounds the
@@ -328,6 +419,26 @@ mod tests {
         assert_eq!(
             convert(format(16, 16, 15, true), &[0xFFFF, 10], 2.0, -1000.0),
             [-1002.0, -980.0]
+        );
+    }
+}
+
+#[cfg(test)]
+mod rle_tests {
+    use super::packbits_length;
+
+    #[test]
+    fn packbits_runs_are_counted_and_cut_runs_refused() {
+        // literal 3, repeat 4, no-op, literal 1
+        let ok = [2u8, 1, 2, 3, 0xFD, 9, 0x80, 0, 7];
+        assert_eq!(packbits_length(&ok, 100), Ok(3 + 4 + 1));
+        assert_eq!(packbits_length(&ok, 5), Ok(7), "stops once enough is counted");
+        assert!(packbits_length(&[5, 1, 2], 100).is_err(), "literal run past the end");
+        assert!(packbits_length(&[0xFE], 100).is_err(), "repeat run without its byte");
+        assert_eq!(
+            packbits_length(&[0, 1, 0], 1),
+            Ok(1),
+            "a trailing pad byte is never read"
         );
     }
 }

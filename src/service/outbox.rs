@@ -185,14 +185,18 @@ async fn settle(
     let id = row.id;
     let error = error.map(str::to_owned);
     match tokio::task::spawn_blocking(move || db.settle_delivery(id, state, next, error.as_deref())).await {
-        Ok(Ok(Some(settled))) => {
-            if settled.state == JobState::Delivered
-                && let Some(seconds) = settled.turnaround_s
-            {
+        Ok(Ok(Some(settled))) => match (settled.state, settled.turnaround_s) {
+            (JobState::Delivered, Some(seconds)) => {
                 metrics.observe_stage("turnaround", seconds);
                 tracing::info!(job = settled.job_id, turnaround_s = seconds, "job delivered");
             }
-        }
+            (JobState::Delivered, None) => tracing::info!(job = settled.job_id, "job delivered"),
+            (state, _) => tracing::warn!(
+                job = settled.job_id,
+                state = %state.as_str(),
+                "job settled with dead letters"
+            ),
+        },
         Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::error!("outbox: {e}"),
         Err(e) => tracing::error!("outbox: {e}"),

@@ -266,8 +266,9 @@ impl Worker {
                 Stage::Assembled => JobState::Assembled,
                 Stage::Inferred => JobState::Inferred,
             };
-            if let Err(e) = db.set_state(id, state, None) {
-                tracing::warn!(job = id, "cannot record state {state:?}: {e}");
+            match db.set_state(id, state, None) {
+                Ok(()) => tracing::info!(job = id, state = %state.as_str(), "job state"),
+                Err(e) => tracing::warn!(job = id, "cannot record state {state:?}: {e}"),
             }
         };
         pipeline::run_series_staged(&job.inputs, &mut self.ensemble, out, &options, &mut on_stage).map_err(|e| {

@@ -1656,6 +1656,8 @@ fn the_default_log_is_info_for_the_node_plain_and_readable() {
         "result=released",
         "stored=180",
         "job created",
+        "state=assembled",
+        "state=inferred",
         "job reported",
         "job delivered",
     ] {
