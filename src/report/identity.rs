@@ -36,28 +36,23 @@ pub fn rfc3339_utc_now() -> String {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = since.as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    let (date, time) = utc_date_time(since.as_secs());
+    format!("{date}T{time}.{:03}Z", since.subsec_millis())
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`, for people.
 pub fn utc_text(unix_secs: f64) -> String {
-    let secs = unix_secs.max(0.0) as u64;
+    let (date, time) = utc_date_time(unix_secs.max(0.0) as u64);
+    format!("{date} {time} UTC")
+}
+
+/// Unix seconds as (`YYYY-MM-DD`, `HH:MM:SS`) in UTC.
+fn utc_date_time(secs: u64) -> (String, String) {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60),
     )
 }
 

@@ -189,15 +189,14 @@ fn series_class(orthanc: &Orthanc, series: &Value) -> String {
     text(&orthanc.instance_tags(&first)["SOPClassUID"])
 }
 
-#[test]
-fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_study() {
-    let dir = tempdir();
+/// Orthanc on its own ports and `fcdnode serve` with the demo model sending its results to it;
+/// `scp` adds keys to the node's `[scp]`.
+fn orthanc_and_node(dir: &Path, scp: &str) -> (Orthanc, NodeProc) {
     let orthanc_dicom = free_port();
     let node_dicom = free_port();
-    let orthanc = Orthanc::start(dir.path(), orthanc_dicom, node_dicom);
-    // Orthanc forwards whole studies, our outputs included: accept other classes, keep none.
+    let orthanc = Orthanc::start(dir, orthanc_dicom, node_dicom);
     let node = NodeProc::start_with(
-        dir.path(),
+        dir,
         &crate::util::repo().join("models/demo"),
         node_dicom,
         &Destination {
@@ -205,9 +204,17 @@ fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_stu
             ae_title: "ORTHANC",
             port: orthanc_dicom,
         },
-        "other_storage = \"discard\"",
+        scp,
         "",
     );
+    (orthanc, node)
+}
+
+#[test]
+fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_study() {
+    let dir = tempdir();
+    // Orthanc forwards whole studies, our outputs included: accept other classes, keep none.
+    let (orthanc, node) = orthanc_and_node(dir.path(), "other_storage = \"discard\"");
 
     // Upload the FLAIR series to Orthanc over REST, as a modality or a user would.
     let files = flair_files();
@@ -333,21 +340,7 @@ fn orthanc_sends_a_series_to_the_node_and_gets_every_output_back_in_the_same_stu
 #[test]
 fn a_study_in_orthanc_is_retrieved_on_request_and_its_results_land_back_in_orthanc() {
     let dir = tempdir();
-    let orthanc_dicom = free_port();
-    let node_dicom = free_port();
-    let orthanc = Orthanc::start(dir.path(), orthanc_dicom, node_dicom);
-    let node = NodeProc::start_with(
-        dir.path(),
-        &crate::util::repo().join("models/demo"),
-        node_dicom,
-        &Destination {
-            name: "orthanc",
-            ae_title: "ORTHANC",
-            port: orthanc_dicom,
-        },
-        "",
-        "",
-    );
+    let (orthanc, node) = orthanc_and_node(dir.path(), "");
     let files = flair_files();
     let mut study = String::new();
     for f in &files {
