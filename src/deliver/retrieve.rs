@@ -11,7 +11,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 use dicom_ul::pdu::{PDataValueType, Pdu};
 use tracing::info;
 
-use super::dimse::{self, C_MOVE_RSP, MoveRsp};
+use super::dimse::{self, C_MOVE_RSP, Rsp};
 use super::fault::{DeliveryFault, FaultReason};
 use super::files::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 use super::scu::{Ctx, associate, finish, reason_of, send_pdvs};
@@ -85,7 +85,10 @@ pub async fn retrieve(source: &Destination, node_ae: &str, study_uid: &str) -> R
     .await;
     let result = match sent {
         Err(e) => Err(reason_of(e, during, &[])),
-        Ok(()) => final_response(&mut assoc, study_uid).await,
+        Ok(()) => {
+            let during = format!("waiting for the C-MOVE-RSP of study {study_uid}");
+            responses(&mut assoc, C_MOVE_RSP, &during, None).await
+        }
     };
     finish(&ctx, assoc, result.is_err()).await;
     let rsp = result.map_err(|reason| ctx.fault(None, reason))?;
@@ -191,65 +194,91 @@ async fn matches(
     assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
     explicit: bool,
 ) -> Result<Vec<String>, FaultReason> {
-    let during = || "waiting for the C-FIND-RSPs".to_owned();
+    let during = "waiting for the C-FIND-RSPs";
     let protocol = |detail: String| FaultReason::Protocol {
-        during: during(),
+        during: during.into(),
         detail,
     };
-    let (mut command, mut identifier) = (Vec::new(), Vec::new());
     let mut studies = Vec::new();
+    let mut on_match = |identifier: &[u8]| {
+        let uid = study_uid_of(identifier, explicit)
+            .map_err(|e| protocol(format!("identifier: {e}")))?
+            .filter(|uid| is_uid(uid))
+            .ok_or_else(|| protocol("a match without a valid Study Instance UID".into()))?;
+        if !studies.contains(&uid) {
+            studies.push(uid);
+        }
+        if studies.len() > MAX_MATCHES {
+            return Err(protocol(format!(
+                "more than {MAX_MATCHES} studies match: narrow the query"
+            )));
+        }
+        Ok(())
+    };
+    let last = responses(assoc, dimse::C_FIND_RSP, during, Some(&mut on_match)).await?;
+    match last.status {
+        0x0000 => Ok(studies),
+        status => Err(FaultReason::Move {
+            status,
+            meaning: "the C-FIND failed",
+        }),
+    }
+}
+
+/// What takes each identifier that follows a response.
+type IdentifierSink<'a> = dyn FnMut(&[u8]) -> Result<(), FaultReason> + Send + 'a;
+
+/// Reads the responses (`command_field`) to message 1 until the first that is not pending
+/// (0xFF00, 0xFF01) and returns it. Command sets are bounded; the data set that follows a
+/// response goes, bounded too, to `on_data`, or is skipped unread when there is none.
+async fn responses(
+    assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
+    command_field: u16,
+    during: &str,
+    mut on_data: Option<&mut IdentifierSink<'_>>,
+) -> Result<Rsp, FaultReason> {
+    let protocol = |detail: String| FaultReason::Protocol {
+        during: during.into(),
+        detail,
+    };
+    let (mut command, mut data) = (Vec::new(), Vec::new());
     loop {
-        let pdu = assoc.receive().await.map_err(|e| reason_of(e, &during(), &[]))?;
-        let data = match pdu {
+        let pdu = assoc.receive().await.map_err(|e| reason_of(e, during, &[]))?;
+        let pdvs = match pdu {
             Pdu::PData { data } => data,
-            Pdu::AbortRQ { .. } => return Err(FaultReason::Aborted { during: during() }),
+            Pdu::AbortRQ { .. } => return Err(FaultReason::Aborted { during: during.into() }),
             other => return Err(protocol(format!("unexpected {}", pdu_name(&other)))),
         };
-        for pdv in data {
-            let (buffer, cap) = match pdv.value_type {
-                PDataValueType::Command => (&mut command, MAX_COMMAND_SET),
-                PDataValueType::Data => (&mut identifier, MAX_IDENTIFIER),
-            };
-            if buffer.len() + pdv.data.len() > cap {
-                return Err(protocol(format!("a C-FIND-RSP part larger than {cap} bytes")));
+        for pdv in pdvs {
+            if pdv.value_type == PDataValueType::Data {
+                let Some(on_data) = on_data.as_mut() else { continue };
+                if data.len() + pdv.data.len() > MAX_IDENTIFIER {
+                    return Err(protocol(format!("an identifier larger than {MAX_IDENTIFIER} bytes")));
+                }
+                data.extend_from_slice(&pdv.data);
+                if pdv.is_last {
+                    on_data(&data)?;
+                    data.clear();
+                }
+                continue;
             }
-            buffer.extend_from_slice(&pdv.data);
+            if command.len() + pdv.data.len() > MAX_COMMAND_SET {
+                return Err(protocol(format!("command set larger than {MAX_COMMAND_SET} bytes")));
+            }
+            command.extend_from_slice(&pdv.data);
             if !pdv.is_last {
                 continue;
             }
-            if pdv.value_type == PDataValueType::Data {
-                let uid = study_uid_of(&identifier, explicit)
-                    .map_err(|e| protocol(format!("identifier: {e}")))?
-                    .filter(|uid| is_uid(uid))
-                    .ok_or_else(|| protocol("a match without a valid Study Instance UID".into()))?;
-                identifier.clear();
-                if !studies.contains(&uid) {
-                    studies.push(uid);
-                }
-                if studies.len() > MAX_MATCHES {
-                    return Err(protocol(format!(
-                        "more than {MAX_MATCHES} studies match: narrow the query"
-                    )));
-                }
-                continue;
-            }
-            let rsp = dimse::parse_move_rsp(&command).map_err(|e| protocol(e.0))?;
+            let rsp = dimse::parse_rsp(&command).map_err(|e| protocol(e.0))?;
             command.clear();
-            if rsp.command_field != dimse::C_FIND_RSP || rsp.responding_to != 1 {
+            if rsp.command_field != command_field || rsp.responding_to != 1 {
                 return Err(protocol(format!(
                     "got command 0x{:04X} responding to message {}",
                     rsp.command_field, rsp.responding_to
                 )));
             }
-            match rsp.status {
-                0xFF00 | 0xFF01 => {}
-                0x0000 => return Ok(studies),
-                status => {
-                    return Err(FaultReason::Move {
-                        status,
-                        meaning: "the C-FIND failed",
-                    });
-                }
+            if !matches!(rsp.status, 0xFF00 | 0xFF01) {
+                return Ok(rsp);
             }
         }
     }
@@ -322,60 +351,6 @@ fn identifier(study_uid: &str, ts: &str) -> Result<Vec<u8>, FaultReason> {
         DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study_uid)),
     ]);
     encode(&obj, ts)
-}
-
-/// Reads C-MOVE-RSPs to message 1 until one is not pending; skips identifiers that follow.
-async fn final_response(
-    assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
-    study_uid: &str,
-) -> Result<MoveRsp, FaultReason> {
-    let during = || format!("waiting for the C-MOVE-RSP of study {study_uid}");
-    let mut command = Vec::new();
-    loop {
-        let pdu = assoc.receive().await.map_err(|e| reason_of(e, &during(), &[]))?;
-        let data = match pdu {
-            Pdu::PData { data } => data,
-            Pdu::AbortRQ { .. } => return Err(FaultReason::Aborted { during: during() }),
-            other => {
-                return Err(FaultReason::Protocol {
-                    during: during(),
-                    detail: format!("unexpected {}", pdu_name(&other)),
-                });
-            }
-        };
-        for pdv in data {
-            if pdv.value_type != PDataValueType::Command {
-                continue;
-            }
-            if command.len() + pdv.data.len() > MAX_COMMAND_SET {
-                return Err(FaultReason::Protocol {
-                    during: during(),
-                    detail: format!("command set larger than {MAX_COMMAND_SET} bytes"),
-                });
-            }
-            command.extend_from_slice(&pdv.data);
-            if !pdv.is_last {
-                continue;
-            }
-            let rsp = dimse::parse_move_rsp(&command).map_err(|e| FaultReason::Protocol {
-                during: during(),
-                detail: e.0,
-            })?;
-            command.clear();
-            if rsp.command_field != C_MOVE_RSP || rsp.responding_to != 1 {
-                return Err(FaultReason::Protocol {
-                    during: during(),
-                    detail: format!(
-                        "got command 0x{:04X} responding to message {}",
-                        rsp.command_field, rsp.responding_to
-                    ),
-                });
-            }
-            if rsp.status != 0xFF00 {
-                return Ok(rsp);
-            }
-        }
-    }
 }
 
 /// What a final C-MOVE status means (PS3.4 C.4.2.1.5).

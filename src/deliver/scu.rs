@@ -443,7 +443,7 @@ async fn receive_rsp(
     assoc: &mut AsyncClientAssociation<TcpStream>,
     message_id: u16,
     command_field: u16,
-) -> Result<dimse::StoreRsp, StoreError> {
+) -> Result<dimse::Rsp, StoreError> {
     let name = if command_field == C_ECHO_RSP {
         "C-ECHO-RSP"
     } else {
