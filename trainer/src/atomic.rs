@@ -2,37 +2,35 @@
 //! run directory on a cluster volume): each is written whole under a name of its own beside its
 //! place, then renamed or linked into it, so no reader ever sees half a file.
 
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::io::{ErrorKind, Write};
+use std::path::Path;
 
-/// A name beside `path` that no other process picks (a process id is not unique across the
-/// machines that share a volume).
-fn scratch(path: &Path) -> PathBuf {
-    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy());
-    path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()))
+/// `bytes` in a uniquely named file beside `path` (tempfile's random names: a process id is not
+/// unique across the machines that share a volume).
+fn staged(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    Ok(tmp)
 }
 
 /// Writes `bytes` to `path`, replacing what is there in one step.
 pub(crate) fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = scratch(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    staged(path, bytes)?.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Writes `bytes` to `path` unless a file is already there: `None` when this call created it,
-/// else what the file holds. A hard link does not replace an existing name, so of processes
-/// starting together exactly one creates the file (the lock-file idiom that also holds on NFS).
+/// else what the file holds. `persist_noclobber` never replaces an existing name (a no-replace
+/// rename, or a hard link where that is missing), so of processes starting together exactly one
+/// creates the file.
 pub(crate) fn create_once(path: &Path, bytes: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-    let tmp = scratch(path);
-    std::fs::write(&tmp, bytes)?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(None),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => std::fs::read(path).map(Some),
-        Err(e) => Err(e),
+    match staged(path, bytes)?.persist_noclobber(path) {
+        Ok(_) => Ok(None),
+        Err(e) if e.error.kind() == ErrorKind::AlreadyExists => std::fs::read(path).map(Some),
+        Err(e) => Err(e.error),
     }
 }
 
