@@ -593,19 +593,9 @@ fn bench_infer_command(bench: crate::bench::infer::InferBench) -> anyhow::Result
         rayon::current_num_threads(),
         r.session_build.as_secs_f64()
     );
-    println!("  run  assemble  preprocess  infer  explain     SC     SR   total  (ms)");
+    println!("  run  {}  (ms)", crate::bench::STAGE_HEADS);
     for (n, t) in r.runs.iter().enumerate() {
-        println!(
-            "  {:>3}  {:>8.0}  {:>10.0}  {:>5.0}  {:>7.0}  {:>5.0}  {:>5.0}  {:>6.0}",
-            n + 1,
-            t.assemble,
-            t.preprocess,
-            t.infer,
-            t.explain,
-            t.sc,
-            t.sr,
-            t.total
-        );
+        println!("  {:>3}  {}", n + 1, crate::bench::stage_cells(t));
     }
     if let Some(b) = r.peak_rss_bytes {
         println!(

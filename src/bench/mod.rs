@@ -16,3 +16,26 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Column heads of a job's stage times, as [`stage_cells`] prints them (ms).
+pub const STAGE_HEADS: &str = "assemble  preprocess  infer  explain    SC   key    PM   SEG    SR  other  pipeline";
+
+/// A job's stage times under [`STAGE_HEADS`]; `other` is the rest of the pipeline's time
+/// (preview, result.json, notification documents).
+pub fn stage_cells(t: &fcdnode::report::Timings) -> String {
+    let listed = t.assemble + t.preprocess + t.infer + t.explain + t.sc + t.key_image + t.pm + t.seg + t.sr;
+    format!(
+        "{:>8.0}  {:>10.0}  {:>5.0}  {:>7.0}  {:>4.0}  {:>4.0}  {:>4.0}  {:>4.0}  {:>4.0}  {:>5.0}  {:>8.0}",
+        t.assemble,
+        t.preprocess,
+        t.infer,
+        t.explain,
+        t.sc,
+        t.key_image,
+        t.pm,
+        t.seg,
+        t.sr,
+        t.total - listed,
+        t.total
+    )
+}

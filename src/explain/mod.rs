@@ -73,15 +73,33 @@ pub fn model_map_on(map: &Array3<f32>, model_grid: &Grid, source: &Grid) -> Resu
 /// Sets every voxel of `volume` whose centre lies outside the model grid's voxels (more than
 /// half a voxel beyond its first or last centre) to NaN.
 fn blank_outside(volume: &mut Volume, model_grid: &Grid) {
-    // Source voxel → model voxel in one matrix, composed once (not an inverse per voxel).
+    use rayon::prelude::*;
+    // Source voxel → model voxel in one matrix, composed once (not an inverse per voxel), and
+    // stepped along k.
     let to_model = model_grid.affine.inverse() * volume.affine().matrix();
+    let step_k = to_model.column(2).xyz();
     let shape = model_grid.shape;
-    for ((i, j, k), v) in volume.data_mut().indexed_iter_mut() {
-        let m = to_model * nalgebra::Vector4::new(i as f64, j as f64, k as f64, 1.0);
-        if (0..3).any(|a| !(m[a] >= -0.5 && m[a] <= shape[a] as f64 - 0.5)) {
-            *v = f32::NAN;
-        }
-    }
+    let outside = |m: [f64; 3]| (0..3).any(|a| !(m[a] >= -0.5 && m[a] <= shape[a] as f64 - 0.5));
+    volume
+        .data_mut()
+        .axis_iter_mut(ndarray::Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut slab)| {
+            for (j, mut row) in slab.outer_iter_mut().enumerate() {
+                let base = to_model * nalgebra::Vector4::new(i as f64, j as f64, 0.0, 1.0);
+                for (k, v) in row.iter_mut().enumerate() {
+                    let k = k as f64;
+                    if outside([
+                        base[0] + step_k[0] * k,
+                        base[1] + step_k[1] * k,
+                        base[2] + step_k[2] * k,
+                    ]) {
+                        *v = f32::NAN;
+                    }
+                }
+            }
+        });
 }
 
 /// A heatmap in its own units → the display scale, on which 1.0 is the reference level.
@@ -126,11 +144,24 @@ pub fn reference_level<'a>(maps: impl IntoIterator<Item = &'a Array3<f32>>) -> O
 pub fn hotspot(heatmap: &Volume) -> Option<([usize; 3], [f64; 3])> {
     let mut best = ([0usize; 3], f32::NEG_INFINITY);
     let mut lowest = f32::INFINITY;
-    for ((i, j, k), &v) in heatmap.data().indexed_iter() {
-        if v.is_finite() {
-            lowest = lowest.min(v);
-            if v > best.1 {
-                best = ([i, j, k], v);
+    // By rows, in index order (the first maximum wins): indexed iteration over the 11 M voxels
+    // of a 1 mm series cost more than the comparisons.
+    for ((i, j), row) in heatmap
+        .data()
+        .lanes(ndarray::Axis(2))
+        .into_iter()
+        .enumerate()
+        .map(|(n, row)| {
+            let nj = heatmap.shape()[1].max(1);
+            ((n / nj, n % nj), row)
+        })
+    {
+        for (k, &v) in row.iter().enumerate() {
+            if v.is_finite() {
+                lowest = lowest.min(v);
+                if v > best.1 {
+                    best = ([i, j, k], v);
+                }
             }
         }
     }

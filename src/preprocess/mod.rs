@@ -125,7 +125,10 @@ impl Recipe {
                 return Err(PreprocessError::TooThin { channel, shape });
             }
         }
-        let centre = foreground_centre(reference).ok_or(PreprocessError::NoForeground { channel: 0 })?;
+        let centre = self
+            .foreground_centre(reference)
+            .map_err(|source| PreprocessError::Volume { channel: 0, source })?
+            .ok_or(PreprocessError::NoForeground { channel: 0 })?;
         let grid = self
             .grid(centre)
             .map_err(|source| PreprocessError::Volume { channel: 0, source })?;
@@ -141,6 +144,32 @@ impl Recipe {
                 .assign(&v.data().view().reversed_axes());
         }
         Ok(ModelInput { tensor, grid })
+    }
+
+    /// [`foreground_centre`] at the model's resolution: the source sampled every `step` voxels
+    /// along each axis, `step` = the model's finest voxel size over the source spacing, rounded
+    /// down. A 1 mm series for a 2 mm model is looked at on every second voxel, an eighth of the
+    /// work (the head mask of 256×256×176 voxels took a quarter of a second), and the centre
+    /// moves by less than a source voxel.
+    pub fn foreground_centre(&self, v: &Volume) -> Result<Option<[f64; 3]>, VolumeError> {
+        let finest = self.voxel_mm.iter().copied().fold(f64::INFINITY, f64::min);
+        let spacing = v.spacing();
+        let step: [usize; 3] = std::array::from_fn(|a| ((finest / spacing[a]) + 1e-6).floor().max(1.0) as usize);
+        if step == [1, 1, 1] {
+            return Ok(foreground_centre(v));
+        }
+        let sampled = v
+            .data()
+            .slice(ndarray::s![..;step[0], ..;step[1], ..;step[2]])
+            .to_owned();
+        let mut scale = nalgebra::Matrix4::identity();
+        for (a, s) in step.iter().enumerate() {
+            scale[(a, a)] = *s as f64;
+        }
+        Ok(foreground_centre(&Volume::new(
+            sampled,
+            v.affine().then_index(&scale)?,
+        )?))
     }
 
     fn normalise(&self, v: &mut Volume) -> Result<(), VolumeError> {
@@ -181,13 +210,21 @@ fn zero_outside(v: &mut Volume, mask: &Array3<bool>) {
 /// LPS mm centroid of the head foreground, `None` for a blank image.
 pub fn foreground_centre(v: &Volume) -> Option<[f64; 3]> {
     let mask = v.foreground_mask();
+    let [_, nj, nk] = v.shape();
     let (mut sum, mut n) = ([0.0f64; 3], 0usize);
-    for ((i, j, k), &m) in mask.indexed_iter() {
-        if m {
-            sum[0] += i as f64;
-            sum[1] += j as f64;
-            sum[2] += k as f64;
-            n += 1;
+    // By rows: the mask is in standard layout, and indexed iteration costs more than the sums.
+    for (row, values) in mask.as_slice().unwrap_or(&[]).chunks_exact(nk.max(1)).enumerate() {
+        let count = values.iter().filter(|&&m| m).count();
+        if count > 0 {
+            sum[0] += (row / nj) as f64 * count as f64;
+            sum[1] += (row % nj) as f64 * count as f64;
+            sum[2] += values
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m)
+                .map(|(k, _)| k)
+                .sum::<usize>() as f64;
+            n += count;
         }
     }
     // A mask covering the whole grid means no background was found: Otsu failed.

@@ -432,7 +432,8 @@ pub struct WrittenOutputs {
 /// Makes the DICOM outputs `options.outputs` selects (key image, SC, Parametric Map,
 /// Segmentation for suspected studies, SR), the preview and `result.json`, and writes them into
 /// `dir` (`key/KEY.dcm`, `sc/SC_NNNN.dcm`, `pm/PM.dcm`, `seg/SEG.dcm`, `sr/SR.dcm`,
-/// `preview.png`, `result.json`). The SR is made last so that it can reference the others.
+/// `preview.png`, `result.json`). The SR is made last so that it can reference the others, and
+/// sent first.
 /// `timings_ms.key_image`/`sc`/`pm`/`seg`/`sr` are filled here and the time spent here is added
 /// to `timings.total` (the caller's time so far), so `result.json` is written once, complete;
 /// the other stages' times are taken from `timings`.
@@ -496,7 +497,9 @@ pub fn write_outputs(
         let sr = structured_report(inputs, &derived, uids)?;
         files.sr = Some(write(&sr, "sr/SR.dcm".into())?);
         sr_ref = Some(InstanceRef::of(&sr));
-        objects.push(sr);
+        // Made last (it references the others) but sent first: the decision is what a
+        // radiologist's worklist waits for.
+        objects.insert(0, sr);
         timings.sr = ms(t);
     }
     let preview = render::preview_over(inputs.source, &overlay, inputs.finding);

@@ -13,6 +13,7 @@ use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
+use rayon::prelude::*;
 
 use super::codes;
 use super::dicom::{NewSeries, code_item, ds, finish, put_fds, put_seq, put_str, put_u16, source_modality, truncate};
@@ -100,16 +101,20 @@ pub fn parametric_map(
     );
 
     // Pixels: frame k, row j, column i; NaN (not seen) → NOT_SEEN.
+    // Frames in parallel: the transposition reads the map across its memory order.
     let scaled = crate::explain::scale_heat(heatmap.data(), options.heat_reference);
-    let mut values = Vec::with_capacity(n_i * n_j * n_k);
-    for k in 0..n_k {
-        for j in 0..n_j {
-            for i in 0..n_i {
-                let v = scaled[[i, j, k]];
-                values.push(if v.is_finite() { v } else { NOT_SEEN });
+    let mut values = vec![NOT_SEEN; n_i * n_j * n_k];
+    values
+        .par_chunks_mut((n_i * n_j).max(1))
+        .enumerate()
+        .for_each(|(k, frame)| {
+            for (n, out) in frame.iter_mut().enumerate() {
+                let v = scaled[[n % n_i, n / n_i, k]];
+                if v.is_finite() {
+                    *out = v;
+                }
             }
-        }
-    }
+        });
     let peak = values.iter().fold(0.0f32, |m, &v| m.max(v));
 
     let mut shared = InMemDicomObject::new_empty();

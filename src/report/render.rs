@@ -30,15 +30,16 @@ impl Window {
         if values.is_empty() {
             return Self { lo: 0.0, hi: 1.0 };
         }
-        values.sort_unstable_by(f32::total_cmp);
-        let at = |p: f64| {
-            let idx = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-            values[idx.min(values.len() - 1)]
+        // Two order statistics by selection, not a sort of a million values.
+        let last = values.len() - 1;
+        let mut at = |p: f64| {
+            let idx = (((p / 100.0) * last as f64).round() as usize).min(last);
+            *values.select_nth_unstable_by(idx, f32::total_cmp).1
         };
         let (mut lo, mut hi) = (at(percentiles[0]), at(percentiles[1]));
         if hi <= lo {
-            lo = values[0];
-            hi = values[values.len() - 1];
+            lo = values.iter().copied().fold(f32::INFINITY, f32::min);
+            hi = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         }
         if hi <= lo {
             hi = lo + 1.0;

@@ -153,15 +153,16 @@ pub fn result_json(
 }
 
 impl ResultSummary {
-    /// The DICOM files to send, relative to the output directory, in sending order: key image,
-    /// SC, PM, SEG, then the SR that references them.
+    /// The DICOM files to send, relative to the output directory, in sending order: the SR
+    /// (the decision, what a worklist waits for), then key image, SC, PM and SEG, which it
+    /// references.
     pub fn dicom_files(&self) -> impl Iterator<Item = &str> {
-        self.key_image_file
+        self.sr_file
             .iter()
+            .chain(&self.key_image_file)
             .chain(&self.sc_files)
             .chain(&self.pm_file)
             .chain(&self.seg_file)
-            .chain(&self.sr_file)
             .map(String::as_str)
     }
 

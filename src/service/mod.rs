@@ -23,6 +23,7 @@ use crate::infer::runtime::{self, RuntimeError};
 use crate::infer::{Ensemble, InferError};
 use crate::ingest::{self, ConnectionEvent, IngestStats, InstanceSink, ReceivedInstance, StoreOutcome};
 use crate::package::manifest::{ModelPackage, PackageError};
+use crate::spool::bell::Bell;
 use crate::spool::{Spool, SpoolError};
 use crate::tracker::Tracker;
 use repeats::Repeats;
@@ -326,8 +327,10 @@ fn log_repeated(repeats: &mut Repeats, what: &str, message: &str) {
     }
 }
 
-/// Sleeps `d` or until shutdown; true when the node is shutting down.
-fn wait_or_stop(rx: &watch::Receiver<bool>, d: Duration) -> bool {
+/// Sleeps up to `d`, or until `bell` rings past the generation seen, or shutdown; true when
+/// the node is shutting down.
+fn wait_or_stop(rx: &watch::Receiver<bool>, d: Duration, bell: Option<(&Bell, u64)>) -> bool {
+    // Shutdown is a watch channel, not a bell: look at it between short waits.
     let step = Duration::from_millis(50);
     let mut left = d;
     while !left.is_zero() {
@@ -335,7 +338,14 @@ fn wait_or_stop(rx: &watch::Receiver<bool>, d: Duration) -> bool {
             return true;
         }
         let s = left.min(step);
-        std::thread::sleep(s);
+        match bell {
+            Some((bell, seen)) => {
+                if bell.wait_past(seen, s) {
+                    break;
+                }
+            }
+            None => std::thread::sleep(s),
+        }
         left -= s;
     }
     *rx.borrow()
@@ -352,7 +362,9 @@ fn tracker_loop(
 ) {
     let mut last_retention = 0.0;
     let mut repeats = Repeats::new(REPEATS_EVERY);
+    let bell = &spool.db().bells().instances;
     loop {
+        let seen = bell.generation();
         let now = crate::spool::db::now();
         match tracker.tick(now) {
             Ok(tick) => {
@@ -369,7 +381,20 @@ fn tracker_loop(
             last_retention = now;
             apply_retention(&spool, results, &retention);
         }
-        if wait_or_stop(&rx, poll) {
+        // Sleep until the next series becomes stable (a later instance only moves that later);
+        // with nothing pending, until an instance arrives. `poll` bounds either wait.
+        let stopping = match tracker.next_due() {
+            Ok(Some(due)) => {
+                let wait = Duration::from_secs_f64((due - crate::spool::db::now()).clamp(0.0, poll.as_secs_f64()));
+                wait_or_stop(&rx, wait, None)
+            }
+            Ok(None) => wait_or_stop(&rx, poll, Some((bell, seen))),
+            Err(e) => {
+                log_repeated(&mut repeats, "tracker", &e.to_string());
+                wait_or_stop(&rx, poll, None)
+            }
+        };
+        if stopping {
             return;
         }
     }

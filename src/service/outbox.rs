@@ -42,8 +42,11 @@ pub(super) async fn run(
             Ok(Err(e)) => super::log_repeated(&mut repeats, "outbox", &e.to_string()),
             Err(e) => super::log_repeated(&mut repeats, "outbox", &e.to_string()),
         }
+        // Deliveries queued by the worker or put back by an operator ring the bell; retries
+        // that come due are found by the poll.
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
+            _ = db.bells().deliveries.rung() => {}
             _ = rx.changed() => {}
         }
         if *rx.borrow() {

@@ -76,12 +76,15 @@ impl Worker {
     pub(super) fn run(mut self, rx: watch::Receiver<bool>) {
         let poll = Duration::from_secs_f64(self.settings.pipeline.poll_s);
         let mut repeats = Repeats::new(super::REPEATS_EVERY);
+        let db = self.db.clone();
+        let bell = &db.bells().jobs;
         loop {
             let now = Instant::now();
             if let Some(i) = self.retries.iter().position(|r| r.due <= now) {
                 let retry = self.retries.swap_remove(i);
                 self.retry(retry);
             } else {
+                let seen = bell.generation();
                 match self.db.claim_job() {
                     Ok(Some(job)) => {
                         if let Some(again) = self.process(&job) {
@@ -89,13 +92,16 @@ impl Worker {
                         }
                     }
                     Ok(None) => {
-                        if super::wait_or_stop(&rx, poll) {
+                        // Until a job is queued (the bell), a retry is due, or `poll` passes.
+                        let next_retry = self.retries.iter().map(|r| r.due.saturating_duration_since(now)).min();
+                        let wait = next_retry.map_or(poll, |d| d.min(poll));
+                        if super::wait_or_stop(&rx, wait, Some((bell, seen))) {
                             return;
                         }
                     }
                     Err(e) => {
                         super::log_repeated(&mut repeats, "pipeline", &e.to_string());
-                        if super::wait_or_stop(&rx, poll) {
+                        if super::wait_or_stop(&rx, poll, None) {
                             return;
                         }
                     }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::bell::Bells;
 use crate::assemble::{InstanceHeader, Plan};
 use crate::tracker::routing::ChannelSeries;
 
@@ -329,6 +330,7 @@ fn json_column<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, index: u
 pub struct JobDb {
     path: PathBuf,
     conn: Mutex<Connection>,
+    bells: Bells,
 }
 
 impl JobDb {
@@ -368,7 +370,13 @@ impl JobDb {
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            bells: Bells::default(),
         })
+    }
+
+    /// The bells this database rings after each commit that queues work.
+    pub fn bells(&self) -> &Bells {
+        &self.bells
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -434,6 +442,7 @@ impl JobDb {
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
+        self.bells.instances.ring();
         Ok(Recorded::New)
     }
 
@@ -443,6 +452,19 @@ impl JobDb {
             "WHERE (handled_generation IS NULL OR handled_generation < generation) AND last_received_at <= ?1",
             params![stable_before],
         )
+    }
+
+    /// When the earliest series with unhandled instances got its last one: it becomes stable
+    /// a stable age later. `None` when every series is handled.
+    pub fn oldest_unhandled_at(&self) -> Result<Option<f64>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT MIN(last_received_at) FROM series
+                 WHERE handled_generation IS NULL OR handled_generation < generation",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// Handled series of a study that feed a model channel.
@@ -629,7 +651,12 @@ impl JobDb {
             ],
         )
         .map_err(|e| self.err(e))?;
-        Ok(conn.last_insert_rowid())
+        let id = conn.last_insert_rowid();
+        drop(conn);
+        if state == JobState::Received {
+            self.bells.jobs.ring();
+        }
+        Ok(id)
     }
 
     /// Moves a job to `state`, with an optional reason.
@@ -696,13 +723,18 @@ impl JobDb {
     /// After a restart: jobs a worker had started but not reported go back to `received`
     /// (their partial outputs are discarded by the worker). Returns how many.
     pub fn requeue_unfinished(&self) -> Result<usize, DbError> {
-        self.conn()
+        let n = self
+            .conn()
             .execute(
                 "UPDATE jobs SET state = 'received', claimed = 0, updated_at = ?1
                  WHERE state IN ('received', 'assembled', 'inferred')",
                 params![now()],
             )
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        if n > 0 {
+            self.bells.jobs.ring();
+        }
+        Ok(n)
     }
 
     /// Marks a job reported with its result directory and queues its deliveries (destination
@@ -730,7 +762,12 @@ impl JobDb {
             )
             .map_err(|e| self.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(conn);
+        if !deliveries.is_empty() {
+            self.bells.deliveries.ring();
+        }
+        Ok(())
     }
 
     /// One job.
@@ -919,6 +956,8 @@ impl JobDb {
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
+        drop(conn);
+        self.bells.deliveries.ring();
         Ok(Requeue::Requeued { job_id })
     }
 

@@ -5,6 +5,7 @@
 //! once before anything is stored in them. Our own outputs coming back (a PACS that forwards
 //! whole studies) is recognised and discarded: the loop guard.
 
+pub mod bell;
 pub mod db;
 
 use std::fs::{self, File};

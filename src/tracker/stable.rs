@@ -149,6 +149,18 @@ impl Tracker {
         Ok(Tick { completed, jobs })
     }
 
+    /// When the next pass has something to do: the earliest moment an unhandled series becomes
+    /// stable, or a study's channel wait runs out. `None`: nothing is pending (a new instance
+    /// rings the database's instance bell).
+    pub fn next_due(&self) -> Result<Option<f64>, TrackerError> {
+        let stable = self.db.oldest_unhandled_at()?.map(|t| t + self.config.stable_age_s);
+        let wait = self.waiting.values().copied().reduce(f64::min);
+        Ok(match (stable, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// The channel a series feeds and its plan, or `None`; and why (also logged). Plans from the
     /// header facts ingest stored; only instances stored before those were recorded are read.
     fn route(&self, series: &SeriesRow) -> Result<(Option<(Modality, Plan)>, String), TrackerError> {

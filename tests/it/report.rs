@@ -701,7 +701,7 @@ fn outputs_selection_decides_what_is_made_and_referenced() {
                 parametric_map: false,
                 ..OutputSelection::default()
             },
-            ["key/KEY.dcm", "seg/SEG.dcm", "sr/SR.dcm"].as_slice(),
+            ["sr/SR.dcm", "key/KEY.dcm", "seg/SEG.dcm"].as_slice(),
         ),
         (
             OutputSelection {
@@ -767,7 +767,8 @@ fn outputs_selection_decides_what_is_made_and_referenced() {
                     }
                 }
             }
-            let mut made: Vec<String> = written.objects[..written.objects.len() - 1]
+            // The SR is sent first; the rest are what it references.
+            let mut made: Vec<String> = written.objects[1..]
                 .iter()
                 .map(|o| str_of(o, tags::SOP_INSTANCE_UID))
                 .collect();
