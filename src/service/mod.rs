@@ -366,7 +366,7 @@ fn tracker_loop(
     loop {
         let seen = bell.generation();
         let now = crate::spool::db::now();
-        match tracker.tick(now) {
+        let ticked = match tracker.tick(now) {
             Ok(tick) => {
                 if let Some(times) = repeats.recovered() {
                     tracing::info!(failed_ticks = times, "tracker: recovered");
@@ -374,19 +374,25 @@ fn tracker_loop(
                 for _ in 0..tick.completed {
                     metrics.series_completed();
                 }
+                true
             }
-            Err(e) => log_repeated(&mut repeats, "tracker", &e.to_string()),
-        }
+            Err(e) => {
+                log_repeated(&mut repeats, "tracker", &e.to_string());
+                false
+            }
+        };
         if now - last_retention > 3600.0 {
             last_retention = now;
             apply_retention(&spool, results, &retention);
         }
         // Sleep until the next series becomes stable (a later instance only moves that later);
         // with nothing pending, until an instance arrives. `poll` bounds either wait.
+        // A failed pass waits `poll` whatever is due, so a lasting fault does not spin.
         let stopping = match tracker.next_due() {
+            Ok(_) if !ticked => wait_or_stop(&rx, poll, None),
             Ok(Some(due)) => {
-                let wait = Duration::from_secs_f64((due - crate::spool::db::now()).clamp(0.0, poll.as_secs_f64()));
-                wait_or_stop(&rx, wait, None)
+                let left = (due - crate::spool::db::now()).clamp(0.001, poll.as_secs_f64());
+                wait_or_stop(&rx, Duration::from_secs_f64(left), None)
             }
             Ok(None) => wait_or_stop(&rx, poll, Some((bell, seen))),
             Err(e) => {
