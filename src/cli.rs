@@ -192,6 +192,10 @@ enum BenchCommand {
         /// Tracker, pipeline and outbox poll interval in seconds.
         #[arg(long, default_value_t = 0.1)]
         poll_s: f64,
+        /// Series sent to the turnaround node (at least --runs): the process's resident memory
+        /// is printed after the 1st, 10th, 100th and last, to show whether the node grows.
+        #[arg(long, default_value_t = 0)]
+        series: usize,
     },
 }
 
@@ -285,12 +289,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     runs,
                     voxel_mm,
                     poll_s,
+                    series,
                 },
         } => crate::bench::node::command(&crate::bench::node::NodeBench {
             flair_dir,
             runs,
             voxel_mm,
             poll_s,
+            series,
         }),
         Command::Infer {
             paths,

@@ -51,6 +51,9 @@ pub struct NodeBench {
     pub voxel_mm: f64,
     /// Tracker, pipeline and outbox poll interval in seconds.
     pub poll_s: f64,
+    /// Series sent for the turnaround (at least `runs`); the resident memory is noted after the
+    /// 1st, 10th, 100th and last.
+    pub series: usize,
 }
 
 /// One turnaround run.
@@ -131,8 +134,18 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
     let ingest = runtime.block_on(ingest_runs(work, &base, &model, &files, bench))?;
     print_ingest(&ingest, bytes);
 
-    let turnaround = runtime.block_on(turnaround_runs(work, &base, &model, &files, bench))?;
+    let (turnaround, rss_after) = runtime.block_on(turnaround_runs(work, &base, &model, &files, bench))?;
     print_turnaround(&turnaround, bench);
+    if !rss_after.is_empty() {
+        let cells: Vec<String> = rss_after
+            .iter()
+            .map(|(n, b)| format!("after {n}: {:.0} MiB", *b as f64 / 1048576.0))
+            .collect();
+        println!(
+            "resident memory of this process (node, receiver, generated series) {}",
+            cells.join(", ")
+        );
+    }
 
     match peak_rss_bytes() {
         Some(b) => println!(
@@ -189,6 +202,17 @@ impl TimedSink {
         a.iter().find(|(c, _)| c == sop_class).map(|(_, t)| *t)
     }
 
+    /// Deletes what the PACS stored in `dir`.
+    fn remove_files(&self, dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "dcm") {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+
     fn last(&self) -> Option<Instant> {
         let a = self.arrivals.lock().ok()?;
         a.last().map(|(_, t)| *t)
@@ -218,7 +242,7 @@ async fn turnaround_runs(
     model: &Path,
     files: &[PathBuf],
     bench: &NodeBench,
-) -> Result<Vec<Turnaround>> {
+) -> Result<(Vec<Turnaround>, Vec<(usize, u64)>)> {
     let pacs_dir = work.join("pacs");
     std::fs::create_dir_all(&pacs_dir)?;
     let sink = Arc::new(TimedSink {
@@ -258,8 +282,11 @@ async fn turnaround_runs(
     let node_dest = Destination::new("fcdnode", NODE_AE, "127.0.0.1", node.dicom_addr.port());
     let result = async {
         let mut runs = Vec::new();
-        for n in 1..=bench.runs {
-            let series = relabel(files, &work.join(format!("turnaround-{n}")), n)?;
+        let mut rss_after = Vec::new();
+        let total = bench.runs.max(bench.series);
+        for n in 1..=total {
+            let sent_dir = work.join(format!("turnaround-{n}"));
+            let series = relabel(files, &sent_dir, n)?;
             sink.clear();
             let outcomes = deliver::send(&node_dest, MODALITY_AE, &series.files).await?;
             let last_rsp = Instant::now();
@@ -299,8 +326,16 @@ async fn turnaround_runs(
                 run.total.as_secs_f64() - STABLE_AGE_S
             );
             runs.push(run);
+            if [1, 10, 100, total].contains(&n)
+                && let Some(rss) = super::rss_bytes()
+            {
+                rss_after.push((n, rss));
+            }
+            // Many series would fill the disk: what was sent and what the PACS got go.
+            std::fs::remove_dir_all(&sent_dir)?;
+            sink.remove_files(&pacs_dir)?;
         }
-        Ok(runs)
+        Ok((runs, rss_after))
     }
     .await;
     node.shutdown().await;

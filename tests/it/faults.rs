@@ -1,6 +1,6 @@
 //! The crash and fault suite (bounded, loopback only): kill -9 at seeded random points over 20
-//! cycles with the acknowledged-versus-present check, and a spool volume that fills up (a
-//! small tmpfs) and is then enlarged. The idle-socket, large-instance and large-RQ cases live
+//! cycles with the acknowledged-versus-present check, a kill between an instance's last sync and
+//! its response, and a spool volume that fills up (a small tmpfs) and is then enlarged. The idle-socket, large-instance and large-RQ cases live
 //! in `ingest.rs` and `node.rs`.
 
 use std::collections::BTreeSet;
@@ -129,6 +129,91 @@ fn twenty_kill_9_cycles_at_random_points_lose_no_acknowledged_instance() {
         .filter(|p| sop_class(p) == COMPREHENSIVE_3D_SR)
         .count();
     assert_eq!(srs, jobs.len(), "one SR per job at the PACS");
+}
+
+/// Killed after an instance is durable but before its C-STORE-RSP: under strace, every sync of
+/// the job database's WAL (the last sync of an instance, its record) returns 10 s late, and the
+/// node is killed in that wait. The modality saw no response, so it sends the series again; the
+/// instance the node had made durable is there after the restart, the resend is answered, and
+/// the series makes one job, delivered once.
+#[test]
+fn a_kill_between_the_sync_and_the_response_keeps_the_instance_and_the_resend_makes_one_job() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    let data = dir.path().join("data");
+    let wal = data.join("jobs.sqlite-wal").display().to_string();
+    let trace = dir.path().join("strace.log");
+    let trace_arg = trace.display().to_string();
+    node.restart_under(&[
+        "strace",
+        "-f",
+        "-qq",
+        // Only calls on the WAL are traced, so only its syncs are held back.
+        "-P",
+        &wal,
+        "-e",
+        "trace=fsync,fdatasync",
+        "-e",
+        "inject=fsync,fdatasync:delay_exit=10000000",
+        "-o",
+        &trace_arg,
+    ]);
+    let synced = || {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .matches("sync(")
+            .count()
+    };
+    let at_start = synced();
+    let files = new_study(&flair_files(), &dir.path().join("send"), 1);
+    let sender = node
+        .storescu_command(&files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the sync of the first instance's record",
+        Duration::from_secs(60),
+        || synced() > at_start,
+    );
+    // Inside the held-back return: the record is on disk, the answer not sent.
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill();
+    let out = sender.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("Received Store Response").count(),
+        0,
+        "nothing may be answered while the sync is held back:\n{log}"
+    );
+    node.restart_under(&[]);
+    assert!(
+        spooled(&data).contains(&sop_instance(&files[0])),
+        "the instance whose record was synced is not in the spool after the restart"
+    );
+    let again = node.storescu(&files);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert_eq!(
+        log.matches("Received Store Response (Success)").count(),
+        files.len(),
+        "every instance of the resend is answered with success:\n{log}"
+    );
+    wait_until("the job delivered", Duration::from_secs(300), || {
+        node.jobs().first().is_some_and(|j| state_of(j) == "delivered")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node.jobs().len(), 1, "one job for the series: {:?}", node.jobs());
+    assert!(node.log_text().contains("duplicate (already stored)"));
+    let srs = pacs
+        .files()
+        .iter()
+        .filter(|p| sop_class(p) == COMPREHENSIVE_3D_SR)
+        .count();
+    assert_eq!(srs, 1, "one SR at the PACS");
 }
 
 /// A tmpfs of `size` mounted on `dir` for as long as it lives.
