@@ -196,6 +196,13 @@ enum BenchCommand {
         /// is printed after the 1st, 10th, 100th and last, to show whether the node grows.
         #[arg(long, default_value_t = 0)]
         series: usize,
+        /// Studies (T1w + FLAIR each) sent at once to a fresh node: per-study turnaround p50/p95
+        /// and studies per hour; 0 skips it.
+        #[arg(long, default_value_t = 0)]
+        studies: usize,
+        /// Modalities sending those studies side by side.
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
     },
 }
 
@@ -290,6 +297,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     voxel_mm,
                     poll_s,
                     series,
+                    studies,
+                    senders,
                 },
         } => crate::bench::node::command(&crate::bench::node::NodeBench {
             flair_dir,
@@ -297,6 +306,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             voxel_mm,
             poll_s,
             series,
+            studies,
+            senders,
         }),
         Command::Infer {
             paths,

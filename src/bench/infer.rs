@@ -103,6 +103,15 @@ pub fn infer_bench(dir: &Path, bench: &InferBench) -> Result<InferBenchReport> {
 
 /// A 1 mm sagittal FLAIR, 256 × 256 × 176, of a synthetic patient.
 pub(crate) fn write_flair(dir: &Path) -> Result<()> {
+    write_series_of(dir, Contrast::Flair)
+}
+
+/// The same patient's 1 mm sagittal 3D T1w (MPRAGE), on the FLAIR's grid.
+pub(crate) fn write_t1w(dir: &Path) -> Result<()> {
+    write_series_of(dir, Contrast::T1w)
+}
+
+fn write_series_of(dir: &Path, contrast: Contrast) -> Result<()> {
     let anatomy = Anatomy::load()?;
     let subject = Subject::sample(
         &anatomy,
@@ -122,7 +131,7 @@ pub(crate) fn write_flair(dir: &Path) -> Result<()> {
     let image = subject
         .render(
             &anatomy,
-            Contrast::Flair,
+            contrast,
             &AcquisitionSpec {
                 grid,
                 noise: 0.02,
@@ -131,15 +140,24 @@ pub(crate) fn write_flair(dir: &Path) -> Result<()> {
             1,
         )?
         .image;
-    let info = SeriesInfo {
-        series_description: "3D FLAIR".into(),
-        protocol_name: "t2_spc_da-fl_sag_p2_iso".into(),
-        scanning_sequence: "SE\\IR".into(),
-        repetition_time: 5000.0,
-        echo_time: 388.0,
-        inversion_time: Some(1800.0),
-        acquisition_contrast: "FLUID_ATTENUATED".into(),
-        ..SeriesInfo::new(1)
+    let info = match contrast {
+        Contrast::Flair => SeriesInfo {
+            series_description: "3D FLAIR".into(),
+            protocol_name: "t2_spc_da-fl_sag_p2_iso".into(),
+            scanning_sequence: "SE\\IR".into(),
+            repetition_time: 5000.0,
+            echo_time: 388.0,
+            inversion_time: Some(1800.0),
+            acquisition_contrast: "FLUID_ATTENUATED".into(),
+            ..SeriesInfo::new(1)
+        },
+        // SeriesInfo's defaults are a 3D MPRAGE.
+        Contrast::T1w => SeriesInfo {
+            series_description: "3D T1w MPRAGE".into(),
+            series_number: 2,
+            acquisition_contrast: "T1".into(),
+            ..SeriesInfo::new(2)
+        },
     };
     write_series(&image, &info, &DicomOptions::default(), dir)?;
     Ok(())

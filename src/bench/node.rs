@@ -54,6 +54,10 @@ pub struct NodeBench {
     /// Series sent for the turnaround (at least `runs`); the resident memory is noted after the
     /// 1st, 10th, 100th and last.
     pub series: usize,
+    /// Studies (T1w + FLAIR each) sent at once for the many-studies figures; 0: none.
+    pub studies: usize,
+    /// Modalities sending those studies side by side.
+    pub senders: usize,
 }
 
 /// One turnaround run.
@@ -146,6 +150,9 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
             cells.join(", ")
         );
     }
+    if bench.studies > 0 {
+        runtime.block_on(many_studies(work, &base, &model, &files, bench))?;
+    }
 
     match peak_rss_bytes() {
         Some(b) => println!(
@@ -188,6 +195,8 @@ fn node_settings(
 struct TimedSink {
     files: FolderSink,
     arrivals: Mutex<Vec<(String, Instant)>>,
+    /// When each SOP Instance UID arrived (kept across [`TimedSink::clear`]).
+    by_sop: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl TimedSink {
@@ -226,11 +235,15 @@ impl InstanceSink for TimedSink {
 
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
         let class = instance.sop_class_uid.clone();
+        let sop = instance.sop_instance_uid.clone();
         let outcome = self.files.store(instance);
         if matches!(outcome, StoreOutcome::Stored)
             && let Ok(mut a) = self.arrivals.lock()
         {
             a.push((class, Instant::now()));
+            if let Ok(mut by_sop) = self.by_sop.lock() {
+                by_sop.insert(sop, Instant::now());
+            }
         }
         outcome
     }
@@ -244,29 +257,8 @@ async fn turnaround_runs(
     bench: &NodeBench,
 ) -> Result<(Vec<Turnaround>, Vec<(usize, u64)>)> {
     let pacs_dir = work.join("pacs");
-    std::fs::create_dir_all(&pacs_dir)?;
-    let sink = Arc::new(TimedSink {
-        files: FolderSink::new(&pacs_dir),
-        arrivals: Mutex::new(Vec::new()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let pacs_port = listener.local_addr()?.port();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let receiver = tokio::spawn(ingest::serve(
-        listener,
-        Arc::new(
-            ScpConfig {
-                ae_title: PACS_AE.into(),
-                // The outputs are not MR: hand them to the sink instead of discarding them.
-                other_storage: OtherStorage::Store,
-                ..ScpConfig::default()
-            }
-            .check()?,
-        ),
-        sink.clone() as Arc<dyn InstanceSink>,
-        Arc::new(IngestStats::default()),
-        stop_rx,
-    ));
+    let pacs = Receiver::start(&pacs_dir).await?;
+    let (sink, pacs_port) = (pacs.sink.clone(), pacs.port);
 
     const STABLE_AGE_S: f64 = 1.0;
     let settings = node_settings(
@@ -339,9 +331,221 @@ async fn turnaround_runs(
     }
     .await;
     node.shutdown().await;
-    let _ = stop.send(true);
-    let _ = receiver.await;
+    pacs.stop().await;
     result
+}
+
+/// The PACS of the benchmarks: a built-in receiver storing into a folder, timing arrivals.
+struct Receiver {
+    sink: Arc<TimedSink>,
+    port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ingest::IngestError>>,
+}
+
+impl Receiver {
+    async fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let sink = Arc::new(TimedSink {
+            files: FolderSink::new(dir),
+            arrivals: Mutex::new(Vec::new()),
+            by_sop: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(ingest::serve(
+            listener,
+            Arc::new(
+                ScpConfig {
+                    ae_title: PACS_AE.into(),
+                    // The outputs are not MR: hand them to the sink instead of discarding them.
+                    other_storage: OtherStorage::Store,
+                    ..ScpConfig::default()
+                }
+                .check()?,
+            ),
+            sink.clone() as Arc<dyn InstanceSink>,
+            Arc::new(IngestStats::default()),
+            stop_rx,
+        ));
+        Ok(Self { sink, port, stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many studies at once
+
+/// One study of the many-studies run.
+struct StudyRun {
+    sender: usize,
+    /// The study's last C-STORE-RSP (its FLAIR's association released), from the start.
+    sent: Duration,
+    /// Its SR stored by the receiver, from the start.
+    sr: Duration,
+    /// The job's pipeline time.
+    pipeline: Duration,
+}
+
+/// Sends `bench.studies` studies (T1w then FLAIR) from `bench.senders` modalities at once to a
+/// fresh node and times each study's SR.
+async fn many_studies(work: &Path, base: &Config, model: &Path, flair: &[PathBuf], bench: &NodeBench) -> Result<()> {
+    let t1w_dir = work.join("t1w");
+    eprintln!(
+        "many studies: writing a T1w series of the same patient into {}",
+        t1w_dir.display()
+    );
+    super::infer::write_t1w(&t1w_dir)?;
+    let t1w = fcdnode::assemble::list_files(std::slice::from_ref(&t1w_dir))?;
+    let senders = bench.senders.clamp(1, bench.studies);
+    let mut studies: Vec<Vec<Relabelled>> = (0..senders).map(|_| Vec::new()).collect();
+    for s in 0..bench.studies {
+        let dir = work.join(format!("study-{s}"));
+        let t1 = relabel_into(&t1w, &dir.join("t1w"), 1000 + 2 * s, None)?;
+        let fl = relabel_into(flair, &dir.join("flair"), 1001 + 2 * s, Some(&t1.study_uid))?;
+        studies[s % senders].push(t1);
+        studies[s % senders].push(fl);
+    }
+    let pacs = Receiver::start(&work.join("pacs-many")).await?;
+    let settings = node_settings(
+        base,
+        &work.join("node-many"),
+        model,
+        1.0,
+        bench.poll_s,
+        Some(Destination::new("bench-pacs", PACS_AE, "127.0.0.1", pacs.port)),
+    )?;
+    eprintln!("many studies: starting the node (loading the model)");
+    let node = service::start(settings).await?;
+    let dest = Destination::new("fcdnode", NODE_AE, "127.0.0.1", node.dicom_addr.port());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (sender, series) in studies.into_iter().enumerate() {
+        let dest = dest.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for s in series {
+                let outcomes = deliver::send(&dest, &format!("BENCH_MRI{sender}"), &s.files).await?;
+                if let Some(bad) = outcomes.iter().find(|o| o.result.is_err()) {
+                    bail!("C-STORE of {} to the node: {:?}", bad.path.display(), bad.result);
+                }
+                sent.push((s.study_uid, start.elapsed()));
+            }
+            anyhow::Ok((sender, sent))
+        }));
+    }
+    // The last series sent of a study is its FLAIR: its time stands.
+    let mut sent_at: std::collections::BTreeMap<String, (usize, Duration)> = Default::default();
+    for task in tasks {
+        let (sender, sent) = task.await??;
+        for (study, t) in sent {
+            sent_at.insert(study, (sender, t));
+        }
+    }
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        let jobs = loop {
+            let jobs: Vec<JobRow> = node.db.jobs(10_000)?;
+            let settled = |j: &JobRow| {
+                matches!(
+                    j.state,
+                    JobState::Delivered | JobState::Failed | JobState::Undeliverable
+                )
+            };
+            if jobs.len() >= sent_at.len() && jobs.iter().all(settled) {
+                break jobs;
+            }
+            ensure!(Instant::now() < deadline, "many studies: jobs not settled after 1800 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut runs = Vec::new();
+        for job in &jobs {
+            ensure!(
+                job.state == JobState::Delivered,
+                "job {} {}: {:?}",
+                job.id,
+                job.state.as_str(),
+                job.reason
+            );
+            let dir = job.result_dir.clone().context("a delivered job without results")?;
+            let summary = ResultSummary::read(&dir.join("result.json"))?;
+            let sr_path = dir.join(summary.sr_file.as_deref().context("no SR made")?);
+            let header = OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .open_file(&sr_path)?;
+            let sop = header
+                .element(tags::SOP_INSTANCE_UID)?
+                .to_str()?
+                .trim_end_matches('\0')
+                .to_string();
+            let arrived = pacs
+                .sink
+                .by_sop
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&sop).copied())
+                .context("SR not at the receiver")?;
+            let (sender, sent) = *sent_at.get(&job.study_uid).context("a job for a study not sent")?;
+            runs.push(StudyRun {
+                sender,
+                sent,
+                sr: arrived.saturating_duration_since(start),
+                pipeline: Duration::from_secs_f64(summary.timings_ms.total / 1000.0),
+            });
+        }
+        Ok(runs)
+    }
+    .await;
+    node.shutdown().await;
+    pacs.stop().await;
+    print_many(&result?, bench, flair.len() + t1w.len());
+    Ok(())
+}
+
+fn print_many(runs: &[StudyRun], bench: &NodeBench, files_per_study: usize) {
+    println!(
+        "\nmany studies: {} studies (T1w + FLAIR, {files_per_study} files each) from {} modalities at once; \
+         stable age 1 s; one pipeline worker",
+        runs.len(),
+        bench.senders.clamp(1, bench.studies)
+    );
+    println!("  study  sender  sent at (s)  SR at (s)  turnaround (s)  −stable (s)  pipeline (s)  waited (s)");
+    let mut turnarounds = Vec::new();
+    let mut ordered: Vec<&StudyRun> = runs.iter().collect();
+    ordered.sort_by_key(|r| r.sr);
+    for (n, r) in ordered.iter().enumerate() {
+        let turnaround = r.sr.saturating_sub(r.sent).as_secs_f64();
+        turnarounds.push(turnaround);
+        println!(
+            "  {:>5}  {:>6}  {:>11.2}  {:>9.2}  {:>14.2}  {:>11.2}  {:>12.2}  {:>10.2}",
+            n + 1,
+            r.sender + 1,
+            r.sent.as_secs_f64(),
+            r.sr.as_secs_f64(),
+            turnaround,
+            turnaround - 1.0,
+            r.pipeline.as_secs_f64(),
+            // Neither stable age nor its own pipeline: queued behind other studies' jobs.
+            (turnaround - 1.0 - r.pipeline.as_secs_f64()).max(0.0)
+        );
+    }
+    turnarounds.sort_by(f64::total_cmp);
+    // Nearest rank.
+    let rank = |p: f64| turnarounds[((p * turnarounds.len() as f64).ceil() as usize).clamp(1, turnarounds.len()) - 1];
+    let span = runs.iter().map(|r| r.sr).max().unwrap_or_default().as_secs_f64();
+    if !turnarounds.is_empty() {
+        println!(
+            "  turnaround p50 {:.2} s, p95 {:.2} s; {:.0} studies/hour (first C-STORE → last SR, {span:.1} s)",
+            rank(0.50),
+            rank(0.95),
+            runs.len() as f64 * 3600.0 / span.max(1e-9)
+        );
+    }
 }
 
 /// The per-stage times of the job of `study_uid`, once it is delivered.
@@ -561,13 +765,18 @@ struct Relabelled {
 /// Writes `files` into `dir` with new Study, Series and SOP Instance UIDs (run `n`), so that the
 /// node sees a new series instead of duplicates.
 fn relabel(files: &[PathBuf], dir: &Path, n: usize) -> Result<Relabelled> {
+    relabel_into(files, dir, n, None)
+}
+
+/// [`relabel`] into the study `study_uid` when given (a second series of the same study).
+fn relabel_into(files: &[PathBuf], dir: &Path, n: usize, study_uid: Option<&str>) -> Result<Relabelled> {
     std::fs::create_dir_all(dir)?;
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
         .wrapping_mul(1_000_000);
     let uid = |i: u128| pad(format!("2.25.{}", base.wrapping_add(n as u128 * 100_000 + i)));
-    let study_uid = uid(1);
+    let study_uid = study_uid.map_or_else(|| uid(1), |u| pad(u.to_owned()));
     let series_uid = uid(2);
     let mut out = Vec::with_capacity(files.len());
     for (i, path) in files.iter().enumerate() {
