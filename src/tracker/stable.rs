@@ -92,6 +92,9 @@ pub struct Tracker {
     config: TrackerConfig,
     /// Studies with some channels complete, waiting for the others: deadline per study.
     waiting: BTreeMap<String, f64>,
+    /// Studies found at start with routed series and no job: a kill between handling their
+    /// last series and creating the job leaves them so; they get the job on their first pass.
+    recovered: std::collections::BTreeSet<String>,
 }
 
 impl Tracker {
@@ -104,10 +107,10 @@ impl Tracker {
         config: TrackerConfig,
         now: f64,
     ) -> Result<Self, TrackerError> {
-        let waiting = db
-            .studies_without_job()?
-            .into_iter()
-            .map(|study| (study, now + config.channel_wait_s))
+        let recovered: std::collections::BTreeSet<String> = db.studies_without_job()?.into_iter().collect();
+        let waiting = recovered
+            .iter()
+            .map(|study| (study.clone(), now + config.channel_wait_s))
             .collect();
         Ok(Self {
             db,
@@ -115,6 +118,7 @@ impl Tracker {
             channels,
             config,
             waiting,
+            recovered,
         })
     }
 
@@ -241,7 +245,8 @@ impl Tracker {
         }
         if missing.is_empty() {
             self.waiting.remove(study);
-            if !touched {
+            let recovered = self.recovered.remove(study);
+            if !touched && !recovered {
                 return Ok(None);
             }
             let id = self.db.create_job(study, &chosen, &calling_ae)?;
@@ -251,6 +256,7 @@ impl Tracker {
         }
         if expired {
             self.waiting.remove(study);
+            self.recovered.remove(study);
             let reason = format!(
                 "model channel(s) {} did not arrive within {} s of the study's other series",
                 missing.join(", "),

@@ -102,6 +102,29 @@ fn a_series_becomes_a_job_once_stable_with_its_files() {
     assert_eq!(tracker.tick(t0 + 120.0).unwrap(), Tick::default(), "handled once");
 }
 
+/// A kill between routing a study's last series and creating its job (two transactions) leaves
+/// a handled series and no job; the tracker of the restarted node makes the job on its first pass.
+#[test]
+fn a_study_handled_but_without_a_job_before_a_restart_gets_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(JobDb::open(&dir.path().join("jobs.sqlite")).unwrap());
+    let (series, _) = receive(&db, dir.path(), 6, "FLAIR 3D", 6);
+    let t0 = now();
+    let before = Tracker::new(db.clone(), router(), vec![Modality::Flair], config(), t0).unwrap();
+    let stable = db.stable_series(t0 + 61.0 - 60.0).unwrap();
+    let row = stable.iter().find(|r| r.series_uid == series).unwrap();
+    let (routed, reason) = before.route(row).unwrap();
+    let plan = routed.map(|(c, plan)| (c.to_string(), plan)).unwrap();
+    db.mark_handled(&series, row.generation, Some((plan.0, &plan.1)), &reason)
+        .unwrap();
+    // Killed here: no job. The restarted node's tracker:
+    let mut after = Tracker::new(db.clone(), router(), vec![Modality::Flair], config(), t0 + 70.0).unwrap();
+    let tick = after.tick(t0 + 71.0).unwrap();
+    assert_eq!((tick.completed, tick.jobs.len()), (0, 1), "the job the kill cut off");
+    assert_eq!(db.job(tick.jobs[0]).unwrap().unwrap().series, vec![series]);
+    assert!(after.tick(t0 + 72.0).unwrap().jobs.is_empty(), "made once");
+}
+
 #[test]
 fn the_series_with_most_slices_feeds_the_channel() {
     let dir = tempfile::tempdir().unwrap();
