@@ -9,6 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::bell::Bells;
+
+/// A series with instances the tracker has not handled yet (new, or reopened by a late one).
+const UNHANDLED: &str = "handled_generation IS NULL OR handled_generation < generation";
 use crate::assemble::{InstanceHeader, Plan};
 use crate::tracker::routing::ChannelSeries;
 
@@ -449,7 +452,7 @@ impl JobDb {
     /// Series with unhandled instances whose last instance is older than `stable_before`.
     pub fn stable_series(&self, stable_before: f64) -> Result<Vec<SeriesRow>, DbError> {
         self.select_series(
-            "WHERE (handled_generation IS NULL OR handled_generation < generation) AND last_received_at <= ?1",
+            &format!("WHERE ({UNHANDLED}) AND last_received_at <= ?1"),
             params![stable_before],
         )
     }
@@ -459,8 +462,7 @@ impl JobDb {
     pub fn oldest_unhandled_at(&self) -> Result<Option<f64>, DbError> {
         self.conn()
             .query_row(
-                "SELECT MIN(last_received_at) FROM series
-                 WHERE handled_generation IS NULL OR handled_generation < generation",
+                &format!("SELECT MIN(last_received_at) FROM series WHERE {UNHANDLED}"),
                 [],
                 |r| r.get(0),
             )
