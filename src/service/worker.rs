@@ -267,17 +267,28 @@ impl Worker {
         options.report.predecessor = predecessor;
         let db = self.db.clone();
         let id = job.id;
+        // The stage running now, for a panic's failure record.
+        let running = std::cell::Cell::new("assemble");
         let mut on_stage = |stage: Stage| {
-            let state = match stage {
-                Stage::Assembled => JobState::Assembled,
-                Stage::Inferred => JobState::Inferred,
+            let (state, next) = match stage {
+                Stage::Assembled => (JobState::Assembled, "infer"),
+                Stage::Inferred => (JobState::Inferred, "report"),
             };
+            running.set(next);
             match db.set_state(id, state, None) {
                 Ok(()) => tracing::info!(job = id, state = %state.as_str(), "job state"),
                 Err(e) => tracing::warn!(job = id, "cannot record state {state:?}: {e}"),
             }
         };
-        pipeline::run_series_staged(&job.inputs, &mut self.ensemble, out, &options, &mut on_stage).map_err(|e| {
+        let ensemble = &mut self.ensemble;
+        let ran = contain_panic(|| pipeline::run_series_staged(&job.inputs, ensemble, out, &options, &mut on_stage))
+            .map_err(|message| {
+                fail(JobErrorKind::Panicked {
+                    stage: running.get(),
+                    message,
+                })
+            })?;
+        ran.map_err(|e| {
             let series_uid = e.series_uid().map(str::to_owned);
             let mut error = fail(JobErrorKind::Pipeline(Box::new(e)));
             if series_uid.is_some() {
@@ -345,6 +356,10 @@ pub enum JobErrorKind {
     /// The job row has no chosen series (made by an older version of the node).
     #[error("prepare: the job records no instance files for its series; send the study again")]
     NoInputs,
+    /// A stage panicked: a bug of the node, whatever the input. The job fails with the message
+    /// and the worker goes on with the next job.
+    #[error("{stage}: internal error (please report it): {message}")]
+    Panicked { stage: &'static str, message: String },
 }
 
 impl JobError {
@@ -355,7 +370,7 @@ impl JobError {
         match &self.kind {
             JobErrorKind::Io { .. } => true,
             JobErrorKind::Pipeline(e) => matches!(**e, PipelineError::Report(_)) && caused_by_io(&**e),
-            JobErrorKind::NoInputs => false,
+            JobErrorKind::NoInputs | JobErrorKind::Panicked { .. } => false,
         }
     }
 
@@ -364,6 +379,7 @@ impl JobError {
         match &self.kind {
             JobErrorKind::Pipeline(e) => e.stage(),
             JobErrorKind::Io { .. } | JobErrorKind::NoInputs => "prepare",
+            JobErrorKind::Panicked { stage, .. } => stage,
         }
     }
 
@@ -375,6 +391,18 @@ impl JobError {
             message: crate::error_chain(&self.kind),
         }
     }
+}
+
+/// Runs `f`; a panic inside it comes back as its message instead of unwinding further, so that
+/// one job's bug does not stop the worker thread (the panic hook has logged it already).
+fn contain_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned())
+    })
 }
 
 /// Whether an I/O error is somewhere in `e`'s chain.
@@ -447,5 +475,25 @@ mod tests {
         });
         assert!(!job_error(bad).is_transient(), "a fault of the input runs only once");
         assert!(!job_error(JobErrorKind::NoInputs).is_transient());
+    }
+
+    #[test]
+    fn a_panic_becomes_a_failure_with_its_stage_and_message() {
+        assert_eq!(contain_panic(|| 7), Ok(7));
+        let index = 9;
+        let message = contain_panic(|| -> u8 { panic!("slice {index} out of range") }).unwrap_err();
+        assert_eq!(message, "slice 9 out of range");
+        assert_eq!(contain_panic(|| -> u8 { panic!("static") }).unwrap_err(), "static");
+        let failed = job_error(JobErrorKind::Panicked {
+            stage: "infer",
+            message,
+        });
+        assert!(!failed.is_transient(), "a bug is not retried");
+        let failure = failed.failure();
+        assert_eq!(failure.stage, "infer");
+        assert!(
+            failure.message.contains("internal error") && failure.message.contains("slice 9"),
+            "{failure:?}"
+        );
     }
 }
