@@ -122,20 +122,45 @@ fn twenty_kill_9_cycles_at_random_points_lose_no_acknowledged_instance() {
     let jobs = node.jobs();
     let studies_with_jobs: BTreeSet<&str> = jobs.iter().filter_map(|j| j["study_uid"].as_str()).collect();
     assert_eq!(studies_with_jobs.len(), 20, "{jobs:?}");
-    // Each job's outputs reached the PACS once: as many SR files as delivered jobs.
-    let srs = pacs
+    // Each job's SR reached the PACS, and nothing else did: the PACS holds exactly the SRs
+    // in the jobs' result directories.
+    let at_pacs: BTreeSet<String> = pacs
         .files()
         .iter()
         .filter(|p| sop_class(p) == COMPREHENSIVE_3D_SR)
-        .count();
-    assert_eq!(srs, jobs.len(), "one SR per job at the PACS");
+        .map(|p| sop_instance(p))
+        .collect();
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    let mut made = BTreeSet::new();
+    for job in &jobs {
+        let id = job["id"].as_i64().unwrap();
+        let srs: Vec<String> = walk(&data.join(format!("results/job-{id}")))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm") && sop_class(p) == COMPREHENSIVE_3D_SR)
+            .map(|p| sop_instance(p))
+            .collect();
+        let missing = srs.len() != 1 || !at_pacs.contains(&srs[0]);
+        if missing {
+            let tag = format!("job={id} ");
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&tag)).collect();
+            println!(
+                "job {id}: SRs made {srs:?}, at the PACS: {}\n{job}\n{}",
+                !missing,
+                lines.join("\n")
+            );
+        }
+        made.extend(srs);
+    }
+    assert_eq!(made, at_pacs, "the SRs the jobs made are the SRs at the PACS");
+    assert_eq!(made.len(), jobs.len(), "one SR per job");
 }
 
 /// Killed after an instance is durable but before its C-STORE-RSP: under strace, every sync of
-/// the job database's WAL (the last sync of an instance, its record) returns 10 s late, and the
-/// node is killed in that wait. The modality saw no response, so it sends the series again; the
-/// instance the node had made durable is there after the restart, the resend is answered, and
-/// the series makes one job, delivered once.
+/// the spool journal's first segment (an instance's only sync before its response) returns 10 s
+/// late, and the node is killed in that wait, before the instance's file was written. The
+/// modality saw no response, so it sends the series again; the instance the node had made
+/// durable is in the spool after the restart (replayed from the journal), the resend is
+/// answered, and the series makes one job, delivered once.
 #[test]
 fn a_kill_between_the_sync_and_the_response_keeps_the_instance_and_the_resend_makes_one_job() {
     let dir = tempdir();
@@ -143,27 +168,27 @@ fn a_kill_between_the_sync_and_the_response_keeps_the_instance_and_the_resend_ma
     let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
     let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
     let data = dir.path().join("data");
-    let wal = data.join("jobs.sqlite-wal").display().to_string();
+    let segment = data.join("spool/journal/1.seg").display().to_string();
     let trace = dir.path().join("strace.log");
     let trace_arg = trace.display().to_string();
     node.restart_under(&[
         "strace",
         "-f",
         "-qq",
-        // Only calls on the WAL are traced, so only its syncs are held back.
+        // Only calls on the segment are traced, so only its syncs are held back.
         "-P",
-        &wal,
+        &segment,
         "-e",
-        "trace=fsync,fdatasync",
+        "trace=fdatasync",
         "-e",
-        "inject=fsync,fdatasync:delay_exit=10000000",
+        "inject=fdatasync:delay_exit=10000000",
         "-o",
         &trace_arg,
     ]);
     let synced = || {
         std::fs::read_to_string(&trace)
             .unwrap_or_default()
-            .matches("sync(")
+            .matches("fdatasync(")
             .count()
     };
     let at_start = synced();
@@ -179,8 +204,13 @@ fn a_kill_between_the_sync_and_the_response_keeps_the_instance_and_the_resend_ma
         Duration::from_secs(60),
         || synced() > at_start,
     );
-    // Inside the held-back return: the record is on disk, the answer not sent.
+    // Inside the held-back return: the record is on disk, the answer not sent, the file not
+    // written yet.
     std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !spooled(&data).contains(&sop_instance(&files[0])),
+        "the instance file is written only after the journal's sync returns"
+    );
     node.kill();
     let out = sender.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
