@@ -204,6 +204,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         senders: usize,
     },
+    /// The cost of making a series durable before each response, by strategy (three syncs per
+    /// instance, one syncfs, the node's journal, its bare segment, no sync as storescp), on the
+    /// volume holding DIR; prints figures, asserts nothing.
+    Sync {
+        /// A directory on the volume to measure (a subdirectory is written and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Instances per series.
+        #[arg(long, default_value_t = 176)]
+        files: usize,
+        /// KiB per instance.
+        #[arg(long, default_value_t = 132)]
+        size_kib: usize,
+        /// Timed series per strategy.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +325,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             series,
             studies,
             senders,
+        }),
+        Command::Bench {
+            what:
+                BenchCommand::Sync {
+                    dir,
+                    files,
+                    size_kib,
+                    runs,
+                },
+        } => crate::bench::sync::command(&crate::bench::sync::SyncBench {
+            dir,
+            files,
+            size: size_kib * 1024,
+            runs,
         }),
         Command::Infer {
             paths,

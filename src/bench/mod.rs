@@ -4,10 +4,12 @@
 //! - [`assemble`]: a 176-file 256×256 series → `Volume` (wall time, peak RSS).
 //! - [`infer`]: one study through the pipeline, stage by stage.
 //! - [`node`]: the running node: series turnaround and ingest MB/s beside DCMTK storescp.
+//! - [`sync`]: the durability strategies a spool could use, on the volume that would hold it.
 
 pub mod assemble;
 pub mod infer;
 pub mod node;
+pub mod sync;
 
 /// Peak resident set size of this process (VmHWM in `/proc/self/status`), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {

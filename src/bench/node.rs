@@ -746,8 +746,8 @@ fn print_ingest(runs: &[Ingest], bytes: u64) {
     let node = median(&runs.iter().map(|r| r.node.as_secs_f64()).collect::<Vec<_>>());
     let scp = median(&runs.iter().map(|r| r.storescp.as_secs_f64()).collect::<Vec<_>>());
     println!(
-        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s); the node fsyncs each file \
-         and commits it to SQLite (synchronous=FULL) before answering, storescp does neither",
+        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s); the node syncs each instance \
+         in its spool journal and records it in SQLite before answering, storescp does neither",
         bytes as f64 / 1e6 / node.max(1e-9),
         bytes as f64 / 1e6 / scp.max(1e-9)
     );

@@ -362,6 +362,7 @@ fn tracker_loop(
 ) {
     let mut last_retention = 0.0;
     let mut repeats = Repeats::new(REPEATS_EVERY);
+    let mut journal_repeats = Repeats::new(REPEATS_EVERY);
     let bell = &spool.db().bells().instances;
     loop {
         let seen = bell.generation();
@@ -381,6 +382,13 @@ fn tracker_loop(
                 false
             }
         };
+        // Journal segments no association appends to any more: their instances made durable by
+        // one sync of the volume, then deleted.
+        match spool.retire_journal(crate::spool::JOURNAL_IDLE) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(segments = n, "spool journal retired"),
+            Err(e) => log_repeated(&mut journal_repeats, "spool journal", &e.to_string()),
+        }
         if now - last_retention > 3600.0 {
             last_retention = now;
             apply_retention(&spool, results, &retention);

@@ -270,6 +270,10 @@ pub struct InstanceRecord<'a> {
     pub size: u64,
     /// What its header says for planning, read once here.
     pub header: &'a StoredHeader,
+    /// Whether the commit is synced before the call returns. `false` for an instance in the
+    /// spool's journal: its replay restores the row should a power cut lose the commit, and
+    /// the journal's retirement syncs it with the rest of the volume.
+    pub synced: bool,
 }
 
 /// What ingest read from an instance's header for planning the series, or why it could not:
@@ -408,6 +412,25 @@ impl JobDb {
     pub fn record_instance(&self, rec: &InstanceRecord<'_>) -> Result<Recorded, DbError> {
         let now = now();
         let mut conn = self.conn();
+        if !rec.synced {
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| self.err(e))?;
+        }
+        let recorded = self.insert_instance(&mut conn, rec, now);
+        if !rec.synced {
+            // Every other commit stays synced.
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| self.err(e))?;
+        }
+        let recorded = recorded?;
+        drop(conn);
+        if recorded == Recorded::New {
+            self.bells.instances.ring();
+        }
+        Ok(recorded)
+    }
+
+    fn insert_instance(&self, conn: &mut Connection, rec: &InstanceRecord<'_>, now: f64) -> Result<Recorded, DbError> {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let inserted = tx
             .execute(
@@ -445,7 +468,6 @@ impl JobDb {
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
-        self.bells.instances.ring();
         Ok(Recorded::New)
     }
 

@@ -1,12 +1,17 @@
-//! Spool: the durable store behind the SCP. An instance is written to a temporary file, fsynced,
-//! renamed into `spool/<study>/<series>/<sop>.dcm`, the directory fsynced (and every directory
-//! created on the way, with its parent), and recorded in the job database — all before the SCP
-//! answers success; directories found at open (perhaps made just before a kill -9) are fsynced
-//! once before anything is stored in them. Our own outputs coming back (a PACS that forwards
-//! whole studies) is recognised and discarded: the loop guard.
+//! Spool: the durable store behind the SCP. Before the SCP answers success, an instance is
+//! appended to a journal segment and that is synced (one `fdatasync`, see [`journal`]); then it
+//! is written to `spool/<study>/<series>/<sop>.dcm` (through a part file and a rename) and
+//! recorded in the job database, both without syncs of their own: a segment is deleted only
+//! after a sync of the whole volume, and one found at open is replayed. A data set too large
+//! to hold in memory skips the journal: its file is fsynced, renamed, the directory fsynced and
+//! the row committed with a sync. Every directory created on the way is fsynced with its parent;
+//! directories found at open (perhaps made just before a kill -9) are fsynced once before
+//! anything is stored in them. Our own outputs coming back (a PACS that forwards whole studies)
+//! are recognised and discarded: the loop guard.
 
 pub mod bell;
 pub mod db;
+mod journal;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dicom_dictionary_std::tags;
-use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, OpenFileOptions};
 
 use crate::assemble::InstanceHeader;
 use crate::audit::InstanceIdentity;
@@ -33,7 +38,11 @@ pub struct Spool {
     /// Held while creating study/series directories: a directory another association finds
     /// already there has then been fsynced (with its parent) by whoever created it.
     dir_lock: Mutex<()>,
+    journal: journal::Journal,
 }
+
+/// How long a journal segment rests unused before [`Spool::retire_journal`] retires it.
+pub const JOURNAL_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Why the spool could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +58,10 @@ pub enum SpoolError {
     /// The job database failed.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// An instance in a journal segment left by an earlier process could not be written again;
+    /// the segment is kept for the next start.
+    #[error("spool journal {segment}: an instance cannot be restored: {reason}")]
+    Replay { segment: PathBuf, reason: String },
 }
 
 impl Spool {
@@ -67,13 +80,29 @@ impl Spool {
         }
         let synced = sync_existing_dirs(&root.join("spool")).map_err(dir_error)?;
         tracing::debug!(directories = synced, "spool directories synced");
+        create_dirs_durably(root, Path::new("spool/journal")).map_err(dir_error)?;
         let db = Arc::new(JobDb::open(&root.join("jobs.sqlite"))?);
-        Ok(Self {
+        let spool = Self {
             root: root.to_owned(),
             db,
             device_uid: device_uid.to_owned(),
             tmp_counter: AtomicU64::new(0),
             dir_lock: Mutex::new(()),
+            journal: journal::Journal::new(&root.join("spool/journal")),
+        };
+        let replayed = spool.replay_journal()?;
+        if replayed > 0 {
+            tracing::info!(instances = replayed, "spool journal replayed");
+        }
+        Ok(spool)
+    }
+
+    /// Retires the journal segments unused for `idle` (or full): one sync of the volume, then
+    /// they are deleted. Returns how many; a failed sync keeps them for the next call.
+    pub fn retire_journal(&self, idle: std::time::Duration) -> Result<usize, SpoolError> {
+        self.journal.retire(idle).map_err(|source| SpoolError::Dir {
+            path: self.journal_dir(),
+            source,
         })
     }
 
@@ -96,11 +125,7 @@ impl Spool {
         {
             return Ok((StoreOutcome::Duplicate, None));
         }
-        let tmp = self.staging_dir().join(format!(
-            "{}-{}.part",
-            std::process::id(),
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.part_path();
         let result = self.write_and_record(inst, &tmp);
         if result.is_err()
             || matches!(
@@ -113,7 +138,72 @@ impl Spool {
         result
     }
 
+    /// A data set held in memory goes through the journal (one sync); one staged in a file
+    /// (large) is written and synced in place (three syncs).
     fn write_and_record(
+        &self,
+        inst: &ReceivedInstance,
+        tmp: &Path,
+    ) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
+        match inst.dataset.in_memory() {
+            Some(dataset) if dataset.len() < journal::MAX_PAYLOAD => self.store_journaled(inst, dataset, tmp),
+            _ => self.store_synced(inst, tmp),
+        }
+    }
+
+    /// Appends the instance to a journal segment and syncs that, then writes its file and
+    /// database row unsynced (the journal's retirement or replay makes them durable).
+    fn store_journaled(
+        &self,
+        inst: &ReceivedInstance,
+        dataset: &[u8],
+        tmp: &Path,
+    ) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
+        let mut payload = file_head(inst)?;
+        payload.extend_from_slice(dataset);
+        let header = parse_head(&payload)?;
+        let names = match examine(&header, Some(&inst.sop_instance_uid), &self.device_uid)? {
+            Examined::Keep(names) => names,
+            Examined::Discard(reason) => return Ok((StoreOutcome::Discarded { reason }, None)),
+        };
+        let mut segment = self.journal.take().map_err(|e| Refusal::io(&self.journal_dir(), e))?;
+        let appended = segment.append(&payload).map_err(|e| Refusal::io(segment.path(), e));
+        let stored = appended.and_then(|()| self.spill(&header, &names, &payload, &inst.calling_ae, tmp));
+        self.journal.rest(segment);
+        stored
+    }
+
+    /// Writes a journaled instance's file (through `tmp`) and its unsynced database row.
+    fn spill(
+        &self,
+        header: &DefaultDicomObject,
+        names: &Names,
+        payload: &[u8],
+        calling_ae: &str,
+        tmp: &Path,
+    ) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(tmp)?;
+            file.write_all(&[0u8; 128])?;
+            file.write_all(payload)
+        };
+        write().map_err(|e| Refusal::io(tmp, e))?;
+        let (series_dir, path) = self.place(names)?;
+        fs::rename(tmp, &path).map_err(|e| Refusal::io(&path, e))?;
+        self.index(
+            header,
+            names,
+            &series_dir,
+            &path,
+            calling_ae,
+            128 + payload.len() as u64,
+            false,
+        )
+    }
+
+    /// The instance file written and synced, renamed into place, the directory synced, the
+    /// database row synced: for data sets too large for the journal.
+    fn store_synced(
         &self,
         inst: &ReceivedInstance,
         tmp: &Path,
@@ -123,63 +213,136 @@ impl Spool {
             .read_until(tags::PIXEL_DATA)
             .open_file(tmp)
             .map_err(|e| Refusal::understand(format!("data set does not parse: {e}")))?;
-        let text = |tag, name: &str| -> Result<String, Refusal> {
-            get_str(&header, tag).ok_or_else(|| Refusal::understand(format!("{name} is missing")))
+        let names = match examine(&header, Some(&inst.sop_instance_uid), &self.device_uid)? {
+            Examined::Keep(names) => names,
+            Examined::Discard(reason) => return Ok((StoreOutcome::Discarded { reason }, None)),
         };
-        let sop_uid = text(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
-        if sop_uid != inst.sop_instance_uid {
-            return Err(Refusal {
-                status: STATUS_DATASET_MISMATCH,
-                reason: format!(
-                    "SOP Instance UID {sop_uid} differs from the command's {}",
-                    inst.sop_instance_uid
-                ),
-            });
-        }
-        if is_own_output(&header, &self.device_uid) {
-            let reason = "our own output (Contributing Equipment Device UID): not analysed again".into();
-            return Ok((StoreOutcome::Discarded { reason }, None));
-        }
-        let study = text(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
-        let series = text(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
-        check_uid("Study Instance UID", &study)?;
-        check_uid("Series Instance UID", &series)?;
-        let spool_dir = self.root.join("spool");
-        let series_dir = spool_dir.join(&study).join(&series);
-        {
-            // A poisoned lock guards nothing inconsistent: the directories are on disk or not.
-            let _held = self.dir_lock.lock().unwrap_or_else(|p| p.into_inner());
-            create_dirs_durably(&spool_dir, &Path::new(&study).join(&series))
-                .map_err(|(path, e)| Refusal::io(&path, e))?;
-        }
-        let path = series_dir.join(format!("{sop_uid}.dcm"));
+        let (series_dir, path) = self.place(&names)?;
         fs::rename(tmp, &path).map_err(|e| Refusal::io(&path, e))?;
         sync_dir(&series_dir)?;
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.index(&header, &names, &series_dir, &path, &inst.calling_ae, size, true)
+    }
+
+    /// The series directory (created durably) and the instance's path in it.
+    fn place(&self, names: &Names) -> Result<(PathBuf, PathBuf), Refusal> {
+        let spool_dir = self.root.join("spool");
+        let series_dir = spool_dir.join(&names.study).join(&names.series);
+        {
+            // A poisoned lock guards nothing inconsistent: the directories are on disk or not.
+            let _held = self.dir_lock.lock().unwrap_or_else(|p| p.into_inner());
+            create_dirs_durably(&spool_dir, &Path::new(&names.study).join(&names.series))
+                .map_err(|(path, e)| Refusal::io(&path, e))?;
+        }
+        let path = series_dir.join(format!("{}.dcm", names.sop));
+        Ok((series_dir, path))
+    }
+
+    /// Records the stored instance in the job database, with what its header says for planning.
+    #[allow(clippy::too_many_arguments)]
+    fn index(
+        &self,
+        header: &DefaultDicomObject,
+        names: &Names,
+        series_dir: &Path,
+        path: &Path,
+        calling_ae: &str,
+        size: u64,
+        synced: bool,
+    ) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
         // Read once here, where the header is parsed anyway; a header that cannot be planned
         // from is still stored (acknowledged) and the tracker reports the series not usable.
-        let planning = match InstanceHeader::read(&header, &path.display().to_string()) {
+        let planning = match InstanceHeader::read(header, &path.display().to_string()) {
             Ok(h) => StoredHeader::Usable(Box::new(h)),
             Err(e) => StoredHeader::Unusable { reason: e.to_string() },
         };
         let recorded = self
             .db
             .record_instance(&InstanceRecord {
-                sop_uid: &sop_uid,
-                series_uid: &series,
-                study_uid: &study,
-                path: &path,
-                series_dir: &series_dir,
-                calling_ae: &inst.calling_ae,
+                sop_uid: &names.sop,
+                series_uid: &names.series,
+                study_uid: &names.study,
+                path,
+                series_dir,
+                calling_ae,
                 size,
                 header: &planning,
+                synced,
             })
             .map_err(Refusal::resources)?;
         let outcome = match recorded {
             Recorded::New => StoreOutcome::Stored,
             Recorded::Duplicate => StoreOutcome::Duplicate,
         };
-        Ok((outcome, InstanceIdentity::read(&header)))
+        Ok((outcome, InstanceIdentity::read(header)))
+    }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.root.join("spool/journal")
+    }
+
+    /// Writes again whatever of the instances in segments left by an earlier process is
+    /// missing (file or row), syncs the volume once and deletes the segments. Returns how many
+    /// instances the segments held.
+    fn replay_journal(&self) -> Result<usize, SpoolError> {
+        let dir_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SpoolError::Dir { path, source }
+        };
+        let segments = self.journal.leftovers().map_err(dir_error(&self.journal_dir()))?;
+        let mut held = 0;
+        for segment in &segments {
+            let mut failed = None;
+            journal::replay(segment, |payload| {
+                held += 1;
+                if failed.is_none() {
+                    failed = self.restore(payload).err();
+                }
+            })
+            .map_err(dir_error(segment))?;
+            if let Some(refusal) = failed {
+                return Err(SpoolError::Replay {
+                    segment: segment.clone(),
+                    reason: refusal.reason,
+                });
+            }
+        }
+        self.journal.forget(&segments).map_err(dir_error(&self.journal_dir()))?;
+        Ok(held)
+    }
+
+    /// One journaled instance at replay: written again unless its file and row are both there.
+    fn restore(&self, payload: &[u8]) -> Result<(), Refusal> {
+        let header = parse_head(payload)?;
+        let Examined::Keep(names) = examine(&header, None, &self.device_uid)? else {
+            return Ok(());
+        };
+        let (_, path) = self.place(&names)?;
+        let whole = fs::metadata(&path).is_ok_and(|m| m.len() == 128 + payload.len() as u64);
+        if whole && self.db.has_instance(&names.sop).map_err(Refusal::resources)? {
+            return Ok(());
+        }
+        // The calling AE title, as written into the file meta group at receipt.
+        let calling_ae = header
+            .meta()
+            .source_application_entity_title
+            .clone()
+            .unwrap_or_default();
+        let tmp = self.part_path();
+        let restored = self.spill(&header, &names, payload, calling_ae.trim(), &tmp).map(drop);
+        if restored.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        restored
+    }
+
+    /// A new part file's name in `spool/tmp`.
+    fn part_path(&self) -> PathBuf {
+        self.staging_dir().join(format!(
+            "{}-{}.part",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 
     /// Stores one instance like [`InstanceSink::store`], and says which study and patient it
@@ -309,15 +472,80 @@ impl InstanceSink for FolderSink {
     }
 }
 
-/// Writes preamble, file meta group and the received data set bytes unchanged, then fsyncs.
-fn write_part_file(inst: &ReceivedInstance, tmp: &Path) -> Result<(), Refusal> {
-    let meta = FileMetaTableBuilder::new()
+/// "DICM" and the file meta group of a received instance: the instance file without its
+/// preamble and data set.
+fn file_head(inst: &ReceivedInstance) -> Result<Vec<u8>, Refusal> {
+    let meta = file_meta(inst)?;
+    let mut head = b"DICM".to_vec();
+    meta.write(&mut head)
+        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
+    Ok(head)
+}
+
+fn file_meta(inst: &ReceivedInstance) -> Result<dicom_object::FileMetaTable, Refusal> {
+    FileMetaTableBuilder::new()
         .transfer_syntax(inst.transfer_syntax.as_str())
         .media_storage_sop_class_uid(inst.sop_class_uid.as_str())
         .media_storage_sop_instance_uid(inst.sop_instance_uid.as_str())
         .source_application_entity_title(inst.calling_ae.as_str())
         .build()
-        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
+        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))
+}
+
+/// The header (up to the pixel data) of an instance file held in memory from "DICM" on.
+fn parse_head(payload: &[u8]) -> Result<DefaultDicomObject, Refusal> {
+    OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(payload)
+        .map_err(|e| Refusal::understand(format!("data set does not parse: {e}")))
+}
+
+/// Where an instance goes in the spool: its UIDs, each checked.
+struct Names {
+    sop: String,
+    study: String,
+    series: String,
+}
+
+/// What ingest does with a parsed instance.
+enum Examined {
+    Keep(Names),
+    /// Accepted and not kept, with the reason.
+    Discard(String),
+}
+
+/// The checks every instance passes before it is kept: its SOP Instance UID (equal to the
+/// command's, when there is one), our own outputs discarded, Study and Series Instance UIDs
+/// present and valid.
+fn examine(header: &DefaultDicomObject, command_sop: Option<&str>, device_uid: &str) -> Result<Examined, Refusal> {
+    let text = |tag, name: &str| -> Result<String, Refusal> {
+        get_str(header, tag).ok_or_else(|| Refusal::understand(format!("{name} is missing")))
+    };
+    let sop = text(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
+    match command_sop {
+        Some(command) if command != sop => {
+            return Err(Refusal {
+                status: STATUS_DATASET_MISMATCH,
+                reason: format!("SOP Instance UID {sop} differs from the command's {command}"),
+            });
+        }
+        Some(_) => {}
+        None => check_uid("SOP Instance UID", &sop)?,
+    }
+    if is_own_output(header, device_uid) {
+        let reason = "our own output (Contributing Equipment Device UID): not analysed again".into();
+        return Ok(Examined::Discard(reason));
+    }
+    let study = text(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
+    let series = text(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
+    check_uid("Study Instance UID", &study)?;
+    check_uid("Series Instance UID", &series)?;
+    Ok(Examined::Keep(Names { sop, study, series }))
+}
+
+/// Writes preamble, file meta group and the received data set bytes unchanged, then fsyncs.
+fn write_part_file(inst: &ReceivedInstance, tmp: &Path) -> Result<(), Refusal> {
+    let meta = file_meta(inst)?;
     let file = File::create(tmp).map_err(|e| Refusal::io(tmp, e))?;
     let mut out = BufWriter::new(file);
     let head = |out: &mut BufWriter<File>| -> std::io::Result<()> {

@@ -112,6 +112,80 @@ fn stores_durably_once_and_refuses_what_it_cannot_keep() {
     assert_eq!(spool.db().instance_count().unwrap(), 1);
 }
 
+fn segments(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("spool/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// What a power cut can take after the response (the unsynced file) comes back from the
+/// journal at the next open; a retired segment is gone and replays nothing.
+#[test]
+fn the_journal_restores_a_lost_file_at_open_and_retired_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let sop = "1.2.826.0.1.1.2.21";
+    assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
+    let path = dir
+        .path()
+        .join("spool/1.2.826.0.1.1/1.2.826.0.1.1.2")
+        .join(format!("{sop}.dcm"));
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        segments(dir.path()).len(),
+        1,
+        "the instance is in a segment until retirement"
+    );
+    assert_eq!(spool.retire_journal(std::time::Duration::from_secs(3600)).unwrap(), 0);
+    drop(spool);
+    std::fs::remove_file(&path).unwrap();
+
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "restored byte for byte");
+    assert!(segments(dir.path()).is_empty(), "a replayed segment is deleted");
+    assert_eq!(spool.db().instance_count().unwrap(), 1);
+
+    let other = "1.2.826.0.1.1.2.22";
+    assert_eq!(spool.store(instance(other, dataset(other, None))), StoreOutcome::Stored);
+    assert_eq!(spool.retire_journal(std::time::Duration::ZERO).unwrap(), 1);
+    assert!(segments(dir.path()).is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(), 0);
+}
+
+/// A kill after the segment's sync but before the file and row were written (the instance
+/// may have been acknowledged): the next open writes both, with the calling AE title.
+#[test]
+fn an_instance_only_in_the_journal_is_written_and_recorded_at_open() {
+    let first = tempfile::tempdir().unwrap();
+    let spool = Spool::open(first.path(), OURS).unwrap();
+    let sop = "1.2.826.0.1.1.2.31";
+    assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);
+    drop(spool);
+    let segment = segments(first.path()).pop().unwrap();
+    // Another data directory that saw nothing but the segment, with a torn record after it.
+    let second = tempfile::tempdir().unwrap();
+    drop(Spool::open(second.path(), OURS).unwrap());
+    let mut copied = std::fs::read(&segment).unwrap();
+    copied.extend_from_slice(b"FJR1\x10\x00");
+    std::fs::write(second.path().join("spool/journal/1.seg"), copied).unwrap();
+
+    let spool = Spool::open(second.path(), OURS).unwrap();
+    assert!(spool.db().has_instance(sop).unwrap());
+    let series = spool.db().series("1.2.826.0.1.1.2").unwrap().unwrap();
+    assert_eq!(series.calling_ae, "MRI");
+    assert_eq!(series.instances, 1);
+    let path = second
+        .path()
+        .join("spool/1.2.826.0.1.1/1.2.826.0.1.1.2")
+        .join(format!("{sop}.dcm"));
+    let stored = dicom_object::open_file(&path).unwrap();
+    assert_eq!(stored.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap(), sop);
+    assert!(segments(second.path()).is_empty());
+}
+
 #[test]
 fn our_own_output_coming_back_is_discarded() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,8 +363,8 @@ fn directories_found_at_open_are_synced_and_used() {
     std::fs::create_dir_all(&series).unwrap();
     std::fs::create_dir_all(spool_dir.join("1.2.826.0.1.9/1.2.826.0.1.9.1")).unwrap();
     std::fs::write(spool_dir.join("1.2.826.0.1.9/stray.txt"), b"not a directory").unwrap();
-    // Two studies, two series, spool/tmp and spool/ itself.
-    assert_eq!(sync_existing_dirs(&spool_dir).unwrap(), 6);
+    // Two studies, two series, spool/tmp, spool/journal and spool/ itself.
+    assert_eq!(sync_existing_dirs(&spool_dir).unwrap(), 7);
     let spool = Spool::open(dir.path(), OURS).unwrap();
     let sop = "1.2.826.0.1.1.2.11";
     assert_eq!(spool.store(instance(sop, dataset(sop, None))), StoreOutcome::Stored);

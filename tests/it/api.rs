@@ -96,6 +96,7 @@ fn record(db: &JobDb, root: &Path, sop: &str, series: &str, study: &str) {
         header: &StoredHeader::Unusable {
             reason: "not read in this test".into(),
         },
+        synced: true,
     };
     assert_eq!(db.record_instance(&rec).unwrap(), Recorded::New);
 }

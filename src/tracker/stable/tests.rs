@@ -59,6 +59,7 @@ fn receive(db: &JobDb, dir: &Path, seed: u64, description: &str, slices: usize) 
             calling_ae: "MRI",
             size: 1,
             header: &StoredHeader::Usable(Box::new(InstanceHeader::read_file(path).unwrap())),
+            synced: true,
         })
         .unwrap();
     }
@@ -214,6 +215,7 @@ fn an_unusable_header_makes_the_series_not_usable_with_its_reason() {
         header: &StoredHeader::Unusable {
             reason: "missing Rows (0028,0010)".into(),
         },
+        synced: true,
     })
     .unwrap();
     let t0 = now();
