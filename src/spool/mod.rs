@@ -166,18 +166,24 @@ impl Spool {
             Examined::Keep(names) => names,
             Examined::Discard(reason) => return Ok((StoreOutcome::Discarded { reason }, None)),
         };
+        // The directories first (durably, once per series): a volume that cannot hold them
+        // refuses the instance before anything is journaled.
+        let (series_dir, path) = self.place(&names)?;
         let mut segment = self.journal.take().map_err(|e| Refusal::io(&self.journal_dir(), e))?;
         let appended = segment.append(&payload).map_err(|e| Refusal::io(segment.path(), e));
-        let stored = appended.and_then(|()| self.spill(&header, &names, &payload, &inst.calling_ae, tmp));
+        let stored =
+            appended.and_then(|()| self.spill(&header, &names, (&series_dir, &path), &payload, &inst.calling_ae, tmp));
         self.journal.rest(segment);
         stored
     }
 
-    /// Writes a journaled instance's file (through `tmp`) and its unsynced database row.
+    /// Writes a journaled instance's file (through `tmp`, to `path` in `series_dir`) and its
+    /// unsynced database row.
     fn spill(
         &self,
         header: &DefaultDicomObject,
         names: &Names,
+        (series_dir, path): (&Path, &Path),
         payload: &[u8],
         calling_ae: &str,
         tmp: &Path,
@@ -188,13 +194,12 @@ impl Spool {
             file.write_all(payload)
         };
         write().map_err(|e| Refusal::io(tmp, e))?;
-        let (series_dir, path) = self.place(names)?;
-        fs::rename(tmp, &path).map_err(|e| Refusal::io(&path, e))?;
+        fs::rename(tmp, path).map_err(|e| Refusal::io(path, e))?;
         self.index(
             header,
             names,
-            &series_dir,
-            &path,
+            series_dir,
+            path,
             calling_ae,
             128 + payload.len() as u64,
             false,
@@ -317,7 +322,7 @@ impl Spool {
         let Examined::Keep(names) = examine(&header, None, &self.device_uid)? else {
             return Ok(());
         };
-        let (_, path) = self.place(&names)?;
+        let (series_dir, path) = self.place(&names)?;
         let whole = fs::metadata(&path).is_ok_and(|m| m.len() == 128 + payload.len() as u64);
         if whole && self.db.has_instance(&names.sop).map_err(Refusal::resources)? {
             return Ok(());
@@ -329,7 +334,9 @@ impl Spool {
             .clone()
             .unwrap_or_default();
         let tmp = self.part_path();
-        let restored = self.spill(&header, &names, payload, calling_ae.trim(), &tmp).map(drop);
+        let restored = self
+            .spill(&header, &names, (&series_dir, &path), payload, calling_ae.trim(), &tmp)
+            .map(drop);
         if restored.is_err() {
             let _ = fs::remove_file(&tmp);
         }

@@ -1033,7 +1033,7 @@ fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_i
             // Binary buffers (the PDUs) in hex.
             "-x",
             "-e",
-            "trace=mkdir,mkdirat,fsync,fdatasync,rename,renameat,renameat2,sendto,write",
+            "trace=mkdir,mkdirat,fsync,fdatasync,syncfs,rename,renameat,renameat2,unlink,unlinkat,sendto,write",
             "-o",
             &trace_arg,
         ],
@@ -1045,6 +1045,10 @@ fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_i
         "storescu: {}",
         String::from_utf8_lossy(&sent.stderr)
     );
+    let journal = dir.path().join("data/spool/journal");
+    wait_until("the journal segment retired", Duration::from_secs(30), || {
+        walk(&journal).is_empty()
+    });
     node.kill();
     let calls = strace_calls(&std::fs::read_to_string(&trace).unwrap());
     let show = || calls.join("\n");
@@ -1094,7 +1098,7 @@ fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_i
         (&spool, study_made, "the spool directory (holds the new study's name)"),
         (&study, study_made, "the new study directory"),
         (&study, series_made, "the study directory (holds the new series' name)"),
-        (&series, renamed, "the series directory (holds the file's name)"),
+        (&series, series_made, "the new series directory"),
     ] {
         assert!(
             synced_between(path, after),
@@ -1102,13 +1106,49 @@ fn the_first_instance_of_a_new_study_is_acknowledged_after_every_new_directory_i
             show()
         );
     }
-    // The job database records the instance (WAL, synchronous=FULL) before the answer too.
-    let wal = dir.path().join("data/jobs.sqlite-wal");
+    // The instance itself: its journal record synced (the segment was created durably: file,
+    // then the journal directory) before the answer, and that is the last sync before it.
+    let segment = journal.join("1.seg");
+    let record = first("the journal record's fdatasync", 0, &|c| {
+        c.starts_with("fdatasync(") && c.contains(&format!("<{}>)", segment.display())) && ok(c)
+    });
     assert!(
-        synced_between(&wal, renamed),
-        "the instance's record was not synced before the C-STORE-RSP:\n{}",
+        record < rsp,
+        "acknowledged before the journal record was synced:\n{}",
         show()
     );
+    assert!(
+        synced_between(&journal, study_made),
+        "the journal directory:\n{}",
+        show()
+    );
+    let last_sync = calls[..rsp]
+        .iter()
+        .rposition(|c| c.starts_with("fsync(") || c.starts_with("fdatasync("))
+        .unwrap_or(0);
+    assert_eq!(
+        last_sync,
+        record,
+        "one sync of the instance, right before the answer:\n{}",
+        show()
+    );
+    // After the answer: one sync of the whole volume (the file, its directory entry and its
+    // database row), then the segment is deleted.
+    let volume_synced = first("a syncfs after the answer", rsp, &|c| c.starts_with("syncfs(") && ok(c));
+    let deleted = first("the segment deleted", rsp, &|c| {
+        c.starts_with("unlink") && c.contains(&format!("\"{}\"", segment.display())) && ok(c)
+    });
+    assert!(
+        volume_synced < deleted,
+        "the segment was deleted before the volume was synced:\n{}",
+        show()
+    );
+    // The order, for the record (`--nocapture`): PDUs cut to their start.
+    for (i, call) in calls.iter().enumerate().take(deleted + 1).skip(study_made) {
+        let shown: String = call.chars().take(150).collect();
+        let mark = if i == rsp { "   <- C-STORE-RSP" } else { "" };
+        println!("{shown}{mark}");
+    }
 }
 
 /// A TCP connection to the node's DICOM port from `source` (any 127.0.0.0/8 address is this
