@@ -203,6 +203,10 @@ enum BenchCommand {
         /// Modalities sending those studies side by side.
         #[arg(long, default_value_t = 4)]
         senders: usize,
+        /// Modalities sending a copy of the series each at once, to the node and to storescp
+        /// (forking): aggregate ingest MB/s side by side; 0 skips it.
+        #[arg(long, default_value_t = 0)]
+        ingest_senders: usize,
     },
     /// The cost of making a series durable before each response, by strategy (three syncs per
     /// instance, one syncfs, the node's journal, its bare segment, no sync as storescp), on the
@@ -316,6 +320,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     series,
                     studies,
                     senders,
+                    ingest_senders,
                 },
         } => crate::bench::node::command(&crate::bench::node::NodeBench {
             flair_dir,
@@ -325,6 +330,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             series,
             studies,
             senders,
+            ingest_senders,
         }),
         Command::Bench {
             what:

@@ -58,6 +58,9 @@ pub struct NodeBench {
     pub studies: usize,
     /// Modalities sending those studies side by side.
     pub senders: usize,
+    /// Modalities each sending a copy of the series at once, to the node and to storescp, for
+    /// the aggregate ingest throughput; 0: none.
+    pub ingest_senders: usize,
 }
 
 /// One turnaround run.
@@ -137,6 +140,10 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
 
     let ingest = runtime.block_on(ingest_runs(work, &base, &model, &files, bench))?;
     print_ingest(&ingest, bytes);
+    if bench.ingest_senders > 0 {
+        let concurrent = runtime.block_on(concurrent_ingest_runs(work, &base, &model, &files, bench))?;
+        print_concurrent_ingest(&concurrent, bytes * bench.ingest_senders as u64, bench.ingest_senders);
+    }
 
     let (turnaround, rss_after) = runtime.block_on(turnaround_runs(work, &base, &model, &files, bench))?;
     print_turnaround(&turnaround, bench);
@@ -666,6 +673,116 @@ async fn ingest_runs(
     result
 }
 
+/// `bench.ingest_senders` storescu processes at once, each sending its own copy of the series
+/// (new UIDs each run), to a fresh node and to storescp: wall time until the last finishes.
+async fn concurrent_ingest_runs(
+    work: &Path,
+    base: &Config,
+    model: &Path,
+    files: &[PathBuf],
+    bench: &NodeBench,
+) -> Result<Vec<Ingest>> {
+    let senders = bench.ingest_senders;
+    let mut base = base.clone();
+    base.scp.max_associations = base.scp.max_associations.max(senders);
+    let settings = node_settings(&base, &work.join("node-ingest-concurrent"), model, 1e7, 1.0, None)?;
+    eprintln!("concurrent ingest: starting the node (loading the model)");
+    let node = service::start(settings).await?;
+    let node_port = node.dicom_addr.port();
+    let result = async {
+        let mut runs = Vec::new();
+        for n in 1..=bench.runs {
+            let mut copies = Vec::with_capacity(senders);
+            for k in 0..senders {
+                let dir = work.join(format!("ingest-concurrent-{n}-{k}"));
+                copies.push(relabel(files, &dir, 10_000 + n * 100 + k)?.files);
+            }
+            let scp_port = free_port()?;
+            let out = work.join(format!("storescp-concurrent-{n}"));
+            std::fs::create_dir_all(&out)?;
+            let storescp = StoreScp::start_forking(scp_port, &out).await?;
+            let all = copies.clone();
+            let times = tokio::task::spawn_blocking(move || -> Result<Ingest> {
+                let to_node = || send_at_once(NODE_AE, node_port, &all);
+                let to_scp = || send_at_once("STORESCP", scp_port, &all);
+                if n % 2 == 1 {
+                    let node = to_node()?;
+                    Ok(Ingest {
+                        node,
+                        storescp: to_scp()?,
+                    })
+                } else {
+                    let storescp = to_scp()?;
+                    Ok(Ingest {
+                        node: to_node()?,
+                        storescp,
+                    })
+                }
+            })
+            .await??;
+            drop(storescp);
+            let _ = std::fs::remove_dir_all(&out);
+            for k in 0..senders {
+                let _ = std::fs::remove_dir_all(work.join(format!("ingest-concurrent-{n}-{k}")));
+            }
+            eprintln!(
+                "concurrent ingest run {n} ({senders} senders): node {:.3} s, storescp {:.3} s",
+                times.node.as_secs_f64(),
+                times.storescp.as_secs_f64()
+            );
+            runs.push(times);
+        }
+        Ok(runs)
+    }
+    .await;
+    node.shutdown().await;
+    result
+}
+
+/// One storescu per file list, all started together; the wall time until the last is done.
+fn send_at_once(called_ae: &str, port: u16, series: &[Vec<PathBuf>]) -> Result<Duration> {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let sending: Vec<_> = series
+            .iter()
+            .map(|files| scope.spawn(move || storescu(called_ae, port, files)))
+            .collect();
+        for s in sending {
+            s.join().map_err(|_| anyhow!("a storescu thread panicked"))??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(start.elapsed())
+}
+
+fn print_concurrent_ingest(runs: &[Ingest], bytes: u64, senders: usize) {
+    println!(
+        "\nconcurrent ingest: {senders} DCMTK storescu at once (one association each, TCP_NODELAY=1) → receiver, \
+         {:.1} MB in all; storescp forks a process per association",
+        bytes as f64 / 1e6
+    );
+    println!("  run  node SCP+spool (s)  MB/s   storescp (s)  MB/s");
+    let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
+    for (n, r) in runs.iter().enumerate() {
+        println!(
+            "  {:>3}  {:>17.3}  {:>5.1}   {:>12.3}  {:>5.1}",
+            n + 1,
+            r.node.as_secs_f64(),
+            mbps(r.node),
+            r.storescp.as_secs_f64(),
+            mbps(r.storescp)
+        );
+    }
+    let node = median(&runs.iter().map(|r| r.node.as_secs_f64()).collect::<Vec<_>>());
+    let scp = median(&runs.iter().map(|r| r.storescp.as_secs_f64()).collect::<Vec<_>>());
+    println!(
+        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s): node/storescp {:.2}",
+        bytes as f64 / 1e6 / node.max(1e-9),
+        bytes as f64 / 1e6 / scp.max(1e-9),
+        scp / node.max(1e-9)
+    );
+}
+
 /// DCMTK `storescp` writing into a directory; killed when dropped.
 struct StoreScp {
     child: Child,
@@ -673,8 +790,19 @@ struct StoreScp {
 
 impl StoreScp {
     async fn start(port: u16, dir: &Path) -> Result<Self> {
+        Self::launch(port, dir, &[]).await
+    }
+
+    /// A storescp that forks a child per association, so that concurrent senders are served
+    /// concurrently (as the node serves them).
+    async fn start_forking(port: u16, dir: &Path) -> Result<Self> {
+        Self::launch(port, dir, &["--fork"]).await
+    }
+
+    async fn launch(port: u16, dir: &Path, extra: &[&str]) -> Result<Self> {
         let child = Command::new("storescp")
             .env("TCP_NODELAY", "1")
+            .args(extra)
             .args(["-aet", "STORESCP", "--output-directory"])
             .arg(dir)
             .arg(port.to_string())
