@@ -167,43 +167,39 @@ impl Spool {
             Examined::Discard(reason) => return Ok((StoreOutcome::Discarded { reason }, None)),
         };
         // The directories first (durably, once per series): a volume that cannot hold them
-        // refuses the instance before anything is journaled.
+        // refuses the instance before anything is journaled. The part file too: created
+        // before the record's sync, it does not wait behind that sync's journal commit.
         let (series_dir, path) = self.place(&names)?;
+        write_part(tmp, &payload)?;
         let mut segment = self.journal.take().map_err(|e| Refusal::io(&self.journal_dir(), e))?;
         let appended = segment.append(&payload).map_err(|e| Refusal::io(segment.path(), e));
-        let stored =
-            appended.and_then(|()| self.spill(&header, &names, (&series_dir, &path), &payload, &inst.calling_ae, tmp));
+        let stored = appended.and_then(|()| {
+            self.move_in(
+                &header,
+                &names,
+                (&series_dir, &path),
+                &inst.calling_ae,
+                tmp,
+                payload.len(),
+            )
+        });
         self.journal.rest(segment);
         stored
     }
 
-    /// Writes a journaled instance's file (through `tmp`, to `path` in `series_dir`) and its
-    /// unsynced database row.
-    fn spill(
+    /// Renames a journaled instance's part file `tmp` (holding `len` bytes after the preamble)
+    /// to `path` in `series_dir` and records it, unsynced.
+    fn move_in(
         &self,
         header: &DefaultDicomObject,
         names: &Names,
         (series_dir, path): (&Path, &Path),
-        payload: &[u8],
         calling_ae: &str,
         tmp: &Path,
+        len: usize,
     ) -> Result<(StoreOutcome, Option<InstanceIdentity>), Refusal> {
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(tmp)?;
-            file.write_all(&[0u8; 128])?;
-            file.write_all(payload)
-        };
-        write().map_err(|e| Refusal::io(tmp, e))?;
         fs::rename(tmp, path).map_err(|e| Refusal::io(path, e))?;
-        self.index(
-            header,
-            names,
-            series_dir,
-            path,
-            calling_ae,
-            128 + payload.len() as u64,
-            false,
-        )
+        self.index(header, names, series_dir, path, calling_ae, 128 + len as u64, false)
     }
 
     /// The instance file written and synced, renamed into place, the directory synced, the
@@ -334,8 +330,17 @@ impl Spool {
             .clone()
             .unwrap_or_default();
         let tmp = self.part_path();
-        let restored = self
-            .spill(&header, &names, (&series_dir, &path), payload, calling_ae.trim(), &tmp)
+        let restored = write_part(&tmp, payload)
+            .and_then(|()| {
+                self.move_in(
+                    &header,
+                    &names,
+                    (&series_dir, &path),
+                    calling_ae.trim(),
+                    &tmp,
+                    payload.len(),
+                )
+            })
             .map(drop);
         if restored.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -548,6 +553,17 @@ fn examine(header: &DefaultDicomObject, command_sop: Option<&str>, device_uid: &
     check_uid("Study Instance UID", &study)?;
     check_uid("Series Instance UID", &series)?;
     Ok(Examined::Keep(Names { sop, study, series }))
+}
+
+/// Writes a journaled instance's file, preamble then `payload`, without a sync (the journal
+/// holds the instance).
+fn write_part(tmp: &Path, payload: &[u8]) -> Result<(), Refusal> {
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(tmp)?;
+        file.write_all(&[0u8; 128])?;
+        file.write_all(payload)
+    };
+    write().map_err(|e| Refusal::io(tmp, e))
 }
 
 /// Writes preamble, file meta group and the received data set bytes unchanged, then fsyncs.

@@ -157,7 +157,7 @@ fn twenty_kill_9_cycles_at_random_points_lose_no_acknowledged_instance() {
 
 /// Killed after an instance is durable but before its C-STORE-RSP: under strace, every sync of
 /// the spool journal's first segment (an instance's only sync before its response) returns 10 s
-/// late, and the node is killed in that wait, before the instance's file was written. The
+/// late, and the node is killed in that wait, before the instance's file was in place. The
 /// modality saw no response, so it sends the series again; the instance the node had made
 /// durable is in the spool after the restart (replayed from the journal), the resend is
 /// answered, and the series makes one job, delivered once.
@@ -209,7 +209,7 @@ fn a_kill_between_the_sync_and_the_response_keeps_the_instance_and_the_resend_ma
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !spooled(&data).contains(&sop_instance(&files[0])),
-        "the instance file is written only after the journal's sync returns"
+        "the instance file is moved into the spool only after the journal's sync returns"
     );
     node.kill();
     let out = sender.wait_with_output().unwrap();
