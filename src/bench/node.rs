@@ -138,11 +138,12 @@ fn run(work: &Path, bench: &NodeBench) -> Result<()> {
         .context("cannot start the tokio runtime")?;
     let base = Config::default();
 
-    let ingest = runtime.block_on(ingest_runs(work, &base, &model, &files, bench))?;
+    let ingest = runtime.block_on(ingest_runs(work, &base, &model, &files, bench.runs, 1))?;
     print_ingest(&ingest, bytes);
     if bench.ingest_senders > 0 {
-        let concurrent = runtime.block_on(concurrent_ingest_runs(work, &base, &model, &files, bench))?;
-        print_concurrent_ingest(&concurrent, bytes * bench.ingest_senders as u64, bench.ingest_senders);
+        let senders = bench.ingest_senders;
+        let concurrent = runtime.block_on(ingest_runs(work, &base, &model, &files, bench.runs, senders))?;
+        print_concurrent_ingest(&concurrent, bytes * senders as u64, senders);
     }
 
     let (turnaround, rss_after) = runtime.block_on(turnaround_runs(work, &base, &model, &files, bench))?;
@@ -616,127 +617,94 @@ fn print_turnaround(runs: &[Turnaround], bench: &NodeBench) {
 // ---------------------------------------------------------------------------------------------
 // Ingest throughput
 
+/// `senders` storescu processes at once (one association each), each sending its own copy of
+/// the series under new UIDs (the node stores duplicates idempotently, which is not ingest), to
+/// a node whose stable age never expires (only its SCP and spool work) and to storescp
+/// (forking a process per association when there are several senders): wall time until the
+/// last storescu is done, per run.
 async fn ingest_runs(
     work: &Path,
     base: &Config,
     model: &Path,
     files: &[PathBuf],
-    bench: &NodeBench,
+    runs: usize,
+    senders: usize,
 ) -> Result<Vec<Ingest>> {
-    // A stable age that never expires: only the SCP and the durable spool work.
-    let settings = node_settings(base, &work.join("node-ingest"), model, 1e7, 1.0, None)?;
-    eprintln!("ingest: starting the node (loading the model)");
+    let mut base = base.clone();
+    base.scp.max_associations = base.scp.max_associations.max(senders);
+    let settings = node_settings(
+        &base,
+        &work.join(format!("node-ingest-{senders}")),
+        model,
+        1e7,
+        1.0,
+        None,
+    )?;
+    eprintln!("ingest ({senders} sender(s)): starting the node (loading the model)");
     let node = service::start(settings).await?;
     let node_port = node.dicom_addr.port();
     let result = async {
-        let mut runs = Vec::new();
-        for n in 1..=bench.runs {
-            // New UIDs each run: the node stores duplicates idempotently, which is not ingest.
-            let series = relabel(files, &work.join(format!("ingest-{n}")), 1000 + n)?;
+        let mut times = Vec::new();
+        for n in 1..=runs {
+            let copies_dir = work.join(format!("ingest-{senders}-{n}"));
+            let mut copies = Vec::with_capacity(senders);
+            for k in 0..senders {
+                let dir = copies_dir.join(k.to_string());
+                copies.push(relabel(files, &dir, 1000 + n * 100 + k)?.files);
+            }
             let scp_port = free_port()?;
-            let out = work.join(format!("storescp-{n}"));
+            let out = work.join(format!("storescp-{senders}-{n}"));
             std::fs::create_dir_all(&out)?;
-            let storescp = StoreScp::start(scp_port, &out).await?;
-            let files = series.files.clone();
-            let times = tokio::task::spawn_blocking(move || -> Result<Ingest> {
-                let to_node = || storescu(NODE_AE, node_port, &files);
-                let to_scp = || storescu("STORESCP", scp_port, &files);
-                // Alternate the order so neither side always gets the warmer page cache.
-                if n % 2 == 1 {
-                    let node = to_node()?;
-                    Ok(Ingest {
-                        node,
-                        storescp: to_scp()?,
-                    })
-                } else {
-                    let storescp = to_scp()?;
-                    Ok(Ingest {
-                        node: to_node()?,
-                        storescp,
-                    })
-                }
+            let storescp = if senders > 1 {
+                StoreScp::start_forking(scp_port, &out).await?
+            } else {
+                StoreScp::start(scp_port, &out).await?
+            };
+            let run = tokio::task::spawn_blocking(move || {
+                side_by_side(
+                    n,
+                    || send_at_once(NODE_AE, node_port, &copies),
+                    || send_at_once("STORESCP", scp_port, &copies),
+                )
             })
             .await??;
             drop(storescp);
             let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_dir_all(&copies_dir);
             eprintln!(
-                "ingest run {n}: node {:.3} s, storescp {:.3} s",
-                times.node.as_secs_f64(),
-                times.storescp.as_secs_f64()
+                "ingest run {n} ({senders} sender(s)): node {:.3} s, storescp {:.3} s",
+                run.node.as_secs_f64(),
+                run.storescp.as_secs_f64()
             );
-            runs.push(times);
+            times.push(run);
         }
-        Ok(runs)
+        Ok(times)
     }
     .await;
     node.shutdown().await;
     result
 }
 
-/// `bench.ingest_senders` storescu processes at once, each sending its own copy of the series
-/// (new UIDs each run), to a fresh node and to storescp: wall time until the last finishes.
-async fn concurrent_ingest_runs(
-    work: &Path,
-    base: &Config,
-    model: &Path,
-    files: &[PathBuf],
-    bench: &NodeBench,
-) -> Result<Vec<Ingest>> {
-    let senders = bench.ingest_senders;
-    let mut base = base.clone();
-    base.scp.max_associations = base.scp.max_associations.max(senders);
-    let settings = node_settings(&base, &work.join("node-ingest-concurrent"), model, 1e7, 1.0, None)?;
-    eprintln!("concurrent ingest: starting the node (loading the model)");
-    let node = service::start(settings).await?;
-    let node_port = node.dicom_addr.port();
-    let result = async {
-        let mut runs = Vec::new();
-        for n in 1..=bench.runs {
-            let mut copies = Vec::with_capacity(senders);
-            for k in 0..senders {
-                let dir = work.join(format!("ingest-concurrent-{n}-{k}"));
-                copies.push(relabel(files, &dir, 10_000 + n * 100 + k)?.files);
-            }
-            let scp_port = free_port()?;
-            let out = work.join(format!("storescp-concurrent-{n}"));
-            std::fs::create_dir_all(&out)?;
-            let storescp = StoreScp::start_forking(scp_port, &out).await?;
-            let all = copies.clone();
-            let times = tokio::task::spawn_blocking(move || -> Result<Ingest> {
-                let to_node = || send_at_once(NODE_AE, node_port, &all);
-                let to_scp = || send_at_once("STORESCP", scp_port, &all);
-                if n % 2 == 1 {
-                    let node = to_node()?;
-                    Ok(Ingest {
-                        node,
-                        storescp: to_scp()?,
-                    })
-                } else {
-                    let storescp = to_scp()?;
-                    Ok(Ingest {
-                        node: to_node()?,
-                        storescp,
-                    })
-                }
-            })
-            .await??;
-            drop(storescp);
-            let _ = std::fs::remove_dir_all(&out);
-            for k in 0..senders {
-                let _ = std::fs::remove_dir_all(work.join(format!("ingest-concurrent-{n}-{k}")));
-            }
-            eprintln!(
-                "concurrent ingest run {n} ({senders} senders): node {:.3} s, storescp {:.3} s",
-                times.node.as_secs_f64(),
-                times.storescp.as_secs_f64()
-            );
-            runs.push(times);
-        }
-        Ok(runs)
+/// Run `n` of a send to the node and the same send to storescp, in alternating order so that
+/// neither side always gets the warmer page cache.
+fn side_by_side(
+    n: usize,
+    to_node: impl Fn() -> Result<Duration>,
+    to_scp: impl Fn() -> Result<Duration>,
+) -> Result<Ingest> {
+    if n % 2 == 1 {
+        let node = to_node()?;
+        Ok(Ingest {
+            node,
+            storescp: to_scp()?,
+        })
+    } else {
+        let storescp = to_scp()?;
+        Ok(Ingest {
+            node: to_node()?,
+            storescp,
+        })
     }
-    .await;
-    node.shutdown().await;
-    result
 }
 
 /// One storescu per file list, all started together; the wall time until the last is done.
@@ -756,31 +724,12 @@ fn send_at_once(called_ae: &str, port: u16, series: &[Vec<PathBuf>]) -> Result<D
 }
 
 fn print_concurrent_ingest(runs: &[Ingest], bytes: u64, senders: usize) {
-    println!(
-        "\nconcurrent ingest: {senders} DCMTK storescu at once (one association each, TCP_NODELAY=1) → receiver, \
+    let title = format!(
+        "concurrent ingest: {senders} DCMTK storescu at once (one association each, TCP_NODELAY=1) → receiver, \
          {:.1} MB in all; storescp forks a process per association",
         bytes as f64 / 1e6
     );
-    println!("  run  node SCP+spool (s)  MB/s   storescp (s)  MB/s");
-    let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
-    for (n, r) in runs.iter().enumerate() {
-        println!(
-            "  {:>3}  {:>17.3}  {:>5.1}   {:>12.3}  {:>5.1}",
-            n + 1,
-            r.node.as_secs_f64(),
-            mbps(r.node),
-            r.storescp.as_secs_f64(),
-            mbps(r.storescp)
-        );
-    }
-    let node = median(&runs.iter().map(|r| r.node.as_secs_f64()).collect::<Vec<_>>());
-    let scp = median(&runs.iter().map(|r| r.storescp.as_secs_f64()).collect::<Vec<_>>());
-    println!(
-        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s): node/storescp {:.2}",
-        bytes as f64 / 1e6 / node.max(1e-9),
-        bytes as f64 / 1e6 / scp.max(1e-9),
-        scp / node.max(1e-9)
-    );
+    print_ingest_table(&title, runs, bytes);
 }
 
 /// DCMTK `storescp` writing into a directory; killed when dropped.
@@ -855,10 +804,19 @@ fn free_port() -> Result<u16> {
 }
 
 fn print_ingest(runs: &[Ingest], bytes: u64) {
-    println!(
-        "\ningest throughput: DCMTK storescu (TCP_NODELAY=1) → receiver, {:.1} MB of files, wall time of storescu",
+    let title = format!(
+        "ingest throughput: DCMTK storescu (TCP_NODELAY=1) → receiver, {:.1} MB of files, wall time of storescu; \
+         the node syncs each instance in its spool journal and records it in SQLite before answering, storescp \
+         does neither",
         bytes as f64 / 1e6
     );
+    print_ingest_table(&title, runs, bytes);
+}
+
+/// The runs' wall times and MB/s side by side, and the medians with the node/storescp ratio
+/// (above 1: the node is faster).
+fn print_ingest_table(title: &str, runs: &[Ingest], bytes: u64) {
+    println!("\n{title}");
     println!("  run  node SCP+spool (s)  MB/s   storescp (s)  MB/s");
     let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     for (n, r) in runs.iter().enumerate() {
@@ -874,10 +832,10 @@ fn print_ingest(runs: &[Ingest], bytes: u64) {
     let node = median(&runs.iter().map(|r| r.node.as_secs_f64()).collect::<Vec<_>>());
     let scp = median(&runs.iter().map(|r| r.storescp.as_secs_f64()).collect::<Vec<_>>());
     println!(
-        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s); the node syncs each instance \
-         in its spool journal and records it in SQLite before answering, storescp does neither",
+        "  median: node {:.1} MB/s ({node:.3} s), storescp {:.1} MB/s ({scp:.3} s): node/storescp {:.2}×",
         bytes as f64 / 1e6 / node.max(1e-9),
-        bytes as f64 / 1e6 / scp.max(1e-9)
+        bytes as f64 / 1e6 / scp.max(1e-9),
+        scp / node.max(1e-9)
     );
 }
 
