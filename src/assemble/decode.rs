@@ -281,6 +281,11 @@ fn check_rle(s: &Source, frame: u32, pixels: usize, bytes_per_sample: usize) -> 
     let fragment = fragments
         .get(frame as usize)
         .ok_or_else(|| format!("no fragment for frame {}", frame + 1))?;
+    check_rle_fragment(fragment, pixels, bytes_per_sample)
+}
+
+/// [`check_rle`] on one frame's fragment.
+fn check_rle_fragment(fragment: &[u8], pixels: usize, bytes_per_sample: usize) -> Result<(), String> {
     let le32 = |at: usize| u32::from_le_bytes([fragment[at], fragment[at + 1], fragment[at + 2], fragment[at + 3]]);
     if fragment.len() < 64 {
         return Err(format!("a {}-byte fragment has no 64-byte RLE header", fragment.len()));
@@ -300,6 +305,15 @@ fn check_rle(s: &Source, frame: u32, pixels: usize, bytes_per_sample: usize) -> 
                 i + 1,
                 w[0],
                 w[1]
+            ));
+        }
+        // The next segment's offset may point past the fragment before its own window sees it.
+        if w[1] > fragment.len() {
+            return Err(format!(
+                "segment {} ends at byte {}, past the {}-byte fragment",
+                i + 1,
+                w[1],
+                fragment.len()
             ));
         }
         let decoded =
@@ -425,7 +439,29 @@ mod tests {
 
 #[cfg(test)]
 mod rle_tests {
-    use super::packbits_length;
+    use super::{check_rle_fragment, packbits_length};
+
+    #[test]
+    fn rle_headers_pointing_past_the_fragment_are_errors_not_panics() {
+        // Two segments (16-bit samples), each a literal run of 4 bytes, after the 64-byte header.
+        let mut fragment = vec![0u8; 64];
+        fragment[0] = 2;
+        fragment[4] = 64;
+        fragment[8] = 69;
+        fragment.extend_from_slice(&[3, 1, 2, 3, 4, 3, 5, 6, 7, 8]);
+        assert_eq!(check_rle_fragment(&fragment, 4, 2), Ok(()));
+        // The first segment's end (the second's offset) lies past the fragment (found by
+        // fuzzing: the slice panicked before the next window saw the bad offset).
+        let mut past = fragment.clone();
+        past[8..12].copy_from_slice(&100_000u32.to_le_bytes());
+        let why = check_rle_fragment(&past, 4, 2).unwrap_err();
+        assert!(why.contains("100000"), "{why}");
+        assert!(check_rle_fragment(&fragment[..60], 4, 2).is_err());
+        assert!(
+            check_rle_fragment(&fragment, 4, 1).is_err(),
+            "segment count against the sample size"
+        );
+    }
 
     #[test]
     fn packbits_runs_are_counted_and_cut_runs_refused() {
