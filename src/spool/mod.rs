@@ -39,6 +39,9 @@ pub struct Spool {
     /// already there has then been fsynced (with its parent) by whoever created it.
     dir_lock: Mutex<()>,
     journal: journal::Journal,
+    /// `data_dir/lock`, held exclusively while the spool is open: a second node on the same
+    /// data directory would replay (and delete) this one's live journal segments.
+    _lock: File,
 }
 
 /// How long a journal segment rests unused before [`Spool::retire_journal`] retires it.
@@ -58,6 +61,9 @@ pub enum SpoolError {
     /// The job database failed.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// Another process holds this data directory.
+    #[error("{path} is locked: another fcdnode is running on this data directory")]
+    InUse { path: PathBuf },
     /// An instance in a journal segment left by an earlier process could not be written again;
     /// the segment is kept for the next start.
     #[error("spool journal {segment}: an instance cannot be restored: {reason}")]
@@ -73,6 +79,7 @@ impl Spool {
     pub fn open(root: &Path, device_uid: &str) -> Result<Self, SpoolError> {
         let dir_error = |(path, source)| SpoolError::Dir { path, source };
         create_dirs_durably(Path::new(""), root).map_err(dir_error)?;
+        let lock = lock_data_dir(root)?;
         create_dirs_durably(root, Path::new("spool/tmp")).map_err(dir_error)?;
         let removed = remove_stale_parts(&root.join("spool/tmp")).map_err(dir_error)?;
         if removed > 0 {
@@ -89,6 +96,7 @@ impl Spool {
             tmp_counter: AtomicU64::new(0),
             dir_lock: Mutex::new(()),
             journal: journal::Journal::new(&root.join("spool/journal")),
+            _lock: lock,
         };
         let replayed = spool.replay_journal()?;
         if replayed > 0 {
@@ -590,6 +598,25 @@ fn sync_dir(dir: &Path) -> Result<(), Refusal> {
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Takes `root/lock` exclusively (released when the file is closed, also by a kill).
+fn lock_data_dir(root: &Path) -> Result<File, SpoolError> {
+    let path = root.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SpoolError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SpoolError::InUse { path }),
+        Err(e) => Err(SpoolError::Dir { path, source: e.into() }),
+    }
 }
 
 /// Removes the `*.part` files in `tmp`, left by a write that a kill or crash cut short (the

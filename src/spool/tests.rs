@@ -121,6 +121,20 @@ fn segments(root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// One spool per data directory at a time: a second open is refused while the first lives.
+#[test]
+fn a_data_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    let second = Spool::open(dir.path(), OURS)
+        .err()
+        .expect("a second spool on the same directory");
+    assert!(matches!(second, SpoolError::InUse { .. }), "{second}");
+    assert!(second.to_string().contains("another fcdnode"), "{second}");
+    drop(spool);
+    Spool::open(dir.path(), OURS).unwrap();
+}
+
 /// What a power cut can take after the response (the unsynced file) comes back from the
 /// journal at the next open; a retired segment is gone and replays nothing.
 #[test]
