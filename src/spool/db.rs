@@ -418,9 +418,11 @@ impl JobDb {
         }
         let recorded = self.insert_instance(&mut conn, rec, now);
         if !rec.synced {
-            // Every other commit stays synced.
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(|e| self.err(e))?;
+            // Every other commit stays synced. The insert's outcome stands either way: it is
+            // committed or not already.
+            if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+                tracing::error!(path = %self.path.display(), "cannot set synchronous=FULL again: {e}");
+            }
         }
         let recorded = recorded?;
         drop(conn);

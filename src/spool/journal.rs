@@ -27,9 +27,16 @@ pub(super) const MAX_PAYLOAD: usize = crate::ingest::IN_MEMORY_BYTES + (64 << 10
 /// The segments of this process.
 pub(super) struct Journal {
     dir: PathBuf,
+    /// A directory on another volume that a retirement syncs too: the job database's, when the
+    /// spool is a volume of its own.
+    also: Option<PathBuf>,
     counter: AtomicU64,
     /// Segments not being appended to now; every record in them has been written to the spool.
     resting: Mutex<Vec<Segment>>,
+    /// Segments whose retirement sync failed. A later sync that succeeds may only mean that the
+    /// kernel has reported (and forgotten) the write error, so they stay until the next start
+    /// replays them.
+    kept: Mutex<Vec<Segment>>,
 }
 
 /// One segment file, open for appending.
@@ -42,16 +49,22 @@ pub(super) struct Segment {
 
 impl Journal {
     /// The journal in `dir` (which exists and is durable). Segments found there are from an
-    /// earlier process: [`Journal::leftovers`] lists them for replay.
-    pub(super) fn new(dir: &Path) -> Self {
+    /// earlier process: [`Journal::leftovers`] lists them for replay. What is written from the
+    /// segments goes to `dir`'s volume and to `database_dir`'s; a retirement syncs both.
+    pub(super) fn new(dir: &Path, database_dir: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let device = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+        let also = (device(dir) != device(database_dir)).then(|| database_dir.to_owned());
         Self {
             dir: dir.to_owned(),
+            also,
             counter: AtomicU64::new(0),
             resting: Mutex::new(Vec::new()),
+            kept: Mutex::new(Vec::new()),
         }
     }
 
-    /// Segment files left by an earlier process, oldest name first.
+    /// Segment files left by an earlier process, in the order they were created.
     pub(super) fn leftovers(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut found = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
@@ -60,7 +73,9 @@ impl Journal {
                 found.push(path);
             }
         }
-        found.sort();
+        // `N.seg`: by N, so that `10.seg` comes after `2.seg`.
+        let number = |p: &PathBuf| p.file_stem().and_then(|s| s.to_str()?.parse::<u64>().ok());
+        found.sort_by_key(|p| (number(p), p.clone()));
         Ok(found)
     }
 
@@ -115,7 +130,7 @@ impl Journal {
             return Ok(0);
         }
         if let Err(e) = self.sync_volume() {
-            self.lock().extend(due);
+            self.kept.lock().unwrap_or_else(|p| p.into_inner()).extend(due);
             return Err(e);
         }
         for segment in &due {
@@ -138,6 +153,9 @@ impl Journal {
 
     fn sync_volume(&self) -> std::io::Result<()> {
         rustix::fs::syncfs(File::open(&self.dir)?)?;
+        if let Some(other) = &self.also {
+            rustix::fs::syncfs(File::open(other)?)?;
+        }
         Ok(())
     }
 
@@ -224,7 +242,7 @@ mod tests {
     #[test]
     fn whole_records_come_back_in_order_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::new(dir.path());
+        let journal = Journal::new(dir.path(), dir.path());
         let mut segment = journal.take().unwrap();
         segment.append(b"first").unwrap();
         segment.append(&[7u8; 1000]).unwrap();
@@ -257,7 +275,7 @@ mod tests {
     #[test]
     fn a_segment_whose_append_failed_takes_no_more_records() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::new(dir.path());
+        let journal = Journal::new(dir.path(), dir.path());
         let good = journal.take().unwrap();
         // A write that fails (here: a file open read-only), as on a full volume.
         let path = good.path().to_owned();
@@ -275,9 +293,44 @@ mod tests {
     }
 
     #[test]
+    fn segments_whose_sync_failed_are_never_deleted_by_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("journal");
+        fs::create_dir(&journal_dir).unwrap();
+        let journal = Journal::new(&journal_dir, dir.path());
+        let mut segment = journal.take().unwrap();
+        segment.append(b"x").unwrap();
+        let kept = segment.path().to_owned();
+        journal.rest(segment);
+        // The sync fails (here: the journal directory cannot be opened).
+        let aside = dir.path().join("aside");
+        fs::rename(&journal_dir, &aside).unwrap();
+        assert!(journal.retire(Duration::ZERO).is_err());
+        fs::rename(&aside, &journal_dir).unwrap();
+        assert_eq!(journal.retire(Duration::ZERO).unwrap(), 0, "not retried");
+        assert!(kept.exists(), "left for the next start's replay");
+        assert_eq!(journal.leftovers().unwrap(), vec![kept]);
+    }
+
+    #[test]
+    fn leftovers_come_in_creation_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [10, 2, 1] {
+            fs::write(dir.path().join(format!("{n}.seg")), b"").unwrap();
+        }
+        let names: Vec<String> = Journal::new(dir.path(), dir.path())
+            .leftovers()
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["1.seg", "2.seg", "10.seg"]);
+    }
+
+    #[test]
     fn idle_and_full_segments_are_retired_and_busy_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::new(dir.path());
+        let journal = Journal::new(dir.path(), dir.path());
         let mut a = journal.take().unwrap();
         let b = journal.take().unwrap();
         assert_ne!(a.path(), b.path(), "two appenders at once get two segments");

@@ -95,7 +95,7 @@ impl Spool {
             device_uid: device_uid.to_owned(),
             tmp_counter: AtomicU64::new(0),
             dir_lock: Mutex::new(()),
-            journal: journal::Journal::new(&root.join("spool/journal")),
+            journal: journal::Journal::new(&root.join("spool/journal"), root),
             _lock: lock,
         };
         let replayed = spool.replay_journal()?;
@@ -320,17 +320,15 @@ impl Spool {
         Ok(held)
     }
 
-    /// One journaled instance at replay: written again unless its file and row are both there.
+    /// One journaled instance at replay: its file written again from the record whatever is
+    /// there (a file of the right size may still hold what a failed write left), its row
+    /// inserted unless it is there.
     fn restore(&self, payload: &[u8]) -> Result<(), Refusal> {
         let header = parse_head(payload)?;
         let Examined::Keep(names) = examine(&header, None, &self.device_uid)? else {
             return Ok(());
         };
         let (series_dir, path) = self.place(&names)?;
-        let whole = fs::metadata(&path).is_ok_and(|m| m.len() == 128 + payload.len() as u64);
-        if whole && self.db.has_instance(&names.sop).map_err(Refusal::resources)? {
-            return Ok(());
-        }
         // The calling AE title, as written into the file meta group at receipt.
         let calling_ae = header
             .meta()

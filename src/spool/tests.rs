@@ -159,11 +159,21 @@ fn the_journal_restores_a_lost_file_at_open_and_retired_segments_are_deleted() {
 
     let spool = Spool::open(dir.path(), OURS).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "restored byte for byte");
-    assert!(segments(dir.path()).is_empty(), "a replayed segment is deleted");
-    assert_eq!(spool.db().instance_count().unwrap(), 1);
-
-    let other = "1.2.826.0.1.1.2.22";
+    // A file of the right size holding something else (what a failed write can leave) is
+    // written again too.
+    let other = "1.2.826.0.1.1.2.23";
     assert_eq!(spool.store(instance(other, dataset(other, None))), StoreOutcome::Stored);
+    let other_path = path.with_file_name(format!("{other}.dcm"));
+    let good = std::fs::read(&other_path).unwrap();
+    drop(spool);
+    std::fs::write(&other_path, vec![0u8; good.len()]).unwrap();
+    let spool = Spool::open(dir.path(), OURS).unwrap();
+    assert_eq!(std::fs::read(&other_path).unwrap(), good);
+    assert_eq!(spool.db().instance_count().unwrap(), 2);
+    assert!(segments(dir.path()).is_empty(), "a replayed segment is deleted");
+
+    let third = "1.2.826.0.1.1.2.22";
+    assert_eq!(spool.store(instance(third, dataset(third, None))), StoreOutcome::Stored);
     assert_eq!(spool.retire_journal(std::time::Duration::ZERO).unwrap(), 1);
     assert!(segments(dir.path()).is_empty());
     assert_eq!(std::fs::read_dir(dir.path().join("spool/tmp")).unwrap().count(), 0);
