@@ -116,7 +116,8 @@ impl Journal {
 
     /// Retires the resting segments idle for `idle` or full: one `syncfs` of the volume makes
     /// the instance files, directories and database rows written from them durable, then the
-    /// segments are deleted. Returns how many were retired; on a failed sync they stay.
+    /// segments are deleted. Returns how many were retired; after a failed sync they stay until the
+    /// next start replays them.
     pub(super) fn retire(&self, idle: Duration) -> std::io::Result<usize> {
         let due: Vec<Segment> = {
             let mut resting = self.lock();

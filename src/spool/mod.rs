@@ -14,7 +14,7 @@ pub mod db;
 mod journal;
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,9 @@ pub struct Spool {
     /// data directory would replay (and delete) this one's live journal segments.
     _lock: File,
 }
+
+/// The journal's directory under the data directory.
+const JOURNAL_DIR: &str = "spool/journal";
 
 /// How long a journal segment rests unused before [`Spool::retire_journal`] retires it.
 pub const JOURNAL_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -87,7 +90,7 @@ impl Spool {
         }
         let synced = sync_existing_dirs(&root.join("spool")).map_err(dir_error)?;
         tracing::debug!(directories = synced, "spool directories synced");
-        create_dirs_durably(root, Path::new("spool/journal")).map_err(dir_error)?;
+        create_dirs_durably(root, Path::new(JOURNAL_DIR)).map_err(dir_error)?;
         let db = Arc::new(JobDb::open(&root.join("jobs.sqlite"))?);
         let spool = Self {
             root: root.to_owned(),
@@ -95,7 +98,7 @@ impl Spool {
             device_uid: device_uid.to_owned(),
             tmp_counter: AtomicU64::new(0),
             dir_lock: Mutex::new(()),
-            journal: journal::Journal::new(&root.join("spool/journal"), root),
+            journal: journal::Journal::new(&root.join(JOURNAL_DIR), root),
             _lock: lock,
         };
         let replayed = spool.replay_journal()?;
@@ -106,7 +109,8 @@ impl Spool {
     }
 
     /// Retires the journal segments unused for `idle` (or full): one sync of the volume, then
-    /// they are deleted. Returns how many; a failed sync keeps them for the next call.
+    /// they are deleted. Returns how many; after a failed sync they stay until the next start
+    /// replays them.
     pub fn retire_journal(&self, idle: std::time::Duration) -> Result<usize, SpoolError> {
         self.journal.retire(idle).map_err(|source| SpoolError::Dir {
             path: self.journal_dir(),
@@ -287,11 +291,11 @@ impl Spool {
     }
 
     fn journal_dir(&self) -> PathBuf {
-        self.root.join("spool/journal")
+        self.root.join(JOURNAL_DIR)
     }
 
-    /// Writes again whatever of the instances in segments left by an earlier process is
-    /// missing (file or row), syncs the volume once and deletes the segments. Returns how many
+    /// Writes again every instance in the segments left by an earlier process (file, and row
+    /// when missing), syncs the volume once and deletes the segments. Returns how many
     /// instances the segments held.
     fn replay_journal(&self) -> Result<usize, SpoolError> {
         let dir_error = |path: &Path| {
@@ -493,21 +497,17 @@ impl InstanceSink for FolderSink {
 /// "DICM" and the file meta group of a received instance: the instance file without its
 /// preamble and data set.
 fn file_head(inst: &ReceivedInstance) -> Result<Vec<u8>, Refusal> {
-    let meta = file_meta(inst)?;
-    let mut head = b"DICM".to_vec();
-    meta.write(&mut head)
-        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
-    Ok(head)
-}
-
-fn file_meta(inst: &ReceivedInstance) -> Result<dicom_object::FileMetaTable, Refusal> {
-    FileMetaTableBuilder::new()
+    let meta = FileMetaTableBuilder::new()
         .transfer_syntax(inst.transfer_syntax.as_str())
         .media_storage_sop_class_uid(inst.sop_class_uid.as_str())
         .media_storage_sop_instance_uid(inst.sop_instance_uid.as_str())
         .source_application_entity_title(inst.calling_ae.as_str())
         .build()
-        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))
+        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
+    let mut head = b"DICM".to_vec();
+    meta.write(&mut head)
+        .map_err(|e| Refusal::understand(format!("file meta group: {e}")))?;
+    Ok(head)
 }
 
 /// The header (up to the pixel data) of an instance file held in memory from "DICM" on.
@@ -564,29 +564,27 @@ fn examine(header: &DefaultDicomObject, command_sop: Option<&str>, device_uid: &
 /// Writes a journaled instance's file, preamble then `payload`, without a sync (the journal
 /// holds the instance).
 fn write_part(tmp: &Path, payload: &[u8]) -> Result<(), Refusal> {
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(tmp)?;
-        file.write_all(&[0u8; 128])?;
-        file.write_all(payload)
-    };
-    write().map_err(|e| Refusal::io(tmp, e))
+    create_part(tmp, payload).map(drop).map_err(|e| Refusal::io(tmp, e))
 }
 
 /// Writes preamble, file meta group and the received data set bytes unchanged, then fsyncs.
 fn write_part_file(inst: &ReceivedInstance, tmp: &Path) -> Result<(), Refusal> {
-    let meta = file_meta(inst)?;
-    let file = File::create(tmp).map_err(|e| Refusal::io(tmp, e))?;
-    let mut out = BufWriter::new(file);
-    let head = |out: &mut BufWriter<File>| -> std::io::Result<()> {
-        out.write_all(&[0u8; 128])?;
-        out.write_all(b"DICM")?;
-        meta.write(&mut *out).map_err(std::io::Error::other)?;
-        out.flush()
+    let head = file_head(inst)?;
+    let write = || -> std::io::Result<()> {
+        let mut file = create_part(tmp, &head)?;
+        inst.dataset.copy_to(&mut file)?;
+        file.sync_all()
     };
-    head(&mut out).map_err(|e| Refusal::io(tmp, e))?;
-    let mut file = out.into_inner().map_err(|e| Refusal::io(tmp, e.into_error()))?;
-    inst.dataset.copy_to(&mut file).map_err(|e| Refusal::io(tmp, e))?;
-    file.sync_all().map_err(|e| Refusal::io(tmp, e))
+    write().map_err(|e| Refusal::io(tmp, e))
+}
+
+/// Creates the part file `tmp` holding the 128-byte preamble and `head` (an instance file from
+/// "DICM" on, or its beginning).
+fn create_part(tmp: &Path, head: &[u8]) -> std::io::Result<File> {
+    let mut file = File::create(tmp)?;
+    file.write_all(&[0u8; 128])?;
+    file.write_all(head)?;
+    Ok(file)
 }
 
 /// Makes a rename durable: fsync of the directory that holds the new name.
