@@ -124,8 +124,9 @@ pub struct Options {
     pub report: ReportOptions,
     /// The node's identity in the outputs.
     pub device: report::Device,
-    /// Seed for new UIDs (tests); `None` draws random UIDs.
-    pub uid_seed: Option<u64>,
+    /// Key for new UIDs (a job's, so that its rerun draws the same UIDs; or a test's);
+    /// `None` draws random UIDs.
+    pub uid_key: Option<[u8; 32]>,
     /// Root for new UIDs; `None`: UUID-derived `2.25.` UIDs.
     pub uid_root: Option<String>,
 }
@@ -139,19 +140,22 @@ impl Default for Options {
             series: None,
             report: ReportOptions::new(),
             device: report::Device::default(),
-            uid_seed: None,
+            uid_key: None,
             uid_root: None,
         }
     }
 }
 
 /// A milestone inside [`run_series_staged`], for callers that persist progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+#[derive(Clone, Copy, Debug)]
+pub enum Stage<'a> {
     /// The series are read and assembled into volumes.
     Assembled,
     /// The model ran and the heatmap is on the source grid.
     Inferred,
+    /// The SR and the notification documents are written (the summary names them); the other
+    /// outputs are still to come.
+    Decided(&'a ResultSummary),
 }
 
 /// Runs the model on the series under `paths` (picked by routing, or `options.series`) and
@@ -177,7 +181,7 @@ pub fn run_series_staged(
     ensemble: &mut Ensemble,
     out: &Path,
     options: &Options,
-    on_stage: &mut dyn FnMut(Stage),
+    on_stage: &mut dyn FnMut(Stage<'_>),
 ) -> Result<ResultSummary, PipelineError> {
     run_chosen(chosen, ensemble, out, options, Instant::now(), on_stage)
 }
@@ -188,7 +192,7 @@ fn run_chosen(
     out: &Path,
     options: &Options,
     start: Instant,
-    on_stage: &mut dyn FnMut(Stage),
+    on_stage: &mut dyn FnMut(Stage<'_>),
 ) -> Result<ResultSummary, PipelineError> {
     let mut timings = Timings::default();
     let channels = ensemble.manifest().channels.clone();
@@ -240,12 +244,13 @@ fn run_chosen(
         device: &options.device,
         options: &report_options,
     };
-    let mut uids = options.uid_seed.map_or_else(UidGenerator::random, UidGenerator::seeded);
+    let mut uids = options.uid_key.map_or_else(UidGenerator::random, UidGenerator::keyed);
     if let Some(root) = &options.uid_root {
         uids = uids.with_root(root.clone());
     }
     timings.total = ms(start);
-    Ok(report::write_outputs(&inputs, &heatmap, &mut uids, timings, out)?.summary)
+    let mut decided = |summary: &ResultSummary| on_stage(Stage::Decided(summary));
+    Ok(report::write_outputs(&inputs, &heatmap, &mut uids, timings, out, &mut decided)?.summary)
 }
 
 /// Runs the model on NIfTI volumes (one per channel, in the manifest's order) and writes the

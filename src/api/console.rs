@@ -331,9 +331,9 @@ pub(super) async fn job_page(
             @let t = &r.timings_ms;
             table #timings {
                 thead { tr { th { "Assemble" } th { "Preprocess" } th { "Infer" } th { "Explain" } th { "Key image" }
-                    th { "Overlay" } th { "Parametric map" } th { "Segmentation" } th { "SR" } th { "Total" } } }
+                    th { "Overlay" } th { "Parametric map" } th { "Segmentation" } th { "SR" } th { "SR handed on at" } th { "Total" } } }
                 tbody { tr {
-                    @for ms in [t.assemble, t.preprocess, t.infer, t.explain, t.key_image, t.sc, t.pm, t.seg, t.sr, t.total] {
+                    @for ms in [t.assemble, t.preprocess, t.infer, t.explain, t.key_image, t.sc, t.pm, t.seg, t.sr, t.decided, t.total] {
                         td.num { (format!("{ms:.0} ms")) }
                     }
                 } }

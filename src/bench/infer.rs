@@ -73,7 +73,7 @@ pub fn infer_bench(dir: &Path, bench: &InferBench) -> Result<InferBenchReport> {
     let session_build = start.elapsed();
     let router = Router::new(&RoutingConfig::default())?;
     let options = Options {
-        uid_seed: Some(1),
+        uid_key: Some([1; 32]),
         ..Options::default()
     };
     let mut runs = Vec::new();

@@ -590,11 +590,12 @@ fn print_turnaround(runs: &[Turnaround], bench: &NodeBench) {
     for (n, r) in runs.iter().enumerate() {
         let raw = r.total.as_secs_f64();
         let cells = r.stages.as_ref().map_or_else(|| "-".into(), super::stage_cells);
-        // What is neither stable age nor pipeline: hand-offs, the job database, the association.
+        // What is neither stable age nor the pipeline up to the decision: hand-offs, the job
+        // database, the SR's association.
         let rest = r
             .stages
             .as_ref()
-            .map_or_else(|| "-".into(), |t| format!("{:.0}", raw * 1000.0 - 1000.0 - t.total));
+            .map_or_else(|| "-".into(), |t| format!("{:.0}", raw * 1000.0 - 1000.0 - t.decided));
         println!(
             "  {:>3}  {:>7.3}  {:>11.3}  {:>10}  {:>9} | {cells}",
             n + 1,

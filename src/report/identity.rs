@@ -101,6 +101,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Source of new UIDs: `2.25.<u128>` (UUID-derived) by default, or `<root>.<decimal>` under a
 /// configured root, drawn from a seeded or OS-seeded generator.
+#[derive(Clone)]
 pub struct UidGenerator {
     root: Option<String>,
     rng: ChaCha8Rng,
@@ -121,6 +122,34 @@ impl UidGenerator {
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
+    /// UIDs `2.25.<u128>` from a 256-bit key (a job's, kept in the job database): a rerun of
+    /// the job draws the same UIDs, so objects it remakes keep the UIDs an SR already sent named.
+    pub fn keyed(key: [u8; 32]) -> Self {
+        Self {
+            root: None,
+            rng: ChaCha8Rng::from_seed(key),
+        }
+    }
+    /// A fresh random key for [`UidGenerator::keyed`].
+    pub fn new_key() -> [u8; 32] {
+        rand::rng().random()
+    }
+    /// A generator of its own for one output (same root), keyed from this one: what one output
+    /// draws does not shift the UIDs of the next.
+    pub fn fork(&mut self) -> Self {
+        Self {
+            root: self.root.clone(),
+            rng: ChaCha8Rng::from_seed(self.rng.random()),
+        }
+    }
+    /// The UIDs of a new series of `instances` instances: a maker draws them first, so that a
+    /// clone of its generator tells the SR what it will make before it is made.
+    pub fn new_series(&mut self, instances: usize) -> NewSeriesUids {
+        NewSeriesUids {
+            series: self.next_uid(),
+            instances: (0..instances).map(|_| self.next_uid()).collect(),
+        }
+    }
     /// UIDs under `root` (an organisation root, at most 40 characters so that a suffix fits).
     pub fn with_root(mut self, root: impl Into<String>) -> Self {
         let root = root.into();
@@ -139,6 +168,23 @@ impl UidGenerator {
                 format!("{root}.{suffix}")
             }
         }
+    }
+}
+
+/// A new series' UIDs, drawn before its instances are made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSeriesUids {
+    /// Series Instance UID.
+    pub series: String,
+    /// SOP Instance UIDs, in instance order.
+    pub instances: Vec<String>,
+}
+
+impl NewSeriesUids {
+    /// The series UID and its first instance's (the only one of a one-instance series).
+    pub fn series_and_first(self) -> (String, String) {
+        let first = self.instances.into_iter().next().unwrap_or_default();
+        (self.series, first)
     }
 }
 
@@ -175,6 +221,13 @@ mod tests {
         let (x, y) = (a.next_uid(), b.next_uid());
         assert_eq!(x, y);
         assert_ne!(x, a.next_uid());
+        let key = UidGenerator::new_key();
+        assert_ne!(key, UidGenerator::new_key());
+        let (mut c, mut d) = (UidGenerator::keyed(key), UidGenerator::keyed(key));
+        let (mut fc, mut fd) = (c.fork(), d.fork());
+        assert_eq!(fc.new_series(3), fd.new_series(3));
+        assert_eq!(c.next_uid(), d.next_uid());
+        assert_ne!(fc.next_uid(), c.next_uid());
         let mut rooted = UidGenerator::seeded(1).with_root("1.2.826.0.1.3680043.10.1234");
         for _ in 0..100 {
             let uid = rooted.next_uid();

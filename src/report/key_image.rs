@@ -39,11 +39,10 @@ pub(crate) fn key_image_over(
     overlay: &Overlay,
     uids: &mut UidGenerator,
 ) -> Result<DicomFile, ReportError> {
+    let (series_uid, sop_uid) = uids.new_series(1).series_and_first();
     let picture = orthogonal_views(inputs, overlay)?;
     let options = inputs.options;
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
-    let series_uid = uids.next_uid();
-    let sop_uid = uids.next_uid();
     let finding = inputs.finding;
     let through = match finding.hotspot() {
         Some(h) => format!("through the hotspot (source slice {})", h.slice + 1),

@@ -48,7 +48,7 @@ use crate::volume::Volume;
 pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
-pub use identity::{Timestamp, UidGenerator, date_text, person_name_text, rfc3339_utc_now, utc_text};
+pub use identity::{NewSeriesUids, Timestamp, UidGenerator, date_text, person_name_text, rfc3339_utc_now, utc_text};
 pub use key_image::key_image;
 pub use pm::parametric_map;
 pub use render::{ColourMap, glyph, preview_png};
@@ -371,35 +371,53 @@ pub struct ReportInputs<'a> {
 /// A DICOM object with the file meta group, ready to write or send.
 pub type DicomFile = FileDicomObject<InMemDicomObject>;
 
-/// Writes `obj` to `path` (parent directories created).
+/// Writes `obj` to `path` (parent directories created), replacing a file there whole: the
+/// outbox may be reading the one an earlier attempt of the job wrote.
 pub fn write_dicom(obj: &DicomFile, path: &Path) -> Result<(), ReportError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| ReportError::Io {
-            path: parent.to_owned(),
-            source,
-        })?;
-    }
-    obj.write_to_file(path).map_err(|source| ReportError::WriteDicom {
+    let part = part_path(path)?;
+    obj.write_to_file(&part).map_err(|source| ReportError::WriteDicom {
         path: path.to_owned(),
         source: Box::new(source),
-    })
+    })?;
+    rename_into(&part, path)
 }
 
-/// Writes a JSON document to `dir/rel` (parent directories created); returns `rel`.
+/// Writes a JSON document to `dir/rel` (parent directories created, an earlier file replaced
+/// whole); returns `rel`.
 fn write_json(dir: &Path, rel: &str, value: &serde_json::Value) -> Result<String, ReportError> {
     let path = dir.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| ReportError::Io {
-            path: parent.to_owned(),
-            source,
-        })?;
-    }
+    let part = part_path(&path)?;
     let text = serde_json::to_vec_pretty(value).map_err(|source| ReportError::Json {
         path: path.clone(),
         source,
     })?;
-    std::fs::write(&path, text).map_err(|source| ReportError::Io { path, source })?;
+    std::fs::write(&part, text).map_err(|source| ReportError::Io {
+        path: part.clone(),
+        source,
+    })?;
+    rename_into(&part, &path)?;
     Ok(rel.to_owned())
+}
+
+/// `path` with `.part` appended, its directory made: where a file is written before it
+/// replaces `path`.
+fn part_path(path: &Path) -> Result<PathBuf, ReportError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ReportError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    Ok(PathBuf::from(part))
+}
+
+fn rename_into(part: &Path, path: &Path) -> Result<(), ReportError> {
+    std::fs::rename(part, path).map_err(|source| ReportError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes a preview image as PNG.
@@ -432,8 +450,13 @@ pub struct WrittenOutputs {
 /// Makes the DICOM outputs `options.outputs` selects (key image, SC, Parametric Map,
 /// Segmentation for suspected studies, SR), the preview and `result.json`, and writes them into
 /// `dir` (`key/KEY.dcm`, `sc/SC_NNNN.dcm`, `pm/PM.dcm`, `seg/SEG.dcm`, `sr/SR.dcm`,
-/// `preview.png`, `result.json`). The SR is made last so that it can reference the others, and
-/// sent first.
+/// `preview.png`, `result.json`).
+///
+/// The decision goes out first: each other output's UIDs are drawn before it is made (from a
+/// generator of its own, forked from `uids`), so the SR that references them is made and
+/// written, with the notification documents, before them; `decided` then gets the summary of
+/// what is written so far (SR and notifications), for a caller that sends it at once. With a
+/// keyed `uids` a rerun draws the same UIDs, so what it remakes matches an SR already sent.
 /// `timings_ms.key_image`/`sc`/`pm`/`seg`/`sr` are filled here and the time spent here is added
 /// to `timings.total` (the caller's time so far), so `result.json` is written once, complete;
 /// the other stages' times are taken from `timings`.
@@ -443,6 +466,7 @@ pub fn write_outputs(
     uids: &mut UidGenerator,
     mut timings: Timings,
     dir: &Path,
+    decided: &mut dyn FnMut(&ResultSummary),
 ) -> Result<WrittenOutputs, ReportError> {
     let t0 = std::time::Instant::now();
     let write = |obj: &DicomFile, rel: String| -> Result<String, ReportError> {
@@ -451,61 +475,23 @@ pub fn write_outputs(
     };
     check_all(inputs, heatmap)?;
     let selected = inputs.options.outputs;
-    // One overlay (display scale, head mask, grey window) for every picture and the SEG.
+    // One overlay (display scale, head mask, grey window) for every picture and the SEG; made
+    // before the SR because it decides whether there is a SEG to reference.
+    let t = std::time::Instant::now();
     let overlay = render::Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
+    timings.overlay = ms(t);
+    let planned = Planned::draw(inputs, &overlay, uids);
     let mut files = OutputFiles::default();
-    let mut objects = Vec::new();
-    let mut derived = Derived::default();
-    if selected.key_image {
-        let t = std::time::Instant::now();
-        let key = key_image::key_image_over(inputs, &overlay, uids)?;
-        files.key_image = Some(write(&key, "key/KEY.dcm".into())?);
-        derived.key_image = Some(InstanceRef::of(&key));
-        objects.push(key);
-        timings.key_image = ms(t);
-    }
-    if selected.overlay_series {
-        let t = std::time::Instant::now();
-        let sc = sc::secondary_capture_over(inputs, &overlay, uids)?;
-        for (n, obj) in sc.iter().enumerate() {
-            files.sc.push(write(obj, format!("sc/SC_{:04}.dcm", n + 1))?);
-            derived.sc.push(InstanceRef::of(obj));
-        }
-        objects.extend(sc);
-        timings.sc = ms(t);
-    }
-    if selected.parametric_map {
-        let t = std::time::Instant::now();
-        let pm = parametric_map(inputs, heatmap, uids)?;
-        files.pm = Some(write(&pm, "pm/PM.dcm".into())?);
-        derived.pm = Some(InstanceRef::of(&pm));
-        objects.push(pm);
-        timings.pm = ms(t);
-    }
-    if selected.segmentation {
-        let t = std::time::Instant::now();
-        if let Some(seg) = seg::segmentation_over(inputs, &overlay, uids)? {
-            files.seg = Some(write(&seg, "seg/SEG.dcm".into())?);
-            derived.seg = Some(InstanceRef::of(&seg));
-            objects.push(seg);
-        }
-        timings.seg = ms(t);
-    }
+    let mut sr_object = None;
     let mut sr_ref = None;
     if selected.structured_report {
         let t = std::time::Instant::now();
-        let sr = structured_report(inputs, &derived, uids)?;
+        let sr = structured_report(inputs, &planned.derived, uids)?;
         files.sr = Some(write(&sr, "sr/SR.dcm".into())?);
         sr_ref = Some(InstanceRef::of(&sr));
-        // Made last (it references the others) but sent first: the decision is what a
-        // radiologist's worklist waits for.
-        objects.insert(0, sr);
+        sr_object = Some(sr);
         timings.sr = ms(t);
     }
-    let preview = render::preview_over(inputs.source, &overlay, inputs.finding);
-    let preview_path = dir.join("preview.png");
-    write_png(&preview, &preview_path)?;
-    files.preview_png = Some("preview.png".into());
     let mut summary = result_json(inputs.source, inputs.finding, inputs.algorithm, files, timings);
     if let Some(sr_url) = &inputs.options.notify_sr_url {
         let issued = rfc3339_utc_now();
@@ -520,6 +506,51 @@ pub fn write_outputs(
         summary.fhir_file = Some(write_json(dir, "notify/DiagnosticReport.json", &fhir)?);
         summary.webhook_file = Some(write_json(dir, "notify/webhook.json", &hook)?);
     }
+    summary.timings_ms.decided = summary.timings_ms.total + ms(t0);
+    decided(&summary);
+    // Sent in this order: SR first (the decision is what a worklist waits for), then the rest.
+    let mut objects: Vec<DicomFile> = sr_object.into_iter().collect();
+    let Planned {
+        mut key,
+        mut sc,
+        mut seg,
+        mut pm,
+        ..
+    } = planned;
+    if let Some(uids) = &mut key {
+        let t = std::time::Instant::now();
+        let key = key_image::key_image_over(inputs, &overlay, uids)?;
+        summary.key_image_file = Some(write(&key, "key/KEY.dcm".into())?);
+        objects.push(key);
+        summary.timings_ms.key_image = ms(t);
+    }
+    if let Some(uids) = &mut sc {
+        let t = std::time::Instant::now();
+        let sc = sc::secondary_capture_over(inputs, &overlay, uids)?;
+        for (n, obj) in sc.iter().enumerate() {
+            summary.sc_files.push(write(obj, format!("sc/SC_{:04}.dcm", n + 1))?);
+        }
+        objects.extend(sc);
+        summary.timings_ms.sc = ms(t);
+    }
+    if let Some(uids) = &mut pm {
+        let t = std::time::Instant::now();
+        let pm = parametric_map(inputs, heatmap, uids)?;
+        summary.pm_file = Some(write(&pm, "pm/PM.dcm".into())?);
+        objects.push(pm);
+        summary.timings_ms.pm = ms(t);
+    }
+    if let Some((region, uids)) = &mut seg {
+        let t = std::time::Instant::now();
+        let seg = seg::segmentation_of(inputs, region, uids)?;
+        summary.seg_file = Some(write(&seg, "seg/SEG.dcm".into())?);
+        objects.push(seg);
+        summary.timings_ms.seg = ms(t);
+    }
+    let preview = render::preview_over(inputs.source, &overlay, inputs.finding);
+    let preview_path = dir.join("preview.png");
+    write_png(&preview, &preview_path)?;
+    summary.preview_png = Some("preview.png".into());
     summary.timings_ms.total += ms(t0);
     summary.write(&dir.join("result.json"))?;
     let path = |rel: &Option<String>| rel.as_ref().map(|f| dir.join(f));
@@ -533,6 +564,74 @@ pub fn write_outputs(
         preview_path,
         objects,
     })
+}
+
+/// The outputs other than the SR, each with the generator it will draw its UIDs from, and
+/// the references the SR makes to them (drawn from clones of those generators: a maker draws
+/// its series' UIDs first).
+struct Planned {
+    key: Option<UidGenerator>,
+    sc: Option<UidGenerator>,
+    pm: Option<UidGenerator>,
+    /// The SEG's region with its generator (a suspected study whose hotspot is coloured).
+    seg: Option<(ndarray::Array3<bool>, UidGenerator)>,
+    derived: Derived,
+}
+
+impl Planned {
+    fn draw(inputs: &ReportInputs<'_>, overlay: &render::Overlay, uids: &mut UidGenerator) -> Self {
+        let selected = inputs.options.outputs;
+        let source = inputs.source;
+        let key = selected.key_image.then(|| uids.fork());
+        let sc = selected.overlay_series.then(|| uids.fork());
+        let pm = selected.parametric_map.then(|| uids.fork());
+        let seg = match selected.segmentation {
+            true => seg::segmented_region(inputs, overlay).map(|region| (region, uids.fork())),
+            false => None,
+        };
+        let depth = u32::try_from(source.volume.shape()[2]).unwrap_or(u32::MAX);
+        let (sc_class, sc_frames) = if inputs.options.multiframe {
+            (sc::MULTIFRAME_TRUE_COLOR_SC, depth)
+        } else {
+            (sc::SECONDARY_CAPTURE, 1)
+        };
+        let seg_frames = seg
+            .as_ref()
+            .map_or(0, |(region, _)| seg::region_slices(region).len() as u32);
+        let derived = Derived {
+            key_image: refs(key.as_ref(), 1, sc::SECONDARY_CAPTURE, 1).pop(),
+            sc: refs(
+                sc.as_ref(),
+                sc::instance_count(source, inputs.options),
+                sc_class,
+                sc_frames,
+            ),
+            pm: refs(pm.as_ref(), 1, pm::PARAMETRIC_MAP, depth).pop(),
+            seg: refs(seg.as_ref().map(|(_, uids)| uids), 1, seg::SEGMENTATION, seg_frames).pop(),
+        };
+        Self {
+            key,
+            sc,
+            pm,
+            seg,
+            derived,
+        }
+    }
+}
+
+/// The references to the `count` instances a maker drawing from `uids` will make.
+fn refs(uids: Option<&UidGenerator>, count: usize, class: &str, frames: u32) -> Vec<InstanceRef> {
+    let Some(uids) = uids else { return Vec::new() };
+    let ids = uids.clone().new_series(count);
+    ids.instances
+        .into_iter()
+        .map(|sop| InstanceRef {
+            sop_class_uid: class.into(),
+            sop_instance_uid: sop,
+            series_uid: ids.series.clone(),
+            frames,
+        })
+        .collect()
 }
 
 /// Milliseconds since `t`.

@@ -23,7 +23,8 @@ use super::dicom::{
 };
 use super::enhanced::{Geometry, put_frame_of_reference, put_pixel_bytes};
 use super::render::{Overlay, Window, frames};
-use super::{DicomFile, ReportError, ReportInputs, Timestamp, UidGenerator};
+use super::{DicomFile, ReportError, ReportInputs, ReportOptions, Timestamp, UidGenerator};
+use crate::assemble::Assembled;
 use crate::volume::Volume;
 
 /// Multi-frame True Color Secondary Capture Image Storage.
@@ -57,7 +58,8 @@ pub(crate) fn secondary_capture_over(
     let legend = overlay.legend(inputs.finding, Some(inputs.algorithm));
     let (frames, layout) = frames(source, overlay, &legend);
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
-    let series_uid = uids.next_uid();
+    let ids = uids.new_series(instance_count(source, options));
+    let series_uid = ids.series;
     // The source grid widened by the margins.
     let geometry = Geometry::new(
         &source.volume,
@@ -73,17 +75,23 @@ pub(crate) fn secondary_capture_over(
         window,
     };
     if options.multiframe {
-        let sop_uid = uids.next_uid();
-        Ok(vec![ctx.multiframe(&sop_uid, &frames)?])
+        Ok(vec![ctx.multiframe(&ids.instances[0], &frames)?])
     } else {
         frames
             .iter()
+            .zip(&ids.instances)
             .enumerate()
-            .map(|(k, frame)| {
-                let sop_uid = uids.next_uid();
-                ctx.single_frame(&sop_uid, k, frame)
-            })
+            .map(|(k, (frame, sop_uid))| ctx.single_frame(sop_uid, k, frame))
             .collect()
+    }
+}
+
+/// The SC instances made for `source`: one multi-frame instance, or one per slice.
+pub(crate) fn instance_count(source: &Assembled, options: &ReportOptions) -> usize {
+    if options.multiframe {
+        1
+    } else {
+        source.volume.shape()[2]
     }
 }
 

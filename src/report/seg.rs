@@ -39,34 +39,43 @@ pub fn segmentation(
 ) -> Result<Option<DicomFile>, ReportError> {
     super::check_all(inputs, heatmap)?;
     let overlay = Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
-    segmentation_over(inputs, &overlay, uids)
+    match segmented_region(inputs, &overlay) {
+        Some(region) => segmentation_of(inputs, &region, uids).map(Some),
+        None => Ok(None),
+    }
 }
 
-/// [`segmentation`] with the overlay already built (and the inputs checked), so that
-/// `write_outputs` builds it once for the SC and the SEG.
-pub(crate) fn segmentation_over(
-    inputs: &ReportInputs<'_>,
-    overlay: &Overlay,
-    uids: &mut UidGenerator,
-) -> Result<Option<DicomFile>, ReportError> {
-    if !inputs.finding.suspected {
-        return Ok(None);
+/// The region a Segmentation is made of: the coloured hotspot region of a suspected study.
+pub(crate) fn segmented_region(inputs: &ReportInputs<'_>, overlay: &Overlay) -> Option<Array3<bool>> {
+    if inputs.finding.suspected {
+        overlay.hotspot_region()
+    } else {
+        None
     }
+}
+
+/// The source slices `region` touches: the Segmentation's frames.
+pub(crate) fn region_slices(region: &Array3<bool>) -> Vec<usize> {
+    let (n_i, n_j, n_k) = region.dim();
+    (0..n_k)
+        .filter(|&k| (0..n_j).any(|j| (0..n_i).any(|i| region[[i, j, k]])))
+        .collect()
+}
+
+/// The Segmentation of `region` (from [`segmented_region`]).
+pub(crate) fn segmentation_of(
+    inputs: &ReportInputs<'_>,
+    region: &Array3<bool>,
+    uids: &mut UidGenerator,
+) -> Result<DicomFile, ReportError> {
     let source = inputs.source;
     let options = inputs.options;
-    let Some(region) = overlay.hotspot_region() else {
-        return Ok(None);
-    };
     let for_uid = required_frame_of_reference(inputs)?;
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
-    let series_uid = uids.next_uid();
-    let sop_uid = uids.next_uid();
+    let (series_uid, sop_uid) = uids.new_series(1).series_and_first();
     let dimension_uid = uids.next_uid();
     let geometry = Geometry::of_grid(&source.volume);
-    let [n_i, n_j, n_k] = source.volume.shape();
-    let slices: Vec<usize> = (0..n_k)
-        .filter(|&k| (0..n_j).any(|j| (0..n_i).any(|i| region[[i, j, k]])))
-        .collect();
+    let slices = region_slices(region);
 
     let mut obj = enhanced_base(
         inputs,
@@ -134,8 +143,8 @@ pub(crate) fn segmentation_over(
         })
         .collect();
     put_seq(&mut obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
-    put_pixel_bytes(&mut obj, pack_bits(&region, &slices));
-    finish(obj, &sop_uid).map(Some)
+    put_pixel_bytes(&mut obj, pack_bits(region, &slices));
+    finish(obj, &sop_uid)
 }
 
 /// The Segment Sequence item: what the region is (standard codes, see [`codes`]) and which

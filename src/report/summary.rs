@@ -14,6 +14,10 @@ pub struct Timings {
     pub preprocess: f64,
     pub infer: f64,
     pub explain: f64,
+    /// The overlay shared by the pictures and the SEG (display scale, head mask, window).
+    pub overlay: f64,
+    /// From the job's start until the SR and notifications were written and handed on.
+    pub decided: f64,
     pub key_image: f64,
     pub sc: f64,
     pub pm: f64,

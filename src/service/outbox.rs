@@ -14,7 +14,7 @@ use crate::api::{DeliveryOutcome, Metrics};
 use crate::audit::{AuditTrail, Direction, InstanceIdentity, Peer, Transfers};
 use crate::config::Settings;
 use crate::deliver::{self, DeliveryFault, Destination, FaultKind};
-use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb, JobState};
+use crate::spool::db::{self, DeliveryRow, DeliveryState, JobDb, JobSettled, JobState};
 
 pub(super) async fn run(
     db: Arc<JobDb>,
@@ -188,20 +188,25 @@ async fn settle(
     let id = row.id;
     let error = error.map(str::to_owned);
     match tokio::task::spawn_blocking(move || db.settle_delivery(id, state, next, error.as_deref())).await {
-        Ok(Ok(Some(settled))) => match (settled.state, settled.turnaround_s) {
-            (JobState::Delivered, Some(seconds)) => {
-                metrics.observe_stage("turnaround", seconds);
-                tracing::info!(job = settled.job_id, turnaround_s = seconds, "job delivered");
-            }
-            (JobState::Delivered, None) => tracing::info!(job = settled.job_id, "job delivered"),
-            (state, _) => tracing::warn!(
-                job = settled.job_id,
-                state = %state.as_str(),
-                "job settled with dead letters"
-            ),
-        },
+        Ok(Ok(Some(settled))) => observe_settled(metrics, &settled),
         Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::error!("outbox: {e}"),
         Err(e) => tracing::error!("outbox: {e}"),
+    }
+}
+
+/// Logs a settled job, and its turnaround when it was delivered whole.
+pub(super) fn observe_settled(metrics: &Metrics, settled: &JobSettled) {
+    match (settled.state, settled.turnaround_s) {
+        (JobState::Delivered, Some(seconds)) => {
+            metrics.observe_stage("turnaround", seconds);
+            tracing::info!(job = settled.job_id, turnaround_s = seconds, "job delivered");
+        }
+        (JobState::Delivered, None) => tracing::info!(job = settled.job_id, "job delivered"),
+        (state, _) => tracing::warn!(
+            job = settled.job_id,
+            state = %state.as_str(),
+            "job settled with dead letters"
+        ),
     }
 }

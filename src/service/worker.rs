@@ -161,31 +161,6 @@ impl Worker {
         }
     }
 
-    /// What the outbox sends for a job: every DICOM output to each of its destinations, then
-    /// the notification documents to the endpoints that want this decision.
-    fn deliveries(&self, job: &JobRow, summary: &ResultSummary, out: &Path) -> Vec<(String, PathBuf)> {
-        let mut deliveries: Vec<(String, PathBuf)> = Vec::new();
-        for destination in self.settings.destinations_for(&job.calling_ae) {
-            deliveries.extend(summary.dicom_files().map(|f| (destination.clone(), out.join(f))));
-        }
-        for endpoint in self
-            .settings
-            .notify
-            .endpoints
-            .iter()
-            .filter(|e| e.wants(summary.suspected))
-        {
-            let file = match endpoint.kind {
-                EndpointKind::Fhir => &summary.fhir_file,
-                EndpointKind::Webhook => &summary.webhook_file,
-            };
-            if let Some(file) = file {
-                deliveries.push((endpoint.name.clone(), out.join(file)));
-            }
-        }
-        deliveries
-    }
-
     /// Runs one job and records how it ended; `Some` when that needs another try.
     fn process(&mut self, job: &JobRow) -> Option<Again> {
         let start = Instant::now();
@@ -193,10 +168,14 @@ impl Worker {
         tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
         match self.run_job(job, &out) {
             Ok(summary) => {
-                let deliveries = self.deliveries(job, &summary, &out);
-                if let Err(e) = self.db.report_job(job.id, &out, &deliveries) {
-                    tracing::error!(job = job.id, "cannot record the job's results: {e}");
-                    return Some(Again::Run);
+                let deliveries = deliveries(&self.settings, job, &summary, &out);
+                match self.db.report_job(job.id, &out, &deliveries) {
+                    Ok(Some(settled)) => super::outbox::observe_settled(&self.metrics, &settled),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(job = job.id, "cannot record the job's results: {e}");
+                        return Some(Again::Run);
+                    }
                 }
                 let t = &summary.timings_ms;
                 for (stage, ms) in [
@@ -248,7 +227,12 @@ impl Worker {
             kind,
         };
         // Outputs of an attempt cut short by a crash are discarded: they were never delivered.
-        if out.exists() {
+        // Unless its SR went ahead: then they stay, and this attempt writes each again over
+        // them (whole files replaced, so the outbox never reads half of one), under the same
+        // UIDs (the job's key).
+        // (Kept too when the database cannot say: keeping is always safe, removing is tidier.)
+        let sent_ahead = self.db.job_deliveries(job.id).map_or(true, |rows| !rows.is_empty());
+        if out.exists() && !sent_ahead {
             std::fs::remove_dir_all(out).map_err(|source| {
                 fail(JobErrorKind::Io {
                     path: out.to_owned(),
@@ -265,14 +249,24 @@ impl Worker {
         };
         let mut options = self.options.clone();
         options.report.predecessor = predecessor;
+        options.uid_key = job.uid_key;
         let db = self.db.clone();
         let id = job.id;
         // The stage running now, for a panic's failure record.
         let running = std::cell::Cell::new("assemble");
-        let mut on_stage = |stage: Stage| {
+        let settings = &self.settings;
+        let mut on_stage = |stage: Stage<'_>| {
             let (state, next) = match stage {
                 Stage::Assembled => (JobState::Assembled, "infer"),
                 Stage::Inferred => (JobState::Inferred, "report"),
+                Stage::Decided(summary) => {
+                    // The decision goes out while the other outputs are made.
+                    let ahead = deliveries(settings, job, summary, out);
+                    if let Err(e) = db.queue_deliveries(id, &ahead) {
+                        tracing::warn!(job = id, "cannot queue the SR ahead (it goes with the rest): {e}");
+                    }
+                    return;
+                }
             };
             running.set(next);
             match db.set_state(id, state, None) {
@@ -324,6 +318,25 @@ impl Worker {
             }
         }
     }
+}
+
+/// What the outbox sends for a job: every DICOM output in `summary` to each of its
+/// destinations, then the notification documents to the endpoints that want this decision.
+fn deliveries(settings: &Settings, job: &JobRow, summary: &ResultSummary, out: &Path) -> Vec<(String, PathBuf)> {
+    let mut deliveries: Vec<(String, PathBuf)> = Vec::new();
+    for destination in settings.destinations_for(&job.calling_ae) {
+        deliveries.extend(summary.dicom_files().map(|f| (destination.clone(), out.join(f))));
+    }
+    for endpoint in settings.notify.endpoints.iter().filter(|e| e.wants(summary.suspected)) {
+        let file = match endpoint.kind {
+            EndpointKind::Fhir => &summary.fhir_file,
+            EndpointKind::Webhook => &summary.webhook_file,
+        };
+        if let Some(file) = file {
+            deliveries.push((endpoint.name.clone(), out.join(file)));
+        }
+    }
+    deliveries
 }
 
 /// Why a job failed: which job, which series, which stage, and the cause.

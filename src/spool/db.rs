@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::bell::Bells;
@@ -141,6 +142,10 @@ pub struct JobRow {
     pub created_at: f64,
     /// Last state change (Unix seconds).
     pub updated_at: f64,
+    /// The key its outputs' UIDs are drawn from, random and made with the job: a rerun after a
+    /// crash draws the same UIDs (`None` for jobs of a database older than the key).
+    #[serde(skip)]
+    pub uid_key: Option<[u8; 32]>,
 }
 
 /// Where and why a job failed, as stored with it.
@@ -322,6 +327,68 @@ CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
 ";
 
+/// Inserts a job's deliveries, pending now; one already queued stays as it is.
+fn insert_deliveries(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: i64,
+    deliveries: &[(String, PathBuf)],
+) -> rusqlite::Result<()> {
+    let now = now();
+    for (destination, file) in deliveries {
+        tx.execute(
+            "INSERT OR IGNORE INTO deliveries (job_id, destination, path, state, attempts, next_attempt_at)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+            params![job_id, destination, file.to_string_lossy(), now],
+        )?;
+    }
+    Ok(())
+}
+
+/// Settles a reported job none of whose deliveries is pending: `delivered` (all acknowledged)
+/// or `undeliverable` (some dead). A job still being made (its SR sent ahead) or failed is
+/// left as it is.
+fn settle_if_done(tx: &rusqlite::Transaction<'_>, job_id: i64) -> rusqlite::Result<Option<JobSettled>> {
+    let state: String = tx.query_row("SELECT state FROM jobs WHERE id = ?1", [job_id], |r| r.get(0))?;
+    if JobState::parse(&state) != JobState::Reported {
+        return Ok(None);
+    }
+    let (pending, dead): (i64, i64) = tx.query_row(
+        "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0) FROM deliveries WHERE job_id = ?1",
+        [job_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if pending > 0 {
+        return Ok(None);
+    }
+    let (job_state, reason) = if dead > 0 {
+        (
+            JobState::Undeliverable,
+            Some(format!("{dead} result file(s) could not be delivered")),
+        )
+    } else {
+        (JobState::Delivered, None)
+    };
+    let now = now();
+    tx.execute(
+        "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+        params![job_id, job_state.as_str(), reason, now],
+    )?;
+    // The job's input: its series' instances stored before it was created (a late instance
+    // belongs to the next job).
+    let last_received: Option<f64> = tx.query_row(
+        "SELECT MAX(i.received_at) FROM jobs j, json_each(j.series) s
+         JOIN instances i ON i.series_uid = s.value
+         WHERE j.id = ?1 AND i.received_at <= j.created_at",
+        [job_id],
+        |r| r.get(0),
+    )?;
+    Ok(Some(JobSettled {
+        job_id,
+        state: job_state,
+        turnaround_s: last_received.map(|t| now - t),
+    }))
+}
+
 /// A JSON text column (`NULL` → `None`); text that does not parse is a conversion error, not
 /// a silent default.
 fn json_column<T: serde::de::DeserializeOwned>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<T>> {
@@ -360,6 +427,7 @@ impl JobDb {
             ("jobs", "failure", "TEXT"),
             ("instances", "header", "TEXT"),
             ("series", "plan", "TEXT"),
+            ("jobs", "uid_key", "BLOB"),
         ] {
             let present: bool = conn
                 .query_row(
@@ -662,8 +730,8 @@ impl JobDb {
         };
         conn.execute(
             "INSERT INTO jobs (study_uid, series, calling_ae, state, reason, supersedes, attempts, created_at, updated_at,
-                               inputs, failure)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8, ?9)",
+                               inputs, failure, uid_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8, ?9, ?10)",
             params![
                 study_uid,
                 series_json,
@@ -673,7 +741,8 @@ impl JobDb {
                 supersedes,
                 now,
                 inputs_json,
-                failure_json
+                failure_json,
+                rand::rng().random::<[u8; 32]>().to_vec()
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -763,37 +832,46 @@ impl JobDb {
         Ok(n)
     }
 
-    /// Marks a job reported with its result directory and queues its deliveries (destination
-    /// or notification endpoint, file), in one transaction: a crash leaves either both or
-    /// neither. With nothing to deliver the job is delivered at once.
-    pub fn report_job(&self, id: i64, result_dir: &Path, deliveries: &[(String, PathBuf)]) -> Result<(), DbError> {
-        let now = now();
+    /// Queues deliveries of a job whose other outputs are still being made (its SR and
+    /// notifications, sent before the rest): the outbox takes them at once; the job stays in its
+    /// state until [`JobDb::report_job`]. Queuing a delivery again changes nothing.
+    pub fn queue_deliveries(&self, id: i64, deliveries: &[(String, PathBuf)]) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let state = if deliveries.is_empty() {
-            JobState::Delivered
-        } else {
-            JobState::Reported
-        };
-        tx.execute(
-            "UPDATE jobs SET state = ?2, result_dir = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, state.as_str(), result_dir.to_string_lossy(), now],
-        )
-        .map_err(|e| self.err(e))?;
-        for (destination, file) in deliveries {
-            tx.execute(
-                "INSERT OR IGNORE INTO deliveries (job_id, destination, path, state, attempts, next_attempt_at)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
-                params![id, destination, file.to_string_lossy(), now],
-            )
-            .map_err(|e| self.err(e))?;
-        }
+        insert_deliveries(&tx, id, deliveries).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         drop(conn);
         if !deliveries.is_empty() {
             self.bells.deliveries.ring();
         }
         Ok(())
+    }
+
+    /// Marks a job reported with its result directory and queues its deliveries (destination
+    /// or notification endpoint, file; those queued before are kept as they are), in one
+    /// transaction: a crash leaves either both or neither. A job with nothing left pending
+    /// (nothing to deliver, or all of it already sent) is settled at once, and that is returned.
+    pub fn report_job(
+        &self,
+        id: i64,
+        result_dir: &Path,
+        deliveries: &[(String, PathBuf)],
+    ) -> Result<Option<JobSettled>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2, result_dir = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, JobState::Reported.as_str(), result_dir.to_string_lossy(), now()],
+        )
+        .map_err(|e| self.err(e))?;
+        insert_deliveries(&tx, id, deliveries).map_err(|e| self.err(e))?;
+        let settled = settle_if_done(&tx, id).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(conn);
+        if settled.is_none() {
+            self.bells.deliveries.ring();
+        }
+        Ok(settled)
     }
 
     /// One job.
@@ -810,7 +888,7 @@ impl JobDb {
         let conn = self.conn();
         let sql = format!(
             "SELECT id, study_uid, series, calling_ae, state, reason, supersedes, result_dir, attempts, \
-             created_at, updated_at, inputs, failure FROM jobs {tail}"
+             created_at, updated_at, inputs, failure, uid_key FROM jobs {tail}"
         );
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         stmt.query_map(args, |r| {
@@ -828,6 +906,9 @@ impl JobDb {
                 updated_at: r.get(10)?,
                 inputs: json_column(r, 11)?.unwrap_or_default(),
                 failure: json_column(r, 12)?,
+                uid_key: r
+                    .get::<_, Option<Vec<u8>>>(13)?
+                    .and_then(|key| <[u8; 32]>::try_from(key).ok()),
             })
         })
         .and_then(|rows| rows.collect())
@@ -885,9 +966,9 @@ impl JobDb {
         .map_err(|e| self.err(e))
     }
 
-    /// Records the outcome of one delivery attempt; when every delivery of the job is settled,
-    /// the job becomes `delivered` (all acknowledged) or `undeliverable` (some dead), and that
-    /// is returned.
+    /// Records the outcome of one delivery attempt; when every delivery of a reported job is
+    /// settled, the job becomes `delivered` (all acknowledged) or `undeliverable` (some dead),
+    /// and that is returned.
     pub fn settle_delivery(
         &self,
         id: i64,
@@ -906,46 +987,7 @@ impl JobDb {
         let job_id: i64 = tx
             .query_row("SELECT job_id FROM deliveries WHERE id = ?1", [id], |r| r.get(0))
             .map_err(|e| self.err(e))?;
-        let (pending, dead): (i64, i64) = tx
-            .query_row(
-                "SELECT SUM(state = 'pending'), SUM(state = 'dead') FROM deliveries WHERE job_id = ?1",
-                [job_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(|e| self.err(e))?;
-        let mut settled = None;
-        if pending == 0 {
-            let (job_state, reason) = if dead > 0 {
-                (
-                    JobState::Undeliverable,
-                    Some(format!("{dead} result file(s) could not be delivered")),
-                )
-            } else {
-                (JobState::Delivered, None)
-            };
-            let now = now();
-            tx.execute(
-                "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
-                params![job_id, job_state.as_str(), reason, now],
-            )
-            .map_err(|e| self.err(e))?;
-            // The job's input: its series' instances stored before it was created (a late
-            // instance belongs to the next job).
-            let last_received: Option<f64> = tx
-                .query_row(
-                    "SELECT MAX(i.received_at) FROM jobs j, json_each(j.series) s
-                     JOIN instances i ON i.series_uid = s.value
-                     WHERE j.id = ?1 AND i.received_at <= j.created_at",
-                    [job_id],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.err(e))?;
-            settled = Some(JobSettled {
-                job_id,
-                state: job_state,
-                turnaround_s: last_received.map(|t| now - t),
-            });
-        }
+        let settled = settle_if_done(&tx, job_id).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(settled)
     }

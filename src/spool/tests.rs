@@ -318,6 +318,55 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
     // The next job on the same series supersedes the first.
     let second = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();
     assert_eq!(db.job(second).unwrap().unwrap().supersedes, Some(first));
+    let (key_1, key_2) = (
+        db.job(first).unwrap().unwrap().uid_key,
+        db.job(second).unwrap().unwrap().uid_key,
+    );
+    assert!(
+        key_1.is_some() && key_1 != key_2,
+        "each job draws its UIDs from a key of its own"
+    );
+
+    // An SR sent ahead: its delivery settles without settling the job, which is still being made.
+    let sr = |job: i64| [("a".to_string(), PathBuf::from(format!("{job}/sr.dcm")))];
+    let sc = |job: i64| ("a".to_string(), PathBuf::from(format!("{job}/sc.dcm")));
+    for rest_to_come in [true, false] {
+        let job = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();
+        let rest: Vec<(String, PathBuf)> = rest_to_come.then(|| sc(job)).into_iter().collect();
+        db.set_state(job, JobState::Inferred, None).unwrap();
+        db.queue_deliveries(job, &sr(job)).unwrap();
+        db.queue_deliveries(job, &sr(job)).unwrap();
+        let ahead = db.job_deliveries(job).unwrap();
+        assert_eq!(ahead.len(), 1, "queued twice, sent once");
+        assert_eq!(
+            db.settle_delivery(ahead[0].id, DeliveryState::Delivered, 0.0, None)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            db.job(job).unwrap().unwrap().state,
+            JobState::Inferred,
+            "not settled before it is reported"
+        );
+        let all: Vec<(String, PathBuf)> = sr(job).into_iter().chain(rest).collect();
+        let settled = db.report_job(job, dir.path(), &all).unwrap();
+        let states: Vec<DeliveryState> = db.job_deliveries(job).unwrap().iter().map(|d| d.state).collect();
+        if !rest_to_come {
+            // Nothing left pending when it is reported: settled there and then.
+            assert_eq!(settled.map(|s| s.state), Some(JobState::Delivered));
+            assert_eq!(states, [DeliveryState::Delivered]);
+        } else {
+            assert_eq!(settled, None, "the SC is still to go");
+            assert_eq!(
+                states,
+                [DeliveryState::Delivered, DeliveryState::Pending],
+                "the SR is not sent again"
+            );
+            let last = db.job_deliveries(job).unwrap()[1].id;
+            let settled = db.settle_delivery(last, DeliveryState::Delivered, 0.0, None).unwrap();
+            assert_eq!(settled.map(|s| s.state), Some(JobState::Delivered));
+        }
+    }
 
     // A failure is stored with its stage and series, and read back as it was written.
     let failure = db::JobFailure {

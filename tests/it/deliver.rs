@@ -113,6 +113,7 @@ fn fixture() -> Fixture {
         &mut UidGenerator::seeded(9),
         Timings::default(),
         &tmp.path().join("out"),
+        &mut |_| {},
     )
     .unwrap();
     let seg = written.seg_path.expect("the fixture's hotspot is coloured: a SEG");

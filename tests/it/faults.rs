@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::node::{NodeProc, Pacs, flair_files, free_port, model, sop_class, sop_instance, state_of, wait_until, walk};
+use dicom_dictionary_std::tags;
+use serde_json::Value;
+
+use crate::node::{
+    NodeProc, Pacs, flair_files, free_port, model, sop_class, sop_instance, state_of, wait_all_delivered, wait_until,
+    walk,
+};
 use crate::util::{tempdir, tool};
 
 const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
@@ -153,6 +159,106 @@ fn twenty_kill_9_cycles_at_random_points_lose_no_acknowledged_instance() {
     }
     assert_eq!(made, at_pacs, "the SRs the jobs made are the SRs at the PACS");
     assert_eq!(made.len(), jobs.len(), "one SR per job");
+}
+
+/// The SOP Instance UIDs an SR lists as other evidence (the objects made with it).
+fn evidence_of(sr: &Path) -> BTreeSet<String> {
+    let obj = dicom_object::open_file(sr).unwrap();
+    let items = |e: Option<&dicom_object::mem::InMemElement>| e.and_then(|e| e.items()).unwrap_or_default().to_vec();
+    let mut uids = BTreeSet::new();
+    for study in items(obj.get(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE)) {
+        for series in items(study.get(tags::REFERENCED_SERIES_SEQUENCE)) {
+            for sop in items(series.get(tags::REFERENCED_SOP_SEQUENCE)) {
+                let uid = sop.get(tags::REFERENCED_SOP_INSTANCE_UID).unwrap().to_str().unwrap();
+                uids.insert(uid.trim_end_matches('\0').to_string());
+            }
+        }
+    }
+    uids
+}
+
+/// Killed after the SR went ahead, before the other outputs were queued: after the restart the
+/// job runs again and makes them under the UIDs the SR already named (the job's UID key), and
+/// the SR is not sent again. The PACS ends up with one SR, every object it references and
+/// nothing else. A kill can come too late (the rest already queued); up to three studies are
+/// tried, and one kill must land in the window.
+#[test]
+fn a_kill_after_the_sr_went_ahead_remakes_the_outputs_it_names() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
+    let source = flair_files();
+    let mut landed = None;
+    for attempt in 0..3u32 {
+        let files = new_study(&source, &dir.path().join(format!("send/{attempt}")), 900 + attempt);
+        let out = node.storescu(&files);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let job_id = i64::from(attempt) + 1;
+        let path = format!("/jobs/{job_id}");
+        let sr_delivered = |d: &Value| {
+            d["deliveries"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|r| r["file"] == "SR.dcm" && r["state"] == "delivered"))
+        };
+        wait_until("the SR delivered", Duration::from_secs(300), || {
+            sr_delivered(&node.get(&path))
+        });
+        node.kill();
+        node.restart();
+        let at_kill = node.get(&path);
+        let queued = at_kill["deliveries"].as_array().map_or(0, Vec::len);
+        println!(
+            "study {attempt}: killed with {queued} deliveries queued, job {}",
+            at_kill["job"]["state"]
+        );
+        if queued == 1 {
+            landed = Some(job_id);
+            break;
+        }
+        wait_all_delivered(&node, job_id as usize, Duration::from_secs(300));
+    }
+    let job_id = landed.expect("one of three kills lands between the SR and the rest");
+    wait_all_delivered(&node, job_id as usize, Duration::from_secs(300));
+    let detail = node.get(&format!("/jobs/{job_id}"));
+    assert_eq!(detail["job"]["attempts"], 2, "{detail}");
+    let rows = detail["deliveries"].as_array().unwrap();
+    let sr_row = rows.iter().find(|r| r["file"] == "SR.dcm").unwrap();
+    assert_eq!(sr_row["attempts"], 1, "the SR is sent once: {detail}");
+    assert!(rows.len() > 1, "{detail}");
+
+    // This study's objects at the PACS: one SR, and exactly what it references.
+    let study = format!("1.2.826.0.1.3680043.10.1.77.{}", 900 + job_id - 1);
+    let ours: Vec<PathBuf> = pacs
+        .files()
+        .into_iter()
+        .filter(|p| {
+            let obj = dicom_object::OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .open_file(p)
+                .unwrap();
+            obj.get(tags::STUDY_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                == study
+        })
+        .collect();
+    let (srs, others): (Vec<&PathBuf>, Vec<&PathBuf>) = ours.iter().partition(|p| sop_class(p) == COMPREHENSIVE_3D_SR);
+    assert_eq!(srs.len(), 1, "{srs:?}");
+    let others: BTreeSet<String> = others.iter().map(|p| sop_instance(p)).collect();
+    assert_eq!(
+        evidence_of(srs[0]),
+        others,
+        "the SR names exactly the objects at the PACS"
+    );
+    let made: BTreeSet<String> = walk(&dir.path().join("data").join(format!("results/job-{job_id}")))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm") && sop_class(p) != COMPREHENSIVE_3D_SR)
+        .map(|p| sop_instance(p))
+        .collect();
+    assert_eq!(made, others, "the rerun's objects are the ones delivered");
 }
 
 /// Killed after an instance is durable but before its C-STORE-RSP: under strace, every sync of

@@ -725,8 +725,11 @@ fn results_wait_for_a_pacs_that_is_down_and_arrive_once() {
                 .is_some_and(|d| d.iter().any(|x| x["attempts"].as_i64().unwrap_or(0) >= 1))
         })
     });
+    // The SR went ahead while the rest was made; the job waits, reported, with the rest.
+    wait_until("the job reported", Duration::from_secs(60), || {
+        state_of(&node.jobs()[0]) == "reported"
+    });
     let job = node.jobs()[0].clone();
-    assert_eq!(state_of(&job), "reported");
     let detail = node.get(&format!("/jobs/{}", job["id"]));
     let error = detail["deliveries"][0]["last_error"]
         .as_str()

@@ -190,8 +190,12 @@ when = \"all\"
                 .any(|x| x["destination"] == "ris" && x["attempts"].as_i64().unwrap_or(0) >= 1)
         })
     });
+    // The notifications went ahead with the SR; the job is reported once the rest is made, and
+    // waits for the FHIR server.
+    wait_until("the job reported", Duration::from_secs(60), || {
+        state_of(&jobs(&node)[0]) == "reported"
+    });
     let job = jobs(&node)[0].clone();
-    assert_eq!(state_of(&job), "reported", "waiting for the FHIR server: {job}");
     assert_eq!(hook.requests().len(), 1, "the webhook got it already");
 
     let fhir = Receiver::start(fhir_port, &dir.path().join("fhir"));

@@ -294,7 +294,7 @@ fn check_case(plane: Plane, enhanced: bool, multiframe: bool) {
         options: &options,
     };
     let mut uids = UidGenerator::seeded(3);
-    let written = write_outputs(&inputs, &f.heatmap, &mut uids, Timings::default(), &f.dir)
+    let written = write_outputs(&inputs, &f.heatmap, &mut uids, Timings::default(), &f.dir, &mut |_| {})
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     assert_eq!(written.sc_paths.len(), if multiframe { 1 } else { 24 }, "{label}");
     // FCDNODE_KEEP_OUTPUTS=DIR keeps the outputs for inspection.
@@ -627,6 +627,7 @@ fn outputs_for(finding: Finding, label: &str) -> (String, serde_json::Value) {
         &mut UidGenerator::seeded(4),
         Timings::default(),
         &f.dir,
+        &mut |_| {},
     )
     .unwrap_or_else(|e| panic!("{label}: {e}"));
     let written_dicom = written
@@ -728,14 +729,34 @@ fn outputs_selection_decides_what_is_made_and_referenced() {
         let out = f
             .dir
             .join(format!("{selection:?}").replace([' ', ':', ',', '{', '}'], ""));
+        // What exists when the decision is handed on: the SR alone, the others still to come.
+        let mut decided: Vec<(Vec<String>, Vec<bool>)> = Vec::new();
         let written = write_outputs(
             &inputs,
             &f.heatmap,
             &mut UidGenerator::seeded(5),
             Timings::default(),
             &out,
+            &mut |summary| {
+                let files = summary.dicom_files().map(str::to_owned).collect();
+                let present = ["sr/SR.dcm", "key", "sc", "pm", "seg", "result.json"]
+                    .map(|f| out.join(f).exists())
+                    .to_vec();
+                decided.push((files, present));
+            },
         )
         .unwrap();
+        let with_sr = selection.structured_report;
+        let sr_only: Vec<String> = expected
+            .iter()
+            .filter(|f| f.starts_with("sr/"))
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(
+            decided,
+            vec![(sr_only, vec![with_sr, false, false, false, false, false])],
+            "{selection:?}: the decision is handed on once, the SR written and nothing else yet"
+        );
         let files: Vec<&str> = written.summary.dicom_files().collect();
         assert_eq!(files, expected, "{selection:?}");
         assert_eq!(written.objects.len(), expected.len());
@@ -1329,7 +1350,7 @@ fn demo_patient_and_control_overlays() {
         let out = dir.path().join("out").join(subject);
         let options = Options {
             report: ReportOptions::new().with_heat_reference(reference),
-            uid_seed: Some(7),
+            uid_key: Some([7; 32]),
             ..Options::default()
         };
         let study = cohort.join("dicom").join(subject);
