@@ -475,12 +475,20 @@ pub fn write_outputs(
     };
     check_all(inputs, heatmap)?;
     let selected = inputs.options.outputs;
-    // One overlay (display scale, head mask, grey window) for every picture and the SEG; made
-    // before the SR because it decides whether there is a SEG to reference.
-    let t = std::time::Instant::now();
-    let overlay = render::Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
-    timings.overlay = ms(t);
-    let planned = Planned::draw(inputs, &overlay, uids);
+    // One overlay (display scale, head mask, grey window) for every picture and the SEG. A
+    // suspected study's is made before the SR, whose SEG reference depends on the hotspot
+    // region it colours; any other study's after the SR, so that the decision goes out sooner.
+    let overlay_for = |timings: &mut Timings| {
+        let t = std::time::Instant::now();
+        let overlay = render::Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
+        timings.overlay = ms(t);
+        overlay
+    };
+    let early = (selected.segmentation && inputs.finding.suspected).then(|| overlay_for(&mut timings));
+    let seg_region = early
+        .as_ref()
+        .and_then(|overlay| seg::segmented_region(inputs, overlay));
+    let planned = Planned::draw(inputs, seg_region, uids);
     let mut files = OutputFiles::default();
     let mut sr_object = None;
     let mut sr_ref = None;
@@ -508,6 +516,10 @@ pub fn write_outputs(
     }
     summary.timings_ms.decided = summary.timings_ms.total + ms(t0);
     decided(&summary);
+    let overlay = match early {
+        Some(overlay) => overlay,
+        None => overlay_for(&mut summary.timings_ms),
+    };
     // Sent in this order: SR first (the decision is what a worklist waits for), then the rest.
     let mut objects: Vec<DicomFile> = sr_object.into_iter().collect();
     let Planned {
@@ -579,16 +591,14 @@ struct Planned {
 }
 
 impl Planned {
-    fn draw(inputs: &ReportInputs<'_>, overlay: &render::Overlay, uids: &mut UidGenerator) -> Self {
+    /// `seg_region`: the region of the SEG to make, if any.
+    fn draw(inputs: &ReportInputs<'_>, seg_region: Option<ndarray::Array3<bool>>, uids: &mut UidGenerator) -> Self {
         let selected = inputs.options.outputs;
         let source = inputs.source;
         let key = selected.key_image.then(|| uids.fork());
         let sc = selected.overlay_series.then(|| uids.fork());
         let pm = selected.parametric_map.then(|| uids.fork());
-        let seg = match selected.segmentation {
-            true => seg::segmented_region(inputs, overlay).map(|region| (region, uids.fork())),
-            false => None,
-        };
+        let seg = seg_region.map(|region| (region, uids.fork()));
         let depth = u32::try_from(source.volume.shape()[2]).unwrap_or(u32::MAX);
         let (sc_class, sc_frames) = if inputs.options.multiframe {
             (sc::MULTIFRAME_TRUE_COLOR_SC, depth)
