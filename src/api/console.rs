@@ -330,10 +330,11 @@ pub(super) async fn job_page(
             h2 { "Timings" }
             @let t = &r.timings_ms;
             table #timings {
-                thead { tr { th { "Assemble" } th { "Preprocess" } th { "Infer" } th { "Explain" } th { "Key image" }
-                    th { "Overlay" } th { "Parametric map" } th { "Segmentation" } th { "SR" } th { "SR handed on at" } th { "Total" } } }
+                thead { tr { th { "Assemble" } th { "Preprocess" } th { "Infer" } th { "Explain" } th { "Overlay" }
+                    th { "SR" } th { "SR sent after" } th { "Key image" } th { "Overlay series" } th { "Parametric map" }
+                    th { "Segmentation" } th { "Total" } } }
                 tbody { tr {
-                    @for ms in [t.assemble, t.preprocess, t.infer, t.explain, t.key_image, t.sc, t.pm, t.seg, t.sr, t.decided, t.total] {
+                    @for ms in [t.assemble, t.preprocess, t.infer, t.explain, t.overlay, t.sr, t.decided, t.key_image, t.sc, t.pm, t.seg, t.total] {
                         td.num { (format!("{ms:.0} ms")) }
                     }
                 } }

@@ -396,7 +396,7 @@ struct StudyRun {
     sent: Duration,
     /// Its SR stored by the receiver, from the start.
     sr: Duration,
-    /// The job's pipeline time.
+    /// The job's pipeline time until its SR was handed on.
     pipeline: Duration,
 }
 
@@ -503,7 +503,7 @@ async fn many_studies(work: &Path, base: &Config, model: &Path, flair: &[PathBuf
                 sender,
                 sent,
                 sr: arrived.saturating_duration_since(start),
-                pipeline: Duration::from_secs_f64(summary.timings_ms.total / 1000.0),
+                pipeline: Duration::from_secs_f64(summary.timings_ms.decided / 1000.0),
             });
         }
         Ok(runs)
@@ -522,7 +522,7 @@ fn print_many(runs: &[StudyRun], bench: &NodeBench, files_per_study: usize) {
         runs.len(),
         bench.senders.clamp(1, bench.studies)
     );
-    println!("  study  sender  sent at (s)  SR at (s)  turnaround (s)  −stable (s)  pipeline (s)  waited (s)");
+    println!("  study  sender  sent at (s)  SR at (s)  turnaround (s)  −stable (s)  to SR (s)  waited (s)");
     let mut turnarounds = Vec::new();
     let mut ordered: Vec<&StudyRun> = runs.iter().collect();
     ordered.sort_by_key(|r| r.sr);
@@ -530,7 +530,7 @@ fn print_many(runs: &[StudyRun], bench: &NodeBench, files_per_study: usize) {
         let turnaround = r.sr.saturating_sub(r.sent).as_secs_f64();
         turnarounds.push(turnaround);
         println!(
-            "  {:>5}  {:>6}  {:>11.2}  {:>9.2}  {:>14.2}  {:>11.2}  {:>12.2}  {:>10.2}",
+            "  {:>5}  {:>6}  {:>11.2}  {:>9.2}  {:>14.2}  {:>11.2}  {:>9.2}  {:>10.2}",
             n + 1,
             r.sender + 1,
             r.sent.as_secs_f64(),
@@ -538,7 +538,7 @@ fn print_many(runs: &[StudyRun], bench: &NodeBench, files_per_study: usize) {
             turnaround,
             turnaround - 1.0,
             r.pipeline.as_secs_f64(),
-            // Neither stable age nor its own pipeline: queued behind other studies' jobs.
+            // Neither stable age nor its own pipeline up to the SR: queued behind other jobs.
             (turnaround - 1.0 - r.pipeline.as_secs_f64()).max(0.0)
         );
     }

@@ -6,6 +6,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReportError {
+    /// A rerun of a job whose SR went ahead would not make what that SR names (the model,
+    /// the configuration or the input changed in between), or an output's reference differs
+    /// from the one planned for the SR.
+    #[error("{dir}: {what}")]
+    Diverged { dir: PathBuf, what: String },
     /// The source volume has no voxels or no slice provenance.
     #[error("series {series_uid}: empty source ({what})")]
     EmptySource { series_uid: String, what: String },
@@ -70,6 +75,11 @@ pub enum ReportError {
         source: Box<dicom_object::WriteError>,
     },
     /// A file or directory could not be created.
+    #[error("{path}: cannot read DICOM: {source}")]
+    ReadDicom {
+        path: PathBuf,
+        source: Box<dicom_object::ReadError>,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -100,7 +100,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Source of new UIDs: `2.25.<u128>` (UUID-derived) by default, or `<root>.<decimal>` under a
-/// configured root, drawn from a seeded or OS-seeded generator.
+/// configured root, drawn from a generator seeded by the OS, a test's seed or a job's key.
 #[derive(Clone)]
 pub struct UidGenerator {
     root: Option<String>,
@@ -130,12 +130,8 @@ impl UidGenerator {
             rng: ChaCha8Rng::from_seed(key),
         }
     }
-    /// A fresh random key for [`UidGenerator::keyed`].
-    pub fn new_key() -> [u8; 32] {
-        rand::rng().random()
-    }
-    /// A generator of its own for one output (same root), keyed from this one: what one output
-    /// draws does not shift the UIDs of the next.
+    /// A generator of its own for one output (same root), keyed from this one: however many
+    /// UIDs one output draws, the next output's generator is the same.
     pub fn fork(&mut self) -> Self {
         Self {
             root: self.root.clone(),
@@ -149,6 +145,11 @@ impl UidGenerator {
             series: self.next_uid(),
             instances: (0..instances).map(|_| self.next_uid()).collect(),
         }
+    }
+    /// Series and instance UID of a new one-instance series, drawn as `new_series(1)` draws them.
+    pub fn new_single(&mut self) -> (String, String) {
+        let series = self.next_uid();
+        (series, self.next_uid())
     }
     /// UIDs under `root` (an organisation root, at most 40 characters so that a suffix fits).
     pub fn with_root(mut self, root: impl Into<String>) -> Self {
@@ -178,14 +179,6 @@ pub struct NewSeriesUids {
     pub series: String,
     /// SOP Instance UIDs, in instance order.
     pub instances: Vec<String>,
-}
-
-impl NewSeriesUids {
-    /// The series UID and its first instance's (the only one of a one-instance series).
-    pub fn series_and_first(self) -> (String, String) {
-        let first = self.instances.into_iter().next().unwrap_or_default();
-        (self.series, first)
-    }
 }
 
 #[cfg(test)]
@@ -221,11 +214,11 @@ mod tests {
         let (x, y) = (a.next_uid(), b.next_uid());
         assert_eq!(x, y);
         assert_ne!(x, a.next_uid());
-        let key = UidGenerator::new_key();
-        assert_ne!(key, UidGenerator::new_key());
-        let (mut c, mut d) = (UidGenerator::keyed(key), UidGenerator::keyed(key));
+        let (mut c, mut d) = (UidGenerator::keyed([9; 32]), UidGenerator::keyed([9; 32]));
         let (mut fc, mut fd) = (c.fork(), d.fork());
         assert_eq!(fc.new_series(3), fd.new_series(3));
+        let ids = fc.clone().new_series(1);
+        assert_eq!(fc.new_single(), (ids.series, ids.instances[0].clone()));
         assert_eq!(c.next_uid(), d.next_uid());
         assert_ne!(fc.next_uid(), c.next_uid());
         let mut rooted = UidGenerator::seeded(1).with_root("1.2.826.0.1.3680043.10.1234");

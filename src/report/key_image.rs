@@ -39,7 +39,7 @@ pub(crate) fn key_image_over(
     overlay: &Overlay,
     uids: &mut UidGenerator,
 ) -> Result<DicomFile, ReportError> {
-    let (series_uid, sop_uid) = uids.new_series(1).series_and_first();
+    let (series_uid, sop_uid) = uids.new_single();
     let picture = orthogonal_views(inputs, overlay)?;
     let options = inputs.options;
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);

@@ -38,6 +38,7 @@ pub mod seg;
 pub mod sr;
 mod summary;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use dicom_object::{FileDicomObject, InMemDicomObject};
@@ -188,6 +189,31 @@ pub struct ReportOptions {
     /// `Some([notify] sr_url)` when notification endpoints are configured: the FHIR
     /// DiagnosticReport and the webhook document are written too.
     pub notify_sr_url: Option<String>,
+    /// What an earlier attempt of this job sent ahead before it was cut short: this attempt
+    /// makes the same (or fails saying what differs) and leaves those files as they are.
+    pub sent_ahead: Option<SentAhead>,
+}
+
+/// The decision an attempt of a job sent ahead (its preliminary `result.json`) and the objects
+/// its SR references, read back from the job's result directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentAhead {
+    /// The summary written with the SR, before the other outputs.
+    pub summary: ResultSummary,
+    /// SOP Class, SOP Instance and Series Instance UID of each object the SR references.
+    pub evidence: BTreeSet<[String; 3]>,
+}
+
+impl SentAhead {
+    /// Reads `dir/result.json` and the SR it names.
+    pub fn read(dir: &Path) -> Result<Self, ReportError> {
+        let summary = ResultSummary::read(&dir.join("result.json"))?;
+        let evidence = match &summary.sr_file {
+            Some(file) => sr::read_evidence(&dir.join(file))?,
+            None => BTreeSet::new(),
+        };
+        Ok(Self { summary, evidence })
+    }
 }
 
 impl Default for ReportOptions {
@@ -211,6 +237,7 @@ impl Default for ReportOptions {
             timestamp: None,
             predecessor: None,
             notify_sr_url: None,
+            sent_ahead: None,
         }
     }
 }
@@ -371,37 +398,40 @@ pub struct ReportInputs<'a> {
 /// A DICOM object with the file meta group, ready to write or send.
 pub type DicomFile = FileDicomObject<InMemDicomObject>;
 
-/// Writes `obj` to `path` (parent directories created), replacing a file there whole: the
-/// outbox may be reading the one an earlier attempt of the job wrote.
+/// Writes `obj` to `path` (parent directories created), replacing a file there whole.
 pub fn write_dicom(obj: &DicomFile, path: &Path) -> Result<(), ReportError> {
-    let part = part_path(path)?;
-    obj.write_to_file(&part).map_err(|source| ReportError::WriteDicom {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })?;
-    rename_into(&part, path)
+    replace_file(path, |part| {
+        obj.write_to_file(part).map_err(|source| ReportError::WriteDicom {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    })
 }
 
 /// Writes a JSON document to `dir/rel` (parent directories created, an earlier file replaced
 /// whole); returns `rel`.
 fn write_json(dir: &Path, rel: &str, value: &serde_json::Value) -> Result<String, ReportError> {
     let path = dir.join(rel);
-    let part = part_path(&path)?;
     let text = serde_json::to_vec_pretty(value).map_err(|source| ReportError::Json {
         path: path.clone(),
         source,
     })?;
-    std::fs::write(&part, text).map_err(|source| ReportError::Io {
-        path: part.clone(),
-        source,
+    replace_file(&path, |part| {
+        std::fs::write(part, &text).map_err(|source| ReportError::Io {
+            path: part.to_owned(),
+            source,
+        })
     })?;
-    rename_into(&part, &path)?;
     Ok(rel.to_owned())
 }
 
-/// `path` with `.part` appended, its directory made: where a file is written before it
-/// replaces `path`.
-fn part_path(path: &Path) -> Result<PathBuf, ReportError> {
+/// Writes `path` through `write` into `path.part` (its directory made), then renames it over
+/// `path`: a reader (the outbox, the API) sees the earlier file or the new one, whole. A failed
+/// write leaves no `.part` behind.
+pub(crate) fn replace_file(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), ReportError>,
+) -> Result<(), ReportError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| ReportError::Io {
             path: parent.to_owned(),
@@ -410,24 +440,29 @@ fn part_path(path: &Path) -> Result<PathBuf, ReportError> {
     }
     let mut part = path.as_os_str().to_owned();
     part.push(".part");
-    Ok(PathBuf::from(part))
-}
-
-fn rename_into(part: &Path, path: &Path) -> Result<(), ReportError> {
-    std::fs::rename(part, path).map_err(|source| ReportError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    let part = PathBuf::from(part);
+    let written = write(&part).and_then(|()| {
+        std::fs::rename(&part, path).map_err(|source| ReportError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    written
 }
 
 /// Writes a preview image as PNG.
 pub fn write_png(image: &image::RgbImage, path: &Path) -> Result<(), ReportError> {
-    image
-        .save_with_format(path, image::ImageFormat::Png)
-        .map_err(|source| ReportError::Png {
-            path: path.to_owned(),
-            source,
-        })
+    replace_file(path, |part| {
+        image
+            .save_with_format(part, image::ImageFormat::Png)
+            .map_err(|source| ReportError::Png {
+                path: path.to_owned(),
+                source,
+            })
+    })
 }
 
 /// What [`write_outputs`] wrote.
@@ -489,13 +524,25 @@ pub fn write_outputs(
         .as_ref()
         .and_then(|overlay| seg::segmented_region(inputs, overlay));
     let planned = Planned::draw(inputs, seg_region, uids);
+    let ahead = inputs.options.sent_ahead.as_ref();
+    if let Some(ahead) = ahead {
+        check_same_as_ahead(dir, inputs, &planned.derived, ahead)?;
+    }
+    // Files that went ahead stay as they were sent.
+    let keep = |rel: String, write: &dyn Fn(&str) -> Result<String, ReportError>| {
+        if ahead.is_some() && dir.join(&rel).is_file() {
+            Ok(rel)
+        } else {
+            write(&rel)
+        }
+    };
     let mut files = OutputFiles::default();
     let mut sr_object = None;
     let mut sr_ref = None;
     if selected.structured_report {
         let t = std::time::Instant::now();
         let sr = structured_report(inputs, &planned.derived, uids)?;
-        files.sr = Some(write(&sr, "sr/SR.dcm".into())?);
+        files.sr = Some(keep("sr/SR.dcm".into(), &|rel| write(&sr, rel.into()))?);
         sr_ref = Some(InstanceRef::of(&sr));
         sr_object = Some(sr);
         timings.sr = ms(t);
@@ -511,10 +558,16 @@ pub fn write_outputs(
             issued: &issued,
         };
         let (fhir, hook) = (notify::diagnostic_report(&notice), notify::webhook(&notice));
-        summary.fhir_file = Some(write_json(dir, "notify/DiagnosticReport.json", &fhir)?);
-        summary.webhook_file = Some(write_json(dir, "notify/webhook.json", &hook)?);
+        let fhir_file = keep("notify/DiagnosticReport.json".into(), &|rel| {
+            write_json(dir, rel, &fhir)
+        })?;
+        let webhook_file = keep("notify/webhook.json".into(), &|rel| write_json(dir, rel, &hook))?;
+        (summary.fhir_file, summary.webhook_file) = (Some(fhir_file), Some(webhook_file));
     }
     summary.timings_ms.decided = summary.timings_ms.total + ms(t0);
+    // The decision on record before it is handed on (the console, a later job's predecessor,
+    // a rerun's check read it); replaced by the whole summary at the end.
+    summary.write(&dir.join("result.json"))?;
     decided(&summary);
     let overlay = match early {
         Some(overlay) => overlay,
@@ -527,11 +580,22 @@ pub fn write_outputs(
         mut sc,
         mut seg,
         mut pm,
-        ..
+        derived,
     } = planned;
+    let made_as_planned = |planned: Option<&InstanceRef>, obj: &DicomFile| {
+        let made = InstanceRef::of(obj);
+        match planned {
+            Some(planned) if *planned == made => Ok(()),
+            _ => Err(ReportError::Diverged {
+                dir: dir.to_owned(),
+                what: format!("made {made:?}, but the SR references {planned:?}"),
+            }),
+        }
+    };
     if let Some(uids) = &mut key {
         let t = std::time::Instant::now();
         let key = key_image::key_image_over(inputs, &overlay, uids)?;
+        made_as_planned(derived.key_image.as_ref(), &key)?;
         summary.key_image_file = Some(write(&key, "key/KEY.dcm".into())?);
         objects.push(key);
         summary.timings_ms.key_image = ms(t);
@@ -540,6 +604,7 @@ pub fn write_outputs(
         let t = std::time::Instant::now();
         let sc = sc::secondary_capture_over(inputs, &overlay, uids)?;
         for (n, obj) in sc.iter().enumerate() {
+            made_as_planned(derived.sc.get(n), obj)?;
             summary.sc_files.push(write(obj, format!("sc/SC_{:04}.dcm", n + 1))?);
         }
         objects.extend(sc);
@@ -548,6 +613,7 @@ pub fn write_outputs(
     if let Some(uids) = &mut pm {
         let t = std::time::Instant::now();
         let pm = parametric_map(inputs, heatmap, uids)?;
+        made_as_planned(derived.pm.as_ref(), &pm)?;
         summary.pm_file = Some(write(&pm, "pm/PM.dcm".into())?);
         objects.push(pm);
         summary.timings_ms.pm = ms(t);
@@ -555,6 +621,7 @@ pub fn write_outputs(
     if let Some((region, uids)) = &mut seg {
         let t = std::time::Instant::now();
         let seg = seg::segmentation_of(inputs, region, uids)?;
+        made_as_planned(derived.seg.as_ref(), &seg)?;
         summary.seg_file = Some(write(&seg, "seg/SEG.dcm".into())?);
         objects.push(seg);
         summary.timings_ms.seg = ms(t);
@@ -591,14 +658,18 @@ struct Planned {
 }
 
 impl Planned {
-    /// `seg_region`: the region of the SEG to make, if any.
+    /// `seg_region`: the region of the SEG to make, if any. Four generators are forked
+    /// whatever is made, so the UIDs of each output (and the SR's) depend on the job's key
+    /// alone, not on the selection.
     fn draw(inputs: &ReportInputs<'_>, seg_region: Option<ndarray::Array3<bool>>, uids: &mut UidGenerator) -> Self {
         let selected = inputs.options.outputs;
         let source = inputs.source;
-        let key = selected.key_image.then(|| uids.fork());
-        let sc = selected.overlay_series.then(|| uids.fork());
-        let pm = selected.parametric_map.then(|| uids.fork());
-        let seg = seg_region.map(|region| (region, uids.fork()));
+        let forks: [UidGenerator; 4] = std::array::from_fn(|_| uids.fork());
+        let [key, sc, pm, seg] = forks;
+        let key = selected.key_image.then_some(key);
+        let sc = selected.overlay_series.then_some(sc);
+        let pm = selected.parametric_map.then_some(pm);
+        let seg = seg_region.map(|region| (region, seg));
         let depth = u32::try_from(source.volume.shape()[2]).unwrap_or(u32::MAX);
         let (sc_class, sc_frames) = if inputs.options.multiframe {
             (sc::MULTIFRAME_TRUE_COLOR_SC, depth)
@@ -627,6 +698,40 @@ impl Planned {
             derived,
         }
     }
+}
+
+/// A rerun of a job whose SR went ahead must make what that SR references, for the same
+/// decision; anything else (a new model, changed outputs or UID root, another input) is an
+/// error naming what differs, not a silent second version.
+fn check_same_as_ahead(
+    dir: &Path,
+    inputs: &ReportInputs<'_>,
+    derived: &Derived,
+    ahead: &SentAhead,
+) -> Result<(), ReportError> {
+    let diverged = |what: String| ReportError::Diverged {
+        dir: dir.to_owned(),
+        what: format!("the SR sent ahead before a restart {what}; rerun the job to replace it"),
+    };
+    let (was, now) = (&ahead.summary, inputs.finding);
+    if was.suspected != now.suspected || was.probability != now.probability {
+        return Err(diverged(format!(
+            "said {} ({:.4}), this run finds {} ({:.4})",
+            was.label,
+            was.probability,
+            label(now.suspected),
+            now.probability
+        )));
+    }
+    let planned = derived.evidence();
+    if ahead.summary.sr_file.is_some() && planned != ahead.evidence {
+        return Err(diverged(format!(
+            "references {} object(s), this run would make {} others",
+            ahead.evidence.len(),
+            planned.difference(&ahead.evidence).count()
+        )));
+    }
+    Ok(())
 }
 
 /// The references to the `count` instances a maker drawing from `uids` will make.
@@ -764,4 +869,45 @@ fn check_heatmap(source: &Assembled, heatmap: &Volume) -> Result<(), ReportError
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_replaced_whole_and_a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sr/SR.dcm");
+        let write = |text: &'static str| {
+            move |part: &Path| {
+                std::fs::write(part, text).map_err(|source| ReportError::Io {
+                    path: part.to_owned(),
+                    source,
+                })
+            }
+        };
+        replace_file(&path, write("first")).unwrap();
+        replace_file(&path, write("second")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
+        let failed = replace_file(&path, |part: &Path| {
+            std::fs::write(part, "half").unwrap();
+            Err(ReportError::Io {
+                path: part.to_owned(),
+                source: std::io::Error::other("disk full"),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "second",
+            "the earlier file stays"
+        );
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["SR.dcm"], "no .part left behind");
+    }
 }

@@ -50,7 +50,7 @@ pub fn parametric_map(
     let for_uid = required_frame_of_reference(inputs)?;
     let options = inputs.options;
     let timestamp = options.timestamp.clone().unwrap_or_else(Timestamp::now_utc);
-    let (series_uid, sop_uid) = uids.new_series(1).series_and_first();
+    let (series_uid, sop_uid) = uids.new_single();
     let dimension_uid = uids.next_uid();
     let geometry = Geometry::of_grid(&source.volume);
     let [n_i, n_j, n_k] = source.volume.shape();

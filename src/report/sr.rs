@@ -27,7 +27,7 @@
 //! verified. Source instances go into the Current Requested Procedure Evidence Sequence, the SC,
 //! Parametric Map and Segmentation instances into the Pertinent Other Evidence Sequence.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
@@ -69,6 +69,35 @@ impl InstanceRef {
     }
 }
 
+/// SOP Class, SOP Instance and Series Instance UID of each object the SR in `path` lists as
+/// other evidence (the objects made with it).
+pub(crate) fn read_evidence(path: &std::path::Path) -> Result<BTreeSet<[String; 3]>, ReportError> {
+    let obj = dicom_object::open_file(path).map_err(|source| ReportError::ReadDicom {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let items = |obj: &InMemDicomObject, tag| {
+        obj.get(tag)
+            .and_then(|e| e.items())
+            .map(<[InMemDicomObject]>::to_vec)
+            .unwrap_or_default()
+    };
+    let mut evidence = BTreeSet::new();
+    for study in items(&obj, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE) {
+        for series in items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
+            let series_uid = get_str(&series, tags::SERIES_INSTANCE_UID).unwrap_or_default();
+            for sop in items(&series, tags::REFERENCED_SOP_SEQUENCE) {
+                evidence.insert([
+                    get_str(&sop, tags::REFERENCED_SOP_CLASS_UID).unwrap_or_default(),
+                    get_str(&sop, tags::REFERENCED_SOP_INSTANCE_UID).unwrap_or_default(),
+                    series_uid.clone(),
+                ]);
+            }
+        }
+    }
+    Ok(evidence)
+}
+
 /// The objects made for the same study that the SR points at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Derived {
@@ -83,6 +112,14 @@ pub struct Derived {
 }
 
 impl Derived {
+    /// SOP Class, SOP Instance and Series Instance UID of every referenced object.
+    pub(crate) fn evidence(&self) -> BTreeSet<[String; 3]> {
+        self.all()
+            .into_iter()
+            .map(|r| [r.sop_class_uid, r.sop_instance_uid, r.series_uid])
+            .collect()
+    }
+
     /// Every referenced object: key image, SC, PM, SEG.
     fn all(&self) -> Vec<InstanceRef> {
         self.key_image

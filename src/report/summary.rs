@@ -188,9 +188,11 @@ impl ResultSummary {
             path: path.to_owned(),
             source,
         })?;
-        std::fs::write(path, text).map_err(|source| ReportError::Io {
-            path: path.to_owned(),
-            source,
+        super::replace_file(path, |part| {
+            std::fs::write(part, &text).map_err(|source| ReportError::Io {
+                path: part.to_owned(),
+                source,
+            })
         })
     }
 }

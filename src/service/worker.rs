@@ -8,6 +8,7 @@
 //! recovers once space returns, without a restart. Until then it keeps its state; a restart
 //! requeues it as before.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use crate::infer::Ensemble;
 use crate::pipeline::{self, Options, PipelineError, Stage};
 use crate::report::sr::InstanceRef;
 use crate::report::{self, ResultSummary};
-use crate::spool::db::{JobDb, JobFailure, JobRow, JobState};
+use crate::spool::db::{DeliveryState, FailedAhead, JobDb, JobFailure, JobRow, JobState};
 
 /// First wait before a job that hit a fault of the node's own disk or database runs again.
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -152,7 +153,10 @@ impl Worker {
                 }
             },
             Again::RecordFailure(failure) => match self.db.fail_job(job_id, &failure) {
-                Ok(()) => tracing::info!(job = job_id, "job failure recorded"),
+                Ok(ahead) => {
+                    tracing::info!(job = job_id, "job failure recorded");
+                    warn_failed_ahead(job_id, ahead);
+                }
                 Err(e) => {
                     tracing::warn!(job = job_id, "cannot record the failure: {e}");
                     self.schedule(job_id, Again::RecordFailure(failure), next);
@@ -168,6 +172,11 @@ impl Worker {
         tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
         match self.run_job(job, &out) {
             Ok(summary) => {
+                // The outputs on disk for good before their deliveries are recorded.
+                if let Err(source) = File::open(&out).and_then(|d| rustix::fs::syncfs(d).map_err(Into::into)) {
+                    tracing::error!(job = job.id, "cannot sync the job's results: {source}");
+                    return Some(Again::Run);
+                }
                 let deliveries = deliveries(&self.settings, job, &summary, &out);
                 match self.db.report_job(job.id, &out, &deliveries) {
                     Ok(Some(settled)) => super::outbox::observe_settled(&self.metrics, &settled),
@@ -210,7 +219,10 @@ impl Worker {
                     "job failed: {}", failure.message
                 );
                 match self.db.fail_job(job.id, &failure) {
-                    Ok(()) => None,
+                    Ok(ahead) => {
+                        warn_failed_ahead(job.id, ahead);
+                        None
+                    }
                     Err(e) => {
                         tracing::error!(job = job.id, "cannot record the failure: {e}");
                         Some(Again::RecordFailure(failure))
@@ -227,12 +239,14 @@ impl Worker {
             kind,
         };
         // Outputs of an attempt cut short by a crash are discarded: they were never delivered.
-        // Unless its SR went ahead: then they stay, and this attempt writes each again over
-        // them (whole files replaced, so the outbox never reads half of one), under the same
-        // UIDs (the job's key).
-        // (Kept too when the database cannot say: keeping is always safe, removing is tidier.)
-        let sent_ahead = self.db.job_deliveries(job.id).map_or(true, |rows| !rows.is_empty());
-        if out.exists() && !sent_ahead {
+        // Unless its SR went ahead: then this attempt must make what that SR names, for the
+        // same decision (the job's key gives the same UIDs), and leaves what went ahead as it
+        // was sent; the other files are replaced whole (the outbox may be reading one).
+        let mut sent_ahead = None;
+        if !self.db.job_deliveries(job.id).map_err(|e| fail(e.into()))?.is_empty() {
+            let ahead = report::SentAhead::read(out).map_err(|e| fail(JobErrorKind::SentAhead(Box::new(e))))?;
+            sent_ahead = Some(ahead);
+        } else if out.exists() {
             std::fs::remove_dir_all(out).map_err(|source| {
                 fail(JobErrorKind::Io {
                     path: out.to_owned(),
@@ -250,6 +264,7 @@ impl Worker {
         let mut options = self.options.clone();
         options.report.predecessor = predecessor;
         options.uid_key = job.uid_key;
+        options.report.sent_ahead = sent_ahead;
         let db = self.db.clone();
         let id = job.id;
         // The stage running now, for a panic's failure record.
@@ -260,9 +275,14 @@ impl Worker {
                 Stage::Assembled => (JobState::Assembled, "infer"),
                 Stage::Inferred => (JobState::Inferred, "report"),
                 Stage::Decided(summary) => {
-                    // The decision goes out while the other outputs are made.
+                    // The decision goes out while the other outputs are made; on disk for good
+                    // before the outbox is told.
                     let ahead = deliveries(settings, job, summary, out);
-                    if let Err(e) = db.queue_deliveries(id, &ahead) {
+                    let files = ahead.iter().map(|(_, f)| f.clone()).chain([out.join("result.json")]);
+                    let queued = sync_files(files, out)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| db.queue_deliveries(id, out, &ahead).map_err(|e| e.to_string()));
+                    if let Err(e) = queued {
                         tracing::warn!(job = id, "cannot queue the SR ahead (it goes with the rest): {e}");
                     }
                     return;
@@ -295,13 +315,14 @@ impl Worker {
     /// The SR of the job this one supersedes, when it was made; a result that cannot be read is
     /// logged and the new SR goes out without the reference.
     fn predecessor_sr(&self, job_id: i64) -> Option<InstanceRef> {
-        let dir = match self.db.job(job_id) {
-            Ok(job) => job?.result_dir?,
+        let job = match self.db.job(job_id) {
+            Ok(job) => job?,
             Err(e) => {
                 tracing::warn!(job = job_id, "predecessor job: {e}");
                 return None;
             }
         };
+        let dir = job.result_dir?;
         let summary = match ResultSummary::read(&dir.join("result.json")) {
             Ok(summary) => summary,
             Err(e) => {
@@ -310,6 +331,17 @@ impl Worker {
             }
         };
         let path = dir.join(summary.sr_file?);
+        // A failed job's SR (sent ahead of its other outputs) is a predecessor only if it
+        // reached a destination.
+        if job.state == JobState::Failed {
+            let delivered = self.db.job_deliveries(job_id).is_ok_and(|rows| {
+                rows.iter()
+                    .any(|r| r.path == path && r.state == DeliveryState::Delivered)
+            });
+            if !delivered {
+                return None;
+            }
+        }
         match OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(&path) {
             Ok(header) => Some(InstanceRef::of(&header)),
             Err(e) => {
@@ -317,6 +349,46 @@ impl Worker {
                 None
             }
         }
+    }
+}
+
+/// Makes `files` and the directories from theirs up to `root`'s parent durable (fsync each):
+/// the few files sent ahead, without waiting for the rest of the volume.
+fn sync_files(files: impl IntoIterator<Item = PathBuf>, root: &Path) -> std::io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in files {
+        File::open(&file)?.sync_all()?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            dirs.insert(d.to_owned());
+            if Some(d) == root.parent() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    for dir in dirs {
+        File::open(&dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Says what a failed job had sent ahead: an SR already delivered names outputs that will not
+/// come (an operator reruns the job; its SR lists the delivered one as predecessor).
+fn warn_failed_ahead(job_id: i64, ahead: FailedAhead) {
+    if ahead.delivered > 0 {
+        tracing::error!(
+            job = job_id,
+            delivered = ahead.delivered,
+            withdrawn = ahead.withdrawn,
+            "the job failed after its SR was delivered: that SR references outputs that were not made; rerun the job"
+        );
+    } else if ahead.withdrawn > 0 {
+        tracing::warn!(
+            job = job_id,
+            withdrawn = ahead.withdrawn,
+            "the job failed: its SR was not sent"
+        );
     }
 }
 
@@ -366,6 +438,13 @@ pub enum JobErrorKind {
         #[source]
         source: std::io::Error,
     },
+    /// The job database could not say what the job had sent ahead: tried again.
+    #[error("prepare: {0}")]
+    Database(#[from] crate::spool::db::DbError),
+    /// What an earlier attempt sent ahead (its summary and SR) cannot be read back, so this
+    /// attempt cannot make the outputs that SR names.
+    #[error("report: what the interrupted attempt sent ahead cannot be read: {0}")]
+    SentAhead(Box<report::ReportError>),
     /// The job row has no chosen series (made by an older version of the node).
     #[error("prepare: the job records no instance files for its series; send the study again")]
     NoInputs,
@@ -381,9 +460,9 @@ impl JobError {
     /// a results directory that is missing, read-only or not a directory). Such a job runs again.
     pub fn is_transient(&self) -> bool {
         match &self.kind {
-            JobErrorKind::Io { .. } => true,
+            JobErrorKind::Io { .. } | JobErrorKind::Database(_) => true,
             JobErrorKind::Pipeline(e) => matches!(**e, PipelineError::Report(_)) && caused_by_io(&**e),
-            JobErrorKind::NoInputs | JobErrorKind::Panicked { .. } => false,
+            JobErrorKind::NoInputs | JobErrorKind::Panicked { .. } | JobErrorKind::SentAhead(_) => false,
         }
     }
 
@@ -391,7 +470,8 @@ impl JobError {
     pub fn stage(&self) -> &'static str {
         match &self.kind {
             JobErrorKind::Pipeline(e) => e.stage(),
-            JobErrorKind::Io { .. } | JobErrorKind::NoInputs => "prepare",
+            JobErrorKind::Io { .. } | JobErrorKind::Database(_) | JobErrorKind::NoInputs => "prepare",
+            JobErrorKind::SentAhead(_) => "report",
             JobErrorKind::Panicked { stage, .. } => stage,
         }
     }

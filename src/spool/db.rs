@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::bell::Bells;
@@ -40,9 +39,10 @@ pub enum JobState {
     Received,
     /// Series read and assembled into volumes.
     Assembled,
-    /// Model run and heatmap computed.
+    /// Model run and heatmap computed; the outputs are being made, and once the SR is written
+    /// its deliveries are queued ahead of the rest.
     Inferred,
-    /// SC, SR and result.json written; deliveries queued.
+    /// Every output and result.json written; every delivery queued.
     Reported,
     /// Every delivery acknowledged (or there was nowhere to deliver).
     Delivered,
@@ -143,7 +143,7 @@ pub struct JobRow {
     /// Last state change (Unix seconds).
     pub updated_at: f64,
     /// The key its outputs' UIDs are drawn from, random and made with the job: a rerun after a
-    /// crash draws the same UIDs (`None` for jobs of a database older than the key).
+    /// crash draws the same UIDs (`None` only if the stored key is not 32 bytes).
     #[serde(skip)]
     pub uid_key: Option<[u8; 32]>,
 }
@@ -209,6 +209,15 @@ pub struct DeliveryRow {
     pub next_attempt_at: f64,
     /// The last fault, if any.
     pub last_error: Option<String>,
+}
+
+/// What a failed job had sent ahead of its other outputs (its SR and notifications).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailedAhead {
+    /// Deliveries withdrawn (marked dead) before they were sent.
+    pub withdrawn: usize,
+    /// Deliveries that had already reached their destination.
+    pub delivered: usize,
 }
 
 /// A job whose last pending delivery was just settled: it is now final.
@@ -442,6 +451,10 @@ impl JobDb {
                     .map_err(err)?;
             }
         }
+        // Every job draws its outputs' UIDs from a key of its own (SQLite's randomness comes
+        // from the OS); a job made before keys existed gets one now, before it can run again.
+        conn.execute_batch("UPDATE jobs SET uid_key = randomblob(32) WHERE uid_key IS NULL")
+            .map_err(err)?;
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -731,7 +744,7 @@ impl JobDb {
         conn.execute(
             "INSERT INTO jobs (study_uid, series, calling_ae, state, reason, supersedes, attempts, created_at, updated_at,
                                inputs, failure, uid_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8, ?9, randomblob(32))",
             params![
                 study_uid,
                 series_json,
@@ -741,8 +754,7 @@ impl JobDb {
                 supersedes,
                 now,
                 inputs_json,
-                failure_json,
-                rand::rng().random::<[u8; 32]>().to_vec()
+                failure_json
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -765,16 +777,42 @@ impl JobDb {
             .map_err(|e| self.err(e))
     }
 
-    /// Marks a job failed with where and why.
-    pub fn fail_job(&self, id: i64, failure: &JobFailure) -> Result<(), DbError> {
+    /// Marks a job failed with where and why; deliveries it queued ahead and not yet sent are
+    /// withdrawn (dead, with the reason). Returns what it had sent ahead.
+    pub fn fail_job(&self, id: i64, failure: &JobFailure) -> Result<FailedAhead, DbError> {
         let failure_json = serde_json::to_string(failure).unwrap_or_default();
-        self.conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE jobs SET state = 'failed', reason = ?2, failure = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, failure.message, failure_json, now()],
+        )
+        .map_err(|e| self.err(e))?;
+        // What went ahead and is not sent yet stays unsent: it would name outputs never made.
+        let withdrawn = tx
             .execute(
-                "UPDATE jobs SET state = 'failed', reason = ?2, failure = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, failure.message, failure_json, now()],
+                "UPDATE deliveries SET state = 'dead', last_error = ?2 WHERE job_id = ?1 AND state = 'pending'",
+                params![
+                    id,
+                    format!(
+                        "not sent: the job failed before its other outputs were made ({})",
+                        failure.message
+                    )
+                ],
             )
-            .map(drop)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let delivered: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE job_id = ?1 AND state = 'delivered'",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(FailedAhead {
+            withdrawn,
+            delivered: usize::try_from(delivered).unwrap_or(0),
+        })
     }
 
     /// Takes the oldest job waiting in `received`: marks its attempt and returns it.
@@ -816,7 +854,8 @@ impl JobDb {
     }
 
     /// After a restart: jobs a worker had started but not reported go back to `received`
-    /// (their partial outputs are discarded by the worker). Returns how many.
+    /// (the worker discards their partial outputs, or remakes them under the same UIDs when
+    /// the SR went ahead). Returns how many.
     pub fn requeue_unfinished(&self) -> Result<usize, DbError> {
         let n = self
             .conn()
@@ -833,11 +872,22 @@ impl JobDb {
     }
 
     /// Queues deliveries of a job whose other outputs are still being made (its SR and
-    /// notifications, sent before the rest): the outbox takes them at once; the job stays in its
-    /// state until [`JobDb::report_job`]. Queuing a delivery again changes nothing.
-    pub fn queue_deliveries(&self, id: i64, deliveries: &[(String, PathBuf)]) -> Result<(), DbError> {
+    /// notifications, sent before the rest) and records its result directory: the outbox takes
+    /// them at once; the job stays in its state until [`JobDb::report_job`]. Queuing a delivery
+    /// again changes nothing.
+    pub fn queue_deliveries(
+        &self,
+        id: i64,
+        result_dir: &Path,
+        deliveries: &[(String, PathBuf)],
+    ) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE jobs SET result_dir = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, result_dir.to_string_lossy(), now()],
+        )
+        .map_err(|e| self.err(e))?;
         insert_deliveries(&tx, id, deliveries).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         drop(conn);

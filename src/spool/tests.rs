@@ -334,8 +334,8 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
         let job = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();
         let rest: Vec<(String, PathBuf)> = rest_to_come.then(|| sc(job)).into_iter().collect();
         db.set_state(job, JobState::Inferred, None).unwrap();
-        db.queue_deliveries(job, &sr(job)).unwrap();
-        db.queue_deliveries(job, &sr(job)).unwrap();
+        db.queue_deliveries(job, dir.path(), &sr(job)).unwrap();
+        db.queue_deliveries(job, dir.path(), &sr(job)).unwrap();
         let ahead = db.job_deliveries(job).unwrap();
         assert_eq!(ahead.len(), 1, "queued twice, sent once");
         assert_eq!(
@@ -379,6 +379,30 @@ fn late_instances_reopen_a_handled_series_and_jobs_move_through_their_states() {
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(failed.failure.as_ref(), Some(&failure));
     assert_eq!(failed.reason.as_deref(), Some(failure.message.as_str()));
+
+    // A job failing after its SR was queued ahead withdraws what is not sent yet.
+    let ahead = db.create_job("1.2.826.0.1.1", &inputs, "MRI").unwrap();
+    db.queue_deliveries(ahead, dir.path(), &sr(ahead)).unwrap();
+    let withdrawn = db.fail_job(ahead, &failure).unwrap();
+    assert_eq!(
+        withdrawn,
+        db::FailedAhead {
+            withdrawn: 1,
+            delivered: 0
+        }
+    );
+    let rows = db.job_deliveries(ahead).unwrap();
+    assert_eq!(rows[0].state, DeliveryState::Dead);
+    assert!(
+        rows[0].last_error.as_deref().unwrap_or_default().contains("not sent"),
+        "{rows:?}"
+    );
+    assert!(
+        db.due_deliveries(db::now() + 1.0)
+            .unwrap()
+            .iter()
+            .all(|d| d.job_id != ahead)
+    );
 }
 
 #[test]
@@ -403,6 +427,7 @@ fn a_database_from_before_the_job_plan_gains_its_columns() {
     }
     let db = db::JobDb::open(&path).unwrap();
     let old = db.job(1).unwrap().unwrap();
+    assert!(old.uid_key.is_some(), "a job from before keys gets one");
     assert_eq!(old.series, vec!["1.2.3.4".to_string()]);
     assert!(old.inputs.is_empty() && old.failure.is_none());
     assert!(db.series("1.2.3.4").unwrap().is_none());

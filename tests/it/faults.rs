@@ -13,10 +13,7 @@ use rand::{Rng, SeedableRng};
 use dicom_dictionary_std::tags;
 use serde_json::Value;
 
-use crate::node::{
-    NodeProc, Pacs, flair_files, free_port, model, sop_class, sop_instance, state_of, wait_all_delivered, wait_until,
-    walk,
-};
+use crate::node::{NodeProc, Pacs, flair_files, free_port, model, sop_class, sop_instance, state_of, wait_until, walk};
 use crate::util::{tempdir, tool};
 
 const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
@@ -177,60 +174,9 @@ fn evidence_of(sr: &Path) -> BTreeSet<String> {
     uids
 }
 
-/// Killed after the SR went ahead, before the other outputs were queued: after the restart the
-/// job runs again and makes them under the UIDs the SR already named (the job's UID key), and
-/// the SR is not sent again. The PACS ends up with one SR, every object it references and
-/// nothing else. A kill can come too late (the rest already queued); up to three studies are
-/// tried, and one kill must land in the window.
-#[test]
-fn a_kill_after_the_sr_went_ahead_remakes_the_outputs_it_names() {
-    let dir = tempdir();
-    let pacs_port = free_port();
-    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
-    let mut node = NodeProc::start(dir.path(), &model(dir.path()), pacs_port, "", "");
-    let source = flair_files();
-    let mut landed = None;
-    for attempt in 0..3u32 {
-        let files = new_study(&source, &dir.path().join(format!("send/{attempt}")), 900 + attempt);
-        let out = node.storescu(&files);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let job_id = i64::from(attempt) + 1;
-        let path = format!("/jobs/{job_id}");
-        let sr_delivered = |d: &Value| {
-            d["deliveries"]
-                .as_array()
-                .is_some_and(|rows| rows.iter().any(|r| r["file"] == "SR.dcm" && r["state"] == "delivered"))
-        };
-        wait_until("the SR delivered", Duration::from_secs(300), || {
-            sr_delivered(&node.get(&path))
-        });
-        node.kill();
-        node.restart();
-        let at_kill = node.get(&path);
-        let queued = at_kill["deliveries"].as_array().map_or(0, Vec::len);
-        println!(
-            "study {attempt}: killed with {queued} deliveries queued, job {}",
-            at_kill["job"]["state"]
-        );
-        if queued == 1 {
-            landed = Some(job_id);
-            break;
-        }
-        wait_all_delivered(&node, job_id as usize, Duration::from_secs(300));
-    }
-    let job_id = landed.expect("one of three kills lands between the SR and the rest");
-    wait_all_delivered(&node, job_id as usize, Duration::from_secs(300));
-    let detail = node.get(&format!("/jobs/{job_id}"));
-    assert_eq!(detail["job"]["attempts"], 2, "{detail}");
-    let rows = detail["deliveries"].as_array().unwrap();
-    let sr_row = rows.iter().find(|r| r["file"] == "SR.dcm").unwrap();
-    assert_eq!(sr_row["attempts"], 1, "the SR is sent once: {detail}");
-    assert!(rows.len() > 1, "{detail}");
-
-    // This study's objects at the PACS: one SR, and exactly what it references.
-    let study = format!("1.2.826.0.1.3680043.10.1.77.{}", 900 + job_id - 1);
-    let ours: Vec<PathBuf> = pacs
-        .files()
+/// This study's objects at the PACS.
+fn at_pacs(pacs: &Pacs, study: &str) -> Vec<PathBuf> {
+    pacs.files()
         .into_iter()
         .filter(|p| {
             let obj = dicom_object::OpenFileOptions::new()
@@ -244,21 +190,121 @@ fn a_kill_after_the_sr_went_ahead_remakes_the_outputs_it_names() {
                 .trim_end_matches('\0')
                 == study
         })
+        .collect()
+}
+
+/// Killed after the SR went ahead, before the other outputs were made: under strace, the
+/// creation of each job's key image file (the first output after the SR) waits 10 s, and the
+/// node is killed in that wait once the PACS has acknowledged the SR.
+/// - Job 1: after the restart it runs again and makes the outputs under the UIDs the SR named
+///   (the job's UID key); the SR is not sent again. The PACS ends up with one SR, every object
+///   it references and nothing else.
+/// - Job 2: before the restart the key image is switched off, so the rerun would not make what
+///   the SR sent ahead names: the job fails saying so, and sends nothing more.
+#[test]
+fn a_kill_after_the_sr_went_ahead_remakes_what_it_names_or_fails_saying_why() {
+    let dir = tempdir();
+    let pacs_port = free_port();
+    let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
+    let data = dir.path().join("data");
+    let key_part = |job: i64| {
+        data.join(format!("results/job-{job}/key/KEY.dcm.part"))
+            .display()
+            .to_string()
+    };
+    let (key_1, key_2) = (key_part(1), key_part(2));
+    let held_back = [
+        "strace",
+        "-f",
+        "-qq",
+        "-P",
+        &key_1,
+        "-P",
+        &key_2,
+        "-e",
+        "trace=openat",
+        "-e",
+        "inject=openat:delay_enter=10000000",
+        "-o",
+        "/dev/null",
+    ];
+    let mut node = NodeProc::start_under(dir.path(), &model(dir.path()), pacs_port, &held_back);
+    let source = flair_files();
+    let studies: Vec<Vec<PathBuf>> = (1..=2u32)
+        .map(|n| new_study(&source, &dir.path().join(format!("send/{n}")), 900 + n))
         .collect();
+    for (n, files) in studies.iter().enumerate() {
+        let job = n as i64 + 1;
+        if job == 2 {
+            node.restart_under(&held_back);
+        }
+        let out = node.storescu(files);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = format!("/jobs/{job}");
+        let sr_delivered = |d: &Value| {
+            d["deliveries"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|r| r["file"] == "SR.dcm" && r["state"] == "delivered"))
+        };
+        wait_until("the SR delivered", Duration::from_secs(300), || {
+            sr_delivered(&node.get(&path))
+        });
+        let detail = node.get(&path);
+        assert_eq!(
+            detail["job"]["state"], "inferred",
+            "the rest is still being made: {detail}"
+        );
+        assert_eq!(detail["deliveries"].as_array().map(Vec::len), Some(1), "{detail}");
+        node.kill();
+        if job == 2 {
+            node.edit_config(|text| text.replace("[api]", "[outputs]\nkey_image = false\n\n[api]"));
+        }
+        node.restart_under(&[]);
+        wait_until("the job settled", Duration::from_secs(300), || {
+            matches!(state_of(&node.get(&path)["job"]), "delivered" | "failed")
+        });
+    }
+
+    // Job 1: one SR at the PACS, and exactly the objects it references, made by the rerun.
+    let detail = node.get("/jobs/1");
+    assert_eq!(detail["job"]["state"], "delivered", "{detail}");
+    assert_eq!(detail["job"]["attempts"], 2, "{detail}");
+    let rows = detail["deliveries"].as_array().unwrap();
+    let sr_row = rows.iter().find(|r| r["file"] == "SR.dcm").unwrap();
+    assert_eq!(sr_row["attempts"], 1, "the SR is sent once: {detail}");
+    assert!(rows.len() > 1, "{detail}");
+    let ours = at_pacs(&pacs, "1.2.826.0.1.3680043.10.1.77.901");
     let (srs, others): (Vec<&PathBuf>, Vec<&PathBuf>) = ours.iter().partition(|p| sop_class(p) == COMPREHENSIVE_3D_SR);
     assert_eq!(srs.len(), 1, "{srs:?}");
     let others: BTreeSet<String> = others.iter().map(|p| sop_instance(p)).collect();
+    assert!(others.len() >= 3, "key image, SC and PM: {others:?}");
     assert_eq!(
         evidence_of(srs[0]),
         others,
         "the SR names exactly the objects at the PACS"
     );
-    let made: BTreeSet<String> = walk(&dir.path().join("data").join(format!("results/job-{job_id}")))
+    let made: BTreeSet<String> = walk(&data.join("results/job-1"))
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "dcm") && sop_class(p) != COMPREHENSIVE_3D_SR)
         .map(|p| sop_instance(p))
         .collect();
     assert_eq!(made, others, "the rerun's objects are the ones delivered");
+
+    // Job 2: failed, saying why; only its SR reached the PACS.
+    let detail = node.get("/jobs/2");
+    assert_eq!(detail["job"]["state"], "failed", "{detail}");
+    let reason = detail["job"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("sent ahead") && reason.contains("rerun the job"),
+        "{reason}"
+    );
+    let ours = at_pacs(&pacs, "1.2.826.0.1.3680043.10.1.77.902");
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(sop_class(&ours[0]), COMPREHENSIVE_3D_SR);
+    assert!(
+        node.log_text().contains("the job failed after its SR was delivered"),
+        "the operator is told"
+    );
 }
 
 /// Killed after an instance is durable but before its C-STORE-RSP: under strace, every sync of

@@ -739,7 +739,7 @@ fn outputs_selection_decides_what_is_made_and_referenced() {
             &out,
             &mut |summary| {
                 let files = summary.dicom_files().map(str::to_owned).collect();
-                let present = ["sr/SR.dcm", "key", "sc", "pm", "seg", "result.json"]
+                let present = ["sr/SR.dcm", "result.json", "key", "sc", "pm", "seg"]
                     .map(|f| out.join(f).exists())
                     .to_vec();
                 decided.push((files, present));
@@ -754,8 +754,8 @@ fn outputs_selection_decides_what_is_made_and_referenced() {
             .collect();
         assert_eq!(
             decided,
-            vec![(sr_only, vec![with_sr, false, false, false, false, false])],
-            "{selection:?}: the decision is handed on once, the SR written and nothing else yet"
+            vec![(sr_only, vec![with_sr, true, false, false, false, false])],
+            "{selection:?}: the decision is handed on once, the SR and the summary written and nothing else yet"
         );
         let files: Vec<&str> = written.summary.dicom_files().collect();
         assert_eq!(files, expected, "{selection:?}");
