@@ -425,32 +425,26 @@ fn write_json(dir: &Path, rel: &str, value: &serde_json::Value) -> Result<String
     Ok(rel.to_owned())
 }
 
-/// Writes `path` through `write` into `path.part` (its directory made), then renames it over
-/// `path`: a reader (the outbox, the API) sees the earlier file or the new one, whole. A failed
-/// write leaves no `.part` behind.
+/// Writes `path` through `write` into a new file beside it (its directory made), then renames
+/// that over `path`: a reader (the outbox, the API) sees the earlier file or the new one, whole.
+/// A failed write leaves nothing behind (tempfile removes its file when dropped).
 pub(crate) fn replace_file(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), ReportError>,
 ) -> Result<(), ReportError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| ReportError::Io {
-            path: parent.to_owned(),
-            source,
-        })?;
-    }
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
-    let written = write(&part).and_then(|()| {
-        std::fs::rename(&part, path).map_err(|source| ReportError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&part);
-    }
-    written
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ReportError::Io { path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let staged = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    write(staged.path())?;
+    staged.persist(path).map(drop).map_err(|e| io(path)(e.error))
 }
 
 /// Writes a preview image as PNG.

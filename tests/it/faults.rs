@@ -194,7 +194,7 @@ fn at_pacs(pacs: &Pacs, study: &str) -> Vec<PathBuf> {
 }
 
 /// Killed after the SR went ahead, before the other outputs were made: under strace, the
-/// creation of each job's key image file (the first output after the SR) waits 10 s, and the
+/// creation of each job's key image directory (the first output after the SR) waits 10 s, and the
 /// node is killed in that wait once the PACS has acknowledged the SR.
 /// - Job 1: after the restart it runs again and makes the outputs under the UIDs the SR named
 ///   (the job's UID key); the SR is not sent again. The PACS ends up with one SR, every object
@@ -207,12 +207,8 @@ fn a_kill_after_the_sr_went_ahead_remakes_what_it_names_or_fails_saying_why() {
     let pacs_port = free_port();
     let pacs = Pacs::start(pacs_port, &dir.path().join("pacs"));
     let data = dir.path().join("data");
-    let key_part = |job: i64| {
-        data.join(format!("results/job-{job}/key/KEY.dcm.part"))
-            .display()
-            .to_string()
-    };
-    let (key_1, key_2) = (key_part(1), key_part(2));
+    let key_dir = |job: i64| data.join(format!("results/job-{job}/key")).display().to_string();
+    let (key_1, key_2) = (key_dir(1), key_dir(2));
     let held_back = [
         "strace",
         "-f",
@@ -222,9 +218,9 @@ fn a_kill_after_the_sr_went_ahead_remakes_what_it_names_or_fails_saying_why() {
         "-P",
         &key_2,
         "-e",
-        "trace=openat",
+        "trace=mkdir",
         "-e",
-        "inject=openat:delay_enter=10000000",
+        "inject=mkdir:delay_enter=10000000",
         "-o",
         "/dev/null",
     ];
