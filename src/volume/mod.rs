@@ -224,22 +224,53 @@ fn check_same_shape(what: &'static str, expected: [usize; 3], found: [usize; 3])
 
 /// Otsu's threshold over a 256-bin histogram of the finite voxel values.
 fn otsu_threshold(data: &Array3<f32>) -> f32 {
-    let (lo, hi) = data
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
+    use rayon::prelude::*;
+    // Both passes over the voxels in parallel chunks (a full-resolution head is ~11 M voxels);
+    // the counts, and so the threshold, are the same as one pass in order.
+    let owned;
+    let voxels: &[f32] = match data.as_slice_memory_order() {
+        Some(voxels) => voxels,
+        None => {
+            owned = data.iter().copied().collect::<Vec<f32>>();
+            &owned
+        }
+    };
+    const CHUNK: usize = 1 << 16;
+    let (lo, hi) = voxels
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                })
+        })
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        );
     if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return lo;
     }
     const BINS: usize = 256;
     let width = (hi - lo) / BINS as f32;
-    let mut hist = [0u64; BINS];
-    for &v in data.iter().filter(|v| v.is_finite()) {
-        let b = (((v - lo) / width) as usize).min(BINS - 1);
-        hist[b] += 1;
-    }
+    let hist = voxels
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut hist = [0u64; BINS];
+            for &v in chunk.iter().filter(|v| v.is_finite()) {
+                hist[(((v - lo) / width) as usize).min(BINS - 1)] += 1;
+            }
+            hist
+        })
+        .reduce(
+            || [0u64; BINS],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     let total: u64 = hist.iter().sum();
     let sum_all: f64 = hist.iter().enumerate().map(|(b, &c)| b as f64 * c as f64).sum();
     let (mut w0, mut sum0, mut best, mut best_b) = (0u64, 0f64, -1.0f64, 0usize);

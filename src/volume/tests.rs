@@ -343,3 +343,47 @@ fn mask_points_and_nearest_distance() {
     assert_eq!(nearest_distance(&pts, [4.0, 4.0, 0.0]), Some(5.0));
     assert_eq!(nearest_distance(&[], [0.0; 3]), None);
 }
+
+/// The parallel Otsu threshold equals one pass in order, whatever the layout, NaNs included.
+#[test]
+fn otsu_threshold_is_the_same_as_one_pass_in_order() {
+    fn in_order(data: &Array3<f32>) -> f32 {
+        let finite: Vec<f32> = data.iter().copied().filter(|v| v.is_finite()).collect();
+        let lo = finite.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let width = (hi - lo) / 256.0;
+        let mut hist = [0u64; 256];
+        for v in &finite {
+            hist[(((v - lo) / width) as usize).min(255)] += 1;
+        }
+        let total: u64 = hist.iter().sum();
+        let sum_all: f64 = hist.iter().enumerate().map(|(b, &c)| b as f64 * c as f64).sum();
+        let (mut w0, mut sum0, mut best, mut best_b) = (0u64, 0f64, -1.0f64, 0usize);
+        for (b, &c) in hist.iter().enumerate() {
+            w0 += c;
+            sum0 += b as f64 * c as f64;
+            let w1 = total - w0;
+            if w0 == 0 || w1 == 0 {
+                continue;
+            }
+            let between = w0 as f64 * w1 as f64 * (sum0 / w0 as f64 - (sum_all - sum0) / w1 as f64).powi(2);
+            if between > best {
+                (best, best_b) = (between, b);
+            }
+        }
+        lo + width * (best_b as f32 + 1.0)
+    }
+    let data = Array3::from_shape_fn([90, 70, 50], |(i, j, k)| {
+        let v = ((i * 31 + j * 17 + k * 7) % 997) as f32 * if i < 40 { 0.3 } else { 1.7 };
+        if (i + j + k) % 101 == 0 { f32::NAN } else { v }
+    });
+    let expected = in_order(&data);
+    assert_eq!(otsu_threshold(&data), expected);
+    // Not in standard order: the same voxels, the same threshold.
+    let permuted = data.clone().permuted_axes([2, 0, 1]);
+    assert_eq!(otsu_threshold(&permuted), expected);
+    let mut strided = data.clone();
+    strided.slice_collapse(ndarray::s![..;2, .., ..]);
+    assert!(strided.as_slice_memory_order().is_none(), "not contiguous");
+    assert_eq!(otsu_threshold(&strided), in_order(&strided));
+}
