@@ -719,10 +719,11 @@ fn check_same_as_ahead(
     }
     let planned = derived.evidence();
     if ahead.summary.sr_file.is_some() && planned != ahead.evidence {
+        let same = planned.intersection(&ahead.evidence).count();
         return Err(diverged(format!(
-            "references {} object(s), this run would make {} others",
+            "references {} object(s); this run would make {same} of them and {} other(s)",
             ahead.evidence.len(),
-            planned.difference(&ahead.evidence).count()
+            planned.len() - same
         )));
     }
     Ok(())
