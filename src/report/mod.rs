@@ -49,7 +49,7 @@ use crate::volume::Volume;
 pub use crate::dicom_build::is_own_output;
 pub use codes::Code;
 pub use error::ReportError;
-pub use identity::{NewSeriesUids, Timestamp, UidGenerator, date_text, person_name_text, rfc3339_utc_now, utc_text};
+pub use identity::{Timestamp, UidGenerator, date_text, person_name_text, rfc3339_utc_now, utc_text};
 pub use key_image::key_image;
 pub use pm::parametric_map;
 pub use render::{ColourMap, glyph, preview_png};
@@ -523,20 +523,19 @@ pub fn write_outputs(
         check_same_as_ahead(dir, inputs, &planned.derived, ahead)?;
     }
     // Files that went ahead stay as they were sent.
-    let keep = |rel: String, write: &dyn Fn(&str) -> Result<String, ReportError>| {
-        if ahead.is_some() && dir.join(&rel).is_file() {
-            Ok(rel)
-        } else {
-            write(&rel)
-        }
-    };
+    let went_ahead = |rel: &str| ahead.is_some() && dir.join(rel).is_file();
     let mut files = OutputFiles::default();
     let mut sr_object = None;
     let mut sr_ref = None;
     if selected.structured_report {
         let t = std::time::Instant::now();
         let sr = structured_report(inputs, &planned.derived, uids)?;
-        files.sr = Some(keep("sr/SR.dcm".into(), &|rel| write(&sr, rel.into()))?);
+        let rel = "sr/SR.dcm";
+        files.sr = Some(if went_ahead(rel) {
+            rel.into()
+        } else {
+            write(&sr, rel.into())?
+        });
         sr_ref = Some(InstanceRef::of(&sr));
         sr_object = Some(sr);
         timings.sr = ms(t);
@@ -552,11 +551,16 @@ pub fn write_outputs(
             issued: &issued,
         };
         let (fhir, hook) = (notify::diagnostic_report(&notice), notify::webhook(&notice));
-        let fhir_file = keep("notify/DiagnosticReport.json".into(), &|rel| {
-            write_json(dir, rel, &fhir)
-        })?;
-        let webhook_file = keep("notify/webhook.json".into(), &|rel| write_json(dir, rel, &hook))?;
-        (summary.fhir_file, summary.webhook_file) = (Some(fhir_file), Some(webhook_file));
+        for (rel, document, file) in [
+            ("notify/DiagnosticReport.json", &fhir, &mut summary.fhir_file),
+            ("notify/webhook.json", &hook, &mut summary.webhook_file),
+        ] {
+            *file = Some(if went_ahead(rel) {
+                rel.into()
+            } else {
+                write_json(dir, rel, document)?
+            });
+        }
     }
     summary.timings_ms.decided = summary.timings_ms.total + ms(t0);
     // The decision on record before it is handed on (the console, a later job's predecessor,
@@ -612,9 +616,9 @@ pub fn write_outputs(
         objects.push(pm);
         summary.timings_ms.pm = ms(t);
     }
-    if let Some((region, uids)) = &mut seg {
+    if let Some((region, slices, uids)) = &mut seg {
         let t = std::time::Instant::now();
-        let seg = seg::segmentation_of(inputs, region, uids)?;
+        let seg = seg::segmentation_of(inputs, region, slices, uids)?;
         made_as_planned(derived.seg.as_ref(), &seg)?;
         summary.seg_file = Some(write(&seg, "seg/SEG.dcm".into())?);
         objects.push(seg);
@@ -646,8 +650,9 @@ struct Planned {
     key: Option<UidGenerator>,
     sc: Option<UidGenerator>,
     pm: Option<UidGenerator>,
-    /// The SEG's region with its generator (a suspected study whose hotspot is coloured).
-    seg: Option<(ndarray::Array3<bool>, UidGenerator)>,
+    /// The SEG's region, the source slices it touches (its frames) and its generator (a
+    /// suspected study whose hotspot is coloured).
+    seg: Option<(ndarray::Array3<bool>, Vec<usize>, UidGenerator)>,
     derived: Derived,
 }
 
@@ -663,16 +668,17 @@ impl Planned {
         let key = selected.key_image.then_some(key);
         let sc = selected.overlay_series.then_some(sc);
         let pm = selected.parametric_map.then_some(pm);
-        let seg = seg_region.map(|region| (region, seg));
+        let seg = seg_region.map(|region| {
+            let slices = seg::region_slices(&region);
+            (region, slices, seg)
+        });
         let depth = u32::try_from(source.volume.shape()[2]).unwrap_or(u32::MAX);
         let (sc_class, sc_frames) = if inputs.options.multiframe {
             (sc::MULTIFRAME_TRUE_COLOR_SC, depth)
         } else {
             (sc::SECONDARY_CAPTURE, 1)
         };
-        let seg_frames = seg
-            .as_ref()
-            .map_or(0, |(region, _)| seg::region_slices(region).len() as u32);
+        let seg_frames = seg.as_ref().map_or(0, |(_, slices, _)| slices.len() as u32);
         let derived = Derived {
             key_image: refs(key.as_ref(), 1, sc::SECONDARY_CAPTURE, 1).pop(),
             sc: refs(
@@ -682,7 +688,7 @@ impl Planned {
                 sc_frames,
             ),
             pm: refs(pm.as_ref(), 1, pm::PARAMETRIC_MAP, depth).pop(),
-            seg: refs(seg.as_ref().map(|(_, uids)| uids), 1, seg::SEGMENTATION, seg_frames).pop(),
+            seg: refs(seg.as_ref().map(|(_, _, uids)| uids), 1, seg::SEGMENTATION, seg_frames).pop(),
         };
         Self {
             key,

@@ -40,7 +40,7 @@ pub fn segmentation(
     super::check_all(inputs, heatmap)?;
     let overlay = Overlay::new(inputs.source, heatmap, inputs.finding, inputs.options);
     match segmented_region(inputs, &overlay) {
-        Some(region) => segmentation_of(inputs, &region, uids).map(Some),
+        Some(region) => segmentation_of(inputs, &region, &region_slices(&region), uids).map(Some),
         None => Ok(None),
     }
 }
@@ -62,10 +62,12 @@ pub(crate) fn region_slices(region: &Array3<bool>) -> Vec<usize> {
         .collect()
 }
 
-/// The Segmentation of `region` (from [`segmented_region`]).
+/// The Segmentation of `region` (from [`segmented_region`]), whose frames are the source
+/// `slices` it touches ([`region_slices`]).
 pub(crate) fn segmentation_of(
     inputs: &ReportInputs<'_>,
     region: &Array3<bool>,
+    slices: &[usize],
     uids: &mut UidGenerator,
 ) -> Result<DicomFile, ReportError> {
     let source = inputs.source;
@@ -75,7 +77,6 @@ pub(crate) fn segmentation_of(
     let (series_uid, sop_uid) = uids.new_single();
     let dimension_uid = uids.next_uid();
     let geometry = Geometry::of_grid(&source.volume);
-    let slices = region_slices(region);
 
     let mut obj = enhanced_base(
         inputs,
@@ -143,7 +144,7 @@ pub(crate) fn segmentation_of(
         })
         .collect();
     put_seq(&mut obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
-    put_pixel_bytes(&mut obj, pack_bits(region, &slices));
+    put_pixel_bytes(&mut obj, pack_bits(region, slices));
     finish(obj, &sop_uid)
 }
 

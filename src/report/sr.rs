@@ -76,20 +76,17 @@ pub(crate) fn read_evidence(path: &std::path::Path) -> Result<BTreeSet<[String; 
         path: path.to_owned(),
         source: Box::new(source),
     })?;
-    let items = |obj: &InMemDicomObject, tag| {
-        obj.get(tag)
-            .and_then(|e| e.items())
-            .map(<[InMemDicomObject]>::to_vec)
-            .unwrap_or_default()
-    };
+    fn items(obj: &InMemDicomObject, tag: dicom_core::Tag) -> &[InMemDicomObject] {
+        obj.get(tag).and_then(|e| e.items()).unwrap_or_default()
+    }
     let mut evidence = BTreeSet::new();
     for study in items(&obj, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE) {
-        for series in items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
-            let series_uid = get_str(&series, tags::SERIES_INSTANCE_UID).unwrap_or_default();
-            for sop in items(&series, tags::REFERENCED_SOP_SEQUENCE) {
+        for series in items(study, tags::REFERENCED_SERIES_SEQUENCE) {
+            let series_uid = get_str(series, tags::SERIES_INSTANCE_UID).unwrap_or_default();
+            for sop in items(series, tags::REFERENCED_SOP_SEQUENCE) {
                 evidence.insert([
-                    get_str(&sop, tags::REFERENCED_SOP_CLASS_UID).unwrap_or_default(),
-                    get_str(&sop, tags::REFERENCED_SOP_INSTANCE_UID).unwrap_or_default(),
+                    get_str(sop, tags::REFERENCED_SOP_CLASS_UID).unwrap_or_default(),
+                    get_str(sop, tags::REFERENCED_SOP_INSTANCE_UID).unwrap_or_default(),
                     series_uid.clone(),
                 ]);
             }
