@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing systemd chromium chromium-driver fonts-dejavu-core)
+APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools cmake python3-venv openssl strace jing systemd chromium chromium-driver fonts-dejavu-core xz-utils)
 PY_PACKAGES=("dcm2niix==1.0.20260724" "onnxruntime==1.31.1" "onnx==1.23.2" "pydicom==3.0.2" "highdicom==0.28.2" "fhir.resources==6.1.0" "pydantic==1.10.27" "kubernetes-validate==1.37.0")
 VENV=.tools/venv
 

@@ -175,6 +175,10 @@ enum BenchCommand {
         /// Execution provider.
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
+        /// On CUDA, also time forward passes through an ONNX Runtime I/O binding (input and
+        /// output buffers bound once) against plain runs.
+        #[arg(long)]
+        io_binding: bool,
     },
     /// The running node from outside: series turnaround (last C-STORE-RSP → SR acknowledged by
     /// the destination, stable age 1 s) with a full-width ResNet-18, and ingest throughput of
@@ -207,6 +211,12 @@ enum BenchCommand {
         /// (forking): aggregate ingest MB/s side by side; 0 skips it.
         #[arg(long, default_value_t = 0)]
         ingest_senders: usize,
+        /// Execution provider of the nodes (cuda: an error when it cannot be used).
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// Leave out the ingest comparison with DCMTK storescp (a machine without DCMTK).
+        #[arg(long)]
+        skip_ingest: bool,
     },
     /// The cost of making a series durable before each response, by strategy (three syncs per
     /// instance, one syncfs, the node's journal, its bare segment, no sync as storescp), on the
@@ -301,6 +311,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     voxel_mm,
                     runs,
                     device,
+                    io_binding,
                 },
         } => bench_infer_command(crate::bench::infer::InferBench {
             arch,
@@ -309,6 +320,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runs,
             device,
             onnxruntime: None,
+            io_binding,
         }),
         Command::Bench {
             what:
@@ -321,6 +333,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     studies,
                     senders,
                     ingest_senders,
+                    device,
+                    skip_ingest,
                 },
         } => crate::bench::node::command(&crate::bench::node::NodeBench {
             flair_dir,
@@ -331,6 +345,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             studies,
             senders,
             ingest_senders,
+            device,
+            skip_ingest,
         }),
         Command::Bench {
             what:
@@ -658,6 +674,18 @@ fn bench_infer_command(bench: crate::bench::infer::InferBench) -> anyhow::Result
         );
     }
     println!("  last run: {} (p = {:.3})", r.summary.label, r.summary.probability);
+    match &r.io_binding {
+        Some(Ok(b)) => println!(
+            "  forward pass, median of {}: plain run {:.1} ms, I/O binding (input and outputs bound once) {:.1} ms",
+            b.passes, b.plain_ms, b.bound_ms
+        ),
+        Some(Err(e)) => println!("  I/O binding: failed: {e:#}"),
+        None if bench.io_binding => println!(
+            "  I/O binding: not timed (CUDA only; the sessions ran on {:?})",
+            r.device
+        ),
+        None => {}
+    }
     Ok(())
 }
 

@@ -15,12 +15,12 @@ use crate::explain;
 use crate::infer::{CamMethod, Ensemble, InferError};
 use crate::nifti::{self, NiftiError};
 use crate::package::manifest::{Manifest, Modality};
-use crate::preprocess::PreprocessError;
+use crate::preprocess::{ModelInput, PreprocessError};
 use crate::report::{
     self, Algorithm, Finding, Hotspot, ReportError, ReportInputs, ReportOptions, ResultSummary, Timings, UidGenerator,
 };
 use crate::tracker::routing::{self, Candidate, ChannelSeries, Router, SeriesFacts};
-use crate::volume::{Volume, VolumeError};
+use crate::volume::{Grid, Volume, VolumeError};
 
 /// Why a study could not be processed; variants say which stage and what.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ impl Default for Options {
     }
 }
 
-/// A milestone inside [`run_series_staged`], for callers that persist progress.
+/// A milestone inside [`prepare_series`] and [`finish_series`], for callers that persist progress.
 #[derive(Clone, Copy, Debug)]
 pub enum Stage<'a> {
     /// The series are read and assembled into volumes.
@@ -170,40 +170,41 @@ pub fn run_dicom(
     let start = Instant::now();
     let channels = ensemble.manifest().channels.clone();
     let chosen = choose_series(paths, &channels, router, options.series.as_deref())?;
-    run_chosen(&chosen, ensemble, out, options, start, &mut |_| {})
+    run_chosen(&chosen, ensemble, out, options, start)
 }
 
-/// Runs the model on series already chosen for its channels (one per channel, in the
-/// manifest's order), telling `on_stage` each milestone. The service calls this: its tracker
-/// has routed and picked the series already.
-pub fn run_series_staged(
-    chosen: &[ChannelSeries],
-    ensemble: &mut Ensemble,
-    out: &Path,
-    options: &Options,
-    on_stage: &mut dyn FnMut(Stage<'_>),
-) -> Result<ResultSummary, PipelineError> {
-    run_chosen(chosen, ensemble, out, options, Instant::now(), on_stage)
+/// A job's series read and assembled, and the model's input made from them: everything before
+/// the model, which needs no session. The service prepares the next job while the model runs.
+pub struct Prepared {
+    /// Each channel's volume and its first instance's header, in the manifest's order.
+    assembled: Vec<(Assembled, InMemDicomObject)>,
+    input: ModelInput,
+    timings: Timings,
+    /// When the job started (its timings count from here).
+    start: Instant,
+    /// When the input was ready: the wait for the model counts from here.
+    ready: Instant,
 }
 
-fn run_chosen(
+/// Reads and assembles the series chosen for the model's channels (one per channel, in the
+/// manifest's order) and preprocesses them, telling `on_stage` when they are assembled.
+/// `start` is when the job started.
+pub fn prepare_series(
     chosen: &[ChannelSeries],
-    ensemble: &mut Ensemble,
-    out: &Path,
-    options: &Options,
+    manifest: &Manifest,
     start: Instant,
     on_stage: &mut dyn FnMut(Stage<'_>),
-) -> Result<ResultSummary, PipelineError> {
+) -> Result<Prepared, PipelineError> {
     let mut timings = Timings::default();
-    let channels = ensemble.manifest().channels.clone();
+    let channels = &manifest.channels;
     let given: Vec<Modality> = chosen.iter().map(|c| c.channel).collect();
-    if given != channels {
+    if &given != channels {
         return Err(PipelineError::Channel {
             channel: channels.get(chosen.len()).copied().unwrap_or(Modality::Flair),
             reason: format!(
                 "series given for channel(s) {} but the model takes {}",
                 join(&given),
-                join(&channels)
+                join(channels)
             ),
         });
     }
@@ -227,12 +228,42 @@ fn run_chosen(
     }
     timings.assemble = ms(start);
     on_stage(Stage::Assembled);
+    let t = Instant::now();
     let volumes: Vec<_> = assembled.iter().map(|(a, _)| &a.volume).collect();
+    let input = manifest.preprocess.apply(&volumes)?;
+    timings.preprocess = ms(t);
+    Ok(Prepared {
+        assembled,
+        input,
+        timings,
+        start,
+        ready: Instant::now(),
+    })
+}
+
+/// Runs the model on a prepared job and writes its outputs into `out`, telling `on_stage` each
+/// milestone after assembly. `prepared` must come from [`prepare_series`] with `ensemble`'s
+/// manifest.
+pub fn finish_series(
+    prepared: Prepared,
+    ensemble: &mut Ensemble,
+    out: &Path,
+    options: &Options,
+    on_stage: &mut dyn FnMut(Stage<'_>),
+) -> Result<ResultSummary, PipelineError> {
+    let Prepared {
+        assembled,
+        input,
+        mut timings,
+        start,
+        ready,
+    } = prepared;
+    timings.wait = ms(ready);
     let (source, header) = assembled.first().ok_or_else(|| PipelineError::Channel {
-        channel: channels.first().copied().unwrap_or(Modality::Flair),
+        channel: Modality::Flair,
         reason: "the model lists no channel".into(),
     })?;
-    let (finding, heatmap) = predict(ensemble, &volumes, options, &mut timings)?;
+    let (finding, heatmap) = predict_input(ensemble, &input, &source.volume.grid(), options, &mut timings)?;
     on_stage(Stage::Inferred);
     let algorithm = algorithm(ensemble, options);
     let report_options = report_options(ensemble, options);
@@ -251,6 +282,17 @@ fn run_chosen(
     timings.total = ms(start);
     let mut decided = |summary: &ResultSummary| on_stage(Stage::Decided(summary));
     Ok(report::write_outputs(&inputs, &heatmap, &mut uids, timings, out, &mut decided)?.summary)
+}
+
+fn run_chosen(
+    chosen: &[ChannelSeries],
+    ensemble: &mut Ensemble,
+    out: &Path,
+    options: &Options,
+    start: Instant,
+) -> Result<ResultSummary, PipelineError> {
+    let prepared = prepare_series(chosen, ensemble.manifest(), start, &mut |_| {})?;
+    finish_series(prepared, ensemble, out, options, &mut |_| {})
 }
 
 /// Runs the model on NIfTI volumes (one per channel, in the manifest's order) and writes the
@@ -348,8 +390,19 @@ pub fn predict(
     let t = Instant::now();
     let input = ensemble.manifest().preprocess.apply(volumes)?;
     timings.preprocess = ms(t);
+    predict_input(ensemble, &input, &source_grid, options, timings)
+}
+
+/// Infer → explain on a preprocessed `input`: the decision, and the heatmap on `source_grid`.
+fn predict_input(
+    ensemble: &mut Ensemble,
+    input: &ModelInput,
+    source_grid: &Grid,
+    options: &Options,
+    timings: &mut Timings,
+) -> Result<(Finding, Volume), PipelineError> {
     let t = Instant::now();
-    let prediction = ensemble.predict(&input)?;
+    let prediction = ensemble.predict(input)?;
     timings.infer = ms(t);
     let t = Instant::now();
     let stride = ensemble.manifest().architecture.stride();
@@ -358,17 +411,17 @@ pub fn predict(
             &ensemble.cam(&prediction, CamMethod::Gradcam)?,
             &input.grid,
             stride,
-            &source_grid,
+            source_grid,
         )?,
         Explain::Gradcampp => explain::heatmap_on(
             &ensemble.cam(&prediction, CamMethod::Gradcampp)?,
             &input.grid,
             stride,
-            &source_grid,
+            source_grid,
         )?,
         Explain::Occlusion => {
-            let map = ensemble.occlusion(&input, options.occlusion_patch, options.occlusion_stride)?;
-            explain::model_map_on(&map, &input.grid, &source_grid)?
+            let map = ensemble.occlusion(input, options.occlusion_patch, options.occlusion_stride)?;
+            explain::model_map_on(&map, &input.grid, source_grid)?
         }
     };
     let peak = explain::hotspot(&heatmap).map(|(index, lps)| Hotspot { lps, slice: index[2] });

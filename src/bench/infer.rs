@@ -12,7 +12,7 @@ use super::peak_rss_bytes;
 use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::package::arch::ArchSpec;
 use fcdnode::package::manifest::{Manifest, Modality, ModelPackage};
-use fcdnode::package::onnx::write_onnx;
+use fcdnode::package::onnx::{FEATURES, INPUT, LOGITS, write_onnx};
 use fcdnode::package::weights::Weights;
 use fcdnode::pipeline::{self, Options};
 use fcdnode::preprocess::{Normalisation, Recipe};
@@ -40,10 +40,12 @@ pub struct InferBench {
     pub device: Device,
     /// ONNX Runtime library (else the usual search).
     pub onnxruntime: Option<PathBuf>,
+    /// Also time forward passes through an I/O binding (CUDA only; see [`io_binding_compare`]).
+    pub io_binding: bool,
 }
 
 /// The figures.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct InferBenchReport {
     /// Model input `[channel, depth, height, width]`.
     pub input_shape: [usize; 4],
@@ -57,6 +59,21 @@ pub struct InferBenchReport {
     pub peak_rss_bytes: Option<u64>,
     /// The last run's result.
     pub summary: ResultSummary,
+    /// Forward passes with and without an I/O binding, when asked for and on CUDA (an error
+    /// there is reported, not fatal: the stage figures stand without it).
+    pub io_binding: Option<Result<IoBindingReport>>,
+}
+
+/// Median forward pass (input in, `logits` and `features` back in host memory) two ways.
+#[derive(Clone, Copy, Debug)]
+pub struct IoBindingReport {
+    /// `Session::run` from pageable host memory, as the node runs it.
+    pub plain_ms: f64,
+    /// `Session::run_binding` with the input and both outputs in host buffers made once: no
+    /// output allocation or copy per run.
+    pub bound_ms: f64,
+    /// Passes timed each way.
+    pub passes: usize,
 }
 
 /// Writes the series and the model into `dir`, then runs the pipeline `1 + runs` times.
@@ -90,14 +107,81 @@ pub fn infer_bench(dir: &Path, bench: &InferBench) -> Result<InferBenchReport> {
             runs.push(summary.timings_ms.clone());
         }
     }
+    let device = ensemble.device();
+    drop(ensemble);
     let r = &manifest.preprocess;
+    let input_shape = [1, r.shape[2], r.shape[1], r.shape[0]];
+    let io_binding = match (bench.io_binding, package.graphs.first()) {
+        (true, Some(graph)) if device == Device::Cuda => {
+            Some(io_binding_compare(graph, input_shape, bench.runs.max(5)))
+        }
+        _ => None,
+    };
     Ok(InferBenchReport {
-        input_shape: [1, r.shape[2], r.shape[1], r.shape[0]],
-        device: ensemble.device(),
+        input_shape,
+        device,
         session_build,
         runs,
         peak_rss_bytes: peak_rss_bytes(),
         summary,
+        io_binding,
+    })
+}
+
+/// Times `passes` forward passes of `graph` on CUDA after two warm-ups each way: plain
+/// [`runtime::run`] against an I/O binding whose input and outputs live in host buffers bound once.
+/// Tells whether binding would pay in the node, whose input changes every run and whose outputs
+/// go back to the CPU for Grad-CAM.
+pub fn io_binding_compare(graph: &Path, shape: [usize; 4], passes: usize) -> Result<IoBindingReport> {
+    use ort::value::Tensor;
+
+    let mut session = runtime::session(graph, Device::Cuda, 0)?;
+    let [c, d, h, w] = shape;
+    let input = ndarray::Array5::<f32>::from_shape_fn((1, c, d, h, w), |(_, _, z, y, x)| {
+        ((z * 31 + y * 17 + x * 7) % 97) as f32 / 97.0
+    });
+    let median_ms = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+
+    let mut plain = Vec::new();
+    for n in 0..passes + 2 {
+        let start = Instant::now();
+        let out = runtime::run(&mut session, &input)?;
+        std::hint::black_box(out);
+        if n >= 2 {
+            plain.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    // Host buffers made once: the input copied in each run, the outputs written in place.
+    // (ort refuses to write or read CUDA-pinned buffers from the host: "not CPU accessible".)
+    let last = runtime::run(&mut session, &input)?;
+    let mut tensor = Tensor::from_array(input.clone())?;
+    let mut binding = session.create_binding()?;
+    let host = ort::memory::Allocator::default();
+    binding.bind_output(LOGITS, Tensor::<f32>::new(&host, last.logits.shape())?)?;
+    binding.bind_output(FEATURES, Tensor::<f32>::new(&host, last.features.shape())?)?;
+    let mut bound = Vec::new();
+    for n in 0..passes + 2 {
+        let start = Instant::now();
+        // The node's input changes each run: copy it in every time, as the plain run does.
+        tensor.extract_array_mut().assign(&input.view().into_dyn());
+        binding.bind_input(INPUT, &tensor)?;
+        let outputs = session.run_binding(&binding)?;
+        for name in [LOGITS, FEATURES] {
+            let view = outputs[name].try_extract_array::<f32>()?;
+            std::hint::black_box(view.sum());
+        }
+        if n >= 2 {
+            bound.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(IoBindingReport {
+        plain_ms: median_ms(&mut plain),
+        bound_ms: median_ms(&mut bound),
+        passes,
     })
 }
 

@@ -31,16 +31,18 @@ fn status_bytes(field: &str) -> Option<u64> {
 /// Column heads of a job's stage times, as [`stage_cells`] prints them (ms): the stages up to
 /// the decision (the SR handed on to the outbox at `decided`), then the outputs made after it.
 pub const STAGE_HEADS: &str =
-    "assemble  preprocess  infer  explain  overlay    SR  decided |  key    SC    PM   SEG  other  pipeline";
+    "assemble  preprocess  wait  infer  explain  overlay    SR  decided |  key    SC    PM   SEG  other  pipeline";
 
 /// A job's stage times under [`STAGE_HEADS`]; `other` is the rest of the pipeline's time
 /// (reading the package's options, the preview, result.json, notification documents).
 pub fn stage_cells(t: &fcdnode::report::Timings) -> String {
-    let listed = t.assemble + t.preprocess + t.infer + t.explain + t.overlay + t.sr + t.key_image + t.sc + t.pm + t.seg;
+    let listed =
+        t.assemble + t.preprocess + t.wait + t.infer + t.explain + t.overlay + t.sr + t.key_image + t.sc + t.pm + t.seg;
     format!(
-        "{:>8.0}  {:>10.0}  {:>5.0}  {:>7.0}  {:>7.0}  {:>4.0}  {:>7.0} | {:>4.0}  {:>4.0}  {:>4.0}  {:>4.0}  {:>5.0}  {:>8.0}",
+        "{:>8.0}  {:>10.0}  {:>4.0}  {:>5.0}  {:>7.0}  {:>7.0}  {:>4.0}  {:>7.0} | {:>4.0}  {:>4.0}  {:>4.0}  {:>4.0}  {:>5.0}  {:>8.0}",
         t.assemble,
         t.preprocess,
+        t.wait,
         t.infer,
         t.explain,
         t.overlay,

@@ -12,6 +12,9 @@ use crate::assemble::Assembled;
 pub struct Timings {
     pub assemble: f64,
     pub preprocess: f64,
+    /// From the model's input being ready until the model took it: the wait behind the job
+    /// before (the node prepares the next job while the model runs).
+    pub wait: f64,
     pub infer: f64,
     pub explain: f64,
     /// The overlay shared by the pictures and the SEG (display scale, head mask, window).

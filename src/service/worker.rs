@@ -1,6 +1,8 @@
-//! The pipeline worker: takes jobs from the database one at a time (one inference at a time per
-//! device), runs assemble → preprocess → infer → explain → report on a blocking thread, records
-//! each milestone, and queues the deliveries.
+//! The pipeline worker: takes jobs from the database and runs assemble → preprocess → infer →
+//! explain → report on a blocking thread, records each milestone, and queues the deliveries.
+//! The model runs one job at a time; while it runs (and while that job's outputs are made), a
+//! second thread claims the next waiting job and assembles and preprocesses it, so the model
+//! starts on it as soon as it is free.
 //!
 //! A job that fails for the node's own disk or database rather than for its input (results
 //! that cannot be written, a database that cannot record them: "database or disk is full")
@@ -22,7 +24,8 @@ use crate::api::Metrics;
 use crate::config::Settings;
 use crate::deliver::EndpointKind;
 use crate::infer::Ensemble;
-use crate::pipeline::{self, Options, PipelineError, Stage};
+use crate::package::manifest::Manifest;
+use crate::pipeline::{self, Options, PipelineError, Prepared, Stage};
 use crate::report::sr::InstanceRef;
 use crate::report::{self, ResultSummary};
 use crate::spool::db::{DeliveryState, FailedAhead, JobDb, JobFailure, JobRow, JobState};
@@ -52,45 +55,73 @@ struct Retry {
 }
 
 pub(super) struct Worker {
-    db: Arc<JobDb>,
     ensemble: Ensemble,
-    settings: Settings,
-    /// Pipeline options from the configuration; each job adds its predecessor SR.
-    options: Options,
+    /// What claiming and preparing a job needs; the thread preparing the next job shares it.
+    prep: Prep,
     metrics: Arc<Metrics>,
     /// Jobs waiting to try again, in no order.
     retries: Vec<Retry>,
 }
 
+/// Claims and prepares jobs: needs no model session, so it runs beside the model.
+struct Prep {
+    db: Arc<JobDb>,
+    settings: Settings,
+    /// Pipeline options from the configuration; each job adds its predecessor SR.
+    options: Options,
+    /// The loaded package's manifest (channels, preprocessing).
+    manifest: Manifest,
+}
+
+/// A claimed job, made ready for the model or failed on the way.
+struct Begun {
+    job: JobRow,
+    out: PathBuf,
+    start: Instant,
+    /// This job's options (its UID key, predecessor, what an earlier attempt sent ahead).
+    options: Options,
+    /// The wait before the next try, should this one hit a fault of the node's own.
+    retry_wait: Duration,
+    prepared: Result<Prepared, JobError>,
+}
+
 impl Worker {
     pub(super) fn new(settings: &Settings, db: Arc<JobDb>, ensemble: Ensemble, metrics: Arc<Metrics>) -> Self {
+        let manifest = ensemble.manifest().clone();
         Self {
-            db,
             ensemble,
-            settings: settings.clone(),
-            options: options(settings),
+            prep: Prep {
+                db,
+                settings: settings.clone(),
+                options: options(settings),
+                manifest,
+            },
             metrics,
             retries: Vec::new(),
         }
     }
 
     pub(super) fn run(mut self, rx: watch::Receiver<bool>) {
-        let poll = Duration::from_secs_f64(self.settings.pipeline.poll_s);
+        let poll = Duration::from_secs_f64(self.prep.settings.pipeline.poll_s);
         let mut repeats = Repeats::new(super::REPEATS_EVERY);
-        let db = self.db.clone();
+        let db = self.prep.db.clone();
         let bell = &db.bells().jobs;
+        // The job prepared while the model ran the one before; it goes next. A job left here
+        // at shutdown is claimed but not run: the next start requeues it.
+        let mut next: Option<Begun> = None;
         loop {
             let now = Instant::now();
             if let Some(i) = self.retries.iter().position(|r| r.due <= now) {
                 let retry = self.retries.swap_remove(i);
                 self.retry(retry);
+            } else if let Some(begun) = next.take() {
+                next = self.complete(begun, true);
             } else {
                 let seen = bell.generation();
-                match self.db.claim_job() {
+                match db.claim_job() {
                     Ok(Some(job)) => {
-                        if let Some(again) = self.process(&job) {
-                            self.schedule(job.id, again, RETRY_FIRST);
-                        }
+                        let begun = self.prep.begin(job, RETRY_FIRST);
+                        next = self.complete(begun, true);
                     }
                     Ok(None) => {
                         // Until a job is queued (the bell), a retry is due, or `poll` passes.
@@ -136,15 +167,15 @@ impl Worker {
             job_id, again, wait, ..
         } = retry;
         let next = (wait * 2).min(RETRY_MAX);
+        let db = self.prep.db.clone();
         match again {
-            Again::Run => match self.db.job(job_id) {
+            Again::Run => match db.job(job_id) {
                 Ok(Some(job)) => {
-                    if let Err(e) = self.db.count_attempt(job_id) {
+                    if let Err(e) = db.count_attempt(job_id) {
                         tracing::debug!(job = job_id, "attempt not counted: {e}");
                     }
-                    if let Some(again) = self.process(&job) {
-                        self.schedule(job_id, again, next);
-                    }
+                    let begun = self.prep.begin(job, next);
+                    self.complete(begun, false);
                 }
                 Ok(None) => tracing::warn!(job = job_id, "job to run again is gone"),
                 Err(e) => {
@@ -152,7 +183,7 @@ impl Worker {
                     self.schedule(job_id, Again::Run, next);
                 }
             },
-            Again::RecordFailure(failure) => match self.db.fail_job(job_id, &failure) {
+            Again::RecordFailure(failure) => match db.fail_job(job_id, &failure) {
                 Ok(ahead) => {
                     tracing::info!(job = job_id, "job failure recorded");
                     warn_failed_ahead(job_id, ahead);
@@ -165,20 +196,54 @@ impl Worker {
         }
     }
 
-    /// Runs one job and records how it ended; `Some` when that needs another try.
-    fn process(&mut self, job: &JobRow) -> Option<Again> {
-        let start = Instant::now();
-        let out = super::results_dir(&self.settings.node.data_dir).join(format!("job-{}", job.id));
-        tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
-        match self.run_job(job, &out) {
+    /// Runs a begun job's model and outputs and records how it ended (scheduling another try
+    /// when that is needed). With `prefetch`, the next waiting job is claimed and prepared on a
+    /// second thread meanwhile, and returned.
+    fn complete(&mut self, begun: Begun, prefetch: bool) -> Option<Begun> {
+        let Begun {
+            job,
+            out,
+            start,
+            options,
+            retry_wait,
+            prepared,
+        } = begun;
+        let (ran, next) = match prepared {
+            Err(error) => (Err(error), None),
+            Ok(prepared) => {
+                let (prep, ensemble) = (&self.prep, &mut self.ensemble);
+                std::thread::scope(|scope| {
+                    let next = prefetch.then(|| scope.spawn(|| prep.claim_next()));
+                    let ran = prep.finish(&job, &out, &options, prepared, ensemble);
+                    let next = next.and_then(|handle| match handle.join() {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::error!("the thread preparing the next job panicked; its job waits for a restart");
+                            None
+                        }
+                    });
+                    (ran, next)
+                })
+            }
+        };
+        if let Some(again) = self.settle(&job, &out, start, ran) {
+            self.schedule(job.id, again, retry_wait);
+        }
+        next
+    }
+
+    /// Records how a job ended; `Some` when that needs another try.
+    fn settle(&self, job: &JobRow, out: &Path, start: Instant, ran: Result<ResultSummary, JobError>) -> Option<Again> {
+        let db = &self.prep.db;
+        match ran {
             Ok(summary) => {
                 // The outputs on disk for good before their deliveries are recorded.
-                if let Err(source) = File::open(&out).and_then(|d| rustix::fs::syncfs(d).map_err(Into::into)) {
+                if let Err(source) = File::open(out).and_then(|d| rustix::fs::syncfs(d).map_err(Into::into)) {
                     tracing::error!(job = job.id, "cannot sync the job's results: {source}");
                     return Some(Again::Run);
                 }
-                let deliveries = deliveries(&self.settings, job, &summary, &out);
-                match self.db.report_job(job.id, &out, &deliveries) {
+                let deliveries = deliveries(&self.prep.settings, job, &summary, out);
+                match db.report_job(job.id, out, &deliveries) {
                     Ok(Some(settled)) => super::outbox::observe_settled(&self.metrics, &settled),
                     Ok(None) => {}
                     Err(e) => {
@@ -218,7 +283,7 @@ impl Worker {
                     series_uid = failure.series_uid.as_deref().unwrap_or("-"),
                     "job failed: {}", failure.message
                 );
-                match self.db.fail_job(job.id, &failure) {
+                match db.fail_job(job.id, &failure) {
                     Ok(ahead) => {
                         warn_failed_ahead(job.id, ahead);
                         None
@@ -231,8 +296,39 @@ impl Worker {
             }
         }
     }
+}
 
-    fn run_job(&mut self, job: &JobRow, out: &Path) -> Result<ResultSummary, JobError> {
+impl Prep {
+    /// Claims the oldest waiting job, if any, and prepares it.
+    fn claim_next(&self) -> Option<Begun> {
+        match self.db.claim_job() {
+            Ok(job) => job.map(|job| self.begin(job, RETRY_FIRST)),
+            Err(e) => {
+                tracing::warn!("cannot claim the next job (it is taken after this one): {e}");
+                None
+            }
+        }
+    }
+
+    /// Starts a claimed job: clears or reads back what an earlier attempt left, then assembles
+    /// and preprocesses its series.
+    fn begin(&self, job: JobRow, retry_wait: Duration) -> Begun {
+        let start = Instant::now();
+        let out = super::results_dir(&self.settings.node.data_dir).join(format!("job-{}", job.id));
+        tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
+        let mut options = self.options.clone();
+        let prepared = self.prepare(&job, &out, start, &mut options);
+        Begun {
+            job,
+            out,
+            start,
+            options,
+            retry_wait,
+            prepared,
+        }
+    }
+
+    fn prepare(&self, job: &JobRow, out: &Path, start: Instant, options: &mut Options) -> Result<Prepared, JobError> {
         let fail = |kind: JobErrorKind| JobError {
             job_id: job.id,
             series_uid: job.series.first().cloned(),
@@ -257,59 +353,75 @@ impl Worker {
         if job.inputs.len() != job.series.len() {
             return Err(fail(JobErrorKind::NoInputs));
         }
-        let predecessor = match job.supersedes {
-            Some(id) => self.predecessor_sr(id),
-            None => None,
-        };
-        let mut options = self.options.clone();
-        options.report.predecessor = predecessor;
+        options.report.predecessor = job.supersedes.and_then(|id| self.predecessor_sr(id));
         options.uid_key = job.uid_key;
         options.report.sent_ahead = sent_ahead;
-        let db = self.db.clone();
-        let id = job.id;
         // The stage running now, for a panic's failure record.
         let running = std::cell::Cell::new("assemble");
-        let settings = &self.settings;
         let mut on_stage = |stage: Stage<'_>| {
-            let (state, next) = match stage {
-                Stage::Assembled => (JobState::Assembled, "infer"),
-                Stage::Inferred => (JobState::Inferred, "report"),
-                Stage::Decided(summary) => {
-                    // The decision goes out while the other outputs are made; on disk for good
-                    // before the outbox is told.
-                    let ahead = deliveries(settings, job, summary, out);
-                    let files = ahead.iter().map(|(_, f)| f.clone()).chain([out.join("result.json")]);
-                    let queued = sync_files(files, out)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| db.queue_deliveries(id, out, &ahead).map_err(|e| e.to_string()));
-                    if let Err(e) = queued {
-                        tracing::warn!(job = id, "cannot queue the SR ahead (it goes with the rest): {e}");
-                    }
-                    return;
-                }
-            };
-            running.set(next);
-            match db.set_state(id, state, None) {
-                Ok(()) => tracing::info!(job = id, state = %state.as_str(), "job state"),
-                Err(e) => tracing::warn!(job = id, "cannot record state {state:?}: {e}"),
+            if let Stage::Assembled = stage {
+                running.set("preprocess");
+                self.record_state(job.id, JobState::Assembled);
             }
         };
-        let ensemble = &mut self.ensemble;
-        let ran = contain_panic(|| pipeline::run_series_staged(&job.inputs, ensemble, out, &options, &mut on_stage))
+        let prepared = contain_panic(|| pipeline::prepare_series(&job.inputs, &self.manifest, start, &mut on_stage))
             .map_err(|message| {
                 fail(JobErrorKind::Panicked {
                     stage: running.get(),
                     message,
                 })
             })?;
-        ran.map_err(|e| {
-            let series_uid = e.series_uid().map(str::to_owned);
-            let mut error = fail(JobErrorKind::Pipeline(Box::new(e)));
-            if series_uid.is_some() {
-                error.series_uid = series_uid;
+        prepared.map_err(|e| pipeline_failure(job, e))
+    }
+
+    /// Infer, explain and report on a prepared job.
+    fn finish(
+        &self,
+        job: &JobRow,
+        out: &Path,
+        options: &Options,
+        prepared: Prepared,
+        ensemble: &mut Ensemble,
+    ) -> Result<ResultSummary, JobError> {
+        let (db, id) = (&self.db, job.id);
+        let running = std::cell::Cell::new("infer");
+        let mut on_stage = |stage: Stage<'_>| match stage {
+            Stage::Assembled => {}
+            Stage::Inferred => {
+                running.set("report");
+                self.record_state(id, JobState::Inferred);
             }
-            error
-        })
+            Stage::Decided(summary) => {
+                // The decision goes out while the other outputs are made; on disk for good
+                // before the outbox is told.
+                let ahead = deliveries(&self.settings, job, summary, out);
+                let files = ahead.iter().map(|(_, f)| f.clone()).chain([out.join("result.json")]);
+                let queued = sync_files(files, out)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| db.queue_deliveries(id, out, &ahead).map_err(|e| e.to_string()));
+                if let Err(e) = queued {
+                    tracing::warn!(job = id, "cannot queue the SR ahead (it goes with the rest): {e}");
+                }
+            }
+        };
+        let ran = contain_panic(|| pipeline::finish_series(prepared, ensemble, out, options, &mut on_stage)).map_err(
+            |message| JobError {
+                job_id: id,
+                series_uid: job.series.first().cloned(),
+                kind: JobErrorKind::Panicked {
+                    stage: running.get(),
+                    message,
+                },
+            },
+        )?;
+        ran.map_err(|e| pipeline_failure(job, e))
+    }
+
+    fn record_state(&self, id: i64, state: JobState) {
+        match self.db.set_state(id, state, None) {
+            Ok(()) => tracing::info!(job = id, state = %state.as_str(), "job state"),
+            Err(e) => tracing::warn!(job = id, "cannot record state {state:?}: {e}"),
+        }
     }
 
     /// The SR of the job this one supersedes, when it was made; a result that cannot be read is
@@ -349,6 +461,19 @@ impl Worker {
                 None
             }
         }
+    }
+}
+
+/// A pipeline error as the job's failure, naming the series the stage was on when it says.
+fn pipeline_failure(job: &JobRow, e: PipelineError) -> JobError {
+    let series_uid = e
+        .series_uid()
+        .map(str::to_owned)
+        .or_else(|| job.series.first().cloned());
+    JobError {
+        job_id: job.id,
+        series_uid,
+        kind: JobErrorKind::Pipeline(Box::new(e)),
     }
 }
 

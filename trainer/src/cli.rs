@@ -123,7 +123,7 @@ enum BenchCommand {
     Step {
         #[command(flatten)]
         bench: crate::bench::StepBench,
-        /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
+        /// burn device: cpu, or cuda / cuda:N (`cuda` feature), vulkan / vulkan:N (`vulkan` feature).
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -220,7 +220,7 @@ struct CvArgs {
     /// Seed of folds, sampling, augmentation and initialisation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// burn device: cpu, or cuda / cuda:N with the `cuda` feature.
+    /// burn device: cpu, or cuda / cuda:N (`cuda` feature), vulkan / vulkan:N (`vulkan` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Random rotation range in degrees (0 = off) [default: 15].

@@ -137,7 +137,7 @@ pub struct CvConfig {
     pub fov_mm: [f64; 3],
     /// Seed of every random choice (folds, sampling, augmentation, initialisation).
     pub seed: u64,
-    /// burn device (`cpu`, `cuda`, `cuda:N`).
+    /// burn device (`cpu`; `cuda`, `cuda:N`; `vulkan`, `vulkan:N`).
     pub device: String,
     /// Training augmentation.
     pub augment: Augment,

@@ -63,25 +63,35 @@ pub enum ModelError {
 }
 
 /// The burn device named on the command line: `cpu` (the pure-Rust `flex` backend) or, when
-/// built with the `cuda` feature, `cuda` / `cuda:N`. Training wraps it with `.autodiff()`.
+/// built with the `cuda` feature, `cuda` / `cuda:N`, or with `vulkan`, `vulkan` / `vulkan:N`
+/// (the N-th discrete GPU through wgpu's Vulkan backend; it builds without the LLVM bundle that
+/// burn's CUDA backend downloads at build time). Training wraps it with `.autodiff()`.
 pub fn device_from_name(name: &str) -> Result<Device, ModelError> {
-    #[cfg(feature = "cuda")]
+    #[cfg(all(feature = "cuda", feature = "vulkan"))]
+    const KNOWN: &str = "cpu, cuda, cuda:N, vulkan, vulkan:N";
+    #[cfg(all(feature = "cuda", not(feature = "vulkan")))]
     const KNOWN: &str = "cpu, cuda, cuda:N";
-    #[cfg(not(feature = "cuda"))]
-    const KNOWN: &str = "cpu (rebuild with `--features cuda` for cuda)";
+    #[cfg(all(feature = "vulkan", not(feature = "cuda")))]
+    const KNOWN: &str = "cpu, vulkan, vulkan:N";
+    #[cfg(not(any(feature = "cuda", feature = "vulkan")))]
+    const KNOWN: &str = "cpu (rebuild with `--features cuda` or `--features vulkan` for a GPU)";
     let unknown = || ModelError::UnknownDevice {
         name: name.to_string(),
         known: KNOWN,
     };
-    match name.trim().to_ascii_lowercase().as_str() {
-        "cpu" | "flex" => Ok(Device::flex()),
+    let name = name.trim().to_ascii_lowercase();
+    let (kind, index) = match name.split_once(':') {
+        Some((kind, index)) => (kind, Some(index.parse::<usize>().map_err(|_| unknown())?)),
+        None => (name.as_str(), None),
+    };
+    match (kind, index) {
+        ("cpu" | "flex", None) => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        #[cfg(feature = "cuda")]
-        other if other.starts_with("cuda:") => other["cuda:".len()..]
-            .parse::<usize>()
-            .map(Device::cuda)
-            .map_err(|_| unknown()),
+        ("cuda", index) => Ok(Device::cuda(index.unwrap_or(0))),
+        #[cfg(feature = "vulkan")]
+        ("vulkan", index) => Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(
+            index.unwrap_or(0),
+        ))),
         _ => Err(unknown()),
     }
 }
@@ -95,7 +105,10 @@ mod tests {
         assert!(device_from_name("CPU").is_ok());
         let err = device_from_name("tpu").unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
+        assert!(device_from_name("cpu:0").is_err());
         #[cfg(not(feature = "cuda"))]
         assert!(device_from_name("cuda").is_err());
+        #[cfg(not(feature = "vulkan"))]
+        assert!(device_from_name("vulkan:0").is_err());
     }
 }
