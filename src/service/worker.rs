@@ -695,6 +695,90 @@ mod tests {
         assert!(!job_error(JobErrorKind::NoInputs).is_transient());
     }
 
+    /// A FLAIR series of a synthetic subject at 3 mm (small, so the test stays quick).
+    fn flair_series(dir: &Path, seed: u64) -> (String, crate::tracker::routing::ChannelSeries) {
+        use crate::synth::dicom::{DicomOptions, SeriesInfo, write_series};
+        use crate::synth::phantom::{AcquisitionSpec, Anatomy, Contrast, Subject, SubjectSpec};
+        use crate::volume::{Plane, acquisition_grid};
+        let anatomy = Anatomy::load().unwrap();
+        let spec = SubjectSpec {
+            seed,
+            lesion: None,
+            mimics: 0,
+        };
+        let subject = Subject::sample(&anatomy, &spec).unwrap();
+        let grid = acquisition_grid(Plane::Sagittal, [3.0; 3], [192.0, 225.0, 180.0], [0.0, 18.0, 10.0]).unwrap();
+        let acquisition = AcquisitionSpec {
+            grid,
+            noise: 0.02,
+            bias: 0.1,
+        };
+        let image = subject
+            .render(&anatomy, Contrast::Flair, &acquisition, seed)
+            .unwrap()
+            .image;
+        let info = SeriesInfo::new(seed);
+        let files = write_series(&image, &info, &DicomOptions::default(), dir).unwrap();
+        let series = crate::tracker::routing::ChannelSeries {
+            channel: crate::package::manifest::Modality::Flair,
+            series_uid: info.series_instance_uid.clone(),
+            files,
+            plan: None,
+        };
+        (info.study_instance_uid, series)
+    }
+
+    /// With jobs waiting, the next one is claimed, assembled and preprocessed while the model
+    /// runs the current one, and handed back ready for the model; without prefetching, nothing
+    /// more is claimed.
+    #[test]
+    fn the_next_waiting_job_is_prepared_while_the_model_runs() {
+        let library = crate::infer::runtime::find_library(None).expect("ONNX Runtime missing: run scripts/setup.sh");
+        crate::infer::runtime::init(&library).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.node.data_dir = tmp.path().join("data");
+        config.node.model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+        let settings = config.validate(Path::new("(test)")).unwrap();
+        std::fs::create_dir_all(&settings.node.data_dir).unwrap();
+        let db = Arc::new(JobDb::open(&tmp.path().join("jobs.db")).unwrap());
+        let package = crate::package::manifest::ModelPackage::load(&settings.node.model).unwrap();
+        let ensemble = Ensemble::load(&package, crate::infer::Device::Cpu, 1).unwrap();
+        let ids: Vec<i64> = (1..=3)
+            .map(|n| {
+                let (study, series) = flair_series(&tmp.path().join(format!("study-{n}")), n);
+                db.create_job(&study, &[series], "MRI").unwrap()
+            })
+            .collect();
+        let state = |id: i64| db.job(id).unwrap().unwrap().state;
+        let mut worker = Worker::new(&settings, db.clone(), ensemble, Arc::new(Metrics::new()));
+
+        let first = db.claim_job().unwrap().unwrap();
+        assert_eq!(first.id, ids[0]);
+        let begun = worker.prep.begin(first, RETRY_FIRST);
+        let next = worker
+            .complete(begun, true)
+            .expect("the second job comes back prepared");
+        assert_eq!(next.job.id, ids[1]);
+        assert!(next.prepared.is_ok(), "{:?}", next.prepared.as_ref().err());
+        assert_eq!(
+            state(ids[0]),
+            JobState::Delivered,
+            "no destinations: done once reported"
+        );
+        assert_eq!(state(ids[1]), JobState::Assembled, "prepared, the model not run yet");
+        assert_eq!(state(ids[2]), JobState::Received, "only one job is prepared ahead");
+
+        assert!(worker.complete(next, false).is_none());
+        assert_eq!(state(ids[1]), JobState::Delivered);
+        assert_eq!(state(ids[2]), JobState::Received);
+        let result = super::super::results_dir(&settings.node.data_dir).join(format!("job-{}/result.json", ids[1]));
+        let summary = ResultSummary::read(&result).unwrap();
+        let t = &summary.timings_ms;
+        assert!(t.assemble > 0.0 && t.preprocess > 0.0 && t.infer > 0.0, "{t:?}");
+        assert!(t.total >= t.assemble + t.preprocess + t.wait + t.infer, "{t:?}");
+    }
+
     #[test]
     fn a_panic_becomes_a_failure_with_its_stage_and_message() {
         assert_eq!(contain_panic(|| 7), Ok(7));
