@@ -330,11 +330,11 @@ pub(super) async fn job_page(
             h2 { "Timings" }
             @let t = &r.timings_ms;
             table #timings {
-                thead { tr { th { "Assemble" } th { "Preprocess" } th { "Infer" } th { "Explain" } th { "Overlay" }
+                thead { tr { th { "Assemble" } th { "Preprocess" } th { "Waited for model" } th { "Infer" } th { "Explain" } th { "Overlay" }
                     th { "SR" } th { "SR sent after" } th { "Key image" } th { "Overlay series" } th { "Parametric map" }
                     th { "Segmentation" } th { "Total" } } }
                 tbody { tr {
-                    @for ms in [t.assemble, t.preprocess, t.infer, t.explain, t.overlay, t.sr, t.decided, t.key_image, t.sc, t.pm, t.seg, t.total] {
+                    @for ms in [t.assemble, t.preprocess, t.wait, t.infer, t.explain, t.overlay, t.sr, t.decided, t.key_image, t.sc, t.pm, t.seg, t.total] {
                         td.num { (format!("{ms:.0} ms")) }
                     }
                 } }

@@ -78,7 +78,8 @@ struct Begun {
     job: JobRow,
     out: PathBuf,
     start: Instant,
-    /// This job's options (its UID key, predecessor, what an earlier attempt sent ahead).
+    /// This job's options (its UID key, what an earlier attempt sent ahead; its predecessor SR
+    /// is added when the model is free, once the job before is recorded).
     options: Options,
     /// The wait before the next try, should this one hit a fault of the node's own.
     retry_wait: Duration,
@@ -115,13 +116,13 @@ impl Worker {
                 let retry = self.retries.swap_remove(i);
                 self.retry(retry);
             } else if let Some(begun) = next.take() {
-                next = self.complete(begun, true);
+                next = self.complete(begun, !*rx.borrow());
             } else {
                 let seen = bell.generation();
                 match db.claim_job() {
                     Ok(Some(job)) => {
                         let begun = self.prep.begin(job, RETRY_FIRST);
-                        next = self.complete(begun, true);
+                        next = self.complete(begun, !*rx.borrow());
                     }
                     Ok(None) => {
                         // Until a job is queued (the bell), a retry is due, or `poll` passes.
@@ -204,17 +205,21 @@ impl Worker {
             job,
             out,
             start,
-            options,
+            mut options,
             retry_wait,
             prepared,
         } = begun;
-        let (ran, next) = match prepared {
-            Err(error) => (Err(error), None),
+        let (again, next) = match prepared {
+            Err(error) => (self.prep.settle(&self.metrics, &job, &out, start, Err(error)), None),
             Ok(prepared) => {
-                let (prep, ensemble) = (&self.prep, &mut self.ensemble);
+                // The job this one supersedes ran before it: its SR is known only now.
+                options.report.predecessor = job.supersedes.and_then(|id| self.prep.predecessor_sr(id));
+                let (prep, ensemble, metrics) = (&self.prep, &mut self.ensemble, &self.metrics);
                 std::thread::scope(|scope| {
                     let next = prefetch.then(|| scope.spawn(|| prep.claim_next()));
                     let ran = prep.finish(&job, &out, &options, prepared, ensemble);
+                    // Recorded at once, not after the next job's preparation.
+                    let again = prep.settle(metrics, &job, &out, start, ran);
                     let next = next.and_then(|handle| match handle.join() {
                         Ok(next) => next,
                         Err(_) => {
@@ -222,19 +227,28 @@ impl Worker {
                             None
                         }
                     });
-                    (ran, next)
+                    (again, next)
                 })
             }
         };
-        if let Some(again) = self.settle(&job, &out, start, ran) {
+        if let Some(again) = again {
             self.schedule(job.id, again, retry_wait);
         }
         next
     }
+}
 
+impl Prep {
     /// Records how a job ended; `Some` when that needs another try.
-    fn settle(&self, job: &JobRow, out: &Path, start: Instant, ran: Result<ResultSummary, JobError>) -> Option<Again> {
-        let db = &self.prep.db;
+    fn settle(
+        &self,
+        metrics: &Metrics,
+        job: &JobRow,
+        out: &Path,
+        start: Instant,
+        ran: Result<ResultSummary, JobError>,
+    ) -> Option<Again> {
+        let db = &self.db;
         match ran {
             Ok(summary) => {
                 // The outputs on disk for good before their deliveries are recorded.
@@ -242,9 +256,9 @@ impl Worker {
                     tracing::error!(job = job.id, "cannot sync the job's results: {source}");
                     return Some(Again::Run);
                 }
-                let deliveries = deliveries(&self.prep.settings, job, &summary, out);
+                let deliveries = deliveries(&self.settings, job, &summary, out);
                 match db.report_job(job.id, out, &deliveries) {
-                    Ok(Some(settled)) => super::outbox::observe_settled(&self.metrics, &settled),
+                    Ok(Some(settled)) => super::outbox::observe_settled(metrics, &settled),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(job = job.id, "cannot record the job's results: {e}");
@@ -259,7 +273,7 @@ impl Worker {
                     ("explain", t.explain),
                     ("report", t.key_image + t.sc + t.pm + t.seg + t.sr),
                 ] {
-                    self.metrics.observe_stage(stage, ms / 1000.0);
+                    metrics.observe_stage(stage, ms / 1000.0);
                 }
                 tracing::info!(
                     job = job.id,
@@ -296,9 +310,7 @@ impl Worker {
             }
         }
     }
-}
 
-impl Prep {
     /// Claims the oldest waiting job, if any, and prepares it.
     fn claim_next(&self) -> Option<Begun> {
         match self.db.claim_job() {
@@ -311,13 +323,22 @@ impl Prep {
     }
 
     /// Starts a claimed job: clears or reads back what an earlier attempt left, then assembles
-    /// and preprocesses its series.
+    /// and preprocesses its series. A panic on the way fails the job instead of the thread.
     fn begin(&self, job: JobRow, retry_wait: Duration) -> Begun {
         let start = Instant::now();
         let out = super::results_dir(&self.settings.node.data_dir).join(format!("job-{}", job.id));
         tracing::info!(job = job.id, study_uid = %job.study_uid, attempt = job.attempts, "job started");
         let mut options = self.options.clone();
-        let prepared = self.prepare(&job, &out, start, &mut options);
+        let prepared = contain_panic(|| self.prepare(&job, &out, start, &mut options)).unwrap_or_else(|message| {
+            Err(JobError {
+                job_id: job.id,
+                series_uid: job.series.first().cloned(),
+                kind: JobErrorKind::Panicked {
+                    stage: "prepare",
+                    message,
+                },
+            })
+        });
         Begun {
             job,
             out,
@@ -353,7 +374,6 @@ impl Prep {
         if job.inputs.len() != job.series.len() {
             return Err(fail(JobErrorKind::NoInputs));
         }
-        options.report.predecessor = job.supersedes.and_then(|id| self.predecessor_sr(id));
         options.uid_key = job.uid_key;
         options.report.sent_ahead = sent_ahead;
         // The stage running now, for a panic's failure record.
@@ -771,7 +791,8 @@ mod tests {
 
         assert!(worker.complete(next, false).is_none());
         assert_eq!(state(ids[1]), JobState::Delivered);
-        assert_eq!(state(ids[2]), JobState::Received);
+        let third = db.claim_job().unwrap().expect("the third job was never claimed");
+        assert_eq!((third.id, third.attempts), (ids[2], 1));
         let result = super::super::results_dir(&settings.node.data_dir).join(format!("job-{}/result.json", ids[1]));
         let summary = ResultSummary::read(&result).unwrap();
         let t = &summary.timings_ms;
