@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::peak_rss_bytes;
+use super::{median, peak_rss_bytes};
 use fcdnode::infer::{Device, Ensemble, runtime};
 use fcdnode::package::arch::ArchSpec;
 use fcdnode::package::manifest::{Manifest, Modality, ModelPackage};
@@ -140,49 +140,49 @@ pub fn io_binding_compare(graph: &Path, shape: [usize; 4], passes: usize) -> Res
     let input = ndarray::Array5::<f32>::from_shape_fn((1, c, d, h, w), |(_, _, z, y, x)| {
         ((z * 31 + y * 17 + x * 7) % 97) as f32 / 97.0
     });
-    let median_ms = |times: &mut Vec<f64>| {
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
-    };
-
-    let mut plain = Vec::new();
-    for n in 0..passes + 2 {
-        let start = Instant::now();
-        let out = runtime::run(&mut session, &input)?;
-        std::hint::black_box(out);
-        if n >= 2 {
-            plain.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+    // The plain run, as the node makes it; its last outputs give the shapes to bind.
+    let mut last = None;
+    let plain = timed_passes(passes, || {
+        last = Some(runtime::run(&mut session, &input)?);
+        Ok(())
+    })?;
+    let last = last.context("no forward pass ran")?;
 
     // Host buffers made once: the input copied in each run, the outputs written in place.
     // (ort refuses to write or read CUDA-pinned buffers from the host: "not CPU accessible".)
-    let last = runtime::run(&mut session, &input)?;
     let mut tensor = Tensor::from_array(input.clone())?;
     let mut binding = session.create_binding()?;
     let host = ort::memory::Allocator::default();
     binding.bind_output(LOGITS, Tensor::<f32>::new(&host, last.logits.shape())?)?;
     binding.bind_output(FEATURES, Tensor::<f32>::new(&host, last.features.shape())?)?;
-    let mut bound = Vec::new();
-    for n in 0..passes + 2 {
-        let start = Instant::now();
+    let bound = timed_passes(passes, || {
         // The node's input changes each run: copy it in every time, as the plain run does.
         tensor.extract_array_mut().assign(&input.view().into_dyn());
         binding.bind_input(INPUT, &tensor)?;
         let outputs = session.run_binding(&binding)?;
         for name in [LOGITS, FEATURES] {
-            let view = outputs[name].try_extract_array::<f32>()?;
-            std::hint::black_box(view.sum());
+            std::hint::black_box(outputs[name].try_extract_array::<f32>()?.sum());
         }
-        if n >= 2 {
-            bound.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+        Ok(())
+    })?;
     Ok(IoBindingReport {
-        plain_ms: median_ms(&mut plain),
-        bound_ms: median_ms(&mut bound),
+        plain_ms: median(&plain),
+        bound_ms: median(&bound),
         passes,
     })
+}
+
+/// Milliseconds of each of `passes` calls of `pass`, after two untimed warm-up calls.
+fn timed_passes(passes: usize, mut pass: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(passes);
+    for n in 0..passes + 2 {
+        let start = Instant::now();
+        pass()?;
+        if n >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times)
 }
 
 /// A 1 mm sagittal FLAIR, 256 × 256 × 176, of a synthetic patient.

@@ -56,3 +56,14 @@ pub fn stage_cells(t: &fcdnode::report::Timings) -> String {
         t.total
     )
 }
+
+/// The median (mean of the middle two for an even count; NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

@@ -34,6 +34,7 @@ use fcdnode::spool::FolderSink;
 use fcdnode::spool::db::{JobRow, JobState};
 
 use super::infer::InferBench;
+use super::median;
 
 const SR_COMPREHENSIVE_3D: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const NODE_AE: &str = "FCDNODE";
@@ -954,14 +955,4 @@ fn matrix(path: &Path) -> Result<(u16, u16)> {
             .map_err(|e| anyhow!("{}: {e}", path.display()))
     };
     Ok((get(tags::ROWS)?, get(tags::COLUMNS)?))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
